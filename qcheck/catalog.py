@@ -1,0 +1,49 @@
+"""The statistics qcheck measures per tensor: the names rules and reports use.
+
+One table, so the rule engine can refuse a condition that names something
+that does not exist, `qcheck rules --stats` can list them, and the docs are
+generated from the same text.
+"""
+
+from __future__ import annotations
+
+TENSOR_STATISTICS: dict[str, str] = {
+    # identity
+    "name": "tensor name in the float model",
+    "kind": "activation, weight or bias",
+    "node": "producing node (activations) or consuming node (weights)",
+    "op_type": "op type of that node",
+    "order": "position of that node in topological order (0 = first)",
+    "dtype": "integer type of the quantized tensor (uint8, int8, int16, int32)",
+    # quantization parameters
+    "scale": "quantization step (median over channels when per-channel)",
+    "zero_point": "integer that represents real 0",
+    "per_channel": "true when the tensor has one scale per channel",
+    "range": "real interval the integer grid covers: scale * (qmax - qmin)",
+    "calib_min": "lowest value seen in calibration (activations)",
+    "calib_max": "highest value seen in calibration (activations)",
+    # per-layer (local) error: each quantized op sees the same input as its float twin
+    "num_elements": "values compared, over all evaluation samples",
+    "mean_error": "mean of float - dequantized",
+    "stddev": "standard deviation of the error",
+    "max_abs_error": "largest absolute error",
+    "mean_abs_error": "mean absolute error",
+    "mean_squared_error": "mean squared error",
+    "rmse": "root mean squared error",
+    "rmse_scale": "rmse / scale: 0.289 for pure rounding noise",
+    "cosine": "cosine similarity of float and dequantized values",
+    "sqnr": "signal-to-quantization-noise ratio, dB",
+    # distribution of the float tensor against the grid
+    "clip_fraction": "share of float values beyond the grid by more than half a step",
+    "max_overshoot": "largest distance beyond the grid, in steps",
+    "float_min": "lowest float value seen in evaluation",
+    "float_max": "highest float value seen in evaluation",
+    "spread_steps": "median over samples of (max - min) / scale: grid steps one sample uses",
+    # whole-model error: float and quantized models run separately, errors accumulate
+    "whole_mean_error": "mean error, whole-model mode",
+    "whole_max_abs_error": "largest absolute error, whole-model mode",
+    "whole_mean_squared_error": "mean squared error, whole-model mode",
+    "whole_rmse_scale": "rmse / scale, whole-model mode",
+    "whole_cosine": "cosine similarity, whole-model mode",
+    "whole_sqnr": "SQNR in dB, whole-model mode",
+}

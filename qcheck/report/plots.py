@@ -1,0 +1,109 @@
+"""Plots for the report, drawn from results data alone, returned as SVG text.
+
+Styled to read in black and white: distinct line styles and markers, not
+colour alone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+plt.rcParams.update({
+    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "svg.fonttype": "none",
+    "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100,
+    "svg.hashsalt": "qcheck",  # stable ids: the same results give the same SVG
+})
+
+INK = "#1f2a44"
+ACCENT = "#c0392b"
+MUTED = "#9aa5b1"
+UNIFORM_RMSE_SCALE = 1 / math.sqrt(12)
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _activations(results: dict) -> list[dict]:
+    return [t for t in results["tensors"] if t["kind"] == "activation"]
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def range_per_layer(results: dict) -> str | None:
+    """Seed 000's first chart: the real interval each activation's grid covers, in graph order."""
+    acts = [t for t in _activations(results) if _finite(t.get("range"))]
+    if not acts:
+        return None
+    fig, ax = plt.subplots(figsize=(7.2, 2.4))
+    ax.bar(range(len(acts)), [t["range"] for t in acts], width=1.0, color=INK, edgecolor=INK, linewidth=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("activation tensors, in graph order")
+    ax.set_ylabel("range = scale × steps")
+    ax.set_xlim(-1, len(acts))
+    return _svg(fig)
+
+
+def rmse_scale_per_layer(results: dict, threshold: float = 0.7) -> str | None:
+    """Seed 000's second chart: rmse/scale per activation, with rounding noise and the suspect line."""
+    acts = [t for t in _activations(results) if _finite(t.get("rmse_scale"))]
+    if not acts:
+        return None
+    values = [t["rmse_scale"] for t in acts]
+    fig, ax = plt.subplots(figsize=(7.2, 2.6))
+    colors = [ACCENT if v > threshold else INK for v in values]
+    ax.bar(range(len(acts)), values, width=1.0, color=colors, linewidth=0)
+    ax.axhline(UNIFORM_RMSE_SCALE, color=INK, linestyle=":", linewidth=1, label="0.289 = rounding noise (1/√12)")
+    ax.axhline(threshold, color=ACCENT, linestyle="--", linewidth=1, label=f"{threshold} = suspect")
+    if max(values) > 20 * threshold:
+        ax.set_yscale("log")
+    ax.set_xlabel("activation tensors, in graph order")
+    ax.set_ylabel("rmse / scale (per-layer)")
+    ax.set_xlim(-1, len(acts))
+    ax.legend(loc="upper left", frameon=False)
+    return _svg(fig)
+
+
+def cosine_along_depth(results: dict) -> str | None:
+    """Whole-model cosine of every activation along the graph: where the accumulated error grows."""
+    acts = [t for t in _activations(results) if _finite(t.get("whole_cosine"))]
+    if len(acts) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7.2, 2.4))
+    xs = range(len(acts))
+    ax.plot(xs, [t["whole_cosine"] for t in acts], color=INK, linewidth=1.2, marker=".", markersize=3,
+            label="whole model (errors accumulate)")
+    local = [(i, t["cosine"]) for i, t in enumerate(acts) if _finite(t.get("cosine"))]
+    if local:
+        ax.plot([i for i, _ in local], [c for _, c in local], color=MUTED, linestyle="--", linewidth=1,
+                label="per layer (local)")
+    low = min(min(t["whole_cosine"] for t in acts), min((c for _, c in local), default=1.0))
+    ax.set_ylim(max(low - 0.02 * (1 - low) - 1e-4, -1), 1.0005)
+    ax.set_xlabel("activation tensors, in graph order (the outputs are on the right)")
+    ax.set_ylabel("cosine to float")
+    ax.legend(loc="lower left", frameon=False)
+    return _svg(fig)
+
+
+def all_plots(results: dict) -> dict[str, str | None]:
+    threshold = 0.7
+    for rule in results.get("rules", []):
+        if rule["code"] == "QC101":
+            threshold = float(rule["params"].get("threshold", threshold))
+    return {
+        "range": range_per_layer(results),
+        "rmse_scale": rmse_scale_per_layer(results, threshold),
+        "cosine_depth": cosine_along_depth(results),
+    }

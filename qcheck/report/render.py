@@ -1,0 +1,135 @@
+"""Render results to report.html and report.pdf."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jinja2
+
+from qcheck.errors import Problem, QcheckError
+from qcheck.report import plots
+from qcheck.resources import templates_dir
+
+
+def _num(value, digits: int = 3) -> str:
+    """Compact numbers for tables: 3 significant digits, no noise."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e5 or abs(value) < 1e-3:
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _db(value) -> str:
+    return "n/a" if value is None else ("∞ dB" if isinstance(value, float) and math.isinf(value) and value > 0 else f"{_num(value)} dB")
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _cosine(value) -> str:
+    """Cosines close to 1 need their nines shown: 0.99993, not 1."""
+    if value is None or not isinstance(value, float) or not math.isfinite(value):
+        return _num(value)
+    if value >= 0.999:
+        return f"{value:.6f}"
+    return f"{value:.4f}"
+
+
+def svg_data_uri(svg: str | None) -> str | None:
+    if not svg:
+        return None
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+def environment(extra_templates: list[Path] | None = None) -> jinja2.Environment:
+    """Jinja environment; a team's template folder comes first, so it can override any block."""
+    loaders = [jinja2.FileSystemLoader(str(p)) for p in (extra_templates or [])]
+    loaders.append(jinja2.FileSystemLoader(str(templates_dir())))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=_num, db=_db, pct=_pct, size=_size, cos=_cosine)
+    return env
+
+
+def build_context(results: dict) -> dict:
+    """What the template needs, computed from results: groups, worst lists, plots."""
+    findings = results.get("findings", [])
+    rules = {r["code"]: r for r in results.get("rules", [])}
+    groups = []
+    for code in dict.fromkeys(f["code"] for f in findings):
+        items = [f for f in findings if f["code"] == code]
+        groups.append({"rule": rules.get(code, {"code": code, "name": items[0]["rule"], "summary": "", "why": "", "fix": ""}),
+                       "severity": items[0]["severity"], "findings": items})
+    acts = [t for t in results["tensors"] if t["kind"] == "activation"]
+    worst = sorted((t for t in acts if isinstance(t.get("rmse_scale"), float) and math.isfinite(t["rmse_scale"])),
+                   key=lambda t: -t["rmse_scale"])[:25]
+    figures = {k: svg_data_uri(v) for k, v in plots.all_plots(results).items()}
+    return {"r": results, "groups": groups, "worst": worst, "figures": figures,
+            "n_activations": len(acts), "n_weights": len(results["tensors"]) - len(acts)}
+
+
+def render_html(results: dict, template_dirs: list[Path] | None = None) -> str:
+    env = environment(template_dirs)
+    css = (templates_dir() / "report.css").read_text(encoding="utf-8")
+    return env.get_template("report.html.j2").render(css=css, **build_context(results))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def render_report(results: dict, out_dir: Path, formats: list[str], template_dirs: list[Path] | None = None,
+                  log: Callable[[str], None] = lambda m: None) -> list[Path]:
+    html = render_html(results, template_dirs)
+    written = []
+    if "html" in formats:
+        path = out_dir / "report.html"
+        write_atomic(path, html.encode("utf-8"))
+        written.append(path)
+    if "pdf" in formats:
+        log("writing the PDF ...")
+        written.append(write_pdf(html, out_dir / "report.pdf"))
+    return written
+
+
+def write_pdf(html: str, path: Path) -> Path:
+    try:
+        import weasyprint
+    except (ImportError, OSError) as exc:  # OSError: Pango or its fonts are missing
+        raise QcheckError(Problem(
+            f"cannot make the PDF: WeasyPrint is not usable here ({exc})",
+            hint="install Pango (Debian/Ubuntu: apt-get install libpango-1.0-0 libpangoft2-1.0-0), "
+                 "or set report.formats: [html]")) from None
+    pdf = weasyprint.HTML(string=html, base_url=str(path.parent)).write_pdf()
+    write_atomic(path, pdf)
+    return path

@@ -1,0 +1,199 @@
+"""Error statistics between a float tensor and its quantized twin.
+
+The quantities are those of TFLite's quantization debugger (seed 000), on the
+difference `error = float - dequantized(quantized)`:
+
+    num_elements, mean_error, stddev, max_abs_error, mean_squared_error
+
+plus the tensor's `scale` and `zero_point`, and derived values:
+
+    range      = scale * (qmax - qmin)      the real interval the grid covers
+    rmse_scale = sqrt(mean_squared_error) / scale
+                 ~ 1/sqrt(12) = 0.289 when the error is pure rounding noise
+    cosine     = <f, q> / (|f| |q|)
+    sqnr       = 10 log10(sum f^2 / sum error^2)   [dB]
+
+Everything is accumulated as sums, one sample at a time, so no tensor has to
+be kept across samples: `ErrorAccumulator.update` per sample, `.result()` once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+UNIFORM_RMSE_SCALE = 1.0 / math.sqrt(12.0)  # rounding noise, uniform on [-scale/2, scale/2]
+
+
+def cosine(sum_fq: float, sum_ff: float, sum_qq: float) -> float:
+    """Cosine similarity from sums; two all-zero tensors are identical (1.0)."""
+    if sum_ff == 0.0 and sum_qq == 0.0:
+        return 1.0
+    if sum_ff == 0.0 or sum_qq == 0.0:
+        return 0.0
+    return float(sum_fq / math.sqrt(sum_ff * sum_qq))
+
+
+def sqnr_db(sum_ff: float, sum_ee: float) -> float:
+    """Signal-to-quantization-noise ratio in dB; +inf when there is no error."""
+    if sum_ee == 0.0:
+        return math.inf
+    if sum_ff == 0.0:
+        return -math.inf
+    return float(10.0 * math.log10(sum_ff / sum_ee))
+
+
+@dataclass
+class ErrorStats:
+    """The statistics of one tensor over all samples (plain data)."""
+
+    num_elements: int
+    mean_error: float
+    stddev: float
+    max_abs_error: float
+    mean_abs_error: float
+    mean_squared_error: float
+    rmse: float
+    cosine: float
+    sqnr: float
+    rmse_scale: float | None = None  # only when a scale is known
+    clip_fraction: float | None = None  # share of float values outside the representable range
+    max_overshoot: float | None = None  # worst distance beyond that range, in units of scale
+    float_min: float | None = None
+    float_max: float | None = None
+    spread_steps: float | None = None  # median over samples of (max - min) / scale: grid steps a sample uses
+
+
+class ErrorAccumulator:
+    """Accumulates error sums of one tensor over samples.
+
+    `scale` may be a scalar or an array that broadcasts against the tensor
+    (per-channel weights); `rmse_scale` then measures every element's error in
+    units of its own channel's scale. `qrange` (lowest, highest representable
+    real value, scalars or arrays) enables the clipping statistics.
+    """
+
+    def __init__(self, scale: float | np.ndarray | None = None, qrange: tuple | None = None):
+        self.scale = scale
+        self.qrange = qrange
+        self.n = 0
+        self.sum_e = 0.0
+        self.sum_abs = 0.0
+        self.sum_ee = 0.0
+        self.sum_ee_scaled = 0.0
+        self.max_abs = 0.0
+        self.sum_fq = 0.0
+        self.sum_ff = 0.0
+        self.sum_qq = 0.0
+        self.clipped = 0
+        self.overshoot = 0.0
+        self.fmin = math.inf
+        self.fmax = -math.inf
+        self.sample_spreads: list[float] = []
+
+    def update(self, reference: np.ndarray, test: np.ndarray) -> None:
+        if reference.shape != test.shape:
+            raise ValueError(f"shape mismatch: float {reference.shape} vs quantized {test.shape}")
+        if reference.size == 0:
+            return
+        # float64 and BLAS dot products: exact enough for 1 - cosine ~ 1e-7, and fast
+        f = np.asarray(reference, dtype=np.float64).ravel()
+        q = np.asarray(test, dtype=np.float64).ravel()
+        e = f - q
+        self.n += e.size
+        self.sum_e += float(e.sum())
+        sum_ee = float(e @ e)
+        self.sum_ee += sum_ee
+        self.sum_abs += float(np.abs(e).sum())
+        self.max_abs = max(self.max_abs, float(e.max()), -float(e.min()))
+        self.sum_fq += float(f @ q)
+        self.sum_ff += float(f @ f)
+        self.sum_qq += float(q @ q)
+        fmin, fmax = float(f.min()), float(f.max())
+        self.fmin = min(self.fmin, fmin)
+        self.fmax = max(self.fmax, fmax)
+        scalar_scale = self.scale is not None and np.ndim(self.scale) == 0
+        if scalar_scale and float(self.scale) > 0:
+            self.sample_spreads.append((fmax - fmin) / float(self.scale))
+            self.sum_ee_scaled += sum_ee / float(self.scale) ** 2
+        elif self.scale is not None:
+            scale = np.broadcast_to(np.asarray(self.scale, dtype=np.float64), reference.shape).ravel()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.sum_ee_scaled += float(((e / scale) ** 2).sum()) if np.all(scale > 0) else math.nan
+        if self.qrange is not None:
+            self._update_clipping(f, fmin, fmax, reference.shape)
+
+    def _update_clipping(self, f: np.ndarray, fmin: float, fmax: float, shape: tuple) -> None:
+        # A value within half a step of the grid's edge rounds to the edge like any other value;
+        # beyond that it saturates: that is clipping.
+        lo, hi = (np.asarray(v, dtype=np.float64) for v in self.qrange)
+        half = 0.5 * np.asarray(self.scale, dtype=np.float64) if self.scale is not None else np.float64(0.0)
+        if lo.ndim == 0 and half.ndim == 0:
+            if fmin >= lo - half and fmax <= hi + half:
+                return  # the common case, decided without touching the tensor again
+            self.clipped += int(np.count_nonzero(f < lo - half) + np.count_nonzero(f > hi + half))
+            worst = max(float(lo - fmin), float(fmax - hi), 0.0)
+        else:
+            lo_b = np.broadcast_to(lo, shape).ravel()
+            hi_b = np.broadcast_to(hi, shape).ravel()
+            half_b = np.broadcast_to(half, shape).ravel()
+            below, above = lo_b - f, f - hi_b
+            self.clipped += int(np.count_nonzero(below > half_b) + np.count_nonzero(above > half_b))
+            worst = float(max(below.max(), above.max(), 0.0))
+        if self.scale is not None and worst > 0:
+            worst = worst / float(np.max(self.scale))
+        self.overshoot = max(self.overshoot, worst)
+
+    def result(self) -> ErrorStats:
+        n = max(self.n, 1)
+        mean = self.sum_e / n
+        mse = self.sum_ee / n
+        var = max(mse - mean * mean, 0.0)
+        stats = ErrorStats(
+            num_elements=self.n,
+            mean_error=mean,
+            stddev=math.sqrt(var),
+            max_abs_error=self.max_abs,
+            mean_abs_error=self.sum_abs / n,
+            mean_squared_error=mse,
+            rmse=math.sqrt(mse),
+            cosine=cosine(self.sum_fq, self.sum_ff, self.sum_qq),
+            sqnr=sqnr_db(self.sum_ff, self.sum_ee),
+            float_min=self.fmin if self.n else None,
+            float_max=self.fmax if self.n else None,
+        )
+        if self.scale is not None:
+            stats.rmse_scale = math.sqrt(self.sum_ee_scaled / n)
+        if self.sample_spreads:
+            stats.spread_steps = float(np.median(self.sample_spreads))
+        if self.qrange is not None:
+            stats.clip_fraction = self.clipped / n
+            stats.max_overshoot = self.overshoot
+        return stats
+
+
+def quant_steps(dtype: str, symmetric_restricted: bool = False) -> int:
+    """Number of steps between qmin and qmax for a quantized type."""
+    bits = {"int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32, "int4": 4, "uint4": 4}[dtype]
+    steps = 2**bits - 1
+    return steps - 1 if symmetric_restricted else steps
+
+
+def qlimits(dtype: str) -> tuple[int, int]:
+    info = np.iinfo(np.dtype(dtype))
+    return int(info.min), int(info.max)
+
+
+def quantize(x: np.ndarray, scale: float | np.ndarray, zero_point: int | np.ndarray, dtype: str) -> np.ndarray:
+    """ONNX QuantizeLinear: saturate(round_half_to_even(x / scale) + zero_point)."""
+    lo, hi = qlimits(dtype)
+    q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
+    return np.clip(q, lo, hi).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float | np.ndarray, zero_point: int | np.ndarray) -> np.ndarray:
+    """ONNX DequantizeLinear: (q - zero_point) * scale, in float32 as ONNX Runtime computes it."""
+    steps = q.astype(np.int32) - np.asarray(zero_point, dtype=np.int32)
+    return steps.astype(np.float32) * np.asarray(scale, dtype=np.float32)
