@@ -7,7 +7,7 @@ else that escapes is a bug in qcheck and is reported as one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -56,12 +56,3 @@ class ModelError(QcheckError):
 
 class DataError(QcheckError):
     """Calibration or evaluation data do not fit the model."""
-
-
-@dataclass
-class Location:
-    """Where a value came from in a YAML file."""
-
-    file: str
-    line: int | None = None
-    extra: dict = field(default_factory=dict)

@@ -217,7 +217,7 @@ class Expression:
 
     def _compile_call(self, node: ast.Call) -> Callable[[Mapping[str, Any]], Any]:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-            name = _dotted(node.func) or "this"
+            name = _dotted(node.func) or ast.unparse(node.func)
             allowed = ", ".join(FUNCTIONS)
             raise ExprError(f"'{self.text}': calling {name}() is not allowed (allowed: {allowed})")
         if node.keywords:

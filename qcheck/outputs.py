@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from qcheck.errors import QcheckError, Problem
+from qcheck.errors import Problem, QcheckError
 
 MARKER = "results.json"  # a folder holding this is a qcheck output folder
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import jsonschema
 
-from qcheck.errors import PolicyError, Problem
-from qcheck.expr import Expression, ExprError
+from qcheck.errors import PolicyError, Problem, QcheckError
+from qcheck.expr import ExprError, Expression
 from qcheck.yamlsrc import LineDict, line_of, load_yaml, to_plain
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "policy.schema.json"
@@ -175,7 +175,10 @@ REQUIRE_NAMES = tuple(f"model.{m}" for m in MODEL_METRIC_NAMES) + (
 def load_policy(path: str | Path) -> Policy:
     """Read, validate and type a policy file. Raises PolicyError listing every problem."""
     path = Path(path)
-    doc = load_yaml(path, what="policy file")
+    try:
+        doc = load_yaml(path, what="policy file")
+    except QcheckError as exc:
+        raise PolicyError(exc.problems) from None
     if doc is None:
         doc = LineDict()
     if not isinstance(doc, dict):

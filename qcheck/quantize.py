@@ -154,7 +154,11 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
     """Quantize `float_model` with ORT's QDQ quantizer using precomputed ranges."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import QuantType, load_model_with_shape_infer, update_opset_version
+    from onnxruntime.quantization.quant_utils import (
+        QuantType,
+        load_model_with_shape_infer,
+        update_opset_version,
+    )
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     if recipe.calibration != ranges.method:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qcheck.catalog import TENSOR_STATISTICS
-from qcheck.errors import QcheckError, Problem
+from qcheck.errors import Problem, QcheckError
 
 SCHEMA_VERSION = 1
 _SPECIAL = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}

@@ -20,7 +20,7 @@ from typing import Any
 
 from qcheck.catalog import TENSOR_STATISTICS
 from qcheck.errors import PolicyError, Problem
-from qcheck.expr import Expression, ExprError, NotApplicable
+from qcheck.expr import ExprError, Expression, NotApplicable
 from qcheck.policy import RulesSpec, schema_problems
 from qcheck.resources import builtin_pack_path, schema_path
 from qcheck.yamlsrc import line_of, load_yaml

@@ -28,7 +28,7 @@ UNIFORM_RMSE_SCALE = 1 / math.sqrt(12)
 
 def _svg(fig) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # no timestamp: same data, same SVG
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]

@@ -1,0 +1,73 @@
+"""Small real ONNX models and data sets for tests, built with onnx.helper.
+
+The models are tiny so tests run in seconds, but everything about them is
+real: ONNX Runtime runs them, quantizes them and measures them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+
+def small_cnn(path: Path, seed: int = 0, classes: int = 10, opset: int = 13) -> Path:
+    """x[1,3,16,16] -> Conv(8) -> Relu -> Conv(8) -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits[1,10]."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+    b1 = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)
+    b2 = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    wf = (rng.standard_normal((classes, 8)) * 0.5).astype(np.float32)
+    bf = (rng.standard_normal(classes) * 0.1).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "small_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
+        initializer=[numpy_helper.from_array(a, n) for a, n in
+                     [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (wf, "wf"), (bf, "bf")]],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_npy_samples(folder: Path, n: int, shape=(1, 3, 16, 16), scale: float = 1.0, seed: int = 1) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        np.save(folder / f"{i}.npy", (rng.standard_normal(shape) * scale).astype(np.float32))
+    return folder
+
+
+def write_policy(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def basic_policy(tmp: Path, **overrides) -> Path:
+    """A complete policy for small_cnn with npy data, written to tmp/qcheck.yaml."""
+    small_cnn(tmp / "model.onnx")
+    write_npy_samples(tmp / "calib", 8)
+    doc = {
+        "model": "model.onnx",
+        "data": {"calibration": "calib"},
+        "require": ["model.cosine >= 0.9"],
+        "report": {"out": "out", "formats": ["html"]},
+    }
+    doc.update(overrides)
+    return write_policy(tmp / "qcheck.yaml", doc)

@@ -1,0 +1,125 @@
+"""Data readers: every layout, and a clear message naming the file for every problem."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qcheck.data import open_data
+from qcheck.errors import DataError
+from qcheck.model import InputInfo
+from qcheck.policy import DataSource, Preprocess
+
+ONE_INPUT = [InputInfo("x", [1, 3, 4, 4], "float32")]
+TWO_INPUTS = [InputInfo("a", [1, 2], "float32"), InputInfo("b", [1, 3], "int64")]
+
+
+def test_npy_folder_in_natural_order_with_limit(tmp_path):
+    for i in (0, 1, 2, 10):
+        np.save(tmp_path / f"{i}.npy", np.full((1, 3, 4, 4), i, np.float32))
+    data = open_data(DataSource(tmp_path, limit=3), ONE_INPUT, Preprocess())
+    assert data.format == "npy" and len(data) == 3
+    assert [float(s["x"][0, 0, 0, 0]) for s in data] == [0.0, 1.0, 2.0]
+
+
+def test_sample_without_batch_axis_gets_one(tmp_path):
+    np.save(tmp_path / "0.npy", np.zeros((3, 4, 4), np.float32))
+    data = open_data(DataSource(tmp_path), ONE_INPUT, Preprocess())
+    assert data[0]["x"].shape == (1, 3, 4, 4)
+
+
+def test_folder_per_input(tmp_path):
+    for i in range(3):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "b").mkdir(exist_ok=True)
+        np.save(tmp_path / "a" / f"{i}.npy", np.full((1, 2), i, np.float32))
+        np.save(tmp_path / "b" / f"{i}.npy", np.full((1, 3), i, np.int64))
+    data = open_data(DataSource(tmp_path), TWO_INPUTS, Preprocess())
+    assert data.format == "npy-per-input" and len(data) == 3
+    assert data[2]["b"].dtype == np.int64 and int(data[2]["b"][0, 0]) == 2
+
+
+def test_folder_per_input_with_different_counts_is_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "a" / "0.npy", np.zeros((1, 2), np.float32))
+    np.save(tmp_path / "a" / "1.npy", np.zeros((1, 2), np.float32))
+    np.save(tmp_path / "b" / "0.npy", np.zeros((1, 3), np.int64))
+    with pytest.raises(DataError, match=r"different numbers of samples \(a: 2, b: 1\)"):
+        open_data(DataSource(tmp_path), TWO_INPUTS, Preprocess())
+
+
+def test_npz_folder_and_stacked_npz_file(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i in range(2):
+        np.savez(folder / f"{i}.npz", a=np.full((1, 2), i, np.float32), b=np.full((1, 3), i, np.int64))
+    assert len(open_data(DataSource(folder), TWO_INPUTS, Preprocess())) == 2
+    stacked = tmp_path / "all.npz"
+    np.savez(stacked, a=np.zeros((5, 1, 2), np.float32), b=np.ones((5, 1, 3), np.int64))
+    data = open_data(DataSource(stacked), TWO_INPUTS, Preprocess())
+    assert len(data) == 5 and data[4]["b"].shape == (1, 3)
+
+
+def test_npz_missing_key_names_the_file(tmp_path):
+    np.savez(tmp_path / "0.npz", a=np.zeros((1, 2), np.float32))
+    with pytest.raises(DataError) as info:
+        open_data(DataSource(tmp_path), TWO_INPUTS, Preprocess())
+    assert "0.npz" in str(info.value) and "input(s) b" in str(info.value)
+
+
+def test_wrong_shape_names_sample_input_and_shapes(tmp_path):
+    np.save(tmp_path / "0.npy", np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(DataError) as info:
+        open_data(DataSource(tmp_path), ONE_INPUT, Preprocess())
+    text = str(info.value)
+    assert "sample 0.npy" in text and "'x'" in text and "[1, 3, 5, 5]" in text and "[1, 3, 4, 4]" in text
+
+
+def test_nan_names_the_file_and_input(tmp_path):
+    a = np.zeros((1, 3, 4, 4), np.float32)
+    a[0, 1, 2, 3] = np.nan
+    np.save(tmp_path / "0.npy", a)
+    with pytest.raises(DataError, match=r"sample 0.npy: input 'x' contains 1 NaN value"):
+        open_data(DataSource(tmp_path), ONE_INPUT, Preprocess())
+
+
+def test_wrong_dtype_is_refused_unless_safely_castable(tmp_path):
+    np.save(tmp_path / "0.npy", np.zeros((1, 3, 4, 4), np.float64))  # float64 -> float32 is fine
+    assert open_data(DataSource(tmp_path), ONE_INPUT, Preprocess())[0]["x"].dtype == np.float32
+    (tmp_path / "s").mkdir()
+    np.save(tmp_path / "s" / "0.npy", np.array([["a", "b"]]))
+    with pytest.raises(DataError, match="dtype"):
+        open_data(DataSource(tmp_path / "s"), [InputInfo("x", [1, 2], "float32")], Preprocess())
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="data folder is empty"):
+        open_data(DataSource(tmp_path), ONE_INPUT, Preprocess())
+
+
+def test_images_are_resized_normalized_and_laid_out(tmp_path):
+    # A 2x2 image with known pixels; resized to 4x4 it keeps its corner colours.
+    img = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    pre = Preprocess(size=(4, 4), layout="NCHW", color="RGB", scale=1 / 255, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    x = open_data(DataSource(tmp_path), ONE_INPUT, pre)[0]["x"]
+    assert x.shape == (1, 3, 4, 4)
+    assert x[0, :, 0, 0].tolist() == pytest.approx([1.0, -1.0, -1.0])  # red at the top-left, in [-1, 1]
+    bgr = open_data(DataSource(tmp_path), ONE_INPUT, Preprocess(size=(4, 4), color="BGR", scale=1.0))[0]["x"]
+    assert bgr[0, :, 0, 0].tolist() == [0.0, 0.0, 255.0]
+    nhwc = open_data(DataSource(tmp_path), [InputInfo("x", [1, 4, 4, 3], "float32")],
+                     Preprocess(layout="NHWC", scale=1.0))[0]["x"]
+    assert nhwc[0, 0, 0].tolist() == [255.0, 0.0, 0.0]
+
+
+def test_undecodable_image_names_the_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError) as info:
+        open_data(DataSource(tmp_path), ONE_INPUT, Preprocess(size=(4, 4)))
+    assert "broken.png" in str(info.value) and "cannot decode image" in str(info.value)
+
+
+def test_images_need_a_size_when_the_model_input_is_dynamic(tmp_path):
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(DataError, match="data.preprocess.size"):
+        open_data(DataSource(tmp_path), [InputInfo("x", [1, 3, "h", "w"], "float32")], Preprocess())
