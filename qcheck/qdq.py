@@ -139,11 +139,18 @@ def read_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> QDQMap:
                 tensors[original] = QuantizedTensor(original, kind, int_dtype, scale, zp, axis,
                                                     q_initializer=qinit, consumers=[reader.name])
 
+    # A node runs quantized when it reads dequantized inputs and either its weights are integer
+    # or its output is quantized again (the DQ -> op -> Q pattern ORT fuses into integer kernels).
+    # An excluded node may still read dequantized inputs, but computes and outputs float.
+    weight_dq = {n.output[0] for n in qmodel.graph.node if n.op_type in DEQUANTIZE_OPS and n.input[0] in inits}
+    feeds_q = {n.input[0] for n in qmodel.graph.node if n.op_type in QUANTIZE_OPS}
     quantized, kept = [], []
     for node in qmodel.graph.node:
         if node.op_type in QUANTIZE_OPS | DEQUANTIZE_OPS or node.op_type == "Constant":
             continue
-        (quantized if any(i in dq_outputs for i in node.input) else kept).append(node.name)
+        reads_dq = any(i in dq_outputs for i in node.input)
+        integer = any(i in weight_dq for i in node.input) or any(o in feeds_q for o in node.output)
+        (quantized if reads_dq and integer else kept).append(node.name)
     return QDQMap(tensors, quantized, kept)
 
 

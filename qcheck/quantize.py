@@ -171,6 +171,9 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
         entry = dict(o)
         if "quant_type" in entry:
             entry["quant_type"] = getattr(QuantType, QUANT_TYPES[entry["quant_type"]])
+        for bound in ("rmin", "rmax"):  # ORT reads .dtype of these
+            if bound in entry:
+                entry[bound] = np.float32(entry[bound])
         overrides[tensor] = [entry]
     extra = {
         "ActivationSymmetric": recipe.symmetric_activations,

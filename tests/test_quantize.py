@@ -1,0 +1,108 @@
+"""Calibrate once, build variants from recipes; types and calibration methods do what they say."""
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import small_cnn, write_npy_samples
+from qcheck.data import open_data
+from qcheck.model import graph_inputs, load_onnx, prepare_model
+from qcheck.policy import DataSource, Preprocess, QuantizationSpec
+from qcheck.qdq import read_qdq
+from qcheck.quantize import Ranges, Recipe, build_quantized, calibrate
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("q")
+    src = small_cnn(tmp / "model.onnx")
+    write_npy_samples(tmp / "calib", 16, seed=2)
+    raw = load_onnx(src)
+    pm = prepare_model(raw, src, {}, tmp)
+    data = open_data(DataSource(tmp / "calib"), pm.inputs, Preprocess())
+    return tmp, pm, data
+
+
+def test_ranges_round_trip_through_json(prepared, tmp_path):
+    _, pm, data = prepared
+    r = calibrate(pm.path, data, QuantizationSpec())
+    r.save(tmp_path / "ranges.json")
+    again = Ranges.load(tmp_path / "ranges.json")
+    assert again.ranges == r.ranges and again.sha256() == r.sha256()
+    lo, hi = r.ranges["x"]
+    xs = np.concatenate([s["x"].ravel() for s in data])
+    assert lo == pytest.approx(float(xs.min())) and hi == pytest.approx(float(xs.max()))  # minmax is min and max
+
+
+def test_recipes_reuse_one_calibration(prepared):
+    tmp, pm, data = prepared
+    ranges = calibrate(pm.path, data, QuantizationSpec())
+    float_model = onnx.load(str(pm.path))
+    full = read_qdq(onnx.load(str(build_quantized(pm.path, ranges, Recipe(), tmp / "full.onnx"))), float_model)
+    conv2 = next(n.name for n in float_model.graph.node if n.op_type == "Conv" and n.input[1] == "w2")
+    partial = read_qdq(onnx.load(str(build_quantized(pm.path, ranges, Recipe(exclude_nodes=[conv2]), tmp / "p.onnx"))),
+                       float_model)
+    assert conv2 in full.quantized_nodes and conv2 not in partial.quantized_nodes
+    assert "w2" in full.tensors and "w2" not in partial.tensors
+    no_gemm = read_qdq(onnx.load(str(build_quantized(pm.path, ranges, Recipe(exclude_op_types=["Gemm"]), tmp / "g.onnx"))),
+                       float_model)
+    assert "wf" in full.tensors and "wf" not in no_gemm.tensors
+
+
+def test_activation_types_and_overrides(prepared):
+    tmp, pm, data = prepared
+    ranges = calibrate(pm.path, data, QuantizationSpec())
+    fm = onnx.load(str(pm.path))
+    signed = read_qdq(onnx.load(str(build_quantized(pm.path, ranges, Recipe(activations="int8"), tmp / "s.onnx"))), fm)
+    assert signed.tensors["x"].dtype == "int8"
+    wide = read_qdq(onnx.load(str(build_quantized(pm.path, ranges, Recipe(overrides={"x": {"quant_type": "int16"}}),
+                                                  tmp / "w.onnx"))), fm)
+    assert wide.tensors["x"].dtype == "int16"
+    # the same range on a 65535-step grid: the step is 257 times finer than on 255 steps
+    assert wide.tensors["x"].summary_scale() == pytest.approx(signed.tensors["x"].summary_scale() * 255 / 65535, rel=1e-3)
+    fixed = read_qdq(onnx.load(str(build_quantized(pm.path, ranges, Recipe(overrides={"x": {"rmin": -8.0, "rmax": 8.0}}),
+                                                   tmp / "r.onnx"))), fm)
+    assert fixed.tensors["x"].summary_scale() == pytest.approx(16.0 / 255, rel=1e-6)
+
+
+def test_percentile_and_entropy_ranges_are_narrower_than_minmax(prepared):
+    _, pm, data = prepared
+    mm = calibrate(pm.path, data, QuantizationSpec())
+    pc = calibrate(pm.path, data, QuantizationSpec(calibration="percentile", percentile=99.0))
+    en = calibrate(pm.path, data, QuantizationSpec(calibration="entropy", num_bins=2048))
+    width = lambda r, t: r.ranges[t][1] - r.ranges[t][0]  # noqa: E731
+    assert width(pc, "x") < width(mm, "x")
+    assert any(width(en, t) < 0.99 * width(mm, t) for t in mm.ranges if t in en.ranges)
+
+
+def test_external_data_models_load(tmp_path):
+    src = small_cnn(tmp_path / "m.onnx")
+    model = onnx.load(str(src))
+    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").exists()
+    loaded = load_onnx(tmp_path / "ext.onnx")
+    assert [i.name for i in graph_inputs(loaded)] == ["x"]
+    work = tmp_path / "work"
+    work.mkdir()
+    pm = prepare_model(loaded, tmp_path / "ext.onnx", {}, work)
+    assert pm.node_count >= 5
+
+
+def test_opset_11_is_upgraded_for_per_channel(tmp_path):
+    src = small_cnn(tmp_path / "old.onnx", opset=11)
+    work = tmp_path / "w"
+    work.mkdir()
+    pm = prepare_model(load_onnx(src), src, {}, work)
+    assert pm.original_opset == 11 and pm.opset >= 13
+    assert any("opset upgraded" in n for n in pm.notes)
+
+
+def test_already_quantized_model_is_refused_with_a_reason(prepared, tmp_path):
+    from qcheck.errors import ModelError
+
+    tmp, pm, data = prepared
+    ranges = calibrate(pm.path, data, QuantizationSpec())
+    q = build_quantized(pm.path, ranges, Recipe(), tmp_path / "q.onnx")
+    with pytest.raises(ModelError, match="already quantized"):
+        prepare_model(load_onnx(q), q, {}, tmp_path)
