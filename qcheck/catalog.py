@@ -39,6 +39,18 @@ TENSOR_STATISTICS: dict[str, str] = {
     "float_min": "lowest float value seen in evaluation",
     "float_max": "highest float value seen in evaluation",
     "spread_steps": "median over samples of (max - min) / scale: grid steps one sample uses",
+    "weight_error_share": "share of the per-layer error the quantized weights alone cause (0..1; ~1: weight-dominated)",
+    # distribution of the float values
+    "skewness": "skewness of the float values",
+    "kurtosis": "excess kurtosis of the float values: 0 for a normal distribution, large for heavy tails",
+    "bimodality": "bimodality coefficient (skew^2 + 1) / (kurtosis + 3); above 0.555 suggests two modes",
+    "channels": "number of channels (axis 1 of activations, the output-channel axis of weights)",
+    "channel_range_ratio": "widest channel's range / the median channel's range: an outlier channel is large",
+    "worst_channel": "index of the channel with the widest range",
+    # position in the graph
+    "layer_index": "rank of the producing layer among quantized layers in graph order (0 = first)",
+    "is_output": "true for a model output",
+    "input_range_ratio": "widest / narrowest calibrated range among the producing node's inputs (Concat, Add ...)",
     # whole-model error: float and quantized models run separately, errors accumulate
     "whole_mean_error": "mean error, whole-model mode",
     "whole_max_abs_error": "largest absolute error, whole-model mode",

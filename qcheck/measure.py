@@ -21,6 +21,7 @@ one sample's tensors at a time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -35,9 +36,11 @@ from qcheck.model import topological_order
 from qcheck.policy import MetricSpec
 from qcheck.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, QDQMap, QuantizedTensor, float_name
 from qcheck.runtime import make_session, with_outputs
-from qcheck.stats import ErrorAccumulator, ErrorStats
+from qcheck.stats import DistributionAccumulator, DistributionStats, ErrorAccumulator, ErrorStats
 
 TWIN_PREFIX = "qcheck_twin::"
+TWIN_W_PREFIX = "qcheck_twin_wq::"
+DQ_WEIGHT_PREFIX = "qcheck_dqw::"
 INPUT_PREFIX = "qcheck_in::"
 REMOVABLE_ACTIVATIONS = {"Relu", "Clip"}  # ORT folds these into the producer's grid
 
@@ -60,6 +63,11 @@ class TensorRecord:
     calib_max: float | None = None
     local: ErrorStats | None = None
     whole: ErrorStats | None = None
+    distribution: DistributionStats | None = None
+    layer_index: int | None = None  # rank among quantized layers in graph order (0 = first)
+    is_output: bool = False
+    input_range_ratio: float | None = None  # widest / narrowest calibrated range among the producer's inputs
+    weight_error_share: float | None = None  # share of the per-layer error the weights alone cause
 
     def row(self) -> dict:
         """Flat dict: seed-000 names for the local (per-layer) statistics, whole_* for whole-model ones."""
@@ -75,6 +83,11 @@ class TensorRecord:
             out[key] = whole.get(key, local.get(key))
         for key in ("mean_error", "max_abs_error", "mean_squared_error", "rmse_scale", "cosine", "sqnr"):
             out["whole_" + key] = whole.get(key)
+        dist = asdict(self.distribution) if self.distribution else {}
+        for key in ("skewness", "kurtosis", "bimodality", "channels", "channel_range_ratio", "worst_channel"):
+            out[key] = dist.get(key)
+        for key in ("layer_index", "is_output", "input_range_ratio", "weight_error_share"):
+            out[key] = getattr(self, key)
         return out
 
 
@@ -95,6 +108,7 @@ class _Twin:
     model: onnx.ModelProto
     inputs: dict[str, str]  # twin graph input -> tensor name in the quantized run ("float name" or q_output)
     outputs: dict[str, str]  # float tensor name -> twin output name
+    weight_outputs: dict[str, str]  # float tensor name -> output of the twin with dequantized weights
 
 
 def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap) -> _Twin:
@@ -115,6 +129,7 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
     nodes, inits, graph_inputs = [], {}, {}
     feeds: dict[str, str] = {}
     outputs: dict[str, str] = {}
+    weight_outputs: dict[str, str] = {}
 
     def twin_input(name: str) -> str | None:
         """The twin's name for input `name` of a quantized node; None when it cannot be fed."""
@@ -140,15 +155,49 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
         graph_inputs[feed] = types[name]
         return feed
 
+    def emit(node: onnx.NodeProto, twin_of: onnx.NodeProto, new_inputs: list[str], measured: list[str],
+             prefix: str, into: dict[str, str]) -> None:
+        """Add a float copy of `twin_of` (outputs renamed with `prefix`) and record its measured outputs."""
+        twin = onnx.NodeProto()
+        twin.CopyFrom(twin_of)
+        twin.name = prefix + node.name
+        del twin.input[:]
+        twin.input.extend(new_inputs)
+        del twin.output[:]
+        twin.output.extend(prefix + o for o in twin_of.output)
+        nodes.append(twin)
+        for out in measured:
+            if out in twin_of.output:
+                into[out] = prefix + out
+                continue
+            # ORT removed a Relu/Clip and gave its output name to this node: re-apply it in float.
+            for raw in twin_of.output:
+                chain = [c for c in f_consumers.get(raw, []) if c.op_type in REMOVABLE_ACTIVATIONS and out in c.output]
+                if chain:
+                    act = onnx.NodeProto()
+                    act.CopyFrom(chain[0])
+                    act.name = prefix + chain[0].name
+                    act.input[0] = prefix + raw
+                    for j in range(1, len(act.input)):
+                        if act.input[j] and act.input[j] in f_inits:
+                            inits[act.input[j]] = f_inits[act.input[j]]
+                    del act.output[:]
+                    act.output.append(prefix + out)
+                    nodes.append(act)
+                    into[out] = prefix + out
+                    break
+
     for node in qmodel.graph.node:
-        if node.op_type in QUANTIZE_OPS | DEQUANTIZE_OPS or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        if node.op_type in QUANTIZE_OPS | DEQUANTIZE_OPS or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             continue
         measured = [float_name(o, f_outputs) for o in node.output]
         measured = [o for o in measured if o in qmap.tensors and qmap.tensors[o].kind == "activation"]
         twin_of = f_nodes.get(node.name)
         if not measured or twin_of is None:
             continue
-        new_inputs = []
+        new_inputs: list[str] | None = []
+        dq_weights: dict[int, str] = {}  # input position -> float weight name, for the weights-only twin
         for pos, name in enumerate(node.input):
             producer = producers.get(name)
             if producer is not None and producer.op_type in DEQUANTIZE_OPS and producer.input[0] in q_inits:
@@ -158,6 +207,8 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
                     break
                 inits[original] = f_inits[original]
                 new_inputs.append(original)
+                if original in qmap.tensors and qmap.tensors[original].q_initializer in q_init_protos:
+                    dq_weights[pos] = original
                 continue
             fed = twin_input(name)
             if fed is None:
@@ -166,44 +217,29 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
             new_inputs.append(fed)
         if new_inputs is None:
             continue
-        twin = onnx.NodeProto()
-        twin.CopyFrom(twin_of)
-        twin.name = TWIN_PREFIX + node.name
-        del twin.input[:]
-        twin.input.extend(new_inputs)
-        del twin.output[:]
-        twin.output.extend(TWIN_PREFIX + o for o in twin_of.output)
-        nodes.append(twin)
-        for out in measured:
-            if out in twin_of.output:
-                outputs[out] = TWIN_PREFIX + out
-                continue
-            # ORT removed a Relu/Clip and gave its output name to this node: re-apply it in float.
-            for raw in twin_of.output:
-                chain = [c for c in f_consumers.get(raw, []) if c.op_type in REMOVABLE_ACTIVATIONS and out in c.output]
-                if chain:
-                    act = onnx.NodeProto()
-                    act.CopyFrom(chain[0])
-                    act.name = TWIN_PREFIX + chain[0].name
-                    act.input[0] = TWIN_PREFIX + raw
-                    for j in range(1, len(act.input)):
-                        if act.input[j] and act.input[j] in f_inits:
-                            inits[act.input[j]] = f_inits[act.input[j]]
-                    del act.output[:]
-                    act.output.append(TWIN_PREFIX + out)
-                    nodes.append(act)
-                    outputs[out] = TWIN_PREFIX + out
-                    break
+        emit(node, twin_of, new_inputs, measured, TWIN_PREFIX, outputs)
+        if dq_weights:
+            # The same float op with dequantized weights: the difference to the float-weight twin is
+            # the error the weights alone put into this node's output.
+            w_inputs = list(new_inputs)
+            for pos, original in dq_weights.items():
+                name = DQ_WEIGHT_PREFIX + original
+                if name not in inits:
+                    t = qmap.tensors[original]
+                    value = t.dequantize(numpy_helper.to_array(q_init_protos[t.q_initializer]))
+                    inits[name] = numpy_helper.from_array(value.astype(np.float32), name)
+                w_inputs[pos] = name
+            emit(node, twin_of, w_inputs, measured, TWIN_W_PREFIX, weight_outputs)
 
     graph = onnx.helper.make_graph(
         nodes, "qcheck_twin",
         [onnx.helper.make_tensor_value_info(n, t, None) for n, t in graph_inputs.items()],
-        [onnx.ValueInfoProto(name=o) for o in outputs.values()],
+        [onnx.ValueInfoProto(name=o) for o in list(outputs.values()) + list(weight_outputs.values())],
         initializer=list(inits.values()),
     )
     twin_model = onnx.helper.make_model(graph, opset_imports=list(qmodel.opset_import))
     twin_model.ir_version = qmodel.ir_version
-    return _Twin(twin_model, feeds, outputs)
+    return _Twin(twin_model, feeds, outputs, weight_outputs)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -259,6 +295,10 @@ def measure(
     for t in activations:
         lo, hi = t.real_range(())
         whole_acc[t.name] = ErrorAccumulator(scale=t.summary_scale(), qrange=(float(lo), float(hi)))
+    shapes = _shapes(float_model)
+    dist_acc = {t.name: DistributionAccumulator(_activation_channel_axis(t.name, shapes, producer_of))
+                for t in activations}
+    weight_err = {name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})}
     out_cmp = {name: OutputComparison(name) for name in outputs}
     user = {name: (spec, OutputComparison(f"{spec.output}{spec.slice or ''}")) for name, spec in metrics.items()}
     slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
@@ -277,14 +317,16 @@ def measure(
             ref = f_vals.get(t.name, sample.get(t.name))
             if ref is None:
                 continue
-            if "whole" in modes or "local" in modes:
-                whole_acc[t.name].update(ref, deq[t.name])
+            whole_acc[t.name].update(ref, deq[t.name])
+            dist_acc[t.name].update(ref)
         if t_sess is not None:
             feed = {twin_in: deq[by_qoutput[src]] if src in by_qoutput else q_vals[src]
                     for twin_in, src in twin.inputs.items()}
             t_vals = dict(zip(t_out_names, t_sess.run(None, feed)))
             for name, twin_out in twin.outputs.items():
                 local_acc[name].update(t_vals[twin_out], deq[name])
+            for name, twin_out in twin.weight_outputs.items():
+                weight_err[name].update(t_vals[twin.outputs[name]], t_vals[twin_out])
         for name in outputs:
             out_cmp[name].update(f_vals[name], q_vals[name])
         for mname, (spec, cmp) in user.items():
@@ -301,17 +343,24 @@ def measure(
         producer = producer_of.get(t.name)
         rec = _record(t, producer.name if producer else "(input)", producer.op_type if producer else "Input",
                       order.get(t.name, -1), ranges.get(t.name))
-        if "whole" in modes or "local" in modes:
-            whole = whole_acc[t.name].result()
-            rec.whole = whole if "whole" in modes else None
-            local_has = twin is not None and t.name in twin.outputs
-            if "local" in modes:
-                # graph inputs have no producer: their local error is their own rounding
-                rec.local = local_acc[t.name].result() if local_has else (whole if producer is None else None)
-                if rec.local is not None and rec.whole is None:
-                    for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
-                        setattr(rec.local, key, getattr(whole, key))
+        whole = whole_acc[t.name].result()
+        rec.whole = whole if "whole" in modes else None
+        rec.distribution = dist_acc[t.name].result()
+        rec.is_output = t.name in outputs
+        local_has = twin is not None and t.name in twin.outputs
+        if "local" in modes:
+            # graph inputs have no producer: their local error is their own rounding
+            rec.local = local_acc[t.name].result() if local_has else (whole if producer is None else None)
+            if rec.local is not None and rec.whole is None:
+                for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
+                    setattr(rec.local, key, getattr(whole, key))
+            if t.name in weight_err and rec.local is not None and rec.local.mean_squared_error > 0:
+                rec.weight_error_share = weight_err[t.name].result().mean_squared_error / rec.local.mean_squared_error
+        if producer is not None:
+            rec.input_range_ratio = _input_range_ratio(producer, ranges)
         records.append(rec)
+    for index, rec in enumerate(sorted((r for r in records if r.node != "(input)"), key=lambda r: r.order)):
+        rec.layer_index = index
     if include_weights:
         inits = {i.name: i for i in float_model.graph.initializer}
         q_inits = {i.name: i for i in qmodel.graph.initializer}
@@ -326,6 +375,9 @@ def measure(
             rec = _record(t, consumer.name if consumer else "", consumer.op_type if consumer else "",
                           order.get(consumer.output[0], -1) if consumer else -1, None)
             rec.local = rec.whole = acc.result()
+            dist = DistributionAccumulator(_weight_channel_axis(t, consumer, w.ndim))
+            dist.update(w)
+            rec.distribution = dist.result()
             records.append(rec)
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
 
@@ -336,6 +388,52 @@ def measure(
         user_results[name] = {"value": value, "output": spec.output, "slice": spec.slice, "metric": spec.metric,
                               "per_sample_cosine": r["per_sample_cosine"]}
     return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes)
+
+
+def _activation_channel_axis(name: str, shapes: dict[str, list], producer_of: dict) -> int | None:
+    """Channels of an activation: axis 1 for NCHW-style tensors, the last axis for [N, T, C] sequences."""
+    shape = shapes.get(name)
+    if shape is None or len(shape) < 2:
+        return None
+    if len(shape) == 3:
+        producer = producer_of.get(name)
+        return 1 if producer is not None and producer.op_type in ("Conv", "ConvTranspose") else 2
+    return 1
+
+
+def _weight_channel_axis(t: QuantizedTensor, consumer: onnx.NodeProto | None, rank: int) -> int | None:
+    """The output-channel axis of a weight: where per-channel quantization would split it."""
+    if t.kind != "weight" or rank < 2:
+        return None
+    if t.per_channel and t.axis is not None:
+        return t.axis
+    op = consumer.op_type if consumer is not None else ""
+    if op == "ConvTranspose":
+        return 1
+    if op == "Gemm":
+        trans_b = next((a.i for a in consumer.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if op == "MatMul":
+        return rank - 1
+    return 0
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Inferred shapes of the model's tensors (pre-processing ran shape inference)."""
+    shapes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return shapes
+
+
+def _input_range_ratio(node: onnx.NodeProto, ranges: dict[str, tuple[float, float]]) -> float | None:
+    """For ops joining several activations (Concat, Add ...): widest over narrowest calibrated range."""
+    widths = [ranges[i][1] - ranges[i][0] for i in node.input if i in ranges]
+    if len(widths) < 2:
+        return None
+    narrow = min(widths)
+    return max(widths) / narrow if narrow > 0 else math.inf
 
 
 def _record(t: QuantizedTensor, node: str, op_type: str, order: int, calib: tuple | None) -> TensorRecord:

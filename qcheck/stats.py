@@ -197,3 +197,71 @@ def dequantize(q: np.ndarray, scale: float | np.ndarray, zero_point: int | np.nd
     """ONNX DequantizeLinear: (q - zero_point) * scale, in float32 as ONNX Runtime computes it."""
     steps = q.astype(np.int32) - np.asarray(zero_point, dtype=np.int32)
     return steps.astype(np.float32) * np.asarray(scale, dtype=np.float32)
+
+
+@dataclass
+class DistributionStats:
+    """The shape of a float tensor's values, and how its channels compare."""
+
+    skewness: float | None = None
+    kurtosis: float | None = None  # excess kurtosis: 0 for a normal distribution, large for heavy tails
+    bimodality: float | None = None  # (skew^2 + 1) / (excess kurtosis + 3); above 5/9 suggests two modes
+    channel_axis: int | None = None
+    channels: int | None = None
+    channel_range_ratio: float | None = None  # widest channel range / median channel range
+    worst_channel: int | None = None
+
+
+class DistributionAccumulator:
+    """Moments of a float tensor's values and per-channel min/max, over samples.
+
+    Moments are accumulated around a shift (the first sample's mean) so that
+    the third and fourth powers do not cancel catastrophically.
+    """
+
+    def __init__(self, channel_axis: int | None = None):
+        self.axis = channel_axis
+        self.shift: float | None = None
+        self.n = 0
+        self.s1 = self.s2 = self.s3 = self.s4 = 0.0
+        self.cmin: np.ndarray | None = None
+        self.cmax: np.ndarray | None = None
+
+    def update(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        x = np.asarray(values, dtype=np.float64)
+        if self.shift is None:
+            self.shift = float(x.mean())
+        d = x.ravel() - self.shift
+        d2 = d * d
+        self.n += d.size
+        self.s1 += float(d.sum())
+        self.s2 += float(d2.sum())
+        self.s3 += float((d2 * d).sum())
+        self.s4 += float(d2 @ d2)
+        if self.axis is not None and x.ndim > self.axis:
+            other = tuple(i for i in range(x.ndim) if i != self.axis)
+            cmin, cmax = x.min(axis=other), x.max(axis=other)
+            self.cmin = cmin if self.cmin is None else np.minimum(self.cmin, cmin)
+            self.cmax = cmax if self.cmax is None else np.maximum(self.cmax, cmax)
+
+    def result(self) -> DistributionStats:
+        out = DistributionStats()
+        if self.n >= 4:
+            n = self.n
+            mean = self.s1 / n
+            m2 = self.s2 / n - mean**2
+            m3 = self.s3 / n - 3 * mean * self.s2 / n + 2 * mean**3
+            m4 = self.s4 / n - 4 * mean * self.s3 / n + 6 * mean**2 * self.s2 / n - 3 * mean**4
+            if m2 > 1e-12 * max(1.0, abs(self.shift or 0.0)) ** 2:
+                out.skewness = m3 / m2**1.5
+                out.kurtosis = m4 / m2**2 - 3.0
+                out.bimodality = (out.skewness**2 + 1.0) / (out.kurtosis + 3.0)
+        if self.cmin is not None and self.cmin.size > 1:
+            widths = self.cmax - self.cmin
+            median = float(np.median(widths))
+            out.channel_axis, out.channels = self.axis, int(widths.size)
+            out.worst_channel = int(widths.argmax())
+            out.channel_range_ratio = float(widths.max() / median) if median > 0 else (math.inf if widths.max() > 0 else 1.0)
+        return out
