@@ -185,7 +185,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "data": {"calibration": calib.describe(),
                      "evaluation": {**evaluation.describe(), "same_as_calibration": evaluation is calib},
                      "preprocess": policy.raw.get("data", {}).get("preprocess")},
-            "target": policy.target,
+            "target": policy.target.to_dict(),
             "quantization": {
                 "scheme": policy.quantization.scheme, "recipe": recipe.to_dict(), "recipe_key": recipe.key(),
                 "ranges_file": "ranges.json", "ranges_sha256": ranges.sha256(), "calibration_samples": ranges.samples,

@@ -25,6 +25,7 @@ import jsonschema
 
 from qcheck.errors import PolicyError, Problem, QcheckError
 from qcheck.expr import ExprError, Expression
+from qcheck.targets import TargetProfile, builtin_profile, resolve_target
 from qcheck.yamlsrc import LineDict, line_of, load_yaml, to_plain
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "policy.schema.json"
@@ -141,7 +142,7 @@ class Policy:
     model: ModelSpec
     data: DataSpec
     inputs: dict[str, list[int]] = field(default_factory=dict)
-    target: str = "cpu"
+    target: TargetProfile = field(default_factory=lambda: builtin_profile("cpu"))
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
     metrics: dict[str, MetricSpec] = field(default_factory=dict)
     require: list[Requirement] = field(default_factory=list)
@@ -391,8 +392,14 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
 
     inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
 
+    target = builtin_profile("cpu")
+    try:
+        target = resolve_target(doc.get("target", "cpu"), folder, file, at("target"))
+    except QcheckError as exc:
+        problems.extend(exc.problems)
+
     policy = Policy(
-        path=path, model=model, data=data, inputs=inputs, target=doc.get("target", "cpu"),
+        path=path, model=model, data=data, inputs=inputs, target=target,
         quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
         report=report, raw=to_plain(doc), _doc=doc,
     )
