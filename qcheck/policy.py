@@ -103,9 +103,11 @@ class QuantizationSpec:
 @dataclass
 class MetricSpec:
     name: str
-    output: str
+    output: str | None
     slice: str | None = None
     metric: str = "max_abs"
+    task: str | None = None  # a task metric (qcheck/tasks): classification, detection, ctc, ...
+    options: dict[str, Any] = field(default_factory=dict)  # the task metric's keys as written
 
 
 @dataclass
@@ -352,9 +354,19 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
                                     at("quantization", "overrides", name)))
 
     # metrics and requirements
-    metrics = {name: MetricSpec(name, spec["output"], spec.get("slice"), spec.get("metric", "max_abs"))
+    metrics = {name: MetricSpec(name, spec.get("output"), spec.get("slice"), spec.get("metric", "max_abs"),
+                                spec.get("task"), {k: to_plain(v) for k, v in spec.items() if k != "task"})
                for name, spec in (doc.get("metrics") or {}).items()}
+    task_names: list[str] = []
     for name, spec in metrics.items():
+        if spec.task is not None:
+            from qcheck.tasks.spec import check_options, require_names
+
+            for keys, message, hint in check_options(name, {"task": spec.task, **spec.options}):
+                problems.append(Problem(message, file, at(*keys), hint=hint))
+            task_names += require_names(name, spec.task, spec.options)
+        elif spec.output is None:
+            problems.append(Problem(f"'metrics.{name}' is missing the required key 'output'", file, at("metrics", name)))
         if spec.slice is not None:
             from qcheck.metrics import SliceError, parse_slice  # local: metrics imports numpy
 
@@ -364,7 +376,7 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
                 problems.append(Problem(f"metric '{name}': {exc}", file, at("metrics", name, "slice")))
         if name in ("model", "findings"):
             problems.append(Problem(f"metric name '{name}' is reserved", file, at("metrics", name)))
-    known = set(REQUIRE_NAMES) | set(metrics)
+    known = set(REQUIRE_NAMES) | set(metrics) | set(task_names)
     require = []
     for i, text in enumerate(doc.get("require") or []):
         try:
