@@ -21,7 +21,7 @@ import numpy as np
 
 from qcheck.errors import DataError, Problem
 from qcheck.metrics import SliceError, apply_slice, parse_slice
-from qcheck.tasks.spec import HIGHER_IS_BETTER
+from qcheck.tasks.spec import HIGHER_IS_BETTER, IDEAL
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -141,6 +141,7 @@ class TaskMetric:
             idx = [self.columns.index(c) for c in stat.columns]
             values[stat.key] = evaluate_stat(stat, comps[:, idx], weights)
             values[stat.key]["higher_is_better"] = stat.key in HIGHER_IS_BETTER
+            values[stat.key]["key"] = stat.key
         primary = next(iter(values)) if values else None
         return {
             "task": self.task,
@@ -156,12 +157,15 @@ class TaskMetric:
         }
 
     def worst(self, primary: dict | None) -> list[dict]:
-        """The items with the worst primary value, with what changed in them."""
+        """Up to WORST_SHOWN items with the worst primary value (not the ideal one), with what changed."""
         if not primary or not primary["per_sample"]:
             return []
         higher = primary.get("higher_is_better", True)
         scored = [(v, i) for i, v in enumerate(primary["per_sample"]) if v is not None]
         scored.sort(key=lambda t: t[0] if higher else -t[0])
+        ideal = IDEAL.get(primary.get("key", ""))
+        if ideal is not None:  # only the samples where something changed
+            scored = [(v, i) for v, i in scored if v != ideal]
         return [{"sample": self.items[i], "value": v, **self.details[i]} for v, i in scored[:WORST_SHOWN]]
 
 

@@ -33,6 +33,11 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
 HIGHER_IS_BETTER = {"top1", "topk", "accuracy_float", "accuracy_quant", "f1", "precision", "recall",
                     "string_agreement", "step_agreement", "iou", "pixel_agreement", "psnr"}
 
+# the value of a sample where quantization changed nothing (such samples are not listed as worst)
+IDEAL = {**{k: 1.0 for k in HIGHER_IS_BETTER if k not in ("psnr", "accuracy_float", "accuracy_quant")},
+         "psnr": float("inf"), "cer": 0.0, "max_abs": 0.0, "mean_abs": 0.0, "relative": 0.0,
+         "score_max_error": 0.0, "score_mean_error": 0.0}
+
 
 def value_names(task: str, options: dict) -> tuple[str, ...]:
     if task == "python":
