@@ -35,6 +35,15 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression, highest score first."""
     order = np.argsort(-scores, kind="stable")
+    if order.size <= 3000:  # one IoU matrix, then a greedy pass over rows
+        m = iou_matrix(boxes[order], boxes[order])
+        alive = np.ones(order.size, dtype=bool)
+        keep = []
+        for i in range(order.size):
+            if alive[i]:
+                keep.append(int(order[i]))
+                alive[i + 1:] &= m[i, i + 1:] <= iou
+        return np.asarray(keep, dtype=np.int64)
     keep = []
     while order.size:
         i = order[0]
@@ -59,11 +68,13 @@ def detect(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_io
     cls = scores.argmax(axis=1)
     best = scores[np.arange(scores.shape[0]), cls]
     sel = np.nonzero(best >= score_threshold)[0]
-    kept = []
-    for c in np.unique(cls[sel]):
-        idx = sel[cls[sel] == c]
-        kept.extend(idx[nms(boxes[idx], best[idx], nms_iou)].tolist())
-    kept = np.asarray(sorted(kept, key=lambda i: -best[i])[:max_detections], dtype=np.int64)
+    if sel.size:
+        # per-class NMS in one pass: move each class's boxes apart so boxes of different classes never overlap
+        span = float(np.abs(boxes[sel]).max()) * 2 + 1
+        shifted = boxes[sel] + (cls[sel] * span)[:, None]
+        kept = sel[nms(shifted, best[sel], nms_iou)][:max_detections]
+    else:
+        kept = sel
     return boxes[kept], best[kept], cls[kept]
 
 
