@@ -124,3 +124,16 @@ def test_missing_output_and_wrong_label_count(tmp_path, capsys):
     extra = {"short": {"task": "classification", "output": "logits", "labels": "short.txt"}}
     code, _ = classifier_run(tmp_path, ["cls >= 0"], labels=False, extra=extra)
     assert code == 2 and "2 labels, but the evaluation data gave 4" in capsys.readouterr().err
+
+
+def test_report_renders_again_from_results_json_with_text_that_looks_like_a_number(tmp_path):
+    """Strings such as 'nan' read by an OCR model stay strings when results.json is read back."""
+    code, results = classifier_run(tmp_path, ["cls >= 0.5"], labels=False)
+    path = tmp_path / "out" / "results.json"
+    data = json.loads(path.read_text())
+    data["model_metrics"]["tasks"]["cls"]["worst"][0]["quant_text"] = "nan"
+    data["model_metrics"]["tasks"]["cls"]["worst"][0]["float_text"] = "inf"
+    path.write_text(json.dumps(data))
+    assert main(["report", str(path), "--out", str(tmp_path / "again"), "--formats", "html"]) == 0
+    html = (tmp_path / "again" / "report.html").read_text()
+    assert "<code>nan</code>" in html and "<code>inf</code>" in html and 'id="tasks"' in html
