@@ -137,3 +137,43 @@ def test_report_renders_again_from_results_json_with_text_that_looks_like_a_numb
     assert main(["report", str(path), "--out", str(tmp_path / "again"), "--formats", "html"]) == 0
     html = (tmp_path / "again" / "report.html").read_text()
     assert "<code>nan</code>" in html and "<code>inf</code>" in html and 'id="tasks"' in html
+
+
+def ctc_logits(path_classes: list[int], near_tie: dict[int, tuple[int, int]]) -> np.ndarray:
+    """[1, T, 4] logits: 5.0 on each step's class, -10 elsewhere; near_tie {step: (winner, runner-up)} puts
+    the winner at 5.02 and the runner-up at 5.00, closer than the uint8 grid step 20/255 = 0.078."""
+    a = np.full((1, len(path_classes), 4), -10.0, dtype=np.float32)
+    for t, c in enumerate(path_classes):
+        a[0, t, c] = 5.0
+    for t, (win, other) in near_tie.items():
+        a[0, t, win], a[0, t, other] = 5.02, 5.0
+    return a
+
+
+def test_ocr_string_changes_while_most_steps_agree(tmp_path):
+    """Input and output quantized over [-10, 10]: 5.00 and 5.02 both round to 64 steps, a tie argmax breaks
+    to the lower class, so 'c' (class 3) at step 2 reads 'b' (class 2): 'acb' becomes 'abb'."""
+    passthrough_model(tmp_path / "rec.onnx", [1, 6, 4], out_name="probs")
+    calib = np.full((1, 6, 4), -10.0, dtype=np.float32)
+    calib[0, 0, 0] = 10.0
+    write_arrays(tmp_path / "calib", [calib])
+    write_arrays(tmp_path / "eval", [ctc_logits([1, 0, 3, 0, 2, 2], {2: (3, 2)}), ctc_logits([1, 1, 0, 2, 0, 3], {})])
+    (tmp_path / "keys.txt").write_text("a\nb\nc\n")
+    (tmp_path / "texts.txt").write_text("acb\nabc\n")
+    doc = {"model": "rec.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+           "metrics": {"ocr": {"task": "ctc", "output": "probs", "blank": 0, "time_axis": 1, "class_axis": 2,
+                               "charset": "keys.txt", "labels": "texts.txt"}},
+           "require": ["ocr.step_agreement >= 0.9", "ocr.string_agreement >= 0.95"],
+           "report": {"out": "out", "formats": ["html"]}}
+    code = main(["run", str(write_policy(tmp_path / "qcheck.yaml", doc)), "--quiet"])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    t = results["model_metrics"]["tasks"]["ocr"]
+    v = {k: x["value"] for k, x in t["values"].items()}
+    assert v["step_agreement"] == pytest.approx(11 / 12) and v["string_agreement"] == 0.5
+    assert v["cer"] == pytest.approx(1 / 6)  # one substitution over 3 + 3 float characters
+    assert v["cer_float"] == 0.0 and v["cer_quant"] == pytest.approx(1 / 6)
+    assert v["accuracy_float"] == 1.0 and v["accuracy_quant"] == 0.5
+    assert t["worst"] == [{"sample": "0.npy", "value": 0.0, "float_text": "acb", "quant_text": "abb", "label": "acb"}]
+    assert code == 1 and results["verdict"]["failing_metrics"] == ["ocr.string_agreement"]
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<code>acb</code>" in html and "<code>abb</code>" in html

@@ -62,13 +62,14 @@ class Segmentation(TaskMetric):
                 self.classes = c
                 self.columns = ("same", "pixels") + tuple(f"inter{i}" for i in range(c)) + tuple(f"union{i}" for i in range(c))
             lf, lq = fm.argmax(axis=axis), qm.argmax(axis=axis)
-            comps = {"same": float((lf == lq).sum()), "pixels": float(lf.size)}
+            confusion = np.bincount((lf * c + lq).ravel(), minlength=c * c).reshape(c, c)
+            inter = np.diag(confusion).astype(np.float64)
+            union = confusion.sum(axis=0) + confusion.sum(axis=1) - inter
+            comps = {"same": float(inter.sum()), "pixels": float(lf.size)}
             per = []
             for i in range(c):
-                inter = float(np.logical_and(lf == i, lq == i).sum())
-                union = float(np.logical_or(lf == i, lq == i).sum())
-                comps[f"inter{i}"], comps[f"union{i}"] = inter, union
-                per.append(None if union == 0 else round(inter / union, 4))
+                comps[f"inter{i}"], comps[f"union{i}"] = float(inter[i]), float(union[i])
+                per.append(None if union[i] == 0 else round(float(inter[i] / union[i]), 4))
             return comps, {"class_iou": per}
         thr = float(self.options.get("threshold", 0.5))
         inter, union = binary_iou(fm, qm, thr)
