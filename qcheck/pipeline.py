@@ -230,7 +230,7 @@ def _check_policy_outputs(policy: Policy, outputs: list[str]) -> None:
     problems = [policy.problem_at(("metrics", name, "output"),
                                   f"metric '{name}': the model has no output named '{spec.output}'; its outputs are: "
                                   f"{', '.join(outputs)}")
-                for name, spec in policy.metrics.items() if spec.task is None and spec.output not in outputs]
+                for name, spec in policy.generic_metrics.items() if spec.output not in outputs]
     if problems:
         raise QcheckError(problems)
 

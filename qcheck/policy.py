@@ -157,6 +157,11 @@ class Policy:
     def folder(self) -> Path:
         return self.path.parent
 
+    @property
+    def generic_metrics(self) -> dict[str, MetricSpec]:
+        """The `metrics:` entries without `task:` (an output or slice compared with one statistic)."""
+        return {name: spec for name, spec in self.metrics.items() if spec.task is None}
+
     def problem_at(self, keys: tuple | list, message: str, hint: str | None = None) -> Problem:
         """A Problem pointing at the line of `keys` in the policy file."""
         return Problem(message, file=str(self.path), line=line_of(self._doc, list(keys)), hint=hint)
