@@ -27,13 +27,13 @@ from qcheck.fetch import fetch_model
 from qcheck.measure import measure
 from qcheck.metrics import aggregate_model_metrics
 from qcheck.model import InputInfo, file_sha256, graph_inputs, load_onnx, prepare_model
+from qcheck.model_stats import model_row
 from qcheck.outputs import OutputDir
 from qcheck.policy import Policy
 from qcheck.qdq import read_qdq
 from qcheck.quantize import Recipe, build_quantized, calibrate
 from qcheck.requirements import judge, requirement_env
 from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats
-from qcheck.model_stats import model_row
 from qcheck.rules import count_by_severity, evaluate, evaluate_model, load_rules, needed_statistics, sort_findings
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
