@@ -19,6 +19,7 @@ from helpers import mixed_concat, outlier_channel_conv, write_arrays, write_poli
 from onnx import numpy_helper
 
 from qcheck.cli import main
+from qcheck.stats import DistributionAccumulator
 from qcheck.rules import load_pack
 from qcheck.resources import builtin_pack_path
 
@@ -188,3 +189,32 @@ def test_statistics_no_rule_needs_are_not_computed(tmp_path):
     y = row(results, "y")
     assert y["weight_error_share"] is None and y["kurtosis"] is None and y["channel_range_ratio"] is None
     assert y["rmse_scale"] is not None and y["cosine"] is not None
+
+
+# --------------------------------------------------------------------------- the accumulator, against closed forms
+
+
+def test_two_equal_spikes_have_bimodality_one_and_samples_accumulate():
+    # values -1 and +1, equally often: skewness 0, kurtosis 1 (excess -2), coefficient (0 + 1) / (-2 + 3) = 1
+    acc = DistributionAccumulator(channel_axis=1)
+    for sign in (1.0, -1.0, 1.0, -1.0):  # four samples; the shift is the first sample's mean (+1)
+        acc.update(np.full((1, 2, 4), sign) * np.array([1.0, -1.0])[None, :, None])
+    d = acc.result()
+    assert d.skewness == pytest.approx(0.0, abs=1e-12)
+    assert d.kurtosis == pytest.approx(-2.0, rel=1e-12)
+    assert d.bimodality == pytest.approx(1.0, rel=1e-12)
+    assert d.channels == 2 and d.channel_range_ratio == pytest.approx(1.0)
+
+
+def test_channel_ratio_ignores_constant_channels():
+    # widths: 1, 1, 1, 4 and four dead channels (constant 0): the median of the varying ones is 1
+    x = np.zeros((3, 8, 5))
+    x[:, :3, :] = np.linspace(0.0, 1.0, 5)
+    x[:, 3, :] = np.linspace(-2.0, 2.0, 5)
+    acc = DistributionAccumulator(channel_axis=1)
+    acc.update(x)
+    d = acc.result()
+    assert d.channel_range_ratio == pytest.approx(4.0) and d.worst_channel == 3 and d.channels == 8
+    acc = DistributionAccumulator(channel_axis=1)
+    acc.update(np.zeros((2, 4, 3)))
+    assert acc.result().channel_range_ratio == 1.0  # nothing varies: no outlier
