@@ -217,6 +217,15 @@ def test_policy_rule_mistakes_name_the_policy_line(tmp_path):
     assert f"{path}:{line}: rules.params.QC104.max_fraction must be a number" in text
 
 
+def test_renamed_rules_keep_answering_to_their_old_names(tmp_path):
+    team = write_pack(tmp_path, RULE.format(n=2, when="rmse > limit", message="m").replace(
+        "    name: team.rule2\n", "    name: team.new_name\n    aliases: [team.old_name]\n"))
+    spec = RulesSpec(packs=[str(team)], params={"team.old_name": {"limit": 5}})
+    assert load_rules(spec)[0].params == {"limit": 5}
+    spec = RulesSpec(packs=[str(team)], disable=["team.old_name"])
+    assert load_rules(spec) == []
+
+
 def test_a_team_pack_cannot_reuse_a_builtin_code(tmp_path):
     team = write_pack(tmp_path, RULE.format(n=1, when="rmse > limit", message="m").replace("TM001", "QC101"))
     with pytest.raises(PolicyError) as info:
