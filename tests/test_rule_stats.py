@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import mixed_concat, outlier_channel_conv, write_arrays, write_policy
+from helpers import mixed_concat, outlier_channel_conv, small_cnn, write_arrays, write_npy_samples, write_policy
 from onnx import numpy_helper
 
 from qcheck.cli import main
@@ -176,7 +176,7 @@ def test_report_groups_findings_by_rule_with_the_rules_text(concat_run):
     appendix = page[page.index('<section id="rules-appendix">'):]
     # warnings before info; each group carries its rule's explanation
     assert findings.index('id="finding-QC106"') < findings.index('id="finding-QC109"')
-    assert rules["QC106"].why in findings and "input_range_ratio</code> = 320" in findings
+    assert rules["QC106"].why in findings and "<code>input_range_ratio</code> 320" in findings
     for rule in results["rules"]:
         assert f'id="rule-{rule["code"]}"' in appendix and rules[rule["code"]].fix in appendix
 
@@ -218,3 +218,17 @@ def test_channel_ratio_ignores_constant_channels():
     acc = DistributionAccumulator(channel_axis=1)
     acc.update(np.zeros((2, 4, 3)))
     assert acc.result().channel_range_ratio == 1.0  # nothing varies: no outlier
+
+
+def test_float_fallback_on_an_integer_only_target_is_a_model_finding(tmp_path):
+    small_cnn(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "calib", 4)
+    results = run(tmp_path, "mcu", {"model": "model.onnx", "data": {"calibration": "calib"}, "target": "mcu",
+                                    "quantization": {"exclude": {"nodes": ["fc"]}}})
+    stats = results["model_statistics"]
+    assert "fc" in results["quantization"]["float_nodes"]
+    assert stats["float_nodes"] == len(results["quantization"]["float_nodes"]) >= 1
+    f = next(f for f in results["findings"] if f["code"] == "QC111")
+    assert f["evidence"]["float_nodes"] == stats["float_nodes"] and f["evidence"]["target"] == "mcu"
+    assert f["remedies"] == ["qat"]  # an MCU runs neither float nor int16
+    assert "which runs integer only (int16 activations allowed there: no)" in f["message"]
