@@ -80,7 +80,7 @@ class Rule:
                 "when": self.when.text, "params": dict(self.params), "kinds": list(self.kinds),
                 "op_types": list(self.op_types), "summary": self.summary, "why": self.why, "fix": self.fix,
                 "remedies": list(self.remedies), "pack": self.pack, "aliases": list(self.aliases),
-                "source": self.source}
+                "reads": sorted(self.needs), "source": self.source}
 
 
 @dataclass
@@ -455,6 +455,8 @@ def format_doc(doc: dict) -> str:
     if applies:
         lines.append(f"applies to: {'; '.join(applies)}")
     lines.append(f"remedies:   {', '.join(doc['remedies']) or 'none'}")
+    if doc.get("reads"):
+        lines.append(f"reads:      {', '.join(doc['reads'])}")
     if doc.get("aliases"):
         lines.append(f"aliases:    {', '.join(doc['aliases'])}")
     lines += ["", "Why it matters", textwrap.fill(doc["why"], 88, initial_indent="  ", subsequent_indent="  "),

@@ -18,7 +18,7 @@ import pytest
 from helpers import mixed_concat, outlier_channel_conv, small_cnn, write_arrays, write_npy_samples, write_policy
 from onnx import numpy_helper
 
-from qcheck.cli import main
+from qcheck.cli import _text_summary, main
 from qcheck.stats import DistributionAccumulator
 from qcheck.rules import load_pack
 from qcheck.resources import builtin_pack_path
@@ -232,3 +232,15 @@ def test_float_fallback_on_an_integer_only_target_is_a_model_finding(tmp_path):
     assert f["evidence"]["float_nodes"] == stats["float_nodes"] and f["evidence"]["target"] == "mcu"
     assert f["remedies"] == ["qat"]  # an MCU runs neither float nor int16
     assert "which runs integer only (int16 activations allowed there: no)" in f["message"]
+
+
+def test_terminal_summary_shows_one_line_per_rule_worst_first(concat_run):
+    _, results = concat_run
+    text = _text_summary(results)
+    lines = [line.strip() for line in text.splitlines() if line.startswith("  QC")]
+    assert [line.split()[0] for line in lines] == list(dict.fromkeys(f["code"] for f in results["findings"]))
+    qc109 = next(line for line in lines if line.startswith("QC109"))
+    n = sum(1 for f in results["findings"] if f["code"] == "QC109")
+    worst = next(f for f in results["findings"] if f["code"] == "QC109")
+    assert f"{worst['tensor']}: {worst['message']} (+{n - 1} more)" in qc109
+    assert "QC112 warning model.qat_recommended: model: requirements fail" in text
