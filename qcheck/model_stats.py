@@ -26,36 +26,46 @@ MODEL_STATISTICS: dict[str, str] = {
     "flagged_fraction": "flagged_nodes / quantized_nodes",
 }
 
-# TODO: replace with qcheck.targets (the lead wires this to the real target profiles).
-_FALLBACK_TARGETS: dict[str, dict[str, bool]] = {
-    "cpu": {"float_fallback": True, "int16": True},
-    "gpu": {"float_fallback": True, "int16": True},
-    "npu": {"float_fallback": False, "int16": True},
-    "mcu": {"float_fallback": False, "int16": False},
-    "edgetpu": {"float_fallback": False, "int16": False},
+# The target profile's remedy (a key of its `costs`) behind each rule remedy; remedies the target cannot use
+# (`TargetProfile.allows`) are not proposed in findings.
+REMEDY_COST_KEY: dict[str, str] = {
+    "keep_float": "float_node", "skip_first": "float_node", "int16_activations": "int16_tensor",
+    "per_channel": "per_channel", "calibration_method": "calibration_method", "explicit_range": "explicit_range",
 }
 
-# Which target capability each remedy needs; remedies a target cannot use are not proposed.
-REMEDY_CAPABILITY: dict[str, str] = {"keep_float": "float_fallback", "int16_activations": "int16"}
+
+def _profile(target: Any):
+    """A `targets.TargetProfile` for a profile, a built-in target name or None (a CPU); None if unknown."""
+    from qcheck.targets import builtin_profile
+
+    if hasattr(target, "float_fallback"):
+        return target
+    try:
+        return builtin_profile(str(target or "cpu"))
+    except KeyError:
+        return None
 
 
-def target_allows(target_name: str | None, capability: str) -> bool:
-    """Whether a target supports `capability` ("float_fallback" or "int16"). No target: a CPU.
-
-    # TODO: replace with qcheck.targets
-    """
-    profile = _FALLBACK_TARGETS.get((target_name or "cpu").lower())
-    if profile is None:
-        return True  # an unknown target is not second-guessed here; the policy schema names the known ones
-    return profile.get(capability, True)
+def target_name(target: Any) -> str:
+    return getattr(target, "name", None) or (str(target) if target else "cpu")
 
 
-def remedies_for(remedies: list[str], target_name: str | None) -> list[str]:
+def target_allows(target: Any, capability: str) -> bool:
+    """Whether a target (a `TargetProfile`, a built-in target name, or None for a CPU) has a capability
+    ("float_fallback" or "int16"). An unknown name is not second-guessed: the policy checks names."""
+    profile = _profile(target)
+    return True if profile is None else bool(getattr(profile, capability, True))
+
+
+def remedies_for(remedies: list[str], target: Any) -> list[str]:
     """A rule's remedies minus those the target cannot use (keep_float on an integer-only NPU ...)."""
-    return [r for r in remedies if r not in REMEDY_CAPABILITY or target_allows(target_name, REMEDY_CAPABILITY[r])]
+    profile = _profile(target)
+    if profile is None:
+        return list(remedies)
+    return [r for r in remedies if r not in REMEDY_COST_KEY or profile.allows(REMEDY_COST_KEY[r])]
 
 
-def model_row(target: str | None, quantized_nodes: list[str], float_nodes: list[str], verdict: dict,
+def model_row(target: Any, quantized_nodes: list[str], float_nodes: list[str], verdict: dict,
               aggregate: dict, findings: list[Any]) -> dict[str, Any]:
     """The statistics of MODEL_STATISTICS for one run.
 
@@ -71,7 +81,7 @@ def model_row(target: str | None, quantized_nodes: list[str], float_nodes: list[
     total = len(quantized_nodes) + len(float_nodes)
     status = verdict.get("status")
     return {
-        "target": target or "cpu",
+        "target": target_name(target),
         "target_float_fallback": target_allows(target, "float_fallback"),
         "target_int16": target_allows(target, "int16"),
         "quantized_nodes": len(quantized_nodes),

@@ -20,6 +20,7 @@ from qcheck.model_stats import MODEL_STATISTICS, model_row, remedies_for, target
 from qcheck.policy import RulesSpec, load_policy
 from qcheck.rules import check, evaluate, evaluate_model, load_pack, load_rules, needed_statistics, rows_in_scope
 from qcheck.resources import builtin_pack_path
+from qcheck.targets import builtin_profile
 
 CASES = Path(__file__).parent / "rules"
 BUILTIN = {r.code: r for r in load_pack(builtin_pack_path())}
@@ -260,6 +261,9 @@ def test_remedies_follow_what_the_target_allows():
     assert evaluate([rule], [row], "npu")[0].remedies == ["int16_activations", "per_channel", "calibration_method"]
     assert evaluate([rule], [row], "mcu")[0].remedies == ["per_channel", "calibration_method"]
     assert remedies_for(["qat"], "mcu") == ["qat"]
+    # an Edge TPU quantizes weights per tensor: per_channel is not proposed; skip_first needs float layers
+    assert remedies_for(["per_channel", "skip_first", "calibration_method"], "edgetpu") == ["calibration_method"]
+    assert remedies_for(["skip_first", "int16_activations"], builtin_profile("gpu")) == ["skip_first"]
 
 
 def test_model_row_counts_flagged_quantized_nodes_and_reads_the_verdict():
