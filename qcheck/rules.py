@@ -249,10 +249,15 @@ def load_rules(spec: RulesSpec, policy_file: str | None = None) -> list[Rule]:
                                     "codes are never reused: give this rule a new code", file,
                                     int(line) if line.isdigit() else None))
         by_code.setdefault(r.code, r)
-    by_key = {}
+    by_key: dict[str, Rule] = {}
     for r in rules:
         for key in [r.code, r.name] + r.aliases:
-            by_key.setdefault(key, r)
+            other = by_key.setdefault(key, r)
+            if other is not r and other.code != r.code:
+                file, _, line = r.source.rpartition(":")
+                problems.append(Problem(f"rule {r.code}: the name '{key}' is already rule {other.code}'s "
+                                        f"({other.source}); names and aliases must be unique", file,
+                                        int(line) if line.isdigit() else None))
     for i, key in enumerate(spec.disable):
         if key not in by_key:
             problems.append(Problem(f"rules.disable: no rule named '{key}'", policy_file, at("disable", i),

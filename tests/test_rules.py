@@ -232,6 +232,11 @@ def test_a_team_pack_cannot_reuse_a_builtin_code(tmp_path):
     with pytest.raises(PolicyError) as info:
         load_rules(RulesSpec(packs=["builtin", str(team)]))
     assert f"{team}:3: rule code QC101 is already defined at " in str(info.value)
+    team = write_pack(tmp_path, RULE.format(n=1, when="rmse > limit", message="m").replace("team.rule1",
+                                                                                         "quant.rmse_scale"))
+    with pytest.raises(PolicyError) as info:
+        load_rules(RulesSpec(packs=["builtin", str(team)]))
+    assert f"{team}:3: rule TM001: the name 'quant.rmse_scale' is already rule QC101's" in str(info.value)
 
 
 # --------------------------------------------------------------------------- evaluation
