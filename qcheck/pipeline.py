@@ -24,6 +24,7 @@ from qcheck import __version__
 from qcheck.data import DataSet, open_data
 from qcheck.errors import Problem, QcheckError
 from qcheck.fetch import fetch_model
+from qcheck.finite import check_ranges_finite
 from qcheck.measure import measure
 from qcheck.metrics import aggregate_model_metrics
 from qcheck.model import InputInfo, file_sha256, graph_inputs, load_onnx, prepare_model
@@ -142,6 +143,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
         with stages.stage("calibrate", console):
             ranges = calibrate(prepared.path, calib, policy.quantization,
                                progress=lambda i, n: console.progress("calibrate", i, n))
+            check_ranges_finite(prepared.path, ranges.ranges, calib)
             ranges.save(out_dir.path("ranges.json"))
 
         with stages.stage("quantize", console):
