@@ -1,4 +1,4 @@
-"""Command line: `qcheck run`, `qcheck report`, `qcheck rules`.
+"""Command line: `qcheck init`, `qcheck validate`, `qcheck run`, `qcheck report`, `qcheck rules`, `qcheck docs`.
 
 Exit codes, for CI:
   0  the policy's requirements hold (or it has none)
@@ -36,12 +36,40 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qcheck", description="Find where an int8 ONNX model loses accuracy, and what to do about it.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="commands:\n  run      quantize, measure, judge and report (from a policy file)\n"
+                epilog="commands:\n  init     write a commented starter policy for a model\n"
+                       "  validate check a policy and its data without running anything\n"
+                       "  run      quantize, measure, judge and report (from a policy file)\n"
                        "  report   re-render a report from results.json\n"
-                       "  rules    list the rules, or show one rule's documentation\n\n"
-                       "example:\n  qcheck run examples/ppocr-det/qcheck.yaml")
+                       "  rules    list the rules, or show one rule's documentation\n"
+                       "  docs     write the policy and rule references (docs/*.md)\n\n"
+                       "example:\n  qcheck init model.onnx -o qcheck.yaml\n  qcheck validate qcheck.yaml\n"
+                       "  qcheck run qcheck.yaml")
     p.add_argument("--version", action="version", version=f"qcheck {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+
+    init = sub.add_parser("init", help="write a commented starter policy for a model",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Read a model's inputs and outputs and write a commented policy: input shapes "
+                                      "and dtypes, a data section to fill in, and defaults for the kind of model "
+                                      "(images get a preprocess block, classifiers a top-1 metric). Nothing runs.",
+                          epilog="examples:\n  qcheck init resnet50.onnx\n"
+                                 "  qcheck init model.onnx -o policies/model.yaml --data data/calibration\n\n"
+                                 "then: qcheck validate qcheck.yaml && qcheck run qcheck.yaml")
+    init.add_argument("model", type=Path, help="the float ONNX model")
+    init.add_argument("-o", "--output", type=Path, default=Path("qcheck.yaml"), help="policy to write (default: qcheck.yaml)")
+    init.add_argument("--data", help="calibration data folder to put in the policy (default: a placeholder)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing policy file")
+
+    val = sub.add_parser("validate", help="check a policy and its data without running anything",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Check the policy (keys, types, paths, expressions), the model (readable, "
+                                     "loadable by ONNX Runtime, input/output names) and every data sample (layout, "
+                                     "count, shape, dtype, NaN/Inf). No calibration, no quantization.",
+                         epilog="example:\n  qcheck validate examples/ppocr-det/qcheck.yaml\n\n"
+                                "exit codes: 0 valid, 2 a problem (each printed with file and line)")
+    val.add_argument("policy", type=Path, help="the policy file (YAML)")
+    val.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    val.add_argument("--json", action="store_true", help="print what was checked as JSON on stdout")
 
     run = sub.add_parser("run", help="quantize, measure, judge and report", epilog=EPILOG_RUN,
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -71,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("rule", nargs="?", help="a rule code or name, e.g. QC101 or quant.rmse_scale")
     rules.add_argument("--policy", type=Path, help="use the packs, disables and parameters of this policy")
     rules.add_argument("--stats", action="store_true", help="list the statistics rule conditions can use")
+
+    docs = sub.add_parser("docs", help="write the policy and rule references",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Generate docs/policy.md from the policy schema and docs/rules.md from the "
+                                      "rule packs, so the references cannot drift from the code.",
+                          epilog="examples:\n  qcheck docs            # rewrite docs/ in the source checkout\n"
+                                 "  qcheck docs --out /tmp/docs\n  qcheck docs --check    # exit 1 if docs/ is stale")
+    docs.add_argument("--out", type=Path, help="folder to write (default: the checkout's docs/)")
+    docs.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files differ")
     return p
 
 
@@ -81,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     try:
-        return {"run": cmd_run, "report": cmd_report, "rules": cmd_rules}[args.command](args)
+        return {"run": cmd_run, "report": cmd_report, "rules": cmd_rules, "init": cmd_init, "validate": cmd_validate,
+                "docs": cmd_docs}[args.command](args)
     except QcheckError as exc:
         print(f"qcheck: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -166,6 +204,46 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+# --------------------------------------------------------------------------- init, validate, docs
+
+
+def cmd_init(args) -> int:
+    from qcheck.init_policy import write_policy
+
+    path = write_policy(args.model, args.output, data=args.data, force=args.force)
+    print(f"wrote {path}\nnext: fill in its data section, then `qcheck validate {path}` and `qcheck run {path}`")
+    return EXIT_PASS
+
+
+def cmd_validate(args) -> int:
+    from qcheck.validate import validate
+
+    term = _TerminalConsole(args.quiet or args.json)
+    summary = validate(args.policy, progress=term.progress)
+    if args.json:
+        print(json.dumps({"valid": True, **summary}, indent=1))
+    elif not args.quiet:
+        data = "; ".join(f"{k}: {v['samples']} samples ({v['format']})" for k, v in summary["data"].items())
+        print(f"{args.policy}: valid\n  model: {summary['model']}\n  data: {data}\n"
+              f"  rules: {summary['rules']}; requirements: {len(summary['requirements'])}")
+        for w in summary["warnings"]:
+            print(f"  warning: {w}")
+    return EXIT_PASS
+
+
+def cmd_docs(args) -> int:
+    from qcheck.docs import check_docs, write_docs
+
+    if args.check:
+        stale = check_docs(args.out)
+        for path in stale:
+            print(f"stale: {path} (run `qcheck docs`)", file=sys.stderr)
+        return EXIT_FAIL if stale else EXIT_PASS
+    for path in write_docs(args.out):
+        print(path)
+    return EXIT_PASS
 
 
 # --------------------------------------------------------------------------- report
