@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("policy", type=Path, help="the policy file (YAML)")
     run.add_argument("--out", type=Path, help="output folder (default: the policy's report.out)")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    run.add_argument("--json", action="store_true", help="print the verdict and summary as JSON on stdout")
+    run.add_argument("--json", action="store_true",
+                     help="print the verdict and summary as JSON on stdout, and progress as JSON lines on stderr")
 
     rep = sub.add_parser("report", help="re-render a report from results.json",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                 "docs": cmd_docs}[args.command](args)
     except QcheckError as exc:
         print(f"qcheck: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # CI parsing stdout gets the error too
+            print(json.dumps({"error": [{"message": p.message, "file": p.file, "line": p.line, "hint": p.hint}
+                                        for p in exc.problems], "exit_code": exc.exit_code}, indent=1))
         return exc.exit_code
     except KeyboardInterrupt:
         print("qcheck: interrupted; nothing was written over previous results", file=sys.stderr)
@@ -136,20 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- run
 
 
-class _TerminalConsole:
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
+def _reporter(quiet: bool, json_lines: bool = False):
+    from qcheck.progress import Reporter
 
-    def log(self, msg: str) -> None:
-        if not self.quiet:
-            print(f"  {msg}", file=sys.stderr, flush=True)
-
-    def progress(self, stage: str, i: int, n: int) -> None:
-        if self.quiet or not self.tty:
-            return
-        end = "\n" if i == n else ""
-        print(f"\r    {stage}: {i}/{n} samples", end=end, file=sys.stderr, flush=True)
+    return Reporter.for_terminal(quiet=quiet, json_lines=json_lines)
 
 
 def cmd_run(args) -> int:
@@ -157,7 +151,7 @@ def cmd_run(args) -> int:
     from qcheck.policy import load_policy
 
     policy = load_policy(args.policy)
-    term = _TerminalConsole(args.quiet or args.json)
+    term = _reporter(args.quiet, args.json)
     term.log(f"qcheck {__version__}: {args.policy}")
     results = run(policy, out=args.out, console=Console(log=term.log, progress=term.progress))
     status = results["verdict"]["status"]
@@ -190,13 +184,24 @@ def _text_summary(results: dict) -> str:
         lines.append(f"  [{'ok' if q['holds'] else 'FAIL'}] {q['text']}    ({values}){'  ' + q['note'] if q['note'] else ''}")
     lines.append(f"outputs: cosine {_fmt(agg['cosine'])}, SQNR {_fmt(agg['sqnr'])} dB, max abs error {_fmt(agg['max_abs'])}"
                  + (f", top-1 agreement {100 * agg['top1']:.1f}%" if agg.get("top1") is not None else ""))
+    quant = results.get("quantization") or {}
+    recipe = quant.get("recipe") or {}
+    if recipe:
+        lines.append(f"recipe: {recipe.get('activations')} activations, {recipe.get('weights')} weights "
+                     f"{'per channel' if recipe.get('per_channel') else 'per tensor'}, {recipe.get('calibration')} "
+                     f"calibration; {quant.get('quantized_nodes')} nodes quantized, "
+                     f"{len(quant.get('float_nodes') or [])} left in float")
     counts = results["finding_counts"]
     lines.append(f"findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info")
     for f in results["findings"][:5]:
         lines.append(f"  {f['code']} {f['severity']:<7} {f['tensor']}: {f['message']}")
     if len(results["findings"]) > 5:
         lines.append(f"  ... {len(results['findings']) - 5} more in the report")
-    lines.append(f"report: {results.get('output_folder')}/report.html (and report.pdf, layer_stats.csv, results.json)")
+    folder = results.get("output_folder")
+    if folder:
+        names = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+        report = [n for n in ("report.pdf", "report.html") if n in names]
+        lines.append(f"report: {Path(folder) / report[0] if report else folder}  (in that folder: {', '.join(names)})")
     return "\n".join(lines)
 
 
@@ -220,7 +225,7 @@ def cmd_init(args) -> int:
 def cmd_validate(args) -> int:
     from qcheck.validate import validate
 
-    term = _TerminalConsole(args.quiet or args.json)
+    term = _reporter(args.quiet, args.json)
     summary = validate(args.policy, progress=term.progress)
     if args.json:
         print(json.dumps({"valid": True, **summary}, indent=1))
