@@ -108,7 +108,8 @@ def run(policy: Policy, out: Path | None = None, console: Console | None = None)
         from qcheck.report import render_report  # rendering is its own layer; computation never imports it
 
         with stages.stage("render", console):
-            render_report(results, out_dir.staging, policy.report.formats, log=console.log)
+            render_report(results, out_dir.staging, policy.report.formats, log=console.log,
+                          template_dirs=policy.report.templates)
         final = out_dir.commit()
         results["output_folder"] = str(final)
         results["render_seconds"] = round(stages.timings["render"], 3)
