@@ -191,6 +191,9 @@ def _text_summary(results: dict) -> str:
                      f"{'per channel' if recipe.get('per_channel') else 'per tensor'}, {recipe.get('calibration')} "
                      f"calibration; {quant.get('quantized_nodes')} nodes quantized, "
                      f"{len(quant.get('float_nodes') or [])} left in float")
+        floats = quant.get("float_nodes") or []
+        if floats:
+            lines.append(f"  in float: {', '.join(floats[:6])}{f' and {len(floats) - 6} more' if len(floats) > 6 else ''}")
     counts = results["finding_counts"]
     lines.append(f"findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info")
     for f in results["findings"][:5]:

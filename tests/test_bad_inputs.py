@@ -119,4 +119,6 @@ def test_bad_input(case, tmp_path, capsys):
         text = json.dumps(results[expect["results"]["key"]])
         for fragment in expect["results"]["mentions"]:
             assert fragment in text, f"{fragment!r} not in results[{expect['results']['key']!r}]: {text[:2000]}"
+    for fragment in expect.get("report_mentions", []):
+        assert fragment in (tmp_path / "out" / "report.html").read_text(), fragment
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # no staging left behind
