@@ -91,12 +91,9 @@ def load_onnx(path: Path) -> onnx.ModelProto:
                                  hint="export the model to ONNX (e.g. torch.onnx.export, tf2onnx) and point "
                                       "`model:` at the .onnx file"))
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except FileNotFoundError as exc:
-        raise ModelError(Problem(f"model refers to external data that is missing: {exc.filename or exc}",
-                                 file=str(path), hint="keep the model's .data file next to the .onnx")) from None
+        model = onnx.load(str(path), load_external_data=False)
     except PermissionError as exc:
-        raise ModelError(Problem(f"cannot read the model file (or its external data): {exc.strerror or exc}",
+        raise ModelError(Problem(f"cannot read the model file: {exc.strerror or exc}",
                                  file=str(path), hint="check the file's permissions")) from None
     except Exception as exc:  # protobuf DecodeError and friends
         if head[:1] == b"\x08":  # starts like a ModelProto (field 1, ir_version) but does not parse
@@ -105,6 +102,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
                                      hint="copy, download or export the model again; compare its size or sha256")) from None
         raise ModelError(Problem(f"not an ONNX model: the file does not parse as one ({type(exc).__name__}: {exc})",
                                  file=str(path), hint="point `model:` at an .onnx file")) from None
+    _load_external_data(model, path)
     if not model.graph.node:
         raise ModelError(Problem("not a readable ONNX model: it has no graph nodes (wrong or truncated file?)",
                                  file=str(path)))
@@ -132,6 +130,39 @@ def foreign_format(head: bytes) -> str | None:
     if head[:1] in (b"{", b"<", b"#") or (head and all(32 <= c < 127 or c in (9, 10, 13) for c in head)):
         return "a text file"
     return None
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Bring in weights stored next to the model (models over 2 GB must do that), with clear errors."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    files = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+    if not files:
+        return
+    missing = [f for f in files if not (path.parent / f).is_file()]
+    if missing:
+        raise ModelError(Problem(f"model refers to external data that is missing: {', '.join(missing)}",
+                                 file=str(path), hint="keep the model's external data file(s) next to the .onnx, "
+                                                      "with the names the model records"))
+    for t in _get_all_tensors(model):
+        if uses_external_data(t):
+            info = ExternalDataInfo(t)
+            size = (path.parent / info.location).stat().st_size
+            end = (info.offset or 0) + (info.length or 0)
+            if end > size:
+                raise ModelError(Problem(
+                    f"the model's external data is truncated: tensor '{t.name}' needs bytes up to {end:,} of "
+                    f"{info.location}, which holds {size:,}", file=str(path),
+                    hint="copy the .onnx and its .data file again, together"))
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except OSError as exc:
+        raise ModelError(Problem(f"cannot read the model's external data: {exc.strerror or exc}", file=str(path),
+                                 hint="check the .data file's permissions")) from None
+    except Exception as exc:
+        raise ModelError(Problem(f"the model's external data is truncated or does not match the model "
+                                 f"({type(exc).__name__}: {exc})", file=str(path),
+                                 hint="copy the .onnx and its .data file again, together")) from None
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -79,3 +79,36 @@ def control_flow(path: Path) -> Path:
 
 MODELS = {"small_cnn": small_cnn, "custom_op": custom_op, "two_inputs": two_inputs, "log_output": log_output,
           "control_flow": control_flow}
+
+
+def op_too_new(path: Path) -> Path:
+    """Conv -> Gelu, but the model declares opset 13 and Gelu exists only from opset 20."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Gelu", ["c1"], ["y"], name="gelu1")]
+    return _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], _conv_weights(), path,
+                 check=False)
+
+
+def external_data_missing(path: Path) -> Path:
+    """small_cnn saved with its weights in model.onnx.data, which is then lost."""
+    small_cnn(path)
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)
+    (path.parent / (path.name + ".data")).unlink()
+    return path
+
+
+def external_data_truncated(path: Path) -> Path:
+    """small_cnn with external weights whose .data file lost its second half."""
+    small_cnn(path)
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)
+    data = path.parent / (path.name + ".data")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    return path
+
+
+MODELS.update(op_too_new=op_too_new, external_data_missing=external_data_missing,
+              external_data_truncated=external_data_truncated)

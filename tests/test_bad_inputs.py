@@ -122,3 +122,24 @@ def test_bad_input(case, tmp_path, capsys):
     for fragment in expect.get("report_mentions", []):
         assert fragment in (tmp_path / "out" / "report.html").read_text(), fragment
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # no staging left behind
+
+
+def test_previous_run_stays_in_place_while_the_new_one_works(tmp_path):
+    """Looked at from inside the run (its progress callback): the old folder is whole until the very end."""
+    from helpers import basic_policy
+
+    from qcheck.pipeline import Console, run
+    from qcheck.policy import load_policy
+
+    policy = load_policy(basic_policy(tmp_path))
+    build(tmp_path, "out", {"previous_run": True})
+    seen = []
+
+    def progress(stage, i, n):
+        seen.append((stage, (tmp_path / "out" / "results.json").read_text() == PREVIOUS,
+                     sorted(p.name for p in (tmp_path / "out").iterdir())))
+
+    results = run(policy, console=Console(progress=progress))
+    assert {s for s, _, _ in seen} == {"calibrate", "measure"}
+    assert all(kept and names == ["report.html", "results.json"] for _, kept, names in seen)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["verdict"] == results["verdict"]
