@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,6 @@ def _static_shape(info: InputInfo, image_layout: str | None) -> list[int]:
 def _q(text: str) -> str:
     """A YAML scalar for a name or path: plain when safe, JSON-quoted (valid YAML) otherwise."""
     import json
-    import re
 
     plain = re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./,+ -]*", text) and not text.endswith(" ") and \
         text.lower() not in ("yes", "no", "true", "false", "null", "on", "off", "y", "n")
@@ -103,6 +103,8 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
     today = today or _dt.date.today().isoformat()
     folder = policy_path.resolve().parent
     model_rel = os.path.relpath(facts.path.resolve(), folder)
+    if model_rel.startswith(os.path.join("..", "..")):  # far away: an absolute path reads better
+        model_rel = str(facts.path.resolve())
     image = facts.image_input()
     classifiers = facts.classifier_outputs()
     kind = "image classifier" if image and classifiers else "image model" if image else \
@@ -174,7 +176,8 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
     if classifiers:
         add("metrics:")
         for o in classifiers:
-            name = "".join(c if c.isalnum() else "_" for c in o.name).strip("_") or "output"
+            name = re.sub(r"_+", "_", "".join(c if c.isascii() and c.isalnum() else "_" for c in o.name)).strip("_") \
+                or "output"
             if name[0].isdigit():
                 name = "out_" + name
             name = f"{name}_top1"
@@ -184,7 +187,7 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
             add(f"  {name}: {{output: {_q(o.name)}, metric: top1}}")
         add("")
     add("# The verdict: every line must hold for `qcheck run` to exit 0. Names: model.cosine, model.sqnr,")
-    add("# model.max_abs, model.top1, findings.error, ... and the metrics above.")
+    add("# model.max_abs, model.top1, findings.error, ..." + (" and the metrics above." if metric_names else ""))
     add("require:")
     add("  - model.cosine >= 0.99       # worst output's cosine similarity to the float model")
     for name in metric_names:
@@ -199,8 +202,6 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
 
 def _align_comments(lines: list[str], column: int = 34) -> list[str]:
     """Line up trailing comments (`value    # why`) so the file reads as two columns."""
-    import re
-
     out = []
     for line in lines:
         m = re.match(r"^(\s*[^#\s].*?)\s{2,}(# .*)$", line)

@@ -110,3 +110,23 @@ def test_validate_reads_every_sample(tmp_path, capsys, bad, message):
     assert main(["validate", str(tmp_path / "q.yaml")]) == 2
     err = capsys.readouterr().err
     assert "5.npy" in err and message in err and "Traceback" not in err
+
+
+def test_init_quotes_odd_tensor_names_and_makes_safe_metric_names(tmp_path, capsys):
+    import onnx
+
+    small_cnn(tmp_path / "cnn.onnx")
+    m = onnx.load(str(tmp_path / "cnn.onnx"))
+    rename = {"x": "input:0", "logits": "prob: yes"}
+    for n in m.graph.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        n.output[:] = [rename.get(o, o) for o in n.output]
+    m.graph.input[0].name, m.graph.output[0].name = "input:0", "prob: yes"
+    onnx.save(m, str(tmp_path / "odd.onnx"))
+    write_npy_samples(tmp_path / "calib", 3)
+    policy = tmp_path / "qcheck.yaml"
+    assert main(["init", str(tmp_path / "odd.onnx"), "-o", str(policy), "--data", "calib"]) == 0
+    doc = yaml.safe_load(policy.read_text())
+    assert list(doc["inputs"]) == ["input:0"]
+    assert doc["metrics"] == {"prob_yes_top1": {"output": "prob: yes", "metric": "top1"}}
+    assert main(["validate", str(policy)]) == 0
