@@ -271,10 +271,19 @@ def cmd_report(args) -> int:
     for t in args.templates:
         if not t.is_dir():
             raise QcheckError(f"--templates: not a folder: {t}")
-    written = render_report(results, out, formats, template_dirs=args.templates)
+    templates = args.templates or _policy_templates(results)
+    written = render_report(results, out, formats, template_dirs=templates)
     for path in written:
         print(path)
     return EXIT_PASS
+
+
+def _policy_templates(results: dict) -> list[Path]:
+    """The run's own report.templates folders, when they still exist, so a re-render looks the same."""
+    policy = results.get("policy") or {}
+    wanted = ((policy.get("document") or {}).get("report") or {}).get("templates") or []
+    folder = Path(policy.get("path", ".")).parent
+    return [p for p in ((folder / t) for t in ([wanted] if isinstance(wanted, str) else wanted)) if p.is_dir()]
 
 
 # --------------------------------------------------------------------------- rules

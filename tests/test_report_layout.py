@@ -77,6 +77,10 @@ def test_a_team_template_folder_overrides_one_block_and_keeps_the_rest(tmp_path,
     assert "rgb(1, 2, 3)" in html  # the team's additions to the stylesheet
     assert 'id="layers"' in html and "Appendix: the rules that ran" in html  # the blocks not overridden
     assert '<a href="#signoff">Sign-off</a>' in html  # the team's section is in the contents
+    # re-rendering from results.json finds the run's template folder again
+    again = tmp_path / "again"
+    assert main(["report", str(tmp_path / "out" / "results.json"), "--out", str(again), "--formats", "html"]) == 0
+    assert (again / "report.html").read_text() == html
 
 
 def test_a_missing_team_template_folder_is_a_policy_error(tmp_path, capsys):
@@ -84,3 +88,12 @@ def test_a_missing_team_template_folder_is_a_policy_error(tmp_path, capsys):
     assert main(["run", str(policy)]) == 2
     err = capsys.readouterr().err
     assert "report template folder not found" in err and "qcheck.yaml:" in err
+
+
+def test_html_is_one_self_contained_file(pdf_run):
+    html = (pdf_run / "report.html").read_text()
+    sources = re.findall(r'\bsrc="([^"]*)"', html)
+    assert sources and all(s.startswith("data:image/svg+xml;base64,") for s in sources)
+    assert "<link" not in html and "<script" not in html and "url(http" not in html
+    hrefs = re.findall(r'\bhref="([^"]*)"', html)
+    assert hrefs and all(h.startswith("#") for h in hrefs)  # only the contents' links, inside the page
