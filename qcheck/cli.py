@@ -153,7 +153,10 @@ def cmd_run(args) -> int:
     policy = load_policy(args.policy)
     term = _reporter(args.quiet, args.json)
     term.log(f"qcheck {__version__}: {args.policy}")
-    results = run(policy, out=args.out, console=Console(log=term.log, progress=term.progress))
+    try:
+        results = run(policy, out=args.out, console=Console(log=term.log, progress=term.progress))
+    finally:
+        term.finish()
     status = results["verdict"]["status"]
     if args.json:
         print(json.dumps(_summary(results), indent=1, default=str))
@@ -229,7 +232,10 @@ def cmd_validate(args) -> int:
     from qcheck.validate import validate
 
     term = _reporter(args.quiet, args.json)
-    summary = validate(args.policy, progress=term.progress)
+    try:
+        summary = validate(args.policy, progress=term.progress)
+    finally:
+        term.finish()
     if args.json:
         print(json.dumps({"valid": True, **summary}, indent=1))
     elif not args.quiet:

@@ -43,6 +43,7 @@ class Reporter:
             raise ValueError(mode)
         self.mode, self.stream, self.clock, self.min_interval = mode, stream or sys.stderr, clock, min_interval
         self._stage: str | None = None
+        self._open_line = False  # a bar is drawn without its newline yet
         self._start = 0.0
         self._last_draw = -1e9
 
@@ -59,9 +60,16 @@ class Reporter:
         self.stream.write(text)
         self.stream.flush()
 
+    def finish(self) -> None:
+        """End a bar left half-drawn (the run stopped mid-stage), so what follows starts on its own line."""
+        if self._open_line:
+            self._write("\n")
+            self._open_line = False
+
     def log(self, msg: str) -> None:
         if self.mode == "quiet":
             return
+        self.finish()
         if self.mode == "json":
             self._write(json.dumps({"event": "log", "message": msg}) + "\n")
         else:
@@ -86,5 +94,6 @@ class Reporter:
             left = "" if finished else (f", ~{format_seconds(eta)} left" if eta is not None else "")
             self._write(f"\r    {stage:<10} {bar(done, total)} {done}/{total} samples  {format_seconds(elapsed)}{left}"
                         + ("\n" if finished else "\x1b[K"))
+            self._open_line = not finished
         elif finished:  # plain: one line per stage, nothing redrawn in log files
             self._write(f"    {stage}: {total} samples in {format_seconds(elapsed)}\n")

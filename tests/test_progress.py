@@ -103,3 +103,15 @@ def test_every_command_has_help_with_an_example(capsys):
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
         assert "example" in text and f"qcheck {name}" in text.split("example", 1)[1], name
+
+
+def test_a_bar_cut_short_is_ended_before_anything_else_is_printed():
+    clock, out = Clock(), io.StringIO()
+    rep = Reporter("bar", out, clock=clock, min_interval=0.0)
+    rep.progress("calibrate", 1, 4)
+    rep.progress("calibrate", 2, 4)
+    rep.finish()  # the run failed on sample 3
+    assert out.getvalue().endswith("2/4 samples  0:00, ~0:00 left\x1b[K\n")
+    rep.finish()
+    rep.log("next")
+    assert out.getvalue().endswith("\x1b[K\n  next\n")
