@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 
 from qcheck import __version__
+from qcheck.analyses import attach_node_statistics, node_statistics, run_analyses
 from qcheck.data import DataSet, open_data
 from qcheck.errors import Problem, QcheckError
 from qcheck.fetch import fetch_model
@@ -33,7 +34,7 @@ from qcheck.policy import Policy
 from qcheck.qdq import read_qdq
 from qcheck.quantize import Recipe, build_quantized, calibrate
 from qcheck.requirements import judge, requirement_env
-from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats
+from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
 from qcheck.rules import count_by_severity, evaluate, load_rules
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
@@ -160,12 +161,21 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                         progress=lambda i, n: console.progress("measure", i, n))
             rows = [t.row() for t in m.tensors]
 
+        analyses = None
+        if policy.analyses.any:
+            with stages.stage("analyses", console):
+                analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
+                                        policy.metrics, progress=console.progress)
+                attach_node_statistics(rows, node_statistics(analyses))
+
         with stages.stage("rules", console):
             findings = evaluate(rules, rows)
             counts = count_by_severity(findings)
             aggregate = aggregate_model_metrics(m.outputs)
             verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts))
             write_layer_stats(rows, out_dir.path("layer_stats.csv"))
+            if analyses:
+                write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
 
         kinds: dict[str, int] = {}
         for t in qmap.tensors.values():
@@ -188,7 +198,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "data": {"calibration": calib.describe(),
                      "evaluation": {**evaluation.describe(), "same_as_calibration": evaluation is calib},
                      "preprocess": policy.raw.get("data", {}).get("preprocess")},
-            "target": policy.target,
+            "target": policy.target.to_dict(),
             "quantization": {
                 "scheme": policy.quantization.scheme, "recipe": recipe.to_dict(), "recipe_key": recipe.key(),
                 "ranges_file": "ranges.json", "ranges_sha256": ranges.sha256(), "calibration_samples": ranges.samples,
@@ -199,6 +209,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics},
             "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
             "tensors": rows,
+            "analyses": analyses,
             "findings": [f.to_dict() for f in findings],
             "finding_counts": counts,
             "rules": [r.doc() for r in rules],
