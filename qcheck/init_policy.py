@@ -165,7 +165,7 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
             add("    # mean: [0.5]")
             add("    # std: [0.5]")
     add("")
-    add("target: cpu")
+    add("target: cpu                       # or gpu, npu, mcu, edgetpu, or a profile file (docs/policy.md)")
     add("quantization:")
     add("  activations: uint8       # or int8, int16 (W8A16)")
     add("  weights: int8")

@@ -18,6 +18,11 @@ import time
 from typing import TextIO
 
 
+# What a stage counts, when the bar should say so; other stages show bare counts.
+UNITS = {"calibrate": "samples", "measure": "samples", "curves": "samples", "check calibration data": "samples",
+         "check evaluation data": "samples"}
+
+
 def format_seconds(s: float) -> str:
     s = max(0, int(round(s)))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -78,6 +83,7 @@ class Reporter:
     def progress(self, stage: str, done: int, total: int) -> None:
         now = self.clock()
         if stage != self._stage:
+            self.finish()  # the previous stage's last state stays on screen
             self._stage, self._start, self._last_draw = stage, now, -1e9
             # the first report comes after the first sample: count from a sample earlier, at that pace
         elapsed = now - self._start
@@ -92,8 +98,11 @@ class Reporter:
                         + "\n")
         elif self.mode == "bar":
             left = "" if finished else (f", ~{format_seconds(eta)} left" if eta is not None else "")
-            self._write(f"\r    {stage:<10} {bar(done, total)} {done}/{total} samples  {format_seconds(elapsed)}{left}"
+            unit = UNITS.get(stage, "")
+            self._write(f"\r    {stage:<10} {bar(done, total)} {done}/{total}{' ' + unit if unit else ''}  "
+                        f"{format_seconds(elapsed)}{left}"
                         + ("\n" if finished else "\x1b[K"))
             self._open_line = not finished
         elif finished:  # plain: one line per stage, nothing redrawn in log files
-            self._write(f"    {stage}: {total} samples in {format_seconds(elapsed)}\n")
+            unit = UNITS.get(stage, "steps")
+            self._write(f"    {stage}: {total} {unit} in {format_seconds(elapsed)}\n")

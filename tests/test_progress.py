@@ -64,7 +64,7 @@ def test_run_json_mode_keeps_stdout_parseable(tmp_path, capsys):
     assert summary["verdict"] == "pass" and summary["output_folder"].endswith("out")
     events = [json.loads(line) for line in cap.err.splitlines()]
     stages = {e["stage"] for e in events if e["event"] == "progress"}
-    assert stages == {"calibrate", "measure"}
+    assert {"calibrate", "measure"} <= stages
     last = [e for e in events if e.get("stage") == "calibrate"][-1]
     assert last["done"] == last["total"] == 8 and last["eta_s"] == 0.0
 
