@@ -1,4 +1,4 @@
-"""Command line: `qcheck run`, `qcheck report`, `qcheck rules`.
+"""Command line: `qcheck init`, `qcheck validate`, `qcheck run`, `qcheck report`, `qcheck rules`, `qcheck docs`.
 
 Exit codes, for CI:
   0  the policy's requirements hold (or it has none)
@@ -36,12 +36,40 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qcheck", description="Find where an int8 ONNX model loses accuracy, and what to do about it.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="commands:\n  run      quantize, measure, judge and report (from a policy file)\n"
+                epilog="commands:\n  init     write a commented starter policy for a model\n"
+                       "  validate check a policy and its data without running anything\n"
+                       "  run      quantize, measure, judge and report (from a policy file)\n"
                        "  report   re-render a report from results.json\n"
-                       "  rules    list the rules, or show one rule's documentation\n\n"
-                       "example:\n  qcheck run examples/ppocr-det/qcheck.yaml")
+                       "  rules    list the rules, or show one rule's documentation\n"
+                       "  docs     write the policy and rule references (docs/*.md)\n\n"
+                       "example:\n  qcheck init model.onnx -o qcheck.yaml\n  qcheck validate qcheck.yaml\n"
+                       "  qcheck run qcheck.yaml")
     p.add_argument("--version", action="version", version=f"qcheck {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+
+    init = sub.add_parser("init", help="write a commented starter policy for a model",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Read a model's inputs and outputs and write a commented policy: input shapes "
+                                      "and dtypes, a data section to fill in, and defaults for the kind of model "
+                                      "(images get a preprocess block, classifiers a top-1 metric). Nothing runs.",
+                          epilog="examples:\n  qcheck init resnet50.onnx\n"
+                                 "  qcheck init model.onnx -o policies/model.yaml --data data/calibration\n\n"
+                                 "then: qcheck validate qcheck.yaml && qcheck run qcheck.yaml")
+    init.add_argument("model", type=Path, help="the float ONNX model")
+    init.add_argument("-o", "--output", type=Path, default=Path("qcheck.yaml"), help="policy to write (default: qcheck.yaml)")
+    init.add_argument("--data", help="calibration data folder to put in the policy (default: a placeholder)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing policy file")
+
+    val = sub.add_parser("validate", help="check a policy and its data without running anything",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Check the policy (keys, types, paths, expressions), the model (readable, "
+                                     "loadable by ONNX Runtime, input/output names) and every data sample (layout, "
+                                     "count, shape, dtype, NaN/Inf). No calibration, no quantization.",
+                         epilog="example:\n  qcheck validate examples/ppocr-det/qcheck.yaml\n\n"
+                                "exit codes: 0 valid, 2 a problem (each printed with file and line)")
+    val.add_argument("policy", type=Path, help="the policy file (YAML)")
+    val.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    val.add_argument("--json", action="store_true", help="print what was checked as JSON on stdout")
 
     run = sub.add_parser("run", help="quantize, measure, judge and report", epilog=EPILOG_RUN,
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("policy", type=Path, help="the policy file (YAML)")
     run.add_argument("--out", type=Path, help="output folder (default: the policy's report.out)")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    run.add_argument("--json", action="store_true", help="print the verdict and summary as JSON on stdout")
+    run.add_argument("--json", action="store_true",
+                     help="print the verdict and summary as JSON on stdout, and progress as JSON lines on stderr")
 
     rep = sub.add_parser("report", help="re-render a report from results.json",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -71,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("rule", nargs="?", help="a rule code or name, e.g. QC101 or quant.rmse_scale")
     rules.add_argument("--policy", type=Path, help="use the packs, disables and parameters of this policy")
     rules.add_argument("--stats", action="store_true", help="list the statistics rule conditions can use")
+
+    docs = sub.add_parser("docs", help="write the policy and rule references",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Generate docs/policy.md from the policy schema and docs/rules.md from the "
+                                      "rule packs, so the references cannot drift from the code.",
+                          epilog="examples:\n  qcheck docs            # rewrite docs/ in the source checkout\n"
+                                 "  qcheck docs --out /tmp/docs\n  qcheck docs --check    # exit 1 if docs/ is stale")
+    docs.add_argument("--out", type=Path, help="folder to write (default: the checkout's docs/)")
+    docs.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files differ")
     return p
 
 
@@ -81,9 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     try:
-        return {"run": cmd_run, "report": cmd_report, "rules": cmd_rules}[args.command](args)
+        return {"run": cmd_run, "report": cmd_report, "rules": cmd_rules, "init": cmd_init, "validate": cmd_validate,
+                "docs": cmd_docs}[args.command](args)
     except QcheckError as exc:
         print(f"qcheck: error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):  # CI parsing stdout gets the error too
+            print(json.dumps({"error": [{"message": p.message, "file": p.file, "line": p.line, "hint": p.hint}
+                                        for p in exc.problems], "exit_code": exc.exit_code}, indent=1))
         return exc.exit_code
     except KeyboardInterrupt:
         print("qcheck: interrupted; nothing was written over previous results", file=sys.stderr)
@@ -98,20 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- run
 
 
-class _TerminalConsole:
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
+def _reporter(quiet: bool, json_lines: bool = False):
+    from qcheck.progress import Reporter
 
-    def log(self, msg: str) -> None:
-        if not self.quiet:
-            print(f"  {msg}", file=sys.stderr, flush=True)
-
-    def progress(self, stage: str, i: int, n: int) -> None:
-        if self.quiet or not self.tty:
-            return
-        end = "\n" if i == n else ""
-        print(f"\r    {stage}: {i}/{n} samples", end=end, file=sys.stderr, flush=True)
+    return Reporter.for_terminal(quiet=quiet, json_lines=json_lines)
 
 
 def cmd_run(args) -> int:
@@ -119,9 +151,12 @@ def cmd_run(args) -> int:
     from qcheck.policy import load_policy
 
     policy = load_policy(args.policy)
-    term = _TerminalConsole(args.quiet or args.json)
+    term = _reporter(args.quiet, args.json)
     term.log(f"qcheck {__version__}: {args.policy}")
-    results = run(policy, out=args.out, console=Console(log=term.log, progress=term.progress))
+    try:
+        results = run(policy, out=args.out, console=Console(log=term.log, progress=term.progress))
+    finally:
+        term.finish()
     status = results["verdict"]["status"]
     if args.json:
         print(json.dumps(_summary(results), indent=1, default=str))
@@ -158,6 +193,16 @@ def _text_summary(results: dict) -> str:
         ci = t["values"][t["primary"]]["ci"] if t.get("primary") else [None, None]
         interval = f" (95% interval {_fmt(ci[0])} to {_fmt(ci[1])})" if ci[0] is not None else ""
         lines.append(f"task metric {name} ({t['task']}): {t['primary']} {_fmt(t['value'])}{interval}")
+    quant = results.get("quantization") or {}
+    recipe = quant.get("recipe") or {}
+    if recipe:
+        lines.append(f"recipe: {recipe.get('activations')} activations, {recipe.get('weights')} weights "
+                     f"{'per channel' if recipe.get('per_channel') else 'per tensor'}, {recipe.get('calibration')} "
+                     f"calibration; {quant.get('quantized_nodes')} nodes quantized, "
+                     f"{len(quant.get('float_nodes') or [])} left in float")
+        floats = quant.get("float_nodes") or []
+        if floats:
+            lines.append(f"  in float: {', '.join(floats[:6])}{f' and {len(floats) - 6} more' if len(floats) > 6 else ''}")
     counts = results["finding_counts"]
     lines.append(f"findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info")
     groups: dict[str, list] = {}
@@ -170,7 +215,11 @@ def _text_summary(results: dict) -> str:
         lines.append(f"  {code} {worst['severity']:<7} {worst['rule']}: {where}: {worst['message']}{more}")
     if len(groups) > 8:
         lines.append(f"  ... {len(groups) - 8} more rules in the report")
-    lines.append(f"report: {results.get('output_folder')}/report.html (and report.pdf, layer_stats.csv, results.json)")
+    folder = results.get("output_folder")
+    if folder:
+        names = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+        report = [n for n in ("report.pdf", "report.html") if n in names]
+        lines.append(f"report: {Path(folder) / report[0] if report else folder}  (in that folder: {', '.join(names)})")
     return "\n".join(lines)
 
 
@@ -178,6 +227,49 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+# --------------------------------------------------------------------------- init, validate, docs
+
+
+def cmd_init(args) -> int:
+    from qcheck.init_policy import write_policy
+
+    path = write_policy(args.model, args.output, data=args.data, force=args.force)
+    print(f"wrote {path}\nnext: fill in its data section, then `qcheck validate {path}` and `qcheck run {path}`")
+    return EXIT_PASS
+
+
+def cmd_validate(args) -> int:
+    from qcheck.validate import validate
+
+    term = _reporter(args.quiet, args.json)
+    try:
+        summary = validate(args.policy, progress=term.progress)
+    finally:
+        term.finish()
+    if args.json:
+        print(json.dumps({"valid": True, **summary}, indent=1))
+    elif not args.quiet:
+        data = "; ".join(f"{k}: {v['samples']} samples ({v['format']})" for k, v in summary["data"].items())
+        print(f"{args.policy}: valid\n  model: {summary['model']}\n  data: {data}\n"
+              f"  rules: {summary['rules']}; requirements: {len(summary['requirements'])}")
+        for w in summary["warnings"]:
+            print(f"  warning: {w}")
+    return EXIT_PASS
+
+
+def cmd_docs(args) -> int:
+    from qcheck.docs import check_docs, write_docs
+
+    if args.check:
+        stale = check_docs(args.out)
+        for path in stale:
+            print(f"stale: {path} (run `qcheck docs`)", file=sys.stderr)
+        return EXIT_FAIL if stale else EXIT_PASS
+    for path in write_docs(args.out):
+        print(path)
+    return EXIT_PASS
 
 
 # --------------------------------------------------------------------------- report
@@ -197,10 +289,19 @@ def cmd_report(args) -> int:
     for t in args.templates:
         if not t.is_dir():
             raise QcheckError(f"--templates: not a folder: {t}")
-    written = render_report(results, out, formats, template_dirs=args.templates)
+    templates = args.templates or _policy_templates(results)
+    written = render_report(results, out, formats, template_dirs=templates)
     for path in written:
         print(path)
     return EXIT_PASS
+
+
+def _policy_templates(results: dict) -> list[Path]:
+    """The run's own report.templates folders, when they still exist, so a re-render looks the same."""
+    policy = results.get("policy") or {}
+    wanted = ((policy.get("document") or {}).get("report") or {}).get("templates") or []
+    folder = Path(policy.get("path", ".")).parent
+    return [p for p in ((folder / t) for t in ([wanted] if isinstance(wanted, str) else wanted)) if p.is_dir()]
 
 
 # --------------------------------------------------------------------------- rules

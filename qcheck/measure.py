@@ -324,7 +324,12 @@ def measure(
         q_vals = dict(zip(q_out_names, q_sess.run(None, sample)))
         for name in outputs:
             if not np.all(np.isfinite(f_vals[name])):
-                raise DataError(Problem(f"sample {label}: the float model's output '{name}' contains NaN or Inf",
+                made = producer_of.get(name)
+                made_by = f" (made by {made.op_type} node '{made.name}')" if made is not None else ""
+                from qcheck.finite import describe_non_finite
+
+                raise DataError(Problem(f"sample {label}: the float model's output '{name}'{made_by} contains "
+                                        f"{describe_non_finite(np.asarray(f_vals[name]))}",
                                         hint="the model or this input is broken before quantization; fix or drop the sample"))
         deq = {t.name: t.dequantize(q_vals[t.q_output]) for t in activations}
         for t in activations:

@@ -80,17 +80,89 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise ModelError(Problem("model file is empty", file=str(path)))
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except FileNotFoundError as exc:
-        raise ModelError(Problem(f"model refers to external data that is missing: {exc.filename or exc}",
-                                 file=str(path), hint="keep the model's .data file next to the .onnx")) from None
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ModelError(Problem(f"cannot read the model file: {exc.strerror or exc}", file=str(path),
+                                 hint="check the file's permissions")) from None
+    other = foreign_format(head)
+    if other:
+        raise ModelError(Problem(f"not an ONNX model: the file looks like {other}", file=str(path),
+                                 hint="export the model to ONNX (e.g. torch.onnx.export, tf2onnx) and point "
+                                      "`model:` at the .onnx file"))
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except PermissionError as exc:
+        raise ModelError(Problem(f"cannot read the model file: {exc.strerror or exc}",
+                                 file=str(path), hint="check the file's permissions")) from None
     except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelError(Problem(f"not a readable ONNX model (truncated or another format?): {type(exc).__name__}: {exc}",
-                                 file=str(path))) from None
+        if head[:1] == b"\x08":  # starts like a ModelProto (field 1, ir_version) but does not parse
+            raise ModelError(Problem(f"the ONNX file is truncated or corrupt: it starts like an ONNX model but does not "
+                                     f"parse ({type(exc).__name__}: {exc})", file=str(path),
+                                     hint="copy, download or export the model again; compare its size or sha256")) from None
+        raise ModelError(Problem(f"not an ONNX model: the file does not parse as one ({type(exc).__name__}: {exc})",
+                                 file=str(path), hint="point `model:` at an .onnx file")) from None
+    _load_external_data(model, path)
     if not model.graph.node:
         raise ModelError(Problem("not a readable ONNX model: it has no graph nodes (wrong or truncated file?)",
                                  file=str(path)))
     return model
+
+
+_MAGIC = [
+    (b"PK\x03\x04", "a ZIP archive (a PyTorch .pt/.pth checkpoint, or a zipped model?)"),
+    (b"\x80", "a Python pickle (a PyTorch or scikit-learn checkpoint?)"),
+    (b"\x89HDF", "an HDF5 file (a Keras .h5 model?)"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+]
+
+
+def foreign_format(head: bytes) -> str | None:
+    """What a file that is certainly not ONNX looks like, from its first bytes (None: it may be ONNX)."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"TFL3":
+        return "a TensorFlow Lite model"
+    if head[:1] in (b"{", b"<", b"#") or (head and all(32 <= c < 127 or c in (9, 10, 13) for c in head)):
+        return "a text file"
+    return None
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Bring in weights stored next to the model (models over 2 GB must do that), with clear errors."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    files = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+    if not files:
+        return
+    missing = [f for f in files if not (path.parent / f).is_file()]
+    if missing:
+        raise ModelError(Problem(f"model refers to external data that is missing: {', '.join(missing)}",
+                                 file=str(path), hint="keep the model's external data file(s) next to the .onnx, "
+                                                      "with the names the model records"))
+    for t in _get_all_tensors(model):
+        if uses_external_data(t):
+            info = ExternalDataInfo(t)
+            size = (path.parent / info.location).stat().st_size
+            end = (info.offset or 0) + (info.length or 0)
+            if end > size:
+                raise ModelError(Problem(
+                    f"the model's external data is truncated: tensor '{t.name}' needs bytes up to {end:,} of "
+                    f"{info.location}, which holds {size:,}", file=str(path),
+                    hint="copy the .onnx and its .data file again, together"))
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except OSError as exc:
+        raise ModelError(Problem(f"cannot read the model's external data: {exc.strerror or exc}", file=str(path),
+                                 hint="check the .data file's permissions")) from None
+    except Exception as exc:
+        raise ModelError(Problem(f"the model's external data is truncated or does not match the model "
+                                 f"({type(exc).__name__}: {exc})", file=str(path),
+                                 hint="copy the .onnx and its .data file again, together")) from None
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -196,6 +268,8 @@ def run_preprocess(src: Path, dst: Path) -> str:
 
 def _quiet_ort_logs() -> None:
     logging.getLogger().setLevel(logging.ERROR)
+    # its failures are expected (we fall back) and reported by us; keep its tracebacks off the terminal
+    logging.getLogger("onnxruntime.quantization.shape_inference").setLevel(logging.CRITICAL)
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 
 
@@ -219,6 +293,9 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
         notes.append(f"the model has control flow ({', '.join(flow)}); their subgraphs stay in float")
     fixed = workdir / "fixed.onnx"
     save_model(model, fixed)
+    from qcheck.diagnose import check_runtime_loads
+
+    check_runtime_loads(fixed, model, source)
     prepared = workdir / "float.onnx"
     label = run_preprocess(fixed, prepared)
     final = onnx.load(str(prepared), load_external_data=False)

@@ -25,6 +25,7 @@ from qcheck.analyses import attach_node_statistics, node_statistics, run_analyse
 from qcheck.data import DataSet, open_data
 from qcheck.errors import Problem, QcheckError
 from qcheck.fetch import fetch_model
+from qcheck.finite import check_ranges_finite
 from qcheck.measure import measure
 from qcheck.metrics import aggregate_model_metrics
 from qcheck.model import InputInfo, file_sha256, graph_inputs, load_onnx, prepare_model
@@ -110,7 +111,8 @@ def run(policy: Policy, out: Path | None = None, console: Console | None = None)
         from qcheck.report import render_report  # rendering is its own layer; computation never imports it
 
         with stages.stage("render", console):
-            render_report(results, out_dir.staging, policy.report.formats, log=console.log)
+            render_report(results, out_dir.staging, policy.report.formats, log=console.log,
+                          template_dirs=policy.report.templates)
         final = out_dir.commit()
         results["output_folder"] = str(final)
         results["render_seconds"] = round(stages.timings["render"], 3)
@@ -146,6 +148,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
         with stages.stage("calibrate", console):
             ranges = calibrate(prepared.path, calib, policy.quantization,
                                progress=lambda i, n: console.progress("calibrate", i, n))
+            check_ranges_finite(prepared.path, ranges.ranges, calib)
             ranges.save(out_dir.path("ranges.json"))
 
         with stages.stage("quantize", console):

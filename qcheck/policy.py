@@ -156,6 +156,7 @@ class ReportSpec:
     out: Path = Path("qcheck-out")
     formats: list[str] = field(default_factory=lambda: ["html", "pdf"])
     title: str | None = None
+    templates: list[Path] = field(default_factory=list)  # a team's template folders, searched first
 
 
 @dataclass
@@ -436,6 +437,12 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
                                 hint=f"usable metrics: cosine, sqnr, mse{''.join(', ' + g for g in generic)}"))
     rp = doc.get("report") or {}
     report = ReportSpec(resolve(rp.get("out", "qcheck-out")), list(rp.get("formats", ["html", "pdf"])), rp.get("title"))
+    tdirs = rp.get("templates") or []
+    for i, t in enumerate([tdirs] if isinstance(tdirs, str) else tdirs):
+        report.templates.append(resolve(t))
+        if not resolve(t).is_dir():
+            keys = ("report", "templates") if isinstance(tdirs, str) else ("report", "templates", i)
+            problems.append(Problem(f"report template folder not found: {resolve(t)}", file, at(*keys)))
 
     inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
 

@@ -64,7 +64,13 @@ def rmse_scale_per_layer(results: dict, threshold: float = 0.7) -> str | None:
     values = [t["rmse_scale"] for t in acts]
     fig, ax = plt.subplots(figsize=(7.2, 2.6))
     colors = [ACCENT if v > threshold else INK for v in values]
-    ax.bar(range(len(acts)), values, width=1.0, color=colors, linewidth=0)
+    bars = ax.bar(range(len(acts)), values, width=1.0, color=colors, linewidth=0)
+    for bar, v in zip(bars, values):  # suspect bars are hatched, so they stand out on grey paper too
+        if v > threshold:
+            bar.set_hatch("////")
+            bar.set_facecolor("white")
+            bar.set_edgecolor(ACCENT)
+            bar.set_linewidth(0.6)
     ax.axhline(UNIFORM_RMSE_SCALE, color=INK, linestyle=":", linewidth=1, label="0.289 = rounding noise (1/√12)")
     ax.axhline(threshold, color=ACCENT, linestyle="--", linewidth=1, label=f"{threshold} = suspect")
     if max(values) > 20 * threshold:
@@ -72,7 +78,7 @@ def rmse_scale_per_layer(results: dict, threshold: float = 0.7) -> str | None:
     ax.set_xlabel("activation tensors, in graph order")
     ax.set_ylabel("rmse / scale (per-layer)")
     ax.set_xlim(-1, len(acts))
-    ax.legend(loc="upper left", frameon=False)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)  # above the bars, never on them
     return _svg(fig)
 
 
@@ -93,7 +99,8 @@ def cosine_along_depth(results: dict) -> str | None:
     ax.set_ylim(max(low - 0.02 * (1 - low) - 1e-4, -1), 1.0005)
     ax.set_xlabel("activation tensors, in graph order (the outputs are on the right)")
     ax.set_ylabel("cosine to float")
-    ax.legend(loc="lower left", frameon=False)
+    ax.ticklabel_format(axis="y", useOffset=False)  # 0.9998, not "-0.0002 + 1"
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
     return _svg(fig)
 
 

@@ -74,6 +74,9 @@ def environment(extra_templates: list[Path] | None = None) -> jinja2.Environment
     """Jinja environment; a team's template folder comes first, so it can override any block."""
     loaders = [jinja2.FileSystemLoader(str(p)) for p in (extra_templates or [])]
     loaders.append(jinja2.FileSystemLoader(str(templates_dir())))
+    # "qcheck/<name>" is always the built-in template, so a team's own report.html.j2 can
+    # {% extends "qcheck/report.html.j2" %} and replace only the blocks it names.
+    loaders.append(jinja2.PrefixLoader({"qcheck": jinja2.FileSystemLoader(str(templates_dir()))}))
     env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=_num, db=_db, pct=_pct, size=_size, cos=_cosine)
@@ -108,9 +111,21 @@ def _uris(value):
 
 
 def render_html(results: dict, template_dirs: list[Path] | None = None) -> str:
+    from qcheck.report import toc
+
     env = environment(template_dirs)
-    css = (templates_dir() / "report.css").read_text(encoding="utf-8")
-    return env.get_template("report.html.j2").render(css=css, **build_context(results))
+    css, _, _ = env.loader.get_source(env, "report.css")  # a team folder may bring its own stylesheet
+    extra = _optional_source(env, "extra.css")  # ... or only additions to ours
+    page = env.get_template("report.html.j2").render(css=css + ("\n" + extra if extra else ""),
+                                                       **build_context(results))
+    return toc.fill(page)
+
+
+def _optional_source(env: jinja2.Environment, name: str) -> str | None:
+    try:
+        return env.loader.get_source(env, name)[0]
+    except jinja2.TemplateNotFound:
+        return None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
