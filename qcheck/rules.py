@@ -44,6 +44,7 @@ class Rule:
     params: dict[str, Any] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
     op_types: list[str] = field(default_factory=list)
+    schemes: list[str] = field(default_factory=list)  # applies_to.schemes: empty = every scheme
     evidence: list[str] = field(default_factory=list)
     remedies: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
@@ -131,7 +132,7 @@ def _build_rule(raw: dict, pack: str, source: str) -> Rule:
         code=raw["code"], name=raw["name"], scope=raw["scope"], severity=raw["severity"], when=when,
         message=raw["message"], summary=raw["summary"].strip(), why=" ".join(raw["why"].split()),
         fix=" ".join(raw["fix"].split()), params=params, kinds=list(applies.get("kind", [])),
-        op_types=list(applies.get("op_types", [])), evidence=list(raw.get("evidence") or []),
+        op_types=list(applies.get("op_types", [])), schemes=list(applies.get("schemes", [])), evidence=list(raw.get("evidence") or []),
         remedies=list(raw.get("remedies") or []), aliases=list(raw.get("aliases") or []), pack=pack, source=source,
     )
 
@@ -195,11 +196,11 @@ def _closest(key: str, names: dict) -> str | None:
 # --------------------------------------------------------------------------- evaluating
 
 
-def evaluate(rules: list[Rule], rows: list[dict]) -> list[Finding]:
+def evaluate(rules: list[Rule], rows: list[dict], scheme: str | None = None) -> list[Finding]:
     """Findings for every tensor-scope rule on every row it applies to; errors first, then by evidence."""
     findings = []
     for rule in rules:
-        if rule.scope != "tensor":
+        if rule.scope != "tensor" or (scheme and rule.schemes and scheme not in rule.schemes):
             continue
         for row in rows:
             if rule.kinds and row.get("kind") not in rule.kinds:

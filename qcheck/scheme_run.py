@@ -1,0 +1,82 @@
+"""One scheme, end to end after calibration: build, measure, rules, requirements.
+
+The main run and every row of a comparison go through `run_scheme`, so each
+scheme is measured with the same statistics, rules and `require:` lines.
+Schemes with Q/DQ pairs (int8, int8-only, a16w8) are measured per tensor by
+`measure.measure`; dynamic and float16 by matching tensor names
+(`namematch.measure_by_name`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from qcheck.data import DataSet
+from qcheck.measure import Measurement, measure
+from qcheck.metrics import aggregate_model_metrics
+from qcheck.namematch import measure_by_name
+from qcheck.policy import Policy
+from qcheck.qdq import QDQMap, read_qdq
+from qcheck.quantize import Ranges, Recipe
+from qcheck.requirements import judge, requirement_env
+from qcheck.rules import Rule, count_by_severity, evaluate
+from qcheck.schemes import BuiltScheme, build_scheme
+
+
+@dataclass
+class SchemeRun:
+    built: BuiltScheme
+    measurement: Measurement
+    rows: list[dict]
+    findings: list
+    counts: dict[str, int]
+    aggregate: dict
+    verdict: dict
+    qmap: QDQMap | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def build_for(scheme: str, policy: Policy, float_path: Path, out_path: Path, ranges: Ranges | None) -> BuiltScheme:
+    return build_scheme(scheme, float_path, out_path, Recipe.from_policy(policy.quantization), ranges,
+                        policy.quantization.io, policy.target.io)
+
+
+def measure_built(built: BuiltScheme, policy: Policy, float_model: onnx.ModelProto, evaluation: DataSet,
+                  ranges: Ranges | None, progress: Callable[[int, int], None] | None = None
+                  ) -> tuple[Measurement, QDQMap | None, dict[str, int]]:
+    kinds: dict[str, int] = {}
+    if built.has_qdq:
+        qmodel = onnx.load(str(built.measure_path))
+        qmap = read_qdq(qmodel, float_model)
+        m = measure(float_model, qmodel, qmap, evaluation, ranges.ranges, policy.metrics, policy.measure.modes,
+                    include_weights=policy.measure.weights, progress=progress)
+        for t in qmap.tensors.values():
+            kinds[t.kind] = kinds.get(t.kind, 0) + 1
+        return m, qmap, kinds
+    m = measure_by_name(float_model, onnx.load(str(built.measure_path)), evaluation, policy.metrics, built.scheme,
+                        include_weights=policy.measure.weights, progress=progress)
+    for r in m.tensors:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    return m, None, kinds
+
+
+def judge_built(built: BuiltScheme, m: Measurement, policy: Policy, rules: list[Rule],
+                qmap: QDQMap | None = None, kinds: dict | None = None) -> SchemeRun:
+    rows = [t.row() for t in m.tensors]
+    findings = evaluate(rules, rows, scheme=built.scheme)
+    counts = count_by_severity(findings)
+    aggregate = aggregate_model_metrics(m.outputs)
+    verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts))
+    return SchemeRun(built, m, rows, findings, counts, aggregate, verdict, qmap, kinds or {})
+
+
+def run_scheme(scheme: str, policy: Policy, float_path: Path, float_model: onnx.ModelProto, out_path: Path,
+               ranges: Ranges | None, evaluation: DataSet, rules: list[Rule],
+               progress: Callable[[int, int], None] | None = None) -> SchemeRun:
+    built = build_for(scheme, policy, float_path, out_path, ranges)
+    m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges, progress)
+    return judge_built(built, m, policy, rules, qmap, kinds)
