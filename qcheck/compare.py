@@ -86,7 +86,7 @@ def recommend(rows: list[dict], target: TargetProfile) -> dict:
 def _reason(s: str, r: dict, target: TargetProfile, skipped: list[str]) -> str:
     kind = ("integer-only" if target.integer_only else "float-capable")
     why = ("meets every requirement" if r["requirements_hold"] else "was built (the policy has no requirements)")
-    size = f", {1 / r['size_ratio']:.1f}x smaller than float32" if r.get("size_ratio") else ""
+    size = f", at {r['size_ratio']:.0%} of float32's size" if r.get("size_ratio") else ""
     rest = f" ({'; '.join(skipped)})" if skipped else ""
     return (f"{s} is the first scheme in the {kind} target {target.name}'s order "
             f"({' > '.join(preference(target))}) that it can run and that {why}{size}{rest}.")

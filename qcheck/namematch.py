@@ -8,6 +8,14 @@ compared like a quantized tensor in whole-model mode (errors accumulate along
 the graph). There is no integer grid, so grid statistics (scale, rmse/scale,
 clipping) are absent and rules that need them do not fire.
 
+The model outputs (and the policy's metrics) come from a second session of
+the built model as it is, without the extra outputs: exposing a tensor can
+change the numbers. ONNX Runtime's CPU has no float16 kernel for most ops;
+it wraps them in Casts to float32 and drops Cast pairs between them, so an
+unexposed float16 tensor may never be rounded to float16, while an exposed one
+is. Per-tensor statistics therefore show float16 storage of each tensor (as on
+float16 hardware); output metrics show the model as ONNX Runtime runs it here.
+
 Weights: float16 initializers keep their names (compared with the float
 weight); dynamic int8 weights `W` are stored as `W_quantized`, `W_scale`,
 `W_zero_point` and compared dequantized.
@@ -79,6 +87,8 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
     names = shared_tensors(float_model, built)
     f_sess = make_session(with_outputs(float_model, names), "float model")
     b_sess = make_session(with_outputs(built, names), f"{scheme} model")
+    plain = make_session(built, f"{scheme} model")
+    plain_out = [o.name for o in plain.get_outputs()]
     f_out = [o.name for o in f_sess.get_outputs()]
     b_out = [o.name for o in b_sess.get_outputs()]
     b_in_types = {i.name: _NP.get(i.type, np.float32) for i in b_sess.get_inputs()}
@@ -100,12 +110,14 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
         for n in names:
             whole[n].update(f_vals[n], b_vals[n])
             dist[n].update(f_vals[n])
+        p_vals = {k: np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v
+                  for k, v in zip(plain_out, plain.run(None, feed))}
         for n in outputs:
-            out_cmp[n].update(f_vals[n], b_vals[n])
+            out_cmp[n].update(f_vals[n], p_vals[n])
         for mname, (spec, cmp) in user.items():
             try:
                 cmp.update(apply_slice(f_vals[spec.output], slices[mname], f"metric '{mname}'"),
-                           apply_slice(b_vals[spec.output], slices[mname], f"metric '{mname}'"))
+                           apply_slice(p_vals[spec.output], slices[mname], f"metric '{mname}'"))
             except SliceError as exc:
                 raise DataError(Problem(str(exc))) from None
         if progress:
