@@ -55,7 +55,8 @@ class Rule:
         """The rule's documentation as plain data (for `qcheck rules`, the report and the docs)."""
         return {"code": self.code, "name": self.name, "scope": self.scope, "severity": self.severity,
                 "when": self.when.text, "params": dict(self.params), "summary": self.summary, "why": self.why,
-                "fix": self.fix, "remedies": list(self.remedies), "pack": self.pack, "aliases": list(self.aliases)}
+                "fix": self.fix, "remedies": list(self.remedies), "pack": self.pack, "aliases": list(self.aliases),
+                "schemes": list(self.schemes)}
 
 
 @dataclass

@@ -167,7 +167,7 @@ def _build_calibrated(scheme: str, float_model: Path, out_path: Path, recipe: Re
     model = onnx.load(str(float_model))
     float_ops = float_compute_nodes(model, integer_op_types(recipe), recipe.exclude_nodes)
     if scheme == "int8-only" and float_ops:
-        raise ModelError(_float_island_problem(float_ops, float_model))
+        raise ModelError(_float_island_problem(float_ops))
     if scheme != "int8-only":
         qpath = build_quantized(float_model, ranges, recipe, out_path)
         notes = []
@@ -185,14 +185,13 @@ def _build_calibrated(scheme: str, float_model: Path, out_path: Path, recipe: Re
                               f"QuantizeLinear and output DequantizeLinear kept ({measure_path.name})"])
 
 
-def _float_island_problem(float_ops: list[dict], float_model: Path) -> Problem:
+def _float_island_problem(float_ops: list[dict]) -> Problem:
     by_type: dict[str, list[str]] = {}
     for f in float_ops:
         by_type.setdefault(f["op_type"], []).append(f["node"] or "(unnamed)")
     parts = [f"{op} ({len(nodes)}: {', '.join(nodes)})" for op, nodes in sorted(by_type.items())]
     return Problem(f"scheme int8-only: {len(float_ops)} node(s) cannot be quantized and would compute in float: "
                    + "; ".join(parts),
-                   file=str(float_model),
                    hint="use scheme int8 (float fallback) or a16w8 for these ops, or replace them in the model "
                         "(e.g. HardSigmoid by Clip-based ops the quantizer supports)")
 

@@ -297,3 +297,12 @@ rules:
     rows = [{"name": "t", "kind": "activation", "cosine": 0.5}]
     assert len(evaluate(rules, rows, scheme="float16")) == 1
     assert evaluate(rules, rows, scheme="int8") == []
+
+
+def test_compare_example_policy_is_valid():
+    from pathlib import Path
+
+    from qcheck.policy import load_policy
+
+    p = load_policy(Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "compare.yaml")
+    assert p.compare == list(SCHEMES) and p.quantization.io == "uint8"
