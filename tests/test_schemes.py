@@ -306,3 +306,39 @@ def test_compare_example_policy_is_valid():
 
     p = load_policy(Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "compare.yaml")
     assert p.compare == list(SCHEMES) and p.quantization.io == "uint8"
+
+
+def test_float16_io_and_pdf_and_rerender(tmp_path):
+    """float16 inputs and outputs when the policy says so; the report (PDF too) renders, and again from results.json."""
+    small_cnn(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "eval", 2)
+    policy = write_policy(tmp_path / "p.yaml", {"model": "model.onnx", "data": {"evaluation": "eval"},
+                                                "quantization": {"scheme": "float16", "io": "float16"},
+                                                "compare": ["float16", "dynamic"],
+                                                "report": {"out": "out", "formats": ["html", "pdf"]}})
+    assert run_cli("run", policy, "--quiet") == 0
+    out = tmp_path / "out"
+    sess = ort.InferenceSession(str(out / "model.quant.onnx"))
+    assert sess.get_inputs()[0].type == "tensor(float16)" and sess.get_outputs()[0].type == "tensor(float16)"
+    r = json.loads((out / "results.json").read_text())
+    assert r["quantization"]["io"] == "float16" and r["compare"]["recommendation"]["scheme"] == "dynamic"
+    assert (out / "report.pdf").stat().st_size > 0
+    assert run_cli("report", out / "results.json", "--out", tmp_path / "again", "--formats", "html") == 0
+    assert 'id="compare"' in (tmp_path / "again" / "report.html").read_text()
+
+
+def test_policy_checks_scheme_io_and_compare_names(tmp_path):
+    from qcheck.errors import PolicyError
+    from qcheck.policy import load_policy
+
+    small_cnn(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "calib", 2)
+    p = tmp_path / "p.yaml"
+    p.write_text("model: model.onnx\ndata: {calibration: calib}\nquantization:\n  scheme: int8-only\n  io: float32\n")
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p)
+    assert f"{p}:5:" in str(exc.value) and "int8 or uint8" in str(exc.value)
+    p.write_text("model: model.onnx\ndata: {calibration: calib}\ncompare: [int8, fp16]\n")
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p)
+    assert f"{p}:3:" in str(exc.value) and "float16" in str(exc.value)
