@@ -281,6 +281,9 @@ def build_dynamic(float_model: Path, out_path: Path, recipe: Recipe) -> BuiltSch
                                  file=str(float_model))) from None
     model = onnx.load(str(float_model))
     kept = float_compute_nodes(model, set(op_types), recipe.exclude_nodes)
+    for f in kept:
+        if f["reason"] != "excluded by the policy":
+            f["reason"] = f"dynamic quantization covers {', '.join(op_types)} only"
     qmodel = onnx.load(str(out_path))
     integer = sum(1 for n in qmodel.graph.node if n.op_type in ("ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"))
     dyn_recipe = replace(recipe, activations="dynamic uint8", calibration="none", overrides={})
