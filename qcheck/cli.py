@@ -158,6 +158,10 @@ def _text_summary(results: dict) -> str:
         lines.append(f"  {f['code']} {f['severity']:<7} {f['tensor']}: {f['message']}")
     if len(results["findings"]) > 5:
         lines.append(f"  ... {len(results['findings']) - 5} more in the report")
+    if results.get("compare"):
+        from qcheck.compare import summary_lines
+
+        lines.extend(summary_lines(results["compare"]))
     lines.append(f"report: {results.get('output_folder')}/report.html (and report.pdf, layer_stats.csv, results.json)")
     return "\n".join(lines)
 

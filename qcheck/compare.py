@@ -126,3 +126,20 @@ def compare_schemes(schemes: list[str], policy, float_path, float_model, ranges,
     return {"schemes": rows, "reference": reference, "recommendation": recommend(rows, target),
             "target": target.name, "latency_runs": RUNS, "latency_warmup": WARMUP, "user_metrics": user_metrics,
             "requirements": [r.text for r in policy.require], "samples": len(evaluation)}
+
+
+def summary_lines(c: dict) -> list[str]:
+    """The comparison as console lines (the CLI's summary)."""
+    lines = [f"schemes compared (latency: median of {c['latency_runs']} runs here):"]
+    for s in c["schemes"]:
+        if not s["built"]:
+            lines.append(f"  {s['scheme']:<10} not built: {s['error'][:100]}")
+            continue
+        cos = s["metrics"].get("cosine")
+        holds = {None: "no requirements", True: "requirements hold", False: "requirements FAIL"}[s["requirements_hold"]]
+        lines.append(f"  {s['scheme']:<10} {s['size_ratio']:.2f}x size, {s['latency']['median_ms']:.3g} ms, "
+                     f"cosine {cos:.6f}, {holds}{'' if s['target_can_run'] else ', target cannot run it'}"
+                     if cos is not None else f"  {s['scheme']:<10} {holds}")
+    rec = c["recommendation"]
+    lines.append(f"recommended for {c['target']}: {rec['scheme'] or 'none'} — {rec['reason']}")
+    return lines
