@@ -342,3 +342,45 @@ def test_policy_checks_scheme_io_and_compare_names(tmp_path):
     with pytest.raises(PolicyError) as exc:
         load_policy(p)
     assert f"{p}:3:" in str(exc.value) and "float16" in str(exc.value)
+
+
+def _conv3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Conv with 3x3 kernels, stride 1, padding 1, in float64: x[1,C,H,W], w[O,C,3,3]."""
+    _, _, h, wd = x.shape
+    xp = np.pad(x[0], ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((w.shape[0], h, wd))
+    for ki in range(3):
+        for kj in range(3):
+            out += np.einsum("oc,chw->ohw", w[:, :, ki, kj], xp[:, ki:ki + h, kj:kj + wd])
+    return (out + b[:, None, None])[None]
+
+
+def test_dynamic_per_tensor_error_matches_numpy_dynamic_quantization(tmp_path):
+    """conv1's output under dynamic quantization, redone in numpy: x quantized per sample with ORT's
+    DynamicQuantizeLinear rule (uint8, range widened to include 0), int8 weights from the model file."""
+    small_cnn(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "eval", 3, seed=11)
+    policy = write_policy(tmp_path / "p.yaml", {"model": "model.onnx", "data": {"evaluation": "eval"},
+                                                "quantization": {"scheme": "dynamic"},
+                                                "report": {"out": "out", "formats": ["html"]}})
+    assert run_cli("run", policy, "--quiet") == 0
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    f = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
+    q = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "out" / "model.quant.onnx")).graph.initializer}
+    s_w = q["w1_scale"].astype(np.float64).reshape(-1, 1, 1, 1)
+    w_deq = (q["w1_quantized"].astype(np.float64) - q["w1_zero_point"].astype(np.float64).reshape(-1, 1, 1, 1)) * s_w
+    errors = []
+    for i in range(3):
+        x = np.load(tmp_path / "eval" / f"{i}.npy").astype(np.float64)
+        lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
+        scale = np.float32((hi - lo) / 255)
+        zp = np.clip(np.rint(-lo / scale), 0, 255)
+        xq = np.clip(np.rint(x / scale) + zp, 0, 255)
+        ref = _conv3x3(x, f["w1"], f["b1"])
+        got = _conv3x3((xq - zp) * float(scale), w_deq, f["b1"])
+        errors.append((ref - got).ravel())
+    e = np.concatenate(errors)
+    row = next(t for t in r["tensors"] if t["name"] == "c1")
+    assert row["mean_squared_error"] == pytest.approx(float((e ** 2).mean()), rel=1e-3)
+    assert row["max_abs_error"] == pytest.approx(float(np.abs(e).max()), rel=1e-3)
+    assert row["scale"] is None and row["rmse_scale"] is None  # no integer grid on an activation here
