@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 
 from qcheck import __version__
+from qcheck.analyses import attach_node_statistics, node_statistics, run_analyses
 from qcheck.data import DataSet, open_data
 from qcheck.errors import Problem, QcheckError
 from qcheck.fetch import fetch_model
@@ -28,7 +29,7 @@ from qcheck.model import InputInfo, file_sha256, graph_inputs, load_onnx, prepar
 from qcheck.outputs import OutputDir
 from qcheck.policy import Policy
 from qcheck.quantize import calibrate
-from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats
+from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
 from qcheck.rules import load_rules
 from qcheck.scheme_run import build_for, judge_built, measure_built
 from qcheck.schemes import CALIBRATED, size_bytes
@@ -155,12 +156,22 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
         with stages.stage("measure", console):
             m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
                                            progress=lambda i, n: console.progress("measure", i, n))
+            rows = [t.row() for t in m.tensors]
+
+        analyses = None
+        if policy.analyses.any and built.has_qdq:  # the emulation model switches Q/DQ pairs: none in dynamic/float16
+            with stages.stage("analyses", console):
+                analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
+                                        policy.metrics, progress=console.progress)
+                attach_node_statistics(rows, node_statistics(analyses))
 
         with stages.stage("rules", console):
-            main_run = judge_built(built, m, policy, rules, qmap, kinds)
+            main_run = judge_built(built, m, policy, rules, qmap, kinds, rows=rows)
             rows, findings, counts = main_run.rows, main_run.findings, main_run.counts
             aggregate, verdict = main_run.aggregate, main_run.verdict
             write_layer_stats(rows, out_dir.path("layer_stats.csv"))
+            if analyses:
+                write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
 
         comparison = None
         if policy.compare:
@@ -205,6 +216,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics},
             "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
             "tensors": rows,
+            "analyses": analyses,
             "findings": [f.to_dict() for f in findings],
             "finding_counts": counts,
             "rules": [r.doc() for r in rules],

@@ -65,8 +65,9 @@ def measure_built(built: BuiltScheme, policy: Policy, float_model: onnx.ModelPro
 
 
 def judge_built(built: BuiltScheme, m: Measurement, policy: Policy, rules: list[Rule],
-                qmap: QDQMap | None = None, kinds: dict | None = None) -> SchemeRun:
-    rows = [t.row() for t in m.tensors]
+                qmap: QDQMap | None = None, kinds: dict | None = None, rows: list[dict] | None = None) -> SchemeRun:
+    """Rules and requirements on a measured scheme; `rows` when the caller added statistics to them."""
+    rows = rows if rows is not None else [t.row() for t in m.tensors]
     findings = evaluate(rules, rows, scheme=built.scheme)
     counts = count_by_severity(findings)
     aggregate = aggregate_model_metrics(m.outputs)
