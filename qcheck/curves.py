@@ -39,10 +39,11 @@ class _Dot:
     ff: float = 0.0
     qq: float = 0.0
 
-    def update(self, f: np.ndarray, q: np.ndarray) -> None:
-        f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+    def update(self, f64: np.ndarray, ff: float, q: np.ndarray) -> None:
+        """`f64`: the reference, flattened to float64 once per sample; `ff`: its squared norm."""
+        q64 = q.astype(np.float64).ravel()
         self.fq += float(f64 @ q64)
-        self.ff += float(f64 @ f64)
+        self.ff += ff
         self.qq += float(q64 @ q64)
 
     def cosine(self) -> float | None:
@@ -103,10 +104,12 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
     for s, i in enumerate(samples):
         sample = data[i]
         ref = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: off})))
+        ref64 = {t: ref[t].astype(np.float64).ravel() for _, _, t in along}  # once per sample, not per config
+        norms = {t: float(v @ v) for t, v in ref64.items()}
         for c, config in enumerate(configs):
             got = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: config.mask})))
             for _, _, t in along:
-                dots[c][t].update(ref[t], got[t])
+                dots[c][t].update(ref64[t], norms[t], got[t])
             if c == 0:
                 for n in focus_out:
                     f_vals[n].add(ref[focus_out[n]], cap)
@@ -157,17 +160,18 @@ def histograms(f: np.ndarray, q: np.ndarray, calib: tuple[float, float] | None) 
     err = (q.astype(np.float64) - f.astype(np.float64)) if q.size == f.size else np.zeros(0)
     e_lim = float(np.abs(err).max(initial=0.0)) or 1.0
     e_edges = np.linspace(-e_lim, e_lim, HIST_BINS + 1)
+    # bins=int with a range takes numpy's uniform-bin path (no sort): much faster on millions of values
     return {
         "edges": edges.tolist(),
-        "float_counts": np.histogram(f, edges)[0].tolist(),
-        "quant_counts": np.histogram(q, edges)[0].tolist(),
+        "float_counts": np.histogram(f, HIST_BINS, (lo, hi))[0].tolist(),
+        "quant_counts": np.histogram(q, HIST_BINS, (lo, hi))[0].tolist(),
         "error_edges": e_edges.tolist(),
-        "error_counts": np.histogram(err, e_edges)[0].tolist(),
+        "error_counts": np.histogram(err, HIST_BINS, (-e_lim, e_lim))[0].tolist(),
         "max_abs": float(np.abs(f).max(initial=0.0)),
         "max_abs_error": float(np.abs(err).max(initial=0.0)),
         "calib_min": calib[0] if calib else None,
         "calib_max": calib[1] if calib else None,
-        "values": int(f.size),
+        "count": int(f.size),
     }
 
 

@@ -79,7 +79,7 @@ def weight_pairs(float_model: onnx.ModelProto, built: onnx.ModelProto) -> dict[s
 
 def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: DataSet, metrics: dict[str, MetricSpec],
                     scheme: str, include_weights: bool = True,
-                    progress: Callable[[int, int], None] | None = None) -> Measurement:
+                    progress: Callable[[int, int], None] | None = None, tasks: list | None = None) -> Measurement:
     dtype = "float16" if scheme == "float16" else "float32"  # the type of the compared activations
     order = topological_order(float_model)
     producer_of = {o: n for n in float_model.graph.node for o in n.output}
@@ -120,6 +120,8 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
                            apply_slice(p_vals[spec.output], slices[mname], f"metric '{mname}'"))
             except SliceError as exc:
                 raise DataError(Problem(str(exc))) from None
+        for task in tasks or []:
+            task.update(data.samples[i].label, {n: f_vals[n] for n in outputs}, {n: p_vals[n] for n in outputs})
         if progress:
             progress(i + 1, len(data))
 
@@ -158,7 +160,8 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
                               "per_sample_cosine": r["per_sample_cosine"]}
     notes = [f"{scheme} model: {len(names)} intermediate tensor(s) matched to the float model by name; whole-model "
              "errors only (no integer grid, so no scale-based statistics)"]
-    return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes)
+    return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes,
+                       {t.name: t.result() for t in tasks or []})
 
 
 def _record(name: str, kind: str, node: str, op_type: str, order: int, dtype: str) -> TensorRecord:

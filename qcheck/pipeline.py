@@ -33,6 +33,7 @@ from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_
 from qcheck.rules import load_rules
 from qcheck.scheme_run import build_for, judge_built, measure_built
 from qcheck.schemes import CALIBRATED, size_bytes
+from qcheck.tasks import build as build_tasks
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
 
@@ -138,6 +139,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             evaluation = (open_data(policy.data.evaluation, prepared.inputs, policy.data.preprocess)
                           if policy.data.evaluation else calib)
             rules = load_rules(policy.rules, str(policy.path))
+            task_metrics = build_tasks(policy, prepared.outputs)
 
         scheme = policy.quantization.scheme
         ranges = None
@@ -155,14 +157,14 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
 
         with stages.stage("measure", console):
             m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
-                                           progress=lambda i, n: console.progress("measure", i, n))
+                                           progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics)
             rows = [t.row() for t in m.tensors]
 
         analyses = None
         if policy.analyses.any and built.has_qdq:  # the emulation model switches Q/DQ pairs: none in dynamic/float16
             with stages.stage("analyses", console):
                 analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
-                                        policy.metrics, progress=console.progress)
+                                        policy.generic_metrics, progress=console.progress)
                 attach_node_statistics(rows, node_statistics(analyses))
 
         with stages.stage("rules", console):
@@ -213,7 +215,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 "build_seconds": round(built.build_seconds, 3),
             },
             "compare": comparison,
-            "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics},
+            "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics, "tasks": m.tasks},
             "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
             "tensors": rows,
             "analyses": analyses,
@@ -248,7 +250,7 @@ def _check_policy_outputs(policy: Policy, outputs: list[str]) -> None:
     problems = [policy.problem_at(("metrics", name, "output"),
                                   f"metric '{name}': the model has no output named '{spec.output}'; its outputs are: "
                                   f"{', '.join(outputs)}")
-                for name, spec in policy.metrics.items() if spec.output not in outputs]
+                for name, spec in policy.generic_metrics.items() if spec.output not in outputs]
     if problems:
         raise QcheckError(problems)
 

@@ -22,7 +22,7 @@ from qcheck.namematch import measure_by_name
 from qcheck.policy import Policy
 from qcheck.qdq import QDQMap, read_qdq
 from qcheck.quantize import Ranges, Recipe
-from qcheck.requirements import judge, requirement_env
+from qcheck.requirements import judge, requirement_env, task_intervals
 from qcheck.rules import Rule, count_by_severity, evaluate
 from qcheck.schemes import BuiltScheme, build_scheme
 
@@ -46,19 +46,20 @@ def build_for(scheme: str, policy: Policy, float_path: Path, out_path: Path, ran
 
 
 def measure_built(built: BuiltScheme, policy: Policy, float_model: onnx.ModelProto, evaluation: DataSet,
-                  ranges: Ranges | None, progress: Callable[[int, int], None] | None = None
+                  ranges: Ranges | None, progress: Callable[[int, int], None] | None = None, tasks: list | None = None
                   ) -> tuple[Measurement, QDQMap | None, dict[str, int]]:
+    """`tasks`: fresh task-metric accumulators (qcheck.tasks.build) for this scheme's measurement."""
     kinds: dict[str, int] = {}
     if built.has_qdq:
         qmodel = onnx.load(str(built.measure_path))
         qmap = read_qdq(qmodel, float_model)
         m = measure(float_model, qmodel, qmap, evaluation, ranges.ranges, policy.metrics, policy.measure.modes,
-                    include_weights=policy.measure.weights, progress=progress)
+                    include_weights=policy.measure.weights, progress=progress, tasks=tasks)
         for t in qmap.tensors.values():
             kinds[t.kind] = kinds.get(t.kind, 0) + 1
         return m, qmap, kinds
-    m = measure_by_name(float_model, onnx.load(str(built.measure_path)), evaluation, policy.metrics, built.scheme,
-                        include_weights=policy.measure.weights, progress=progress)
+    m = measure_by_name(float_model, onnx.load(str(built.measure_path)), evaluation, policy.generic_metrics,
+                        built.scheme, include_weights=policy.measure.weights, progress=progress, tasks=tasks)
     for r in m.tensors:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
     return m, None, kinds
@@ -71,13 +72,17 @@ def judge_built(built: BuiltScheme, m: Measurement, policy: Policy, rules: list[
     findings = evaluate(rules, rows, scheme=built.scheme)
     counts = count_by_severity(findings)
     aggregate = aggregate_model_metrics(m.outputs)
-    verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts))
+    verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts, m.tasks),
+                    intervals=task_intervals(m.tasks))
     return SchemeRun(built, m, rows, findings, counts, aggregate, verdict, qmap, kinds or {})
 
 
 def run_scheme(scheme: str, policy: Policy, float_path: Path, float_model: onnx.ModelProto, out_path: Path,
                ranges: Ranges | None, evaluation: DataSet, rules: list[Rule],
                progress: Callable[[int, int], None] | None = None) -> SchemeRun:
+    from qcheck.tasks import build as build_tasks
+
     built = build_for(scheme, policy, float_path, out_path, ranges)
-    m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges, progress)
+    tasks = build_tasks(policy, [o.name for o in float_model.graph.output])
+    m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges, progress, tasks)
     return judge_built(built, m, policy, rules, qmap, kinds)
