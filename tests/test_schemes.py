@@ -384,3 +384,19 @@ def test_dynamic_per_tensor_error_matches_numpy_dynamic_quantization(tmp_path):
     assert row["mean_squared_error"] == pytest.approx(float((e ** 2).mean()), rel=1e-3)
     assert row["max_abs_error"] == pytest.approx(float(np.abs(e).max()), rel=1e-3)
     assert row["scale"] is None and row["rmse_scale"] is None  # no integer grid on an activation here
+
+
+def test_compare_with_a_task_metric_judges_it_for_every_scheme(tmp_path):
+    small_cnn(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "calib", 4)
+    policy = write_policy(tmp_path / "p.yaml", {
+        "model": "model.onnx", "data": {"calibration": "calib"}, "analyses": False,
+        "metrics": {"cls": {"task": "classification", "output": "logits", "k": 1}, "err": {"output": "logits"}},
+        "compare": ["int8", "float16", "dynamic"], "require": ["cls.top1 >= 2"],  # cannot hold: top-1 is at most 1
+        "report": {"out": "out", "formats": ["html"]}})
+    assert run_cli("run", policy, "--quiet") == 1
+    c = json.loads((tmp_path / "out" / "results.json").read_text())["compare"]
+    assert c["user_metrics"] == ["err"]
+    for row in c["schemes"]:
+        assert row["requirements_hold"] is False and row["failed_requirements"] == ["cls.top1 >= 2"], row["scheme"]
+    assert c["recommendation"]["scheme"] is None
