@@ -215,6 +215,10 @@ def _text_summary(results: dict) -> str:
         lines.append(f"  {code} {worst['severity']:<7} {worst['rule']}: {where}: {worst['message']}{more}")
     if len(groups) > 8:
         lines.append(f"  ... {len(groups) - 8} more rules in the report")
+    if results.get("compare"):
+        from qcheck.compare import summary_lines
+
+        lines.extend(summary_lines(results["compare"]))
     folder = results.get("output_folder")
     if folder:
         names = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))

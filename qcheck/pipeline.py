@@ -26,17 +26,14 @@ from qcheck.data import DataSet, open_data
 from qcheck.errors import Problem, QcheckError
 from qcheck.fetch import fetch_model
 from qcheck.finite import check_ranges_finite
-from qcheck.measure import measure
-from qcheck.metrics import aggregate_model_metrics
 from qcheck.model import InputInfo, file_sha256, graph_inputs, load_onnx, prepare_model
-from qcheck.model_stats import model_row
 from qcheck.outputs import OutputDir
 from qcheck.policy import Policy
-from qcheck.qdq import read_qdq
-from qcheck.quantize import Recipe, build_quantized, calibrate
-from qcheck.requirements import judge, requirement_env, task_intervals
+from qcheck.quantize import calibrate
 from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
-from qcheck.rules import count_by_severity, evaluate, evaluate_model, load_rules, needed_statistics, sort_findings
+from qcheck.rules import load_rules, needed_statistics
+from qcheck.scheme_run import build_for, judge_built, measure_built
+from qcheck.schemes import CALIBRATED, size_bytes
 from qcheck.tasks import build as build_tasks
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
@@ -81,7 +78,7 @@ def environment() -> dict:
             "platform": f"{platform.system()} {platform.machine()}"}
 
 
-def _shapes_from(policy: Policy, inputs: list[InputInfo], calib: DataSet) -> dict[str, list[int]]:
+def _shapes_from(policy: Policy, inputs: list[InputInfo], calib: DataSet | None) -> dict[str, list[int]]:
     """Static shapes for every input: the policy's, else the model's, else the first sample's."""
     shapes = {}
     first = None
@@ -135,61 +132,64 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             for info in inputs:  # policy shapes first, so images know their size
                 if policy.inputs.get(info.name):
                     info.shape = list(policy.inputs[info.name])
-            calib = open_data(policy.data.calibration, inputs, policy.data.preprocess)
-            shapes = _shapes_from(policy, inputs, calib)
+            first_data = policy.data.calibration or policy.data.evaluation  # calibration is optional (dynamic, float16)
+            shapes = _shapes_from(policy, inputs, open_data(first_data, inputs, policy.data.preprocess))
             prepared = prepare_model(raw_model, policy.model.path, shapes, work)
             del raw_model
             _check_policy_outputs(policy, prepared.outputs)
-            calib = open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
+            calib = (open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
+                     if policy.data.calibration else None)
             evaluation = (open_data(policy.data.evaluation, prepared.inputs, policy.data.preprocess)
                           if policy.data.evaluation else calib)
             task_metrics = build_tasks(policy, prepared.outputs)
 
-        with stages.stage("calibrate", console):
-            ranges = calibrate(prepared.path, calib, policy.quantization,
-                               progress=lambda i, n: console.progress("calibrate", i, n))
-            check_ranges_finite(prepared.path, ranges.ranges, calib)
-            ranges.save(out_dir.path("ranges.json"))
+        scheme = policy.quantization.scheme
+        ranges = None
+        if calib is not None and any(s in CALIBRATED for s in [scheme] + policy.compare):
+            with stages.stage("calibrate", console):
+                ranges = calibrate(prepared.path, calib, policy.quantization,
+                                   progress=lambda i, n: console.progress("calibrate", i, n))
+                check_ranges_finite(prepared.path, ranges.ranges, calib)
+                ranges.save(out_dir.path("ranges.json"))
 
         with stages.stage("quantize", console):
-            recipe = Recipe.from_policy(policy.quantization)
-            qpath = build_quantized(prepared.path, ranges, recipe, out_dir.path(QUANTIZED_MODEL_NAME))
+            built = build_for(scheme, policy, prepared.path, out_dir.path(QUANTIZED_MODEL_NAME), ranges)
+            recipe = built.recipe
+            qpath = built.path
             float_model = onnx.load(str(prepared.path))
-            qmodel = onnx.load(str(qpath))
-            qmap = read_qdq(qmodel, float_model)
 
         with stages.stage("measure", console):
-            m = measure(float_model, qmodel, qmap, evaluation, ranges.ranges, policy.metrics, policy.measure.modes,
-                        include_weights=policy.measure.weights,
-                        progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics,
-                        need=needed_statistics(rules))
+            m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
+                                           progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics,
+                                           need=needed_statistics(rules))
             rows = [t.row() for t in m.tensors]
 
         analyses = None
-        if policy.analyses.any:
+        if policy.analyses.any and built.has_qdq:  # the emulation model switches Q/DQ pairs: none in dynamic/float16
             with stages.stage("analyses", console):
                 analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
                                         policy.generic_metrics, progress=console.progress)
                 attach_node_statistics(rows, node_statistics(analyses))
 
         with stages.stage("rules", console):
-            findings = evaluate(rules, rows, policy.target)
-            aggregate = aggregate_model_metrics(m.outputs)
-            # model-scope rules (QC111, QC112) read whether the requirements hold on the other findings
-            first = judge(policy.require, requirement_env(aggregate, m.user_metrics, count_by_severity(findings), m.tasks),
-                          intervals=task_intervals(m.tasks))
-            model_stats = model_row(policy.target, qmap.quantized_nodes, qmap.float_nodes, first, aggregate, findings)
-            findings = sort_findings(findings + evaluate_model(rules, model_stats, policy.target))
-            counts = count_by_severity(findings)
-            verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts, m.tasks),
-                            intervals=task_intervals(m.tasks))
+            main_run = judge_built(built, m, policy, rules, qmap, kinds, rows=rows)
+            rows, findings, counts = main_run.rows, main_run.findings, main_run.counts
+            aggregate, verdict = main_run.aggregate, main_run.verdict
+            model_stats = main_run.model_statistics
             write_layer_stats(rows, out_dir.path("layer_stats.csv"))
             if analyses:
                 write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
 
-        kinds: dict[str, int] = {}
-        for t in qmap.tensors.values():
-            kinds[t.kind] = kinds.get(t.kind, 0) + 1
+        comparison = None
+        if policy.compare:
+            from qcheck.compare import compare_schemes
+
+            with stages.stage("compare", console):
+                folder = out_dir.path("schemes")
+                folder.mkdir(parents=True, exist_ok=True)
+                comparison = compare_schemes(policy.compare, policy, prepared.path, float_model, ranges, evaluation,
+                                             rules, folder, done={scheme: main_run}, log=console.log)
+
         return {
             "schema_version": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -205,17 +205,21 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 "size_bytes": prepared.source.stat().st_size,
             },
             "environment": environment(),
-            "data": {"calibration": calib.describe(),
+            "data": {"calibration": calib.describe() if calib is not None else None,
                      "evaluation": {**evaluation.describe(), "same_as_calibration": evaluation is calib},
                      "preprocess": policy.raw.get("data", {}).get("preprocess")},
             "target": policy.target.to_dict(),
             "quantization": {
                 "scheme": policy.quantization.scheme, "recipe": recipe.to_dict(), "recipe_key": recipe.key(),
-                "ranges_file": "ranges.json", "ranges_sha256": ranges.sha256(), "calibration_samples": ranges.samples,
-                "quantized_model": QUANTIZED_MODEL_NAME, "size_bytes": qpath.stat().st_size,
-                "quantized_tensors": kinds, "quantized_nodes": len(qmap.quantized_nodes),
-                "float_nodes": qmap.float_nodes,
+                "ranges_file": "ranges.json" if ranges else None, "ranges_sha256": ranges.sha256() if ranges else None,
+                "calibration_samples": ranges.samples if ranges else 0,
+                "quantized_model": QUANTIZED_MODEL_NAME, "size_bytes": size_bytes(qpath),
+                "quantized_tensors": kinds, "quantized_nodes": len(qmap.quantized_nodes) if qmap else None,
+                "float_nodes": qmap.float_nodes if qmap else [],
+                "io": built.io, "io_params": built.io_params, "float_ops": built.float_ops, "notes": built.notes,
+                "build_seconds": round(built.build_seconds, 3),
             },
+            "compare": comparison,
             "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics, "tasks": m.tasks},
             "model_statistics": model_stats,
             "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},

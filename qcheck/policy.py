@@ -71,7 +71,7 @@ class Preprocess:
 
 @dataclass
 class DataSpec:
-    calibration: DataSource
+    calibration: DataSource | None
     evaluation: DataSource | None = None
     preprocess: Preprocess = field(default_factory=Preprocess)
 
@@ -88,6 +88,7 @@ class TensorOverride:
 @dataclass
 class QuantizationSpec:
     scheme: str = "int8"
+    io: str | None = None  # inputs/outputs of the built model (int8-only: int8|uint8; float16: float32|float16)
     activations: str = "uint8"
     weights: str = "int8"
     per_channel: bool = True
@@ -173,6 +174,7 @@ class Policy:
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     analyses: AnalysesSpec = field(default_factory=AnalysesSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
+    compare: list[str] = field(default_factory=list)  # schemes to build and compare (`compare:`); empty: none
     raw: dict = field(default_factory=dict)  # the document as written, without line info
     _doc: Any = field(default=None, repr=False)  # the document with line info
 
@@ -364,6 +366,7 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     excl = q.get("exclude") or {}
     quant = QuantizationSpec(
         scheme=q.get("scheme", "int8"),
+        io=q.get("io"),
         activations=q.get("activations", "uint8"),
         weights=q.get("weights", "int8"),
         per_channel=q.get("per_channel", True),
@@ -452,12 +455,35 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     except QcheckError as exc:
         problems.extend(exc.problems)
 
+    compare = _compare_schemes(doc, quant, data, file, at, problems)
+
     policy = Policy(
         path=path, model=model, data=data, inputs=inputs, target=target,
         quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
-        analyses=analyses, report=report, raw=to_plain(doc), _doc=doc,
+        analyses=analyses, report=report, compare=compare, raw=to_plain(doc), _doc=doc,
     )
     return policy, problems
+
+
+def _compare_schemes(doc: dict, quant: QuantizationSpec, data: DataSpec, file: str, at, problems: list) -> list[str]:
+    """`compare:` -> the schemes to build, and the data checks the schemes need (scheme list in qcheck.schemes)."""
+    from qcheck.schemes import CALIBRATED, SCHEMES
+
+    c = doc.get("compare")
+    compare = list(SCHEMES) if c == "all" else list(c or [])
+    if quant.scheme == "int8-only" and quant.io in ("float32", "float16"):
+        problems.append(Problem(f"quantization.io: {quant.io} does not fit scheme int8-only, whose inputs and outputs "
+                                "are integer", file, at("quantization", "io"), hint="use int8 or uint8"))
+    needs = [s for s in dict.fromkeys([quant.scheme] + compare) if s in CALIBRATED]
+    if data.calibration is None and needs:
+        where = ("compare",) if quant.scheme not in CALIBRATED else ("quantization", "scheme")
+        problems.append(Problem(f"scheme{'s' if len(needs) > 1 else ''} {', '.join(needs)} need calibration data, and "
+                                "the policy has no data.calibration", file, at(*where) or at("data"),
+                                hint="add data.calibration, or use only the schemes dynamic and float16"))
+    if data.calibration is None and data.evaluation is None:
+        problems.append(Problem("the policy has no data: give data.evaluation (and data.calibration for calibrated "
+                                "schemes)", file, at("data")))
+    return compare
 
 
 def _analyses(value: Any) -> AnalysesSpec:

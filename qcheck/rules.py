@@ -59,6 +59,7 @@ class Rule:
     params: dict[str, Any] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
     op_types: list[str] = field(default_factory=list)
+    schemes: list[str] = field(default_factory=list)  # applies_to.schemes: empty = every scheme
     evidence: list[str] = field(default_factory=list)
     rank: Expression | None = None
     message_names: list[str] = field(default_factory=list)
@@ -80,7 +81,8 @@ class Rule:
                 "when": self.when.text, "params": dict(self.params), "kinds": list(self.kinds),
                 "op_types": list(self.op_types), "summary": self.summary, "why": self.why, "fix": self.fix,
                 "remedies": list(self.remedies), "pack": self.pack, "aliases": list(self.aliases),
-                "reads": sorted(self.needs), "source": self.source}
+                "reads": sorted(self.needs), "source": self.source,
+                "schemes": list(self.schemes)}
 
 
 @dataclass
@@ -204,7 +206,8 @@ def _build_rule(raw: dict, pack: str, source: str) -> Rule:
         code=raw["code"], name=raw["name"], scope=scope, severity=raw["severity"], when=when,
         message=raw["message"], summary=" ".join(raw["summary"].split()), why=" ".join(raw["why"].split()),
         fix=" ".join(raw["fix"].split()), params=params, kinds=list(applies.get("kind", [])),
-        op_types=list(applies.get("op_types", [])), evidence=list(raw.get("evidence") or []), rank=rank,
+        op_types=list(applies.get("op_types", [])), schemes=list(applies.get("schemes", [])),
+        evidence=list(raw.get("evidence") or []), rank=rank,
         message_names=[n for _t, n, _s, _c in string.Formatter().parse(raw["message"]) if n],
         remedies=list(raw.get("remedies") or []), aliases=list(raw.get("aliases") or []), pack=pack, source=source,
     )
@@ -347,11 +350,15 @@ def check(rule: Rule, row: dict) -> bool | None:
         return None  # a value of an unexpected type on this row: the rule does not apply
 
 
-def evaluate(rules: list[Rule], rows: list[dict], target: str | None = None) -> list[Finding]:
+def applies_to_scheme(rule: Rule, scheme: str | None) -> bool:
+    return not (scheme and rule.schemes and scheme not in rule.schemes)
+
+
+def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | None = None) -> list[Finding]:
     """Findings of every tensor-, node- and output-scope rule; see `sort_findings` for the order."""
     findings = []
     for rule in rules:
-        if rule.scope == "model":
+        if rule.scope == "model" or not applies_to_scheme(rule, scheme):
             continue
         per_node: dict[str, Finding] = {}
         for row in rows_in_scope(rule, rows):

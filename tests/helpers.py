@@ -46,6 +46,45 @@ def small_cnn(path: Path, seed: int = 0, classes: int = 10, opset: int = 13) -> 
     return path
 
 
+def weight_heavy_mlp(path: Path, seed: int = 0, width: int = 256, out: int = 64) -> Path:
+    """x[1,width] -> MatMul(width x width) -> Relu -> MatMul(width x out) -> y[1,out]: nearly all bytes are weights.
+
+    No biases and no Gemm, so every scheme (dynamic quantization only takes MatMul) stores all
+    width*width + width*out parameters in its own type.
+    """
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    w2 = (rng.standard_normal((width, out)) / np.sqrt(width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out])],
+                              initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def cnn_with_float_ops(path: Path, seed: int = 0) -> Path:
+    """x[1,3,8,8] -> Conv -> HardSigmoid 'gate' -> Erf 'soft' -> Conv -> y: two ops ORT's quantizer has no kernel for."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["c1"], ["g"], name="gate"),
+             helper.make_node("Erf", ["g"], ["e"], name="soft"),
+             helper.make_node("Conv", ["e", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "cnn_float_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def write_npy_samples(folder: Path, n: int, shape=(1, 3, 16, 16), scale: float = 1.0, seed: int = 1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
