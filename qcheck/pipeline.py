@@ -164,6 +164,30 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts))
             write_layer_stats(rows, out_dir.path("layer_stats.csv"))
 
+        # the fallback search (policy `search:`) and the lock file: see qcheck/search/
+        search, final = None, {"recipe": recipe, "ranges": ranges, "model": QUANTIZED_MODEL_NAME, "ranges_file": "ranges.json"}
+        if policy.search is not None:
+            from qcheck.search.stage import search_stage
+
+            with stages.stage("search", console):
+                search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
+                    policy, prepared=prepared, float_model=float_model, ranges=ranges, calib=calib,
+                    evaluation=evaluation, recipe=recipe, rows=rows, finding_counts=counts, work=work,
+                    out_dir=out_dir, log=console.log)
+                if chosen_verdict is not None:
+                    search["baseline_verdict"], verdict = verdict, chosen_verdict
+                    final.update(recipe=chosen, ranges=chosen_ranges, model=model_file)
+                    if chosen_ranges.method != ranges.method:
+                        final["ranges_file"] = f"ranges.{chosen_ranges.method}.json"
+                        chosen_ranges.save(out_dir.path(final["ranges_file"]))
+                elif search["status"] == "failed":
+                    verdict["search"] = {"status": "failed", "recommendation": search["recommendation"]}
+        from qcheck.search.stage import write_policy_lock
+
+        lock_file = write_policy_lock(policy, prepared=prepared, shapes=shapes, ranges=final["ranges"],
+                                      ranges_file=final["ranges_file"], recipe=final["recipe"], model_file=final["model"],
+                                      out_dir=out_dir, environment=environment(), search=search)
+
         kinds: dict[str, int] = {}
         for t in qmap.tensors.values():
             kinds[t.kind] = kinds.get(t.kind, 0) + 1
@@ -199,6 +223,9 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "findings": [f.to_dict() for f in findings],
             "finding_counts": counts,
             "rules": [r.doc() for r in rules],
+            "search": search,
+            "lock": {"file": lock_file, "quantized_model": final["model"], "recipe": final["recipe"].to_dict(),
+                     "recipe_key": final["recipe"].key(), "ranges_file": final["ranges_file"]},
         }
 
 

@@ -71,3 +71,21 @@ def basic_policy(tmp: Path, **overrides) -> Path:
     }
     doc.update(overrides)
     return write_policy(tmp / "qcheck.yaml", doc)
+
+
+def outlier_head_cnn(path: Path, factor: float = 1000.0, seed: int = 0) -> Path:
+    """small_cnn whose last node, `fc`, writes one wide column into its output, as a detector head joins
+    box pixels and class scores in one tensor: logits[:, 0] is `factor` times larger than logits[:, 1:].
+
+    One per-tensor scale then spends the uint8 grid on column 0 and rounds the narrow columns away; only
+    `fc` (whose output nothing else reads) decides how `logits` is quantized.
+    """
+    small_cnn(path, seed=seed)
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    for name in ("wf", "bf"):
+        a = numpy_helper.to_array(inits[name]).copy()
+        a[0] *= factor
+        inits[name].CopyFrom(numpy_helper.from_array(a, name))
+    onnx.save(model, str(path))
+    return path
