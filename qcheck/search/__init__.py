@@ -60,6 +60,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "strategy": spec.strategy,
         "remedies": spec.remedies,
         "budget": vars(spec.budget).copy(),
+        "latency_repeats": spec.latency_repeats,
         "target": target.name,
         "ranking": ranking[:spec.candidates],
         "status": status,
