@@ -172,7 +172,8 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             with stages.stage("search", console):
                 search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
                     policy, prepared=prepared, float_model=float_model, ranges=ranges, calib=calib,
-                    evaluation=evaluation, recipe=recipe, rows=rows, finding_counts=counts, work=work,
+                    evaluation=evaluation, recipe=recipe, rows=rows, findings=[f.to_dict() for f in findings],
+                    finding_counts=counts, work=work,
                     out_dir=out_dir, log=console.log)
                 if chosen_verdict is not None:
                     search["baseline_verdict"], verdict = verdict, chosen_verdict

@@ -425,7 +425,7 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
         problems.extend(exc.problems)
 
     search = None
-    if doc.get("search") is not None:
+    if "search" in doc:  # `search:` alone turns the search on with its defaults
         sd = doc["search"] or {}
         search = SearchSpec(
             strategy=sd.get("strategy", "greedy"),

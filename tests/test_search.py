@@ -217,3 +217,19 @@ def test_lock_names_the_hashes(greedy_run):
     assert lock["quantized_model"]["sha256"] == hashlib.sha256((folder / "out" / "model.fixed.onnx").read_bytes()).hexdigest()
     assert lock["ranges"]["sha256"] == r["quantization"]["ranges_sha256"]
     assert lock["versions"]["onnxruntime"] == ort.__version__
+
+
+def test_ranking_puts_rule_findings_first_then_the_worst_local_statistics():
+    from qcheck.search.ranking import candidate_ranking, rank_nodes
+
+    rows = [
+        {"name": "a", "kind": "activation", "node": "n1", "op_type": "Conv", "order": 1, "cosine": 0.999, "rmse_scale": 0.3},
+        {"name": "b", "kind": "activation", "node": "n2", "op_type": "Conv", "order": 2, "cosine": 0.90, "rmse_scale": 0.3},
+        {"name": "w", "kind": "weight", "node": "n3", "op_type": "Conv", "order": 3, "cosine": 0.999, "rmse_scale": 2.0},
+        {"name": "c", "kind": "activation", "node": "n3", "op_type": "Conv", "order": 3, "cosine": 0.999, "rmse_scale": 0.3},
+        {"name": "x", "kind": "activation", "node": "(input)", "op_type": "Input", "order": -1, "cosine": 0.5},
+    ]
+    # lowest cosine first; equal cosine: highest rmse/scale (over the node's weights too); graph inputs are no node
+    assert [w["node"] for w in rank_nodes(rows)] == ["n2", "n3", "n1"]
+    findings = [{"severity": "warning", "node": "n3"}, {"severity": "error", "node": "n1"}, {"severity": "info", "node": None}]
+    assert candidate_ranking(rows, findings) == ["n1", "n3", "n2"]

@@ -123,7 +123,7 @@ def search_tradeoff(results: dict) -> str | None:
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel(f"cost on target '{search.get('target', '')}' (profile units)")
     ax.set_ylabel("shortfall from the requirements\n(0 = all hold)")
-    ax.legend(loc="upper right", frameon=False)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _svg(fig)
 
 

@@ -34,3 +34,16 @@ def rank_nodes(rows: list[dict]) -> list[dict]:
         if row.get("kind") == "activation":
             w["order"] = row.get("order", w["order"])
     return sorted(worst.values(), key=lambda w: (w["cosine"], -w["rmse_scale"], w["order"], w["node"]))
+
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def candidate_ranking(rows: list[dict], findings: list[dict] | None = None) -> list[str]:
+    """The node order the search walks: nodes named by rule findings first (errors, then warnings, then info,
+    each rule's worst first), then every other measured node as `rank_nodes` orders them."""
+    ranked = [w["node"] for w in rank_nodes(rows)]
+    flagged = sorted(((SEVERITY_ORDER.get(f.get("severity"), 3), i, f.get("node")) for i, f in enumerate(findings or [])
+                      if f.get("node") and f.get("node") != "(input)"))
+    first = list(dict.fromkeys(node for _, _, node in flagged))
+    return first + [n for n in ranked if n not in first]

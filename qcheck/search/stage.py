@@ -9,16 +9,16 @@ from qcheck.lock import LOCK_NAME, lock_document, write_lock
 from qcheck.quantize import build_quantized, calibrate
 from qcheck.requirements import judge
 from qcheck.search import run_search
-from qcheck.search.ranking import rank_nodes
+from qcheck.search.ranking import candidate_ranking
 
 FIXED_MODEL_NAME = "model.fixed.onnx"
 
 
-def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, recipe, rows, finding_counts,
+def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, recipe, rows, findings, finding_counts,
                  work: Path, out_dir, log) -> tuple[dict, dict | None, str, object, object]:
     """Returns (search results, the chosen candidate's verdict or None, model file, recipe, ranges) of the result."""
     samples = [evaluation[i] for i in range(len(evaluation))]
-    ranking = [r["node"] for r in rank_nodes(rows)]
+    ranking = candidate_ranking(rows, findings)  # the lead may point this at the sensitivity ranking
     result, chosen, chosen_ranges = run_search(
         policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
         calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m),
