@@ -169,6 +169,8 @@ def _summary(results: dict) -> dict:
         "model_metrics": results["model_metrics"]["aggregate"],
         "finding_counts": results["finding_counts"],
         "findings": results["findings"][:10],
+        "search": None if not results.get("search") else {
+            k: results["search"][k] for k in ("strategy", "status", "trials", "chosen", "why", "recommendation")},
         "output_folder": results.get("output_folder"),
     })
 

@@ -26,8 +26,19 @@ HEADER = ("# qcheck lock file: the exact recipe this run chose. `qcheck apply po
           "# quantized model below byte for byte, without calibrating or searching. Do not edit by hand.\n")
 
 
+def data_fingerprint(data) -> str:
+    """SHA-256 over every sample of a DataSet as the model sees it (input name, dtype, shape, values), in order."""
+    h = hashlib.sha256()
+    for i in range(len(data)):
+        for name, array in sorted(data[i].items()):
+            h.update(f"{i}:{name}:{array.dtype}:{list(array.shape)}".encode())
+            h.update(array.tobytes())
+    return h.hexdigest()
+
+
 def lock_document(*, policy_path: Path, policy_sha256: str, model_path: Path, model_sha256: str,
-                  shapes: dict[str, list[int]], float_sha256: str, ranges_file: str, ranges: Ranges,
+                  shapes: dict[str, list[int]], float_sha256: str, calibration_sha256: str, ranges_file: str,
+                  ranges: Ranges,
                   recipe: Recipe, quantized_file: str, quantized_sha256: str, environment: dict,
                   search: dict | None) -> dict:
     return {
@@ -35,6 +46,7 @@ def lock_document(*, policy_path: Path, policy_sha256: str, model_path: Path, mo
         "policy": {"path": str(policy_path), "sha256": policy_sha256},
         "model": {"path": str(model_path), "sha256": model_sha256, "input_shapes": shapes,
                   "prepared_sha256": float_sha256},
+        "calibration_data": {"samples": ranges.samples, "sha256": calibration_sha256},
         "ranges": {"file": ranges_file, "method": ranges.method, "sha256": ranges.sha256()},
         "recipe": recipe.to_dict(),
         "recipe_key": recipe.key(),
@@ -98,6 +110,7 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
     with tempfile.TemporaryDirectory(prefix="qcheck-apply-") as tmp:
         prepared = prepare_model(load_onnx(model_path), model_path, dict(doc["model"].get("input_shapes") or {}),
                                  Path(tmp))
+        _check_data(doc, prepared, where, notes)
         float_sha = file_sha256(prepared.path)
         if float_sha != doc["model"]["prepared_sha256"]:
             notes.append("pre-processing gave a different float model than when the lock was written "
@@ -109,3 +122,23 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
     built = hashlib.sha256(out.read_bytes()).hexdigest()
     return {"out": str(out), "sha256": built, "expected": doc["quantized_model"]["sha256"],
             "identical": built == doc["quantized_model"]["sha256"], "notes": notes}
+
+
+def _check_data(doc: dict, prepared, where: str, notes: list[str]) -> None:
+    """The policy's calibration data, read as the run read them, must be what the ranges were computed from."""
+    from qcheck.data import open_data
+    from qcheck.policy import load_policy
+
+    policy_path = Path(doc["policy"]["path"])
+    expected = (doc.get("calibration_data") or {}).get("sha256")
+    if not expected:
+        return
+    if not policy_path.is_file():
+        notes.append(f"the policy {policy_path} is not there: the calibration data were not checked")
+        return
+    policy = load_policy(policy_path)
+    data = open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
+    if data_fingerprint(data) != expected:
+        raise QcheckError(Problem(f"the calibration data changed since the lock was written "
+                                  f"({policy.data.calibration.path}, {len(data)} samples now)", file=where,
+                                  hint="the locked ranges no longer describe the data: run `qcheck run` again"))

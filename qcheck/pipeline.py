@@ -185,7 +185,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                     verdict["search"] = {"status": "failed", "recommendation": search["recommendation"]}
         from qcheck.search.stage import write_policy_lock
 
-        lock_file = write_policy_lock(policy, prepared=prepared, shapes=shapes, ranges=final["ranges"],
+        lock_file = write_policy_lock(policy, prepared=prepared, shapes=shapes, calib=calib, ranges=final["ranges"],
                                       ranges_file=final["ranges_file"], recipe=final["recipe"], model_file=final["model"],
                                       out_dir=out_dir, environment=environment(), search=search)
 

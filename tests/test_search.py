@@ -233,3 +233,17 @@ def test_ranking_puts_rule_findings_first_then_the_worst_local_statistics():
     assert [w["node"] for w in rank_nodes(rows)] == ["n2", "n3", "n1"]
     findings = [{"severity": "warning", "node": "n3"}, {"severity": "error", "node": "n1"}, {"severity": "info", "node": None}]
     assert candidate_ranking(rows, findings) == ["n1", "n3", "n2"]
+
+
+def test_apply_without_search_and_when_the_calibration_data_changed(tmp_path, capsys):
+    policy = _policy(tmp_path, search=False)
+    assert main(["run", str(policy), "--quiet"]) == 1  # fails, no search: the lock holds the policy's own recipe
+    lock = tmp_path / "out" / "policy.lock.yaml"
+    assert main(["apply", str(lock), "--out", str(tmp_path / "a.onnx")]) == 0
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "out" / "model.quant.onnx").read_bytes()
+    capsys.readouterr()
+    x = np.load(tmp_path / "calib" / "3.npy")
+    np.save(tmp_path / "calib" / "3.npy", x * 1.01)
+    assert main(["apply", str(lock), "--out", str(tmp_path / "b.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "calibration data changed" in err and "policy.lock.yaml" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from qcheck.lock import LOCK_NAME, lock_document, write_lock
+from qcheck.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
 from qcheck.quantize import build_quantized, calibrate
 from qcheck.requirements import judge
 from qcheck.search import run_search
@@ -35,7 +35,7 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     return result, verdict, FIXED_MODEL_NAME, chosen, chosen_ranges
 
 
-def write_policy_lock(policy, *, prepared, shapes, ranges, ranges_file: str, recipe, model_file: str, out_dir,
+def write_policy_lock(policy, *, prepared, shapes, calib, ranges, ranges_file: str, recipe, model_file: str, out_dir,
                       environment: dict, search: dict | None) -> str:
     path = out_dir.path(model_file)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -44,6 +44,7 @@ def write_policy_lock(policy, *, prepared, shapes, ranges, ranges_file: str, rec
     doc = lock_document(
         policy_path=policy.path, policy_sha256=file_sha256(policy.path), model_path=policy.model.path,
         model_sha256=prepared.sha256, shapes=shapes, float_sha256=file_sha256(prepared.path),
+        calibration_sha256=data_fingerprint(calib),
         ranges_file=ranges_file, ranges=ranges, recipe=recipe, quantized_file=model_file, quantized_sha256=sha,
         environment=environment,
         search=None if search is None else {"strategy": search["strategy"], "status": search["status"],
