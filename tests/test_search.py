@@ -247,3 +247,19 @@ def test_apply_without_search_and_when_the_calibration_data_changed(tmp_path, ca
     assert main(["apply", str(lock), "--out", str(tmp_path / "b.onnx")]) == 2
     err = capsys.readouterr().err
     assert "calibration data changed" in err and "policy.lock.yaml" in err
+
+
+def test_a_whole_model_remedy_with_its_own_calibration_is_locked_and_applied(tmp_path):
+    """Entropy calibration clips the wide column's range, which helps the narrow ones: with a looser limit it
+    passes, is calibrated once for the search, and its ranges are written next to the lock."""
+    policy = _policy(tmp_path, remedies=("calibration_method",), budget=0)
+    policy.write_text(policy.read_text().replace(f"scores <= {LIMIT}", "scores <= 0.5"))
+    r = run(load_policy(policy))
+    assert r["search"]["status"] == "found" and r["lock"]["recipe"]["calibration"] == "entropy"
+    assert r["lock"]["ranges_file"] == "ranges.entropy.json"
+    chosen = r["search"]["candidates"][r["search"]["chosen"]]
+    assert chosen["cost"] == 0.0 and chosen["metrics"]["scores"] <= 0.5
+    assert chosen["metrics"]["scores"] == pytest.approx(_scores_error(tmp_path / "out" / "model.fixed.onnx", tmp_path),
+                                                        rel=1e-5)
+    assert main(["apply", str(tmp_path / "out" / "policy.lock.yaml"), "--out", str(tmp_path / "e.onnx")]) == 0
+    assert (tmp_path / "e.onnx").read_bytes() == (tmp_path / "out" / "model.fixed.onnx").read_bytes()
