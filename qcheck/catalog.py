@@ -51,6 +51,12 @@ TENSOR_STATISTICS: dict[str, str] = {
     "layer_index": "rank of the producing layer among quantized layers in graph order (0 = first)",
     "is_output": "true for a model output",
     "input_range_ratio": "widest / narrowest calibrated range among the producing node's inputs (Concat, Add ...)",
+    # node sensitivity (analyses): the node this tensor belongs to, quantized alone on the emulation model
+    "sensitivity_rank": "rank of the node in the sensitivity ranking (1 = quantizing it alone hurts the outputs most)",
+    "sensitivity_cosine": "worst output cosine with only this node quantized",
+    "weight_only_cosine": "worst output cosine with only this node's weights quantized (worst nodes only)",
+    "activation_only_cosine": "worst output cosine with only this node's activations quantized (worst nodes only)",
+    "recovered_cosine": "output cosine gained by keeping this node float, everything else quantized (worst nodes only)",
     # whole-model error: float and quantized models run separately, errors accumulate
     "whole_mean_error": "mean error, whole-model mode",
     "whole_max_abs_error": "largest absolute error, whole-model mode",

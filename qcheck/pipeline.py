@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 
 from qcheck import __version__
+from qcheck.analyses import attach_node_statistics, node_statistics, run_analyses
 from qcheck.data import DataSet, open_data
 from qcheck.errors import Problem, QcheckError
 from qcheck.fetch import fetch_model
@@ -32,7 +33,7 @@ from qcheck.policy import Policy
 from qcheck.qdq import read_qdq
 from qcheck.quantize import Recipe, build_quantized, calibrate
 from qcheck.requirements import judge, requirement_env
-from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats
+from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
 from qcheck.rules import count_by_severity, evaluate, load_rules
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
@@ -157,12 +158,21 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                         progress=lambda i, n: console.progress("measure", i, n))
             rows = [t.row() for t in m.tensors]
 
+        analyses = None
+        if policy.analyses.any:
+            with stages.stage("analyses", console):
+                analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
+                                        policy.metrics, progress=console.progress)
+                attach_node_statistics(rows, node_statistics(analyses))
+
         with stages.stage("rules", console):
             findings = evaluate(rules, rows)
             counts = count_by_severity(findings)
             aggregate = aggregate_model_metrics(m.outputs)
             verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts))
             write_layer_stats(rows, out_dir.path("layer_stats.csv"))
+            if analyses:
+                write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
 
         # the fallback search (policy `search:`) and the lock file: see qcheck/search/
         search, final = None, {"recipe": recipe, "ranges": ranges, "model": QUANTIZED_MODEL_NAME, "ranges_file": "ranges.json"}
@@ -173,8 +183,8 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
                     policy, prepared=prepared, float_model=float_model, ranges=ranges, calib=calib,
                     evaluation=evaluation, recipe=recipe, rows=rows, findings=[f.to_dict() for f in findings],
-                    finding_counts=counts, work=work,
-                    out_dir=out_dir, log=console.log)
+                    finding_counts=counts, work=work, out_dir=out_dir, log=console.log,
+                    sensitivity=[n["node"] for n in (analyses or {}).get("sensitivity", {}).get("nodes", [])])
                 if chosen_verdict is not None:
                     search["baseline_verdict"], verdict = verdict, chosen_verdict
                     final.update(recipe=chosen, ranges=chosen_ranges, model=model_file)
@@ -221,6 +231,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics},
             "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
             "tensors": rows,
+            "analyses": analyses,
             "findings": [f.to_dict() for f in findings],
             "finding_counts": counts,
             "rules": [r.doc() for r in rules],

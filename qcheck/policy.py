@@ -130,6 +130,24 @@ class MeasureSpec:
 
 
 @dataclass
+class AnalysesSpec:
+    samples: int = 8
+    sensitivity: bool = True
+    metric: str = "cosine"
+    detail: int = 20
+    curves: bool = True
+    top_k: int = 3
+    distributions: bool = True
+    focus_nodes: int = 3
+    confirm: bool = True
+    tolerance: float = 0.01
+
+    @property
+    def any(self) -> bool:
+        return self.sensitivity or self.curves or self.distributions or self.confirm
+
+
+@dataclass
 class ReportSpec:
     out: Path = Path("qcheck-out")
     formats: list[str] = field(default_factory=lambda: ["html", "pdf"])
@@ -173,6 +191,7 @@ class Policy:
     require: list[Requirement] = field(default_factory=list)
     rules: RulesSpec = field(default_factory=RulesSpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
+    analyses: AnalysesSpec = field(default_factory=AnalysesSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
     search: SearchSpec | None = None  # no `search:` section: no search
     raw: dict = field(default_factory=dict)  # the document as written, without line info
@@ -413,6 +432,11 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
 
     ms = doc.get("measure") or {}
     measure = MeasureSpec(list(ms.get("modes", ["local", "whole"])), ms.get("weights", True))
+    analyses = _analyses(doc.get("analyses", True))
+    if analyses.sensitivity and analyses.metric not in ("cosine", "sqnr", "mse") and analyses.metric not in metrics:
+        problems.append(Problem(f"analyses.sensitivity.metric '{analyses.metric}' is neither cosine, sqnr, mse nor a "
+                                f"metric declared under `metrics:`", file, at("analyses", "sensitivity", "metric"),
+                                hint=f"declared metrics: {', '.join(metrics) or 'none'}"))
     rp = doc.get("report") or {}
     report = ReportSpec(resolve(rp.get("out", "qcheck-out")), list(rp.get("formats", ["html", "pdf"])), rp.get("title"))
 
@@ -438,6 +462,29 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     policy = Policy(
         path=path, model=model, data=data, inputs=inputs, target=target,
         quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
-        report=report, search=search, raw=to_plain(doc), _doc=doc,
+        analyses=analyses, report=report, search=search, raw=to_plain(doc), _doc=doc,
     )
     return policy, problems
+
+
+def _analyses(value: Any) -> AnalysesSpec:
+    """`analyses:` as written (true/false, or a mapping of sections that are each true/false/a mapping)."""
+    if value is False:
+        return AnalysesSpec(sensitivity=False, curves=False, distributions=False, confirm=False)
+    spec = AnalysesSpec()
+    if not isinstance(value, dict):
+        return spec
+
+    def section(key: str) -> dict | None:
+        v = value.get(key, True)
+        return None if v is False else (v if isinstance(v, dict) else {})
+
+    spec.samples = int(value.get("samples", spec.samples))
+    s, c, d, k = section("sensitivity"), section("curves"), section("distributions"), section("confirm")
+    spec.sensitivity, spec.curves, spec.distributions, spec.confirm = (x is not None for x in (s, c, d, k))
+    spec.metric = (s or {}).get("metric", spec.metric)
+    spec.detail = int((s or {}).get("detail", spec.detail))
+    spec.top_k = int((c or {}).get("top_k", spec.top_k))
+    spec.focus_nodes = int((d or {}).get("nodes", spec.focus_nodes))
+    spec.tolerance = float((k or {}).get("tolerance", spec.tolerance))
+    return spec

@@ -150,8 +150,13 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
 # --------------------------------------------------------------------------- building
 
 
-def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path: Path) -> Path:
-    """Quantize `float_model` with ORT's QDQ quantizer using precomputed ranges."""
+def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path: Path,
+                    keep_removable_activations: bool = False) -> Path:
+    """Quantize `float_model` with ORT's QDQ quantizer using precomputed ranges.
+
+    `keep_removable_activations` keeps Relu/Clip nodes ORT would fold into the
+    producer's grid (same numbers; the emulation model needs their float output).
+    """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import (
@@ -179,6 +184,7 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
         "TensorQuantOverrides": overrides,
+        "QDQKeepRemovableActivations": keep_removable_activations,
     }
     if any(t in ("int16", "uint16") for t in [recipe.activations] + [o.get("quant_type") for o in recipe.overrides.values()]):
         extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21

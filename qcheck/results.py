@@ -85,3 +85,24 @@ def _csv_value(v: Any) -> Any:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     return v
+
+
+SENSITIVITY_VIEWS = ("node", "weight", "activation", "reverse")
+
+
+def write_sensitivity(analyses: dict, path: Path) -> None:
+    """Node sensitivity, worst first: one row per node, cosine/SQNR/MSE per view (empty where not computed)."""
+    sens = (analyses or {}).get("sensitivity")
+    if not sens:
+        return
+    columns = ["rank", "node", "op_type", "dominant", "recovered"]
+    columns += [f"{view}_{m}" for view in SENSITIVITY_VIEWS for m in ("cosine", "sqnr", "mse")]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in sens["nodes"]:
+            out = {k: _csv_value(row.get(k)) for k in columns[:5]}
+            for view in SENSITIVITY_VIEWS:
+                for m in ("cosine", "sqnr", "mse"):
+                    out[f"{view}_{m}"] = _csv_value(row["views"].get(view, {}).get(m))
+            writer.writerow(out)

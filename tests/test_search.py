@@ -232,7 +232,8 @@ def test_ranking_puts_rule_findings_first_then_the_worst_local_statistics():
     # lowest cosine first; equal cosine: highest rmse/scale (over the node's weights too); graph inputs are no node
     assert [w["node"] for w in rank_nodes(rows)] == ["n2", "n3", "n1"]
     findings = [{"severity": "warning", "node": "n3"}, {"severity": "error", "node": "n1"}, {"severity": "info", "node": None}]
-    assert candidate_ranking(rows, findings) == ["n1", "n3", "n2"]
+    assert candidate_ranking(rows, findings)[0] == ["n1", "n3", "n2"]
+    assert candidate_ranking(rows, findings, sensitivity=["n3", "n2", "n3"])[0] == ["n3", "n2"]
 
 
 def test_apply_without_search_and_when_the_calibration_data_changed(tmp_path, capsys):

@@ -12,6 +12,7 @@ import jinja2
 
 from qcheck.errors import Problem, QcheckError
 from qcheck.report import plots
+from qcheck.report.analysis_plots import analysis_plots
 from qcheck.resources import templates_dir
 
 
@@ -93,7 +94,17 @@ def build_context(results: dict) -> dict:
                    key=lambda t: -t["rmse_scale"])[:25]
     figures = {k: svg_data_uri(v) for k, v in plots.all_plots(results).items()}
     return {"r": results, "groups": groups, "worst": worst, "figures": figures,
+            "analysis_figures": _uris(analysis_plots(results)),
             "n_activations": len(acts), "n_weights": len(results["tensors"]) - len(acts)}
+
+
+def _uris(value):
+    """SVG text -> data URIs, through nested dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _uris(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_uris(v) for v in value]
+    return svg_data_uri(value) if isinstance(value, str) and value.startswith("<svg") else value
 
 
 def render_html(results: dict, template_dirs: list[Path] | None = None) -> str:

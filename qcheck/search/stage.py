@@ -15,15 +15,17 @@ FIXED_MODEL_NAME = "model.fixed.onnx"
 
 
 def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, recipe, rows, findings, finding_counts,
+                 sensitivity: list[str] | None = None,
                  work: Path, out_dir, log) -> tuple[dict, dict | None, str, object, object]:
     """Returns (search results, the chosen candidate's verdict or None, model file, recipe, ranges) of the result."""
     samples = [evaluation[i] for i in range(len(evaluation))]
-    ranking = candidate_ranking(rows, findings)  # the lead may point this at the sensitivity ranking
+    ranking, source = candidate_ranking(rows, findings, sensitivity)
     result, chosen, chosen_ranges = run_search(
         policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
         calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m),
         base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
         finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log)
+    result["ranking_source"] = source
     if chosen is None or chosen.key() == recipe.key():
         return result, None, "", recipe, ranges
     build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME))

@@ -1,0 +1,174 @@
+"""Node sensitivity on the switchable emulation model (seed 002's per-node analysis).
+
+For each quantizable node, four views, each one boolean mask on the same
+ONNX Runtime session:
+
+- node:        only this node quantized (its input grids, weights and output grid);
+- weight:      only this node's weights (and bias) quantized;
+- activation:  only this node's activation grids quantized;
+- reverse:     everything quantized except this node, as ORT builds it with the
+               node excluded (`SwitchableModel.keep_float`): how much is recovered.
+
+The reference is the same session with every switch off, so the only
+difference between reference and configuration is the quantization the mask
+switches on (not float rounding from different kernel fusions).
+
+Samples are the outer loop: one sample's reference outputs are kept while
+every configuration runs on it, so memory holds one sample at a time and
+statistics accumulate in `metrics.OutputComparison`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcheck.data import DataSet
+from qcheck.emulate import SWITCH_INPUT, SwitchableModel
+from qcheck.metrics import OutputComparison, apply_slice, parse_slice
+from qcheck.policy import MetricSpec
+
+VIEWS = ("node", "weight", "activation", "reverse")
+HIGHER_IS_BETTER = {"cosine": True, "sqnr": True, "top1": True, "top5": True,
+                    "mse": False, "rmse": False, "max_abs": False, "mean_abs": False}
+
+
+@dataclass
+class Config:
+    """One quantize/don't-quantize configuration: a mask over the switches, and what it stands for."""
+
+    label: str
+    mask: np.ndarray
+
+
+class ConfigRunner:
+    """Runs masks over samples on one session and compares each with the all-off reference."""
+
+    def __init__(self, sw: SwitchableModel, data: DataSet, samples: list[int], metrics: dict[str, MetricSpec]):
+        self.sw, self.data, self.samples, self.metrics = sw, data, samples, metrics
+        self.session = sw.session()
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
+        self.runs = 0
+
+    def run(self, sample: dict, mask: np.ndarray) -> list[np.ndarray]:
+        self.runs += 1
+        return self.session.run(None, {**sample, SWITCH_INPUT: mask})
+
+    def evaluate(self, configs: list[Config], progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        cmp = [{o: OutputComparison(o) for o in self.outputs} for _ in configs]
+        user = [{m: OutputComparison(m) for m in self.metrics} for _ in configs]
+        off = self.sw.mask()
+        total, done = len(self.samples) * len(configs), 0
+        for i in self.samples:
+            sample = self.data[i]
+            ref = dict(zip(self.outputs, self.run(sample, off)))
+            for c, config in enumerate(configs):
+                got = dict(zip(self.outputs, self.run(sample, config.mask)))
+                for o in self.outputs:
+                    cmp[c][o].update(ref[o], got[o])
+                for m, spec in self.metrics.items():
+                    s = self.slices[m]
+                    user[c][m].update(apply_slice(ref[spec.output], s, m), apply_slice(got[spec.output], s, m))
+                done += 1
+                if progress and done % 16 == 0:
+                    progress(done, total)
+        return [summarize(cmp[c], user[c], self.metrics) for c in range(len(configs))]
+
+
+def summarize(outputs: dict[str, OutputComparison], user: dict[str, OutputComparison],
+              metrics: dict[str, MetricSpec]) -> dict:
+    """Worst-over-outputs cosine / SQNR / MSE, per-output cosine, and the policy's metrics."""
+    results = {o: c.result() for o, c in outputs.items()}
+    out = {
+        "cosine": min(r["cosine"] for r in results.values()),
+        "sqnr": min(r["sqnr"] for r in results.values()),
+        "mse": max(r["mse"] for r in results.values()),
+        "outputs": {o: r["cosine"] for o, r in results.items()},
+    }
+    for m, spec in metrics.items():
+        r = user[m].result()
+        out[m] = math.sqrt(r["mse"]) if spec.metric == "rmse" else r.get(spec.metric)
+    return out
+
+
+def badness(result: dict, metric: str, metrics: dict[str, MetricSpec]) -> float:
+    """A number that grows as the configuration gets worse, for ranking."""
+    kind = metrics[metric].metric if metric in metrics else metric
+    value = result.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return -math.inf
+    return -value if HIGHER_IS_BETTER.get(kind, False) else value
+
+
+def node_sensitivity(runner: ConfigRunner, metric: str = "cosine", detail: int = 20,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Rank nodes by the damage quantizing each alone does; add the other views for the worst `detail`."""
+    sw = runner.sw
+    start = time.perf_counter()
+    everything = runner.evaluate([Config("all", sw.mask(default=True))])[0]
+    node_configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
+    node_results = runner.evaluate(node_configs, progress=lambda i, n: progress and progress("sensitivity", i, n))
+    ranked = sorted(range(len(sw.nodes)), key=lambda j: (-badness(node_results[j], metric, runner.metrics),
+                                                          sw.nodes[j].order))
+    rows = []
+    for rank, j in enumerate(ranked):
+        n = sw.nodes[j]
+        rows.append({
+            "rank": rank + 1, "node": n.node, "op_type": n.op_type, "order": n.order,
+            "activations": [sw.switches[k] for k in n.activations],
+            "weights": [sw.switches[k] for k in n.weights if sw.kinds[k] == "weight"],
+            "views": {"node": node_results[j]},
+        })
+    # The detailed views for the worst nodes: which kind of quantization hurts, and what excluding it recovers.
+    details: list[tuple[dict, str, Config]] = []
+    by_name = {n.node: n for n in sw.nodes}
+    for row in rows[:detail]:
+        n = by_name[row["node"]]
+        if n.weights:
+            details.append((row, "weight", Config(n.node, sw.mask(on=n.weights))))
+        if n.activations:
+            details.append((row, "activation", Config(n.node, sw.mask(on=n.activations))))
+        details.append((row, "reverse", Config(n.node, sw.keep_float({n.node}))))
+    detail_results = runner.evaluate([c for _, _, c in details],
+                                     progress=lambda i, n: progress and progress("sensitivity details", i, n))
+    for (row, view, _), result in zip(details, detail_results):
+        row["views"][view] = result
+    for row in rows:
+        rev = row["views"].get("reverse")
+        row["recovered"] = (None if rev is None else _gain(everything, rev, metric, runner.metrics))
+        row["dominant"] = _dominant(row["views"], metric, runner.metrics)
+    return {
+        "metric": metric,
+        "samples": len(runner.samples),
+        "reference": "the emulation model with every switch off (float)",
+        "all_quantized": everything,
+        "nodes": rows,
+        "detail_nodes": min(detail, len(rows)),
+        "configurations": 1 + len(node_configs) + len(details),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _gain(before: dict, after: dict, metric: str, metrics: dict) -> float | None:
+    """How much better `after` is than `before` on `metric` (positive: better)."""
+    a, b = badness(before, metric, metrics), badness(after, metric, metrics)
+    if math.isinf(a) or math.isinf(b):
+        return None
+    return a - b
+
+
+def _dominant(views: dict, metric: str, metrics: dict) -> str | None:
+    """'weight' or 'activation': which kind of quantization of this node does more damage on its own."""
+    w, a = views.get("weight"), views.get("activation")
+    if w is None and a is None:
+        return None
+    if w is None:
+        return "activation"
+    if a is None:
+        return "weight"
+    return "weight" if badness(w, metric, metrics) > badness(a, metric, metrics) else "activation"
