@@ -53,7 +53,7 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
     samples = list(range(min(spec.samples, len(data))))
     runner = ConfigRunner(sw, data, samples, metrics)
     lap("build")
-    out: dict = {"samples": len(samples), "switches": len(sw.switches), "nodes": len(sw.nodes),
+    out: dict = {"samples": len(samples), "batch": runner.batch, "switches": len(sw.switches), "nodes": len(sw.nodes),
                  "metric": spec.metric, "method": "switchable emulation model (one ONNX Runtime session)"}
 
     ranking: list[str] = []

@@ -178,12 +178,18 @@ def _summary(results: dict) -> dict:
 def _text_summary(results: dict) -> str:
     v = results["verdict"]
     agg = results["model_metrics"]["aggregate"]
-    lines = ["", f"verdict: {v['status'].upper()}"]
+    lines = ["", f"verdict: {v['status'].upper()}" + (f" ({', '.join(v['failing_metrics'])})" if v.get("failing_metrics") else "")]
     for q in v["requirements"]:
         values = ", ".join(f"{k} = {_fmt(val)}" for k, val in q["values"].items())
         lines.append(f"  [{'ok' if q['holds'] else 'FAIL'}] {q['text']}    ({values}){'  ' + q['note'] if q['note'] else ''}")
+        if q.get("how_sure"):
+            lines.append(f"        {q['how_sure']}")
     lines.append(f"outputs: cosine {_fmt(agg['cosine'])}, SQNR {_fmt(agg['sqnr'])} dB, max abs error {_fmt(agg['max_abs'])}"
                  + (f", top-1 agreement {100 * agg['top1']:.1f}%" if agg.get("top1") is not None else ""))
+    for name, t in (results["model_metrics"].get("tasks") or {}).items():  # task metrics (qcheck/tasks)
+        ci = t["values"][t["primary"]]["ci"] if t.get("primary") else [None, None]
+        interval = f" (95% interval {_fmt(ci[0])} to {_fmt(ci[1])})" if ci[0] is not None else ""
+        lines.append(f"task metric {name} ({t['task']}): {t['primary']} {_fmt(t['value'])}{interval}")
     counts = results["finding_counts"]
     lines.append(f"findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info")
     for f in results["findings"][:5]:

@@ -157,17 +157,18 @@ def histograms(f: np.ndarray, q: np.ndarray, calib: tuple[float, float] | None) 
     err = (q.astype(np.float64) - f.astype(np.float64)) if q.size == f.size else np.zeros(0)
     e_lim = float(np.abs(err).max(initial=0.0)) or 1.0
     e_edges = np.linspace(-e_lim, e_lim, HIST_BINS + 1)
+    # bins=int with a range takes numpy's uniform-bin path (no sort): much faster on millions of values
     return {
         "edges": edges.tolist(),
-        "float_counts": np.histogram(f, edges)[0].tolist(),
-        "quant_counts": np.histogram(q, edges)[0].tolist(),
+        "float_counts": np.histogram(f, HIST_BINS, (lo, hi))[0].tolist(),
+        "quant_counts": np.histogram(q, HIST_BINS, (lo, hi))[0].tolist(),
         "error_edges": e_edges.tolist(),
-        "error_counts": np.histogram(err, e_edges)[0].tolist(),
+        "error_counts": np.histogram(err, HIST_BINS, (-e_lim, e_lim))[0].tolist(),
         "max_abs": float(np.abs(f).max(initial=0.0)),
         "max_abs_error": float(np.abs(err).max(initial=0.0)),
         "calib_min": calib[0] if calib else None,
         "calib_max": calib[1] if calib else None,
-        "values": int(f.size),
+        "count": int(f.size),
     }
 
 

@@ -84,17 +84,38 @@ class SwitchableModel:
         off += [k for k, who in users.items() if who <= keep]
         return self.mask(off=off, default=True)
 
-    def session(self, extra_outputs: list[str] | None = None):
+    def session(self, extra_outputs: list[str] | None = None, batched: bool = False):
+        """A session on the model; `batched`: the inputs' first dimension is free, to run several samples at once."""
         model = self.model
-        if extra_outputs:
+        if extra_outputs or batched:
             model = onnx.ModelProto()
             model.CopyFrom(self.model)
+        if batched:
+            _free_batch_dimension(model)
+        if extra_outputs:
             present = {o.name for o in model.graph.output}
             for name in extra_outputs:
                 if name not in present:
                     model.graph.output.append(onnx.ValueInfoProto(name=name))
                     present.add(name)
         return make_session(model, "switchable emulation model")
+
+
+def _free_batch_dimension(model: onnx.ModelProto) -> None:
+    """Make dimension 0 of every data input and output symbolic; drop intermediate shapes fixed at batch 1."""
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if vi.name == SWITCH_INPUT or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) > 0:
+            dims[0].Clear()
+            dims[0].dim_param = "qcheck_batch"
+    del model.graph.value_info[:]
+
+
+def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Samples (each with batch dimension 1) -> one feed with the samples along dimension 0."""
+    return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
 
 
 def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap) -> SwitchableModel:

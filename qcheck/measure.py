@@ -98,6 +98,7 @@ class Measurement:
     user_metrics: dict[str, dict] = field(default_factory=dict)  # name -> {value, output, slice, metric}
     samples: int = 0
     notes: list[str] = field(default_factory=list)
+    tasks: dict[str, dict] = field(default_factory=dict)  # task metric name -> qcheck.tasks result
 
 
 # --------------------------------------------------------------------------- the twin model
@@ -265,7 +266,9 @@ def measure(
     modes: list[str],
     include_weights: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    tasks: list | None = None,
 ) -> Measurement:
+    """`tasks`: task metrics (qcheck.tasks), each fed every sample's float and quantized model outputs."""
     order = topological_order(float_model)
     f_nodes = {n.name: n for n in float_model.graph.node}
     producer_of = {o: n for n in float_model.graph.node for o in n.output}
@@ -300,6 +303,7 @@ def measure(
                 for t in activations}
     weight_err = {name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})}
     out_cmp = {name: OutputComparison(name) for name in outputs}
+    metrics = {name: spec for name, spec in metrics.items() if spec.task is None}  # task metrics come as `tasks`
     user = {name: (spec, OutputComparison(f"{spec.output}{spec.slice or ''}")) for name, spec in metrics.items()}
     slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
 
@@ -335,6 +339,8 @@ def measure(
                            apply_slice(q_vals[spec.output], slices[mname], f"metric '{mname}'"))
             except SliceError as exc:
                 raise DataError(Problem(str(exc))) from None
+        for task in tasks or []:
+            task.update(label, {n: f_vals[n] for n in outputs}, {n: q_vals[n] for n in outputs})
         if progress:
             progress(i + 1, len(data))
 
@@ -387,7 +393,8 @@ def measure(
         value = r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]
         user_results[name] = {"value": value, "output": spec.output, "slice": spec.slice, "metric": spec.metric,
                               "per_sample_cosine": r["per_sample_cosine"]}
-    return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes)
+    task_results = {t.name: t.result() for t in tasks or []}
+    return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes, task_results)
 
 
 def _activation_channel_axis(name: str, shapes: dict[str, list], producer_of: dict) -> int | None:

@@ -32,9 +32,10 @@ from qcheck.outputs import OutputDir
 from qcheck.policy import Policy
 from qcheck.qdq import read_qdq
 from qcheck.quantize import Recipe, build_quantized, calibrate
-from qcheck.requirements import judge, requirement_env
+from qcheck.requirements import judge, requirement_env, task_intervals
 from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
 from qcheck.rules import count_by_severity, evaluate, load_rules
+from qcheck.tasks import build as build_tasks
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
 
@@ -139,6 +140,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             evaluation = (open_data(policy.data.evaluation, prepared.inputs, policy.data.preprocess)
                           if policy.data.evaluation else calib)
             rules = load_rules(policy.rules, str(policy.path))
+            task_metrics = build_tasks(policy, prepared.outputs)
 
         with stages.stage("calibrate", console):
             ranges = calibrate(prepared.path, calib, policy.quantization,
@@ -155,21 +157,22 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
         with stages.stage("measure", console):
             m = measure(float_model, qmodel, qmap, evaluation, ranges.ranges, policy.metrics, policy.measure.modes,
                         include_weights=policy.measure.weights,
-                        progress=lambda i, n: console.progress("measure", i, n))
+                        progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics)
             rows = [t.row() for t in m.tensors]
 
         analyses = None
         if policy.analyses.any:
             with stages.stage("analyses", console):
                 analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
-                                        policy.metrics, progress=console.progress)
+                                        policy.generic_metrics, progress=console.progress)
                 attach_node_statistics(rows, node_statistics(analyses))
 
         with stages.stage("rules", console):
             findings = evaluate(rules, rows)
             counts = count_by_severity(findings)
             aggregate = aggregate_model_metrics(m.outputs)
-            verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts))
+            verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts, m.tasks),
+                            intervals=task_intervals(m.tasks))
             write_layer_stats(rows, out_dir.path("layer_stats.csv"))
             if analyses:
                 write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
@@ -228,7 +231,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 "quantized_tensors": kinds, "quantized_nodes": len(qmap.quantized_nodes),
                 "float_nodes": qmap.float_nodes,
             },
-            "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics},
+            "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics, "tasks": m.tasks},
             "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
             "tensors": rows,
             "analyses": analyses,
@@ -266,7 +269,7 @@ def _check_policy_outputs(policy: Policy, outputs: list[str]) -> None:
     problems = [policy.problem_at(("metrics", name, "output"),
                                   f"metric '{name}': the model has no output named '{spec.output}'; its outputs are: "
                                   f"{', '.join(outputs)}")
-                for name, spec in policy.metrics.items() if spec.output not in outputs]
+                for name, spec in policy.generic_metrics.items() if spec.output not in outputs]
     if problems:
         raise QcheckError(problems)
 

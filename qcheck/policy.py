@@ -104,9 +104,11 @@ class QuantizationSpec:
 @dataclass
 class MetricSpec:
     name: str
-    output: str
+    output: str | None
     slice: str | None = None
     metric: str = "max_abs"
+    task: str | None = None  # a task metric (qcheck/tasks): classification, detection, ctc, ...
+    options: dict[str, Any] = field(default_factory=dict)  # the task metric's keys as written
 
 
 @dataclass
@@ -200,6 +202,11 @@ class Policy:
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    @property
+    def generic_metrics(self) -> dict[str, MetricSpec]:
+        """The `metrics:` entries without `task:` (an output or slice compared with one statistic)."""
+        return {name: spec for name, spec in self.metrics.items() if spec.task is None}
 
     def problem_at(self, keys: tuple | list, message: str, hint: str | None = None) -> Problem:
         """A Problem pointing at the line of `keys` in the policy file."""
@@ -398,9 +405,19 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
                                     at("quantization", "overrides", name)))
 
     # metrics and requirements
-    metrics = {name: MetricSpec(name, spec["output"], spec.get("slice"), spec.get("metric", "max_abs"))
+    metrics = {name: MetricSpec(name, spec.get("output"), spec.get("slice"), spec.get("metric", "max_abs"),
+                                spec.get("task"), {k: to_plain(v) for k, v in spec.items() if k != "task"})
                for name, spec in (doc.get("metrics") or {}).items()}
+    task_names: list[str] = []
     for name, spec in metrics.items():
+        if spec.task is not None:
+            from qcheck.tasks.spec import check_options, require_names
+
+            for keys, message, hint in check_options(name, {"task": spec.task, **spec.options}):
+                problems.append(Problem(message, file, at(*keys), hint=hint))
+            task_names += require_names(name, spec.task, spec.options)
+        elif spec.output is None:
+            problems.append(Problem(f"'metrics.{name}' is missing the required key 'output'", file, at("metrics", name)))
         if spec.slice is not None:
             from qcheck.metrics import SliceError, parse_slice  # local: metrics imports numpy
 
@@ -410,7 +427,7 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
                 problems.append(Problem(f"metric '{name}': {exc}", file, at("metrics", name, "slice")))
         if name in ("model", "findings"):
             problems.append(Problem(f"metric name '{name}' is reserved", file, at("metrics", name)))
-    known = set(REQUIRE_NAMES) | set(metrics)
+    known = set(REQUIRE_NAMES) | set(metrics) | set(task_names)
     require = []
     for i, text in enumerate(doc.get("require") or []):
         try:
@@ -433,10 +450,13 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     ms = doc.get("measure") or {}
     measure = MeasureSpec(list(ms.get("modes", ["local", "whole"])), ms.get("weights", True))
     analyses = _analyses(doc.get("analyses", True))
-    if analyses.sensitivity and analyses.metric not in ("cosine", "sqnr", "mse") and analyses.metric not in metrics:
+    generic = [name for name, spec in metrics.items() if spec.task is None]
+    if analyses.sensitivity and analyses.metric not in ("cosine", "sqnr", "mse") and analyses.metric not in generic:
+        task = " (task metrics are not ranking metrics yet)" if analyses.metric in metrics else ""
         problems.append(Problem(f"analyses.sensitivity.metric '{analyses.metric}' is neither cosine, sqnr, mse nor a "
-                                f"metric declared under `metrics:`", file, at("analyses", "sensitivity", "metric"),
-                                hint=f"declared metrics: {', '.join(metrics) or 'none'}"))
+                                f"generic metric declared under `metrics:`{task}", file,
+                                at("analyses", "sensitivity", "metric"),
+                                hint=f"usable metrics: cosine, sqnr, mse{''.join(', ' + g for g in generic)}"))
     rp = doc.get("report") or {}
     report = ReportSpec(resolve(rp.get("out", "qcheck-out")), list(rp.get("formats", ["html", "pdf"])), rp.get("title"))
 

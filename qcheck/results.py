@@ -20,6 +20,7 @@ from qcheck.errors import Problem, QcheckError
 SCHEMA_VERSION = 1
 _SPECIAL = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 _TEXT_KEYS = {"name", "node", "tensor", "output", "text", "message", "title", "op_type"}
+_TEXT_KEYS |= {"sample", "samples", "label", "float_text", "quant_text", "how_sure"}  # task metrics (qcheck/tasks)
 
 
 def encode(value: Any) -> Any:

@@ -89,3 +89,28 @@ def outlier_head_cnn(path: Path, factor: float = 1000.0, seed: int = 0) -> Path:
         inits[name].CopyFrom(numpy_helper.from_array(a, name))
     onnx.save(model, str(path))
     return path
+
+
+def passthrough_model(path: Path, shape: list[int], out_name: str = "y") -> Path:
+    """x -> MatMul(identity) -> y: a model whose output is its input, quantized once at the input and once at
+    the output, so the quantized output is exactly the input rounded to the calibrated grid."""
+    eye = np.eye(shape[-1], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "eye"], [out_name], name="matmul")], "passthrough",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(eye, "eye")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_arrays(folder: Path, arrays: list) -> Path:
+    """One .npy per sample, named 0.npy, 1.npy, ... in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(arrays):
+        np.save(folder / f"{i}.npy", np.asarray(a, dtype=np.float32))
+    return folder

@@ -132,7 +132,7 @@ def test_distributions_and_box_plots_of_the_worst_node(weight_defect):
     _, data, _, fm, _, result = weight_defect
     dist = result["distributions"][0]
     assert dist["node"] == _node(fm, "w2")
-    assert sum(dist["float_counts"]) == sum(dist["quant_counts"]) == dist["values"] == 6 * 8 * 16 * 16
+    assert sum(dist["float_counts"]) == sum(dist["quant_counts"]) == dist["count"] == 6 * 8 * 16 * 16
     weight_box = next(b for b in dist["channels"] if b["role"] == "weight")
     assert weight_box["channels"] == 8 and 5 in weight_box["outliers"]
     assert "per channel" in weight_box["advice"]

@@ -44,7 +44,14 @@ def test_example_runs_and_its_verdict_matches_plain_onnxruntime(example_run):
     fo, qo = np.concatenate(fo), np.concatenate(qo)
     cosine = float((fo * qo).sum() / np.sqrt((fo * fo).sum() * (qo * qo).sum()))
     assert results["model_metrics"]["aggregate"]["cosine"] == pytest.approx(cosine, rel=1e-4)
-    expected_pass = cosine >= 0.99 and float(np.abs(fo - qo).max()) <= 0.3
+    # the task metric: IoU of the text maps thresholded at 0.3, over all four images
+    mf, mq = fo >= 0.3, qo >= 0.3
+    iou = float(np.logical_and(mf, mq).sum() / np.logical_or(mf, mq).sum())
+    task = results["model_metrics"]["tasks"]["text_iou"]
+    assert task["value"] == pytest.approx(iou, abs=1e-3)
+    lo, hi = task["values"]["iou"]["ci"]
+    assert lo <= task["value"] <= hi
+    expected_pass = cosine >= 0.99 and float(np.abs(fo - qo).max()) <= 0.3 and iou >= 0.9
     assert proc.returncode == (0 if expected_pass else 1)
     assert ("verdict: PASS" if expected_pass else "verdict: FAIL") in proc.stdout
 
