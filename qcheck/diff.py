@@ -47,6 +47,8 @@ def final_metrics(r: dict) -> dict:
         return dict(search["candidates"][search["chosen"]]["metrics"])
     out = {f"model.{k}": v for k, v in r["model_metrics"]["aggregate"].items()}
     out.update({name: m["value"] for name, m in r["model_metrics"].get("user", {}).items()})
+    for name, t in (r["model_metrics"].get("tasks") or {}).items():
+        out[name] = t["value"]
     return out
 
 
@@ -55,8 +57,16 @@ def _metric_rows(a: dict, b: dict, tolerance: float) -> list[dict]:
     ma, mb = final_metrics(a), final_metrics(b)
     kinds = {**{n: m["metric"] for n, m in b["model_metrics"].get("user", {}).items()},
              **{n: m["metric"] for n, m in a["model_metrics"].get("user", {}).items()}}
+    task_dirs = {}  # task metrics: their primary value says which way is better (rates in [0, 1] when higher)
+    for r in (b, a):
+        for name, t in (r["model_metrics"].get("tasks") or {}).items():
+            higher = bool(((t.get("values") or {}).get(t.get("primary")) or {}).get("higher_is_better", True))
+            task_dirs[name] = (1 if higher else -1, higher)
     pairs = []
     for name in list(dict.fromkeys([*ma, *mb])):
+        if name in task_dirs:
+            pairs.append((name, ma.get(name), mb.get(name), *task_dirs[name]))
+            continue
         kind = name[len("model."):] if name.startswith("model.") else kinds.get(name, "max_abs")
         direction = AGGREGATE_DIRECTION.get(kind) or USER_DIRECTION.get(kind, -1)
         pairs.append((name, ma.get(name), mb.get(name), direction, kind in BOUNDED))

@@ -273,3 +273,19 @@ def test_a_whole_model_remedy_with_its_own_calibration_is_locked_and_applied(tmp
                                                         rel=1e-5)
     assert main(["apply", str(tmp_path / "out" / "policy.lock.yaml"), "--out", str(tmp_path / "e.onnx")]) == 0
     assert (tmp_path / "e.onnx").read_bytes() == (tmp_path / "out" / "model.fixed.onnx").read_bytes()
+
+
+def test_search_judges_task_metrics_too(tmp_path):
+    """A classification task metric on the narrow columns: top-1 agreement with float. The search feeds each
+    candidate's outputs to the task metric as the measurement does, so the requirement can be met."""
+    policy = _policy(tmp_path, remedies=("keep_float",))
+    text = policy.read_text().replace("metric: max_abs", "task: classification").replace(
+        f"scores <= {LIMIT}", "scores >= 1.0")
+    policy.write_text(text)
+    r = run(load_policy(policy))
+    s = r["search"]
+    base = s["candidates"][0]
+    assert base["metrics"]["scores"] == pytest.approx(r["model_metrics"]["tasks"]["scores"]["value"])
+    assert base["metrics"]["scores"] < 1.0 and s["status"] == "found"
+    assert r["lock"]["recipe"]["exclude_nodes"] == ["fc"]
+    assert s["candidates"][s["chosen"]]["metrics"]["scores"] == 1.0

@@ -30,7 +30,8 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                calibrate_with: Callable[[str], Ranges], base: Recipe, samples: list[dict],
                metrics: dict[str, MetricSpec], require: list[Requirement], finding_counts: dict,
                target: TargetProfile, ranking: list[str], workdir: Path,
-               log: Callable[[str], None] = lambda m: None) -> tuple[dict, Recipe | None, Ranges | None]:
+               log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
+               labels: list[str] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
     by_method = {ranges.method: ranges}
 
@@ -42,7 +43,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
 
     graph = Graph(float_model, set(ranges.ranges))
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
-                   spec.budget, workdir, log)
+                   spec.budget, workdir, log, make_tasks, labels)
     model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates)
     ctx = Context(ev, spec, model_changes, node_changes, notes)
     STRATEGIES[spec.strategy]().run(ctx)

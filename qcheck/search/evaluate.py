@@ -63,13 +63,18 @@ class Evaluator:
     def __init__(self, float_path: Path, float_model, ranges_for: Callable[[str], Ranges], base: Recipe,
                  samples: list[dict], metrics: dict[str, MetricSpec], require: list[Requirement],
                  finding_counts: dict, target: TargetProfile, graph: Graph, budget: SearchBudget, workdir: Path,
-                 log: Callable[[str], None] = lambda m: None):
+                 log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
+                 labels: list[str] | None = None):
         self.float_path, self.ranges_for, self.base = float_path, ranges_for, base
-        self.samples, self.metrics, self.require = samples, metrics, require
+        # task metrics (qcheck.tasks) are fed whole outputs; the others compare an output or a slice of one
+        self.samples, self.require = samples, require
+        self.metrics = {n: m for n, m in metrics.items() if getattr(m, "task", None) is None}
+        self.make_tasks = make_tasks or (lambda: [])
+        self.labels = labels or [str(i) for i in range(len(samples))]
         self.finding_counts, self.target, self.graph, self.budget = finding_counts, target, graph, budget
         self.workdir, self.log = workdir, log
         self.outputs = [o.name for o in float_model.graph.output]
-        self.slices = {n: parse_slice(s.slice) if s.slice else () for n, s in metrics.items()}
+        self.slices = {n: parse_slice(s.slice) if s.slice else () for n, s in self.metrics.items()}
         sess = make_session(float_path, "float model")
         self.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
         self.candidates: list[dict] = []
@@ -141,8 +146,11 @@ class Evaluator:
         sess = make_session(qpath, "quantized candidate")
         cmp = {o: OutputComparison(o) for o in self.outputs}
         user = {n: OutputComparison(n) for n in self.metrics}
-        for sample, f_vals in zip(self.samples, self.float_outputs):
+        tasks = self.make_tasks()
+        for label, sample, f_vals in zip(self.labels, self.samples, self.float_outputs):
             q_vals = dict(zip(self.outputs, sess.run(self.outputs, sample)))
+            for task in tasks:
+                task.update(label, f_vals, q_vals)
             for o in self.outputs:
                 cmp[o].update(f_vals[o], q_vals[o])
             for name, spec in self.metrics.items():
@@ -153,7 +161,8 @@ class Evaluator:
         for name, spec in self.metrics.items():
             r = user[name].result()
             user_metrics[name] = {"value": r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]}
-        env = requirement_env(aggregate_model_metrics(outputs), user_metrics, self.finding_counts)
+        env = requirement_env(aggregate_model_metrics(outputs), user_metrics, self.finding_counts,
+                              {t.name: t.result() for t in tasks})
         return env, outputs
 
     # ------------------------------------------------------------------ finalists

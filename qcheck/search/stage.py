@@ -10,6 +10,7 @@ from qcheck.quantize import build_quantized, calibrate
 from qcheck.requirements import judge
 from qcheck.search import run_search
 from qcheck.search.ranking import candidate_ranking
+from qcheck.tasks import build as build_tasks
 
 FIXED_MODEL_NAME = "model.fixed.onnx"
 
@@ -24,7 +25,9 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
         policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
         calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m),
         base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
-        finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log)
+        finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
+        make_tasks=lambda: build_tasks(policy, prepared.outputs),
+        labels=[evaluation.samples[i].label for i in range(len(evaluation))])
     result["ranking_source"] = source
     if chosen is None or chosen.key() == recipe.key():
         return result, None, "", recipe, ranges
