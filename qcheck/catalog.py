@@ -45,7 +45,7 @@ TENSOR_STATISTICS: dict[str, str] = {
     "kurtosis": "excess kurtosis of the float values: 0 for a normal distribution, large for heavy tails",
     "bimodality": "bimodality coefficient (skew^2 + 1) / (kurtosis + 3); above 0.555 suggests two modes",
     "channels": "number of channels (axis 1 of activations, the output-channel axis of weights)",
-    "channel_range_ratio": "widest channel's range / the median channel's range: an outlier channel is large",
+    "channel_range_ratio": "widest channel's range / the median range of the channels that vary: an outlier channel is large",
     "worst_channel": "index of the channel with the widest range",
     # position in the graph
     "layer_index": "rank of the producing layer among quantized layers in graph order (0 = first)",

@@ -192,10 +192,16 @@ def _text_summary(results: dict) -> str:
         lines.append(f"task metric {name} ({t['task']}): {t['primary']} {_fmt(t['value'])}{interval}")
     counts = results["finding_counts"]
     lines.append(f"findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info")
-    for f in results["findings"][:5]:
-        lines.append(f"  {f['code']} {f['severity']:<7} {f['tensor']}: {f['message']}")
-    if len(results["findings"]) > 5:
-        lines.append(f"  ... {len(results['findings']) - 5} more in the report")
+    groups: dict[str, list] = {}
+    for f in results["findings"]:  # already ordered: severity, rule, worst first
+        groups.setdefault(f["code"], []).append(f)
+    for code, items in list(groups.items())[:8]:
+        worst = items[0]
+        where = worst.get("tensor") or "model"
+        more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
+        lines.append(f"  {code} {worst['severity']:<7} {worst['rule']}: {where}: {worst['message']}{more}")
+    if len(groups) > 8:
+        lines.append(f"  ... {len(groups) - 8} more rules in the report")
     search = results.get("search")
     if search:
         if search["status"] == "found":
@@ -242,12 +248,18 @@ def cmd_report(args) -> int:
 def cmd_rules(args) -> int:
     from qcheck.catalog import TENSOR_STATISTICS
     from qcheck.policy import RulesSpec, load_policy
-    from qcheck.rules import load_rules
+    from qcheck.rules import format_doc, load_rules
 
     if args.stats:
-        width = max(len(k) for k in TENSOR_STATISTICS)
+        from qcheck.model_stats import MODEL_STATISTICS
+
+        width = max(len(k) for k in [*TENSOR_STATISTICS, *MODEL_STATISTICS])
+        print("per tensor (scopes tensor, node, output):")
         for name, text in TENSOR_STATISTICS.items():
-            print(f"{name:<{width}}  {text}")
+            print(f"  {name:<{width}}  {text}")
+        print("per model (scope model):")
+        for name, text in MODEL_STATISTICS.items():
+            print(f"  {name:<{width}}  {text}")
         return EXIT_PASS
     spec = load_policy(args.policy).rules if args.policy else RulesSpec()
     rules = load_rules(spec, str(args.policy) if args.policy else None)
@@ -255,14 +267,10 @@ def cmd_rules(args) -> int:
         match = [r for r in rules if args.rule in (r.code, r.name, *r.aliases)]
         if not match:
             raise QcheckError(f"no rule '{args.rule}'; `qcheck rules` lists them")
-        r = match[0]
-        params = ", ".join(f"{k} = {v}" for k, v in r.params.items()) or "none"
-        print(f"{r.code} {r.name} ({r.severity}, {r.scope} scope, pack {r.pack})\n\n{r.summary}\n\n"
-              f"when: {r.when.text}\nparameters: {params}\nremedies: {', '.join(r.remedies) or 'none'}\n\n"
-              f"Why it matters\n  {r.why}\n\nHow to fix\n  {r.fix}")
+        print(format_doc(match[0].doc()))
         return EXIT_PASS
     for r in rules:
-        print(f"{r.code}  {r.severity:<7}  {r.name:<28} {r.summary}")
+        print(f"{r.code}  {r.severity:<7}  {r.name:<26}  {r.summary}")
     return EXIT_PASS
 
 

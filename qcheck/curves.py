@@ -39,10 +39,11 @@ class _Dot:
     ff: float = 0.0
     qq: float = 0.0
 
-    def update(self, f: np.ndarray, q: np.ndarray) -> None:
-        f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+    def update(self, f64: np.ndarray, ff: float, q: np.ndarray) -> None:
+        """`f64`: the reference, flattened to float64 once per sample; `ff`: its squared norm."""
+        q64 = q.astype(np.float64).ravel()
         self.fq += float(f64 @ q64)
-        self.ff += float(f64 @ f64)
+        self.ff += ff
         self.qq += float(q64 @ q64)
 
     def cosine(self) -> float | None:
@@ -103,10 +104,12 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
     for s, i in enumerate(samples):
         sample = data[i]
         ref = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: off})))
+        ref64 = {t: ref[t].astype(np.float64).ravel() for _, _, t in along}  # once per sample, not per config
+        norms = {t: float(v @ v) for t, v in ref64.items()}
         for c, config in enumerate(configs):
             got = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: config.mask})))
             for _, _, t in along:
-                dots[c][t].update(ref[t], got[t])
+                dots[c][t].update(ref64[t], norms[t], got[t])
             if c == 0:
                 for n in focus_out:
                     f_vals[n].add(ref[focus_out[n]], cap)

@@ -43,6 +43,7 @@ TWIN_W_PREFIX = "qcheck_twin_wq::"
 DQ_WEIGHT_PREFIX = "qcheck_dqw::"
 INPUT_PREFIX = "qcheck_in::"
 REMOVABLE_ACTIVATIONS = {"Relu", "Clip"}  # ORT folds these into the producer's grid
+DISTRIBUTION_STATISTICS = ("skewness", "kurtosis", "bimodality", "channels", "channel_range_ratio", "worst_channel")
 
 
 @dataclass
@@ -112,8 +113,12 @@ class _Twin:
     weight_outputs: dict[str, str]  # float tensor name -> output of the twin with dequantized weights
 
 
-def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap) -> _Twin:
-    """Float copies of the quantized nodes, fed with what the quantized nodes saw."""
+def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap,
+               with_weight_twin: bool = True) -> _Twin:
+    """Float copies of the quantized nodes, fed with what the quantized nodes saw.
+
+    With `with_weight_twin`, a second copy of each node with dequantized weights measures the
+    error the weights alone cause (`weight_error_share`)."""
     q_inits = {i.name for i in qmodel.graph.initializer}
     f_inits = {i.name: i for i in float_model.graph.initializer}
     q_init_protos = {i.name: i for i in qmodel.graph.initializer}
@@ -219,7 +224,7 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
         if new_inputs is None:
             continue
         emit(node, twin_of, new_inputs, measured, TWIN_PREFIX, outputs)
-        if dq_weights:
+        if dq_weights and with_weight_twin:
             # The same float op with dequantized weights: the difference to the float-weight twin is
             # the error the weights alone put into this node's output.
             w_inputs = list(new_inputs)
@@ -267,8 +272,11 @@ def measure(
     include_weights: bool = True,
     progress: Callable[[int, int], None] | None = None,
     tasks: list | None = None,
+    need: set[str] | None = None,
 ) -> Measurement:
-    """`tasks`: task metrics (qcheck.tasks), each fed every sample's float and quantized model outputs."""
+    """`tasks`: task metrics (qcheck.tasks), each fed every sample's float and quantized model outputs.
+    `need`: the statistics the rules read (`rules.needed_statistics`); optional statistics no one
+    needs are not computed (None = compute everything)."""
     order = topological_order(float_model)
     f_nodes = {n.name: n for n in float_model.graph.node}
     producer_of = {o: n for n in float_model.graph.node for o in n.output}
@@ -278,7 +286,9 @@ def measure(
 
     float_names = [t.name for t in activations if t.name not in outputs]
     f_sess = make_session(with_outputs(float_model, float_names), "float model")
-    twin = build_twin(qmodel, float_model, qmap) if "local" in modes else None
+    want_dist = need is None or bool(need & set(DISTRIBUTION_STATISTICS))
+    want_weight_share = need is None or "weight_error_share" in need
+    twin = build_twin(qmodel, float_model, qmap, with_weight_twin=want_weight_share) if "local" in modes else None
     q_names = [t.q_output for t in activations] + (sorted(set(twin.inputs.values())) if twin else [])
     q_sess = make_session(with_outputs(qmodel, q_names), "quantized model")
     t_sess = make_session(twin.model, "per-layer twin model") if twin and twin.outputs else None
@@ -300,7 +310,7 @@ def measure(
         whole_acc[t.name] = ErrorAccumulator(scale=t.summary_scale(), qrange=(float(lo), float(hi)))
     shapes = _shapes(float_model)
     dist_acc = {t.name: DistributionAccumulator(_activation_channel_axis(t.name, shapes, producer_of))
-                for t in activations}
+                for t in activations} if want_dist else {}
     weight_err = {name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})}
     out_cmp = {name: OutputComparison(name) for name in outputs}
     metrics = {name: spec for name, spec in metrics.items() if spec.task is None}  # task metrics come as `tasks`
@@ -322,7 +332,8 @@ def measure(
             if ref is None:
                 continue
             whole_acc[t.name].update(ref, deq[t.name])
-            dist_acc[t.name].update(ref)
+            if want_dist:
+                dist_acc[t.name].update(ref)
         if t_sess is not None:
             feed = {twin_in: deq[by_qoutput[src]] if src in by_qoutput else q_vals[src]
                     for twin_in, src in twin.inputs.items()}
@@ -351,7 +362,7 @@ def measure(
                       order.get(t.name, -1), ranges.get(t.name))
         whole = whole_acc[t.name].result()
         rec.whole = whole if "whole" in modes else None
-        rec.distribution = dist_acc[t.name].result()
+        rec.distribution = dist_acc[t.name].result() if want_dist else None
         rec.is_output = t.name in outputs
         local_has = twin is not None and t.name in twin.outputs
         if "local" in modes:
@@ -381,9 +392,10 @@ def measure(
             rec = _record(t, consumer.name if consumer else "", consumer.op_type if consumer else "",
                           order.get(consumer.output[0], -1) if consumer else -1, None)
             rec.local = rec.whole = acc.result()
-            dist = DistributionAccumulator(_weight_channel_axis(t, consumer, w.ndim))
-            dist.update(w)
-            rec.distribution = dist.result()
+            if want_dist:
+                dist = DistributionAccumulator(_weight_channel_axis(t, consumer, w.ndim))
+                dist.update(w)
+                rec.distribution = dist.result()
             records.append(rec)
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
 

@@ -28,13 +28,14 @@ from qcheck.fetch import fetch_model
 from qcheck.measure import measure
 from qcheck.metrics import aggregate_model_metrics
 from qcheck.model import InputInfo, file_sha256, graph_inputs, load_onnx, prepare_model
+from qcheck.model_stats import model_row
 from qcheck.outputs import OutputDir
 from qcheck.policy import Policy
 from qcheck.qdq import read_qdq
 from qcheck.quantize import Recipe, build_quantized, calibrate
 from qcheck.requirements import judge, requirement_env, task_intervals
 from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
-from qcheck.rules import count_by_severity, evaluate, load_rules
+from qcheck.rules import count_by_severity, evaluate, evaluate_model, load_rules, needed_statistics, sort_findings
 from qcheck.tasks import build as build_tasks
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
@@ -123,6 +124,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
     with tempfile.TemporaryDirectory(prefix="qcheck-") as tmp:
         work = Path(tmp)
         with stages.stage("load", console):
+            rules = load_rules(policy.rules, str(policy.path))  # pack and inline-rule errors before any model runs
             if policy.model.fetch and not policy.model.path.exists():
                 fetch_model(policy.model.fetch, policy.model.path, log=console.log)
             raw_model = load_onnx(policy.model.path)
@@ -139,7 +141,6 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             calib = open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
             evaluation = (open_data(policy.data.evaluation, prepared.inputs, policy.data.preprocess)
                           if policy.data.evaluation else calib)
-            rules = load_rules(policy.rules, str(policy.path))
             task_metrics = build_tasks(policy, prepared.outputs)
 
         with stages.stage("calibrate", console):
@@ -157,7 +158,8 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
         with stages.stage("measure", console):
             m = measure(float_model, qmodel, qmap, evaluation, ranges.ranges, policy.metrics, policy.measure.modes,
                         include_weights=policy.measure.weights,
-                        progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics)
+                        progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics,
+                        need=needed_statistics(rules))
             rows = [t.row() for t in m.tensors]
 
         analyses = None
@@ -168,9 +170,14 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 attach_node_statistics(rows, node_statistics(analyses))
 
         with stages.stage("rules", console):
-            findings = evaluate(rules, rows)
-            counts = count_by_severity(findings)
+            findings = evaluate(rules, rows, policy.target)
             aggregate = aggregate_model_metrics(m.outputs)
+            # model-scope rules (QC111, QC112) read whether the requirements hold on the other findings
+            first = judge(policy.require, requirement_env(aggregate, m.user_metrics, count_by_severity(findings), m.tasks),
+                          intervals=task_intervals(m.tasks))
+            model_stats = model_row(policy.target, qmap.quantized_nodes, qmap.float_nodes, first, aggregate, findings)
+            findings = sort_findings(findings + evaluate_model(rules, model_stats, policy.target))
+            counts = count_by_severity(findings)
             verdict = judge(policy.require, requirement_env(aggregate, m.user_metrics, counts, m.tasks),
                             intervals=task_intervals(m.tasks))
             write_layer_stats(rows, out_dir.path("layer_stats.csv"))
@@ -232,6 +239,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 "float_nodes": qmap.float_nodes,
             },
             "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics, "tasks": m.tasks},
+            "model_statistics": model_stats,
             "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
             "tensors": rows,
             "analyses": analyses,

@@ -123,6 +123,8 @@ class RulesSpec:
     packs: list[str] = field(default_factory=lambda: ["builtin"])
     disable: list[str] = field(default_factory=list)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inline: list[dict] = field(default_factory=list)  # rules written in the policy (checked by rules.load_inline)
+    doc: Any = field(default=None, repr=False)  # the `rules:` mapping with line info, for error lines
 
 
 @dataclass
@@ -441,7 +443,8 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
 
     r = doc.get("rules") or {}
     rules = RulesSpec(list(r.get("packs", ["builtin"])), list(r.get("disable", [])),
-                      {k: dict(v) for k, v in (r.get("params") or {}).items()})
+                      {k: dict(v) for k, v in (r.get("params") or {}).items()},
+                      list(r.get("inline") or []), r if isinstance(r, LineDict) else None)
     for i, pack in enumerate(rules.packs):
         if pack != "builtin" and not resolve(pack).exists():
             problems.append(Problem(f"rule pack not found: {resolve(pack)}", file, at("rules", "packs", i)))

@@ -260,8 +260,11 @@ class DistributionAccumulator:
                 out.bimodality = (out.skewness**2 + 1.0) / (out.kurtosis + 3.0)
         if self.cmin is not None and self.cmin.size > 1:
             widths = self.cmax - self.cmin
-            median = float(np.median(widths))
+            # Constant channels (dead ReLUs, saturated sigmoids) lose nothing to a shared scale: the median is
+            # taken over the channels that vary, so a tensor with mostly dead channels is not an "outlier".
+            live = widths[widths > widths.max() * 1e-6] if widths.max() > 0 else widths[:0]
+            median = float(np.median(live)) if live.size else 0.0
             out.channel_axis, out.channels = self.axis, int(widths.size)
             out.worst_channel = int(widths.argmax())
-            out.channel_range_ratio = float(widths.max() / median) if median > 0 else (math.inf if widths.max() > 0 else 1.0)
+            out.channel_range_ratio = float(widths.max() / median) if median > 0 else 1.0
         return out

@@ -91,6 +91,42 @@ def outlier_head_cnn(path: Path, factor: float = 1000.0, seed: int = 0) -> Path:
     return path
 
 
+def outlier_channel_conv(path: Path, outlier: float = 20.0, seed: int = 0) -> Path:
+    """x[1,4,8,8] -> Conv(w[8,4,3,3], no bias) -> y. Every output channel's weights span exactly [-0.5, 0.5],
+    except channel 5, which holds one weight `outlier`: its range is outlier + 0.5, the others' 1.0."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-0.5, 0.5, (8, 4, 3, 3)).astype(np.float32)
+    for c in range(8):
+        w[c, 0, 0, 0], w[c, 0, 0, 1] = -0.5, 0.5
+    w[5, 1, 1, 1] = outlier
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "outlier_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def mixed_concat(path: Path, factor: float = 320.0) -> Path:
+    """x[1,2,8,8] -> Mul(x, factor) = big; Concat(x, big) on axis 1 -> out[1,4,8,8]: the detector pattern of
+    class scores (range of x) and box pixels (factor times wider) joined in one output."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["big"], name="mul"),
+         helper.make_node("Concat", ["x", "big"], ["out"], name="concat", axis=1)], "mixed_concat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
+        initializer=[numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def passthrough_model(path: Path, shape: list[int], out_name: str = "y") -> Path:
     """x -> MatMul(identity) -> y: a model whose output is its input, quantized once at the input and once at
     the output, so the quantized output is exactly the input rounded to the calibrated grid."""
@@ -108,8 +144,8 @@ def passthrough_model(path: Path, shape: list[int], out_name: str = "y") -> Path
     return path
 
 
-def write_arrays(folder: Path, arrays: list) -> Path:
-    """One .npy per sample, named 0.npy, 1.npy, ... in order."""
+def write_arrays(folder: Path, arrays: list[np.ndarray]) -> Path:
+    """Samples 0.npy, 1.npy ... from given arrays (float32)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, a in enumerate(arrays):
         np.save(folder / f"{i}.npy", np.asarray(a, dtype=np.float32))
