@@ -1,4 +1,5 @@
-"""Command line: `qcheck init`, `qcheck validate`, `qcheck run`, `qcheck report`, `qcheck rules`, `qcheck docs`.
+"""Command line: `qcheck init`, `qcheck validate`, `qcheck run`, `qcheck report`, `qcheck rules`, `qcheck docs`,
+`qcheck apply`, `qcheck diff`.
 
 Exit codes, for CI:
   0  the policy's requirements hold (or it has none)
@@ -41,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "  run      quantize, measure, judge and report (from a policy file)\n"
                        "  report   re-render a report from results.json\n"
                        "  rules    list the rules, or show one rule's documentation\n"
-                       "  docs     write the policy and rule references (docs/*.md)\n\n"
+                       "  docs     write the policy and rule references (docs/*.md)\n"
+                       "  apply    rebuild the quantized model a lock file describes\n"
+                       "  diff     compare two runs; the exit code gates a merge\n\n"
                        "example:\n  qcheck init model.onnx -o qcheck.yaml\n  qcheck validate qcheck.yaml\n"
                        "  qcheck run qcheck.yaml")
     p.add_argument("--version", action="version", version=f"qcheck {__version__}")
@@ -109,6 +112,33 @@ def build_parser() -> argparse.ArgumentParser:
                                  "  qcheck docs --out /tmp/docs\n  qcheck docs --check    # exit 1 if docs/ is stale")
     docs.add_argument("--out", type=Path, help="folder to write (default: the checkout's docs/)")
     docs.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files differ")
+
+    ap = sub.add_parser("apply", help="rebuild the quantized model of a lock file",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Rebuild the quantized model that policy.lock.yaml describes, from the locked "
+                                    "model, ranges and recipe, without calibrating or searching; check it is the same, "
+                                    "byte for byte.",
+                        epilog="example:\n  qcheck apply qcheck-out/policy.lock.yaml --out model.int8.onnx\n\n"
+                               "exit codes: 0 identical to the locked model, 1 rebuilt but different bytes, "
+                               "2 the model or ranges no longer match the lock")
+    ap.add_argument("lock", type=Path, help="a policy.lock.yaml written by `qcheck run`")
+    ap.add_argument("--out", type=Path, help="where to write the model (default: model.applied.onnx next to the lock)")
+    ap.add_argument("--model", type=Path, help="the float model, if it moved (its hash must still match)")
+
+    df = sub.add_parser("diff", help="compare two runs (results.json files or output folders)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Show what changed from run A to run B: verdict, model metrics, findings that "
+                                    "appeared or went away, and the recipe. Fails (exit 1) on a new error-severity "
+                                    "finding, a metric worse by more than --tolerance, or a verdict going from pass "
+                                    "to fail.",
+                        epilog="example:\n  qcheck diff main-out/ branch-out/ --tolerance 0.01\n\n"
+                               "exit codes: 0 no regression, 1 regression, 2 unreadable input")
+    df.add_argument("a", type=Path, help="the reference run: results.json or its folder")
+    df.add_argument("b", type=Path, help="the new run: results.json or its folder")
+    df.add_argument("--tolerance", type=float, default=0.001,
+                    help="allowed worsening: absolute for cosine and top-k agreement, relative to A's value for the "
+                         "others (default 0.001)")
+    df.add_argument("--json", action="store_true", help="print the diff as JSON")
     return p
 
 
@@ -120,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return {"run": cmd_run, "report": cmd_report, "rules": cmd_rules, "init": cmd_init, "validate": cmd_validate,
-                "docs": cmd_docs}[args.command](args)
+                "docs": cmd_docs, "apply": cmd_apply, "diff": cmd_diff}[args.command](args)
     except QcheckError as exc:
         print(f"qcheck: error: {exc}", file=sys.stderr)
         if getattr(args, "json", False):  # CI parsing stdout gets the error too
@@ -174,6 +204,8 @@ def _summary(results: dict) -> dict:
         "model_metrics": results["model_metrics"]["aggregate"],
         "finding_counts": results["finding_counts"],
         "findings": results["findings"][:10],
+        "search": None if not results.get("search") else {
+            k: results["search"][k] for k in ("strategy", "status", "trials", "chosen", "why", "recommendation")},
         "output_folder": results.get("output_folder"),
     })
 
@@ -219,6 +251,13 @@ def _text_summary(results: dict) -> str:
         from qcheck.compare import summary_lines
 
         lines.extend(summary_lines(results["compare"]))
+    search = results.get("search")
+    if search:
+        if search["status"] == "found":
+            lines.append(f"search ({search['strategy']}, {search['trials']} trials): {search['why']}")
+        elif search["status"] == "failed":
+            lines.append(f"search ({search['strategy']}, {search['trials']} trials): nothing meets the requirements "
+                         f"within the budget; recommended: {search['recommendation']['action']}")
     folder = results.get("output_folder")
     if folder:
         names = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
@@ -338,6 +377,34 @@ def cmd_rules(args) -> int:
     for r in rules:
         print(f"{r.code}  {r.severity:<7}  {r.name:<26}  {r.summary}")
     return EXIT_PASS
+
+
+# --------------------------------------------------------------------------- apply, diff
+
+
+def cmd_apply(args) -> int:
+    from qcheck.lock import apply_lock
+
+    r = apply_lock(args.lock, args.out, args.model)
+    for note in r["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if r["identical"]:
+        print(f"{r['out']}: identical to the locked model (sha256 {r['sha256'][:16]}…)")
+        return EXIT_PASS
+    print(f"{r['out']}: rebuilt, but its bytes differ from the locked model (sha256 {r['sha256'][:16]}…, "
+          f"locked {r['expected'][:16]}…)", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_diff(args) -> int:
+    from qcheck.diff import diff_runs, format_diff, load_run
+    from qcheck.results import encode
+
+    if args.tolerance < 0:
+        raise QcheckError("--tolerance must be >= 0")
+    d = diff_runs(load_run(args.a), load_run(args.b), args.tolerance)
+    print(json.dumps(encode(d), indent=1) if args.json else format_diff(d))
+    return EXIT_FAIL if d["fails"] else EXIT_PASS
 
 
 if __name__ == "__main__":

@@ -190,6 +190,34 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 comparison = compare_schemes(policy.compare, policy, prepared.path, float_model, ranges, evaluation,
                                              rules, folder, done={scheme: main_run}, log=console.log)
 
+        # the fallback search (policy `search:`) and the lock file: see qcheck/search/
+        search, final = None, {"recipe": recipe, "ranges": ranges, "model": QUANTIZED_MODEL_NAME, "ranges_file": "ranges.json"}
+        if policy.search is not None and ranges is not None:  # the search varies Q/DQ recipes
+            from qcheck.search.stage import search_stage
+
+            with stages.stage("search", console):
+                search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
+                    policy, prepared=prepared, float_model=float_model, ranges=ranges, calib=calib,
+                    evaluation=evaluation, recipe=recipe, rows=rows, findings=[f.to_dict() for f in findings],
+                    finding_counts=counts, work=work, out_dir=out_dir, log=console.log,
+                    sensitivity=[n["node"] for n in (analyses or {}).get("sensitivity", {}).get("nodes", [])])
+                if chosen_verdict is not None:
+                    search["baseline_verdict"], verdict = verdict, chosen_verdict
+                    final.update(recipe=chosen, ranges=chosen_ranges, model=model_file)
+                    if chosen_ranges.method != ranges.method:
+                        final["ranges_file"] = f"ranges.{chosen_ranges.method}.json"
+                        chosen_ranges.save(out_dir.path(final["ranges_file"]))
+                elif search["status"] == "failed":
+                    verdict["search"] = {"status": "failed", "recommendation": search["recommendation"]}
+        lock_file = None
+        if ranges is not None:  # dynamic and float16 have no ranges to lock
+            from qcheck.search.stage import write_policy_lock
+
+            lock_file = write_policy_lock(policy, prepared=prepared, shapes=shapes, calib=calib, ranges=final["ranges"],
+                                          ranges_file=final["ranges_file"], recipe=final["recipe"],
+                                          model_file=final["model"], out_dir=out_dir, environment=environment(),
+                                          search=search)
+
         return {
             "schema_version": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -228,6 +256,9 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "findings": [f.to_dict() for f in findings],
             "finding_counts": counts,
             "rules": [r.doc() for r in rules],
+            "search": search,
+            "lock": {"file": lock_file, "quantized_model": final["model"], "recipe": final["recipe"].to_dict(),
+                     "recipe_key": final["recipe"].key(), "ranges_file": final["ranges_file"]},
         }
 
 

@@ -160,6 +160,31 @@ class ReportSpec:
     templates: list[Path] = field(default_factory=list)  # a team's template folders, searched first
 
 
+SEARCH_STRATEGIES = ("greedy", "bisect", "exhaustive")
+SEARCH_REMEDIES = ("keep_float", "int16_activations", "per_channel", "calibration_method", "symmetric", "reduced_range")
+
+
+@dataclass
+class SearchBudget:
+    max_float_nodes: int = 10
+    max_int16_tensors: int = 10
+    max_trials: int = 100
+    max_seconds: float = 600.0
+
+
+@dataclass
+class SearchSpec:
+    """The fallback search (`search:`): how to look for a recipe that meets `require:` (qcheck.search)."""
+
+    strategy: str = "greedy"
+    remedies: list[str] = field(default_factory=lambda: ["keep_float", "int16_activations"])
+    candidates: int = 20
+    width: int = 8
+    budget: SearchBudget = field(default_factory=SearchBudget)
+    finalists: int = 3
+    latency_repeats: int = 7
+
+
 @dataclass
 class Policy:
     path: Path
@@ -175,6 +200,7 @@ class Policy:
     analyses: AnalysesSpec = field(default_factory=AnalysesSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
     compare: list[str] = field(default_factory=list)  # schemes to build and compare (`compare:`); empty: none
+    search: SearchSpec | None = None  # no `search:` section: no search
     raw: dict = field(default_factory=dict)  # the document as written, without line info
     _doc: Any = field(default=None, repr=False)  # the document with line info
 
@@ -456,11 +482,21 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
         problems.extend(exc.problems)
 
     compare = _compare_schemes(doc, quant, data, file, at, problems)
+    search = None
+    if "search" in doc:  # `search:` alone turns the search on with its defaults
+        sd = doc["search"] or {}
+        search = SearchSpec(
+            strategy=sd.get("strategy", "greedy"),
+            remedies=list(dict.fromkeys(sd.get("remedies", ["keep_float", "int16_activations"]))),
+            candidates=int(sd.get("candidates", 20)), width=int(sd.get("width", 8)),
+            budget=SearchBudget(**dict(sd.get("budget") or {})),
+            finalists=int(sd.get("finalists", 3)), latency_repeats=int(sd.get("latency_repeats", 7)),
+        )
 
     policy = Policy(
         path=path, model=model, data=data, inputs=inputs, target=target,
         quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
-        analyses=analyses, report=report, compare=compare, raw=to_plain(doc), _doc=doc,
+        analyses=analyses, report=report, compare=compare, search=search, raw=to_plain(doc), _doc=doc,
     )
     return policy, problems
 

@@ -112,6 +112,24 @@ def basic_policy(tmp: Path, **overrides) -> Path:
     return write_policy(tmp / "qcheck.yaml", doc)
 
 
+def outlier_head_cnn(path: Path, factor: float = 1000.0, seed: int = 0) -> Path:
+    """small_cnn whose last node, `fc`, writes one wide column into its output, as a detector head joins
+    box pixels and class scores in one tensor: logits[:, 0] is `factor` times larger than logits[:, 1:].
+
+    One per-tensor scale then spends the uint8 grid on column 0 and rounds the narrow columns away; only
+    `fc` (whose output nothing else reads) decides how `logits` is quantized.
+    """
+    small_cnn(path, seed=seed)
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    for name in ("wf", "bf"):
+        a = numpy_helper.to_array(inits[name]).copy()
+        a[0] *= factor
+        inits[name].CopyFrom(numpy_helper.from_array(a, name))
+    onnx.save(model, str(path))
+    return path
+
+
 def outlier_channel_conv(path: Path, outlier: float = 20.0, seed: int = 0) -> Path:
     """x[1,4,8,8] -> Conv(w[8,4,3,3], no bias) -> y. Every output channel's weights span exactly [-0.5, 0.5],
     except channel 5, which holds one weight `outlier`: its range is outlier + 0.5, the others' 1.0."""

@@ -104,6 +104,36 @@ def cosine_along_depth(results: dict) -> str | None:
     return _svg(fig)
 
 
+def search_tradeoff(results: dict) -> str | None:
+    """The fallback search: each candidate's cost on the target against how far it is from the requirements."""
+    search = results.get("search") or {}
+    cands = [c for c in search.get("candidates", []) if _finite(c.get("cost"))]
+    if len(cands) < 2:
+        return None
+    finite_gaps = [c["shortfall"] for c in cands if _finite(c["shortfall"])]
+    cap = max(finite_gaps, default=1.0) * 2 or 1.0
+    gap = {c["id"]: c["shortfall"] if _finite(c["shortfall"]) else cap for c in cands}
+    fig, ax = plt.subplots(figsize=(7.2, 2.8))
+    fail = [c for c in cands if not c["passes"]]
+    ok = [c for c in cands if c["passes"]]
+    ax.scatter([c["cost"] for c in fail], [gap[c["id"]] for c in fail], marker="x", color=MUTED, s=18,
+               label="misses a requirement")
+    ax.scatter([c["cost"] for c in ok], [gap[c["id"]] for c in ok], marker="o", facecolors="none", edgecolors=INK, s=22,
+               label="meets every requirement")
+    front = sorted((c for c in cands if c["id"] in set(search.get("pareto", []))), key=lambda c: c["cost"])
+    if front:
+        ax.step([c["cost"] for c in front], [gap[c["id"]] for c in front], where="post", color=INK, linestyle="--",
+                linewidth=1, label="Pareto front")
+    chosen = next((c for c in cands if c["id"] == search.get("chosen")), None)
+    if chosen is not None:
+        ax.scatter([chosen["cost"]], [gap[chosen["id"]]], marker="*", color=ACCENT, s=90, zorder=5, label="chosen")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel(f"cost on target '{search.get('target', '')}' (profile units)")
+    ax.set_ylabel("shortfall from the requirements\n(0 = all hold)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return _svg(fig)
+
+
 def all_plots(results: dict) -> dict[str, str | None]:
     threshold = 0.7
     for rule in results.get("rules", []):
@@ -113,4 +143,5 @@ def all_plots(results: dict) -> dict[str, str | None]:
         "range": range_per_layer(results),
         "rmse_scale": rmse_scale_per_layer(results, threshold),
         "cosine_depth": cosine_along_depth(results),
+        "search": search_tradeoff(results),
     }

@@ -1,0 +1,134 @@
+"""The fallback search: find the cheapest recipe that meets the policy's `require:` lines.
+
+    ranking (worst nodes first) + allowed remedies + target costs + budget
+        -> candidates, each a real QDQ model measured with ONNX Runtime
+        -> the cheapest passing one, its finalists' size and latency,
+           or, when none passes, the closest ones and a QAT recommendation.
+
+Strategies are small classes behind one interface (`base.Strategy`); a new
+strategy is one file that registers itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from qcheck.policy import MetricSpec, Requirement, SearchSpec
+from qcheck.quantize import Ranges, Recipe
+from qcheck.search import bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
+from qcheck.search.base import STRATEGIES, Context, closest, select
+from qcheck.search.evaluate import Evaluator
+from qcheck.search.ranking import rank_nodes
+from qcheck.search.space import Graph, build_pool
+from qcheck.targets import TargetProfile
+
+
+def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges,
+               calibrate_with: Callable[[str], Ranges], base: Recipe, samples: list[dict],
+               metrics: dict[str, MetricSpec], require: list[Requirement], finding_counts: dict,
+               target: TargetProfile, ranking: list[str], workdir: Path,
+               log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
+               labels: list[str] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+    """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
+    by_method = {ranges.method: ranges}
+
+    def ranges_for(method: str) -> Ranges:
+        if method not in by_method:  # another calibration method: calibrate once with it, then reuse
+            log(f"  calibrating with {method} for the search ...")
+            by_method[method] = calibrate_with(method)
+        return by_method[method]
+
+    graph = Graph(float_model, set(ranges.ranges))
+    ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
+                   spec.budget, workdir, log, make_tasks, labels)
+    model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates)
+    ctx = Context(ev, spec, model_changes, node_changes, notes)
+    STRATEGIES[spec.strategy]().run(ctx)
+
+    chosen = select(ev.candidates)
+    baseline = ev.candidates[0] if ev.candidates else None
+    finalists = sorted((c for c in ev.candidates if c["passes"]),
+                       key=lambda c: (c["cost"], c["n_changes"], c["id"]))[:spec.finalists]
+    if baseline is not None and baseline not in finalists:
+        finalists.append(baseline)
+    for c in finalists:
+        c["latency_ms"] = ev.latency(c, spec.latency_repeats)
+    status = "not-needed" if baseline is not None and baseline["passes"] else ("found" if chosen else "failed")
+    result = {
+        "strategy": spec.strategy,
+        "remedies": spec.remedies,
+        "budget": vars(spec.budget).copy(),
+        "latency_repeats": spec.latency_repeats,
+        "target": target.name,
+        "ranking": ranking[:spec.candidates],
+        "status": status,
+        "trials": len(ev.candidates),
+        "stopped_by": ev.stopped_by,
+        "notes": ctx.notes,
+        "candidates": ev.candidates,
+        "chosen": chosen["id"] if chosen else None,
+        "finalists": [c["id"] for c in finalists],
+        "pareto": pareto_front(ev.candidates),
+        "why": _why(chosen, ev.candidates, target) if chosen else None,
+        "closest": [c["id"] for c in closest(ev.candidates)] if not chosen else [],
+        "recommendation": None if chosen else recommend_qat(ev.candidates, spec, target, ev.stopped_by),
+    }
+    if not chosen:
+        return result, None, None
+    recipe = ev.recipe(ev.changes_of(chosen))
+    return result, recipe, ranges_for(recipe.calibration)
+
+
+def pareto_front(candidates: list[dict]) -> list[int]:
+    """Candidates no other candidate beats on both cost and closeness to the requirements."""
+    def key(c):
+        return (c["failed"], c["shortfall"])
+
+    front = []
+    for c in candidates:
+        if any((o["cost"] <= c["cost"] and key(o) <= key(c)) and (o["cost"] < c["cost"] or key(o) < key(c))
+               for o in candidates):
+            continue
+        front.append(c["id"])
+    return front
+
+
+def _why(chosen: dict, candidates: list[dict], target: TargetProfile) -> str:
+    passing = [c for c in candidates if c["passes"]]
+    if not chosen["n_changes"]:
+        return "the policy's own recipe already meets every requirement; nothing was changed"
+    text = (f"{chosen['label']} meets every requirement at cost {chosen['cost']:g} on target '{target.name}'"
+            f" ({chosen['float_nodes']} float node(s), {chosen['int16_tensors']} int16 tensor(s))")
+    others = len(passing) - 1
+    if others:
+        text += f"; it is the cheapest of {len(passing)} passing candidates (ties go to fewer changes)"
+    return text
+
+
+def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfile, stopped_by: str | None) -> dict:
+    """Nothing passed: say how close the best came, and why quantization-aware training is the next step."""
+    near = closest(candidates, 1)
+    b = spec.budget
+    limits = (f"max_float_nodes {b.max_float_nodes}, max_int16_tensors {b.max_int16_tensors}, "
+              f"max_trials {b.max_trials}, max_seconds {b.max_seconds:g}")
+    reason = f"No recipe within the budget ({limits}) on target '{target.name}' meets the requirements"
+    if stopped_by:
+        reason += f" (the search stopped at {stopped_by})"
+    if near:
+        c = near[0]
+        misses = [f"`{q['text']}` ({', '.join(f'{k} = {v:.6g}' if isinstance(v, float) else f'{k} = {v}' for k, v in q['values'].items())}, "
+                  f"{100 * q['shortfall']:.3g}% short)" for q in c["requirements"] if not q["holds"]]
+        reason += f". Closest: {c['label']}, which misses {'; '.join(misses)}"
+    reason += (". Post-training remedies keep part of the model out of int8 at a cost; quantization-aware training "
+               "instead trains the weights to the int8 grid so every layer can stay integer (seed 003)")
+    if target.integer_only:
+        reason += f", which is what an integer-only target like '{target.name}' needs"
+    reason += ". Export the trained model once its range estimates have converged and check the exported integer " \
+              "model with qcheck again, not the training-time model."
+    return {"action": "quantization-aware training", "reason": reason}
+
+
+__all__ = ["run_search", "rank_nodes", "pareto_front", "STRATEGIES"]

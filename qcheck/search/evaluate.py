@@ -1,0 +1,188 @@
+"""Judging one candidate: build the real QDQ model, run it with ONNX Runtime, compare its outputs.
+
+The float model runs once per evaluation sample and its outputs are kept;
+each candidate costs one `build_quantized` (with the ranges calibrated once)
+and one quantized session over the samples. Candidates are cached by recipe
+key, so a recipe is never built twice. The budget (trials, seconds) is
+counted here.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from qcheck.metrics import OutputComparison, aggregate_model_metrics, apply_slice, parse_slice
+from qcheck.policy import MetricSpec, Requirement, SearchBudget
+from qcheck.quantize import Ranges, Recipe, build_quantized
+from qcheck.requirements import judge, requirement_env
+from qcheck.runtime import make_session
+from qcheck.search.space import Change, Graph, apply_changes, cost, counts
+from qcheck.targets import TargetProfile
+
+_CMP = {ast.GtE: 1, ast.Gt: 1, ast.LtE: -1, ast.Lt: -1}
+
+
+def shortfall(text: str, values: dict) -> float:
+    """How far a failing `require:` line is from holding, relative to its threshold.
+
+    For `name >= c` (or `>`): (c - value) / |c|; for `name <= c`: (value - c) / |c|.
+    Lines of any other form count 1 when they fail. NaN counts as infinitely far.
+    """
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return 1.0
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMP):
+        return 1.0
+    sign = _CMP[type(node.ops[0])]
+    left, right = node.left, node.comparators[0]
+    if isinstance(left, ast.Constant):  # 0.999 <= model.cosine
+        left, right, sign = right, left, -sign
+    if not isinstance(right, ast.Constant) or not isinstance(right.value, (int, float)) or len(values) != 1:
+        return 1.0
+    value = next(iter(values.values()))
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return math.inf
+    c = float(right.value)
+    gap = (c - value) if sign > 0 else (value - c)
+    return max(gap, 0.0) / max(abs(c), 1e-12)
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+class Evaluator:
+    def __init__(self, float_path: Path, float_model, ranges_for: Callable[[str], Ranges], base: Recipe,
+                 samples: list[dict], metrics: dict[str, MetricSpec], require: list[Requirement],
+                 finding_counts: dict, target: TargetProfile, graph: Graph, budget: SearchBudget, workdir: Path,
+                 log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
+                 labels: list[str] | None = None):
+        self.float_path, self.ranges_for, self.base = float_path, ranges_for, base
+        # task metrics (qcheck.tasks) are fed whole outputs; the others compare an output or a slice of one
+        self.samples, self.require = samples, require
+        self.metrics = {n: m for n, m in metrics.items() if getattr(m, "task", None) is None}
+        self.make_tasks = make_tasks or (lambda: [])
+        self.labels = labels or [str(i) for i in range(len(samples))]
+        self.finding_counts, self.target, self.graph, self.budget = finding_counts, target, graph, budget
+        self.workdir, self.log = workdir, log
+        self.outputs = [o.name for o in float_model.graph.output]
+        self.slices = {n: parse_slice(s.slice) if s.slice else () for n, s in self.metrics.items()}
+        sess = make_session(float_path, "float model")
+        self.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
+        self.candidates: list[dict] = []
+        self.by_key: dict[str, dict] = {}
+        self._changes: dict[int, tuple[Change, ...]] = {}
+        self.start = time.perf_counter()
+        self.stopped_by: str | None = None
+
+    # ------------------------------------------------------------------ budget
+
+    def exhausted(self) -> str | None:
+        if self.stopped_by:
+            return self.stopped_by
+        if len(self.candidates) >= self.budget.max_trials:
+            self.stopped_by = "max_trials"
+        elif time.perf_counter() - self.start >= self.budget.max_seconds:
+            self.stopped_by = "max_seconds"
+        return self.stopped_by
+
+    # ------------------------------------------------------------------ one candidate
+
+    def recipe(self, changes: tuple[Change, ...]) -> Recipe:
+        return apply_changes(self.base, changes, self.graph)
+
+    def evaluate(self, changes: tuple[Change, ...] | list[Change]) -> dict:
+        """The candidate's record (cached by recipe key); raises BudgetExhausted when the budget is spent."""
+        changes = tuple(sorted(set(changes)))
+        recipe = self.recipe(changes)
+        key = recipe.key()
+        if key in self.by_key:
+            return self.by_key[key]
+        if self.exhausted():
+            raise BudgetExhausted(self.stopped_by)
+        path = self.build(recipe, self.workdir / f"candidate-{key}.onnx")
+        env, outputs = self._measure(path)
+        verdict = judge(self.require, env)
+        gaps = [shortfall(q["text"], q["values"]) if not q["holds"] else 0.0 for q in verdict["requirements"]]
+        cand = {
+            "id": len(self.candidates),
+            "changes": [c.to_dict() for c in changes],
+            "label": ", ".join(c.label() for c in changes) or "the policy's recipe",
+            "recipe_key": key,
+            **counts(changes, self.graph),
+            "n_changes": len(changes),
+            "cost": cost(changes, self.graph, self.target),
+            "passes": verdict["status"] != "fail",
+            "failed": verdict["failed"],
+            "shortfall": sum(gaps),
+            "requirements": [{"text": q["text"], "holds": q["holds"], "values": q["values"], "shortfall": g}
+                             for q, g in zip(verdict["requirements"], gaps)],
+            "metrics": {k: v for k, v in env.items() if not k.startswith("findings.")},
+            "size_bytes": path.stat().st_size,
+            "latency_ms": None,
+        }
+        path.unlink()
+        self.candidates.append(cand)
+        self.by_key[key] = cand
+        self._changes[cand["id"]] = changes
+        self.log(f"  trial {cand['id']}: {cand['label']} -> {'meets' if cand['passes'] else 'misses'} the requirements")
+        return cand
+
+    def changes_of(self, cand: dict) -> tuple[Change, ...]:
+        return self._changes[cand["id"]]
+
+    def build(self, recipe: Recipe, path: Path) -> Path:
+        return build_quantized(self.float_path, self.ranges_for(recipe.calibration), recipe, path)
+
+    def _measure(self, qpath: Path) -> tuple[dict, list[dict]]:
+        sess = make_session(qpath, "quantized candidate")
+        cmp = {o: OutputComparison(o) for o in self.outputs}
+        user = {n: OutputComparison(n) for n in self.metrics}
+        tasks = self.make_tasks()
+        for label, sample, f_vals in zip(self.labels, self.samples, self.float_outputs):
+            q_vals = dict(zip(self.outputs, sess.run(self.outputs, sample)))
+            for task in tasks:
+                task.update(label, f_vals, q_vals)
+            for o in self.outputs:
+                cmp[o].update(f_vals[o], q_vals[o])
+            for name, spec in self.metrics.items():
+                user[name].update(apply_slice(f_vals[spec.output], self.slices[name], name),
+                                  apply_slice(q_vals[spec.output], self.slices[name], name))
+        outputs = [c.result() for c in cmp.values()]
+        user_metrics = {}
+        for name, spec in self.metrics.items():
+            r = user[name].result()
+            user_metrics[name] = {"value": r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]}
+        env = requirement_env(aggregate_model_metrics(outputs), user_metrics, self.finding_counts,
+                              {t.name: t.result() for t in tasks})
+        return env, outputs
+
+    # ------------------------------------------------------------------ finalists
+
+    def latency(self, cand: dict, repeats: int) -> float:
+        """Median wall time (ms) of one run of the first sample, after one warm-up run."""
+        path = self.build(self.recipe(self.changes_of(cand)), self.workdir / f"final-{cand['recipe_key']}.onnx")
+        sess = make_session(path, "quantized candidate")
+        sample = self.samples[0]
+        sess.run(None, sample)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sess.run(None, sample)
+            times.append((time.perf_counter() - t0) * 1000)
+        path.unlink()
+        return float(statistics.median(times))
+
+
+def sort_key(cand: dict) -> tuple:
+    """How close a candidate is to meeting the requirements: fewer failing lines, then smaller shortfall."""
+    s = cand["shortfall"]
+    return (cand["failed"], s if not (isinstance(s, float) and np.isnan(s)) else math.inf)

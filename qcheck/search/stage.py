@@ -1,0 +1,58 @@
+"""The search as a stage of `qcheck run`: search, build the chosen model, judge it, and lock it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from qcheck.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
+from qcheck.quantize import build_quantized, calibrate
+from qcheck.requirements import judge
+from qcheck.search import run_search
+from qcheck.search.ranking import candidate_ranking
+from qcheck.tasks import build as build_tasks
+
+FIXED_MODEL_NAME = "model.fixed.onnx"
+
+
+def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, recipe, rows, findings, finding_counts,
+                 sensitivity: list[str] | None = None,
+                 work: Path, out_dir, log) -> tuple[dict, dict | None, str, object, object]:
+    """Returns (search results, the chosen candidate's verdict or None, model file, recipe, ranges) of the result."""
+    samples = [evaluation[i] for i in range(len(evaluation))]
+    ranking, source = candidate_ranking(rows, findings, sensitivity)
+    result, chosen, chosen_ranges = run_search(
+        policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
+        calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m),
+        base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
+        finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
+        make_tasks=lambda: build_tasks(policy, prepared.outputs),
+        labels=[evaluation.samples[i].label for i in range(len(evaluation))])
+    result["ranking_source"] = source
+    if chosen is None or chosen.key() == recipe.key():
+        return result, None, "", recipe, ranges
+    build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME))
+    cand = result["candidates"][result["chosen"]]
+    env = dict(cand["metrics"])
+    env.update({f"findings.{k}": v for k, v in finding_counts.items()})
+    verdict = judge(policy.require, env)
+    verdict["source"] = {"search_candidate": cand["id"], "label": cand["label"], "model": FIXED_MODEL_NAME}
+    return result, verdict, FIXED_MODEL_NAME, chosen, chosen_ranges
+
+
+def write_policy_lock(policy, *, prepared, shapes, calib, ranges, ranges_file: str, recipe, model_file: str, out_dir,
+                      environment: dict, search: dict | None) -> str:
+    path = out_dir.path(model_file)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    from qcheck.model import file_sha256
+
+    doc = lock_document(
+        policy_path=policy.path, policy_sha256=file_sha256(policy.path), model_path=policy.model.path,
+        model_sha256=prepared.sha256, shapes=shapes, float_sha256=file_sha256(prepared.path),
+        calibration_sha256=data_fingerprint(calib),
+        ranges_file=ranges_file, ranges=ranges, recipe=recipe, quantized_file=model_file, quantized_sha256=sha,
+        environment=environment,
+        search=None if search is None else {"strategy": search["strategy"], "status": search["status"],
+                                            "candidate": search["chosen"]})
+    write_lock(doc, out_dir.path(LOCK_NAME))
+    return LOCK_NAME

@@ -1,0 +1,103 @@
+"""Search strategies in isolation, against a stub evaluator whose pass/fail rule is known in advance.
+
+The stub stands in for building and measuring a model: a candidate passes when it changes every node in
+`needed`; its shortfall is given by a rule of the test's choosing. This checks the strategies' logic
+(what they try, what they keep, what they drop, where the budget stops them); the real models are in
+test_search.py.
+"""
+
+from qcheck.policy import SearchBudget, SearchSpec
+from qcheck.search.base import STRATEGIES, Context, select
+from qcheck.search.evaluate import BudgetExhausted
+from qcheck.search.space import Change, cost
+from qcheck.targets import builtin_profile
+
+
+class StubGraph:
+    def __init__(self, nodes):
+        self.outputs = {n: [n + ":0"] for n in nodes}
+
+    def islands(self, float_nodes):
+        return len(float_nodes)
+
+
+class StubEvaluator:
+    def __init__(self, nodes, needed, shortfall, max_trials=100):
+        self.graph, self.target = StubGraph(nodes), builtin_profile("cpu")
+        self.needed, self.rule, self.max_trials = set(needed), shortfall, max_trials
+        self.candidates, self.by_key, self.stopped_by = [], {}, None
+
+    def evaluate(self, changes):
+        key = tuple(sorted(set(changes)))
+        if key in self.by_key:
+            return self.by_key[key]
+        if len(self.candidates) >= self.max_trials:
+            self.stopped_by = "max_trials"
+            raise BudgetExhausted("max_trials")
+        subjects = {c.subject for c in key}
+        passes = self.needed <= subjects
+        cand = {"id": len(self.candidates), "subjects": subjects, "passes": passes, "failed": 0 if passes else 1,
+                "shortfall": 0.0 if passes else self.rule(subjects), "cost": cost(key, self.graph, self.target),
+                "n_changes": len(key)}
+        self.candidates.append(cand)
+        self.by_key[key] = cand
+        return cand
+
+
+def _ctx(ev, nodes, strategy, width=8, **budget):
+    spec = SearchSpec(strategy=strategy, remedies=["keep_float"], width=width, budget=SearchBudget(**budget))
+    return Context(ev, spec, [], [Change("keep_float", n) for n in nodes])
+
+
+def test_greedy_keeps_the_best_step_then_drops_what_is_not_needed():
+    nodes = ["a", "b", "c", "d"]
+    # b and c are needed together; a looks best on its own, so greedy takes it first, and must drop it at the end
+    rule = lambda s: (("b" not in s) + ("c" not in s)) - (1.1 if "a" in s else 0)  # noqa: E731
+    ev = StubEvaluator(nodes, {"b", "c"}, rule)
+    STRATEGIES["greedy"]().run(_ctx(ev, nodes, "greedy"))
+    assert any(c["subjects"] == {"a", "b", "c"} and c["passes"] for c in ev.candidates)  # what greedy reached
+    chosen = select(ev.candidates)
+    assert chosen["subjects"] == {"b", "c"}  # a was pruned, and costs less without it
+    assert chosen["cost"] == 2 * (1.0 + 0.5)
+
+
+def test_greedy_respects_the_float_node_budget_and_the_trial_budget():
+    nodes = ["a", "b", "c"]
+    ev = StubEvaluator(nodes, {"a", "b"}, lambda s: 2 - len(s & {"a", "b"}))
+    ctx = _ctx(ev, nodes, "greedy", max_float_nodes=1)
+    STRATEGIES["greedy"]().run(ctx)
+    assert select(ev.candidates) is None and all(len(c["subjects"]) <= 1 for c in ev.candidates)
+    assert "budget allows no further remedy" in ctx.notes[0]
+    ev = StubEvaluator(nodes, {"a", "b"}, lambda s: 2 - len(s & {"a", "b"}), max_trials=3)
+    STRATEGIES["greedy"]().run(_ctx(ev, nodes, "greedy"))
+    assert len(ev.candidates) == 3 and ev.stopped_by == "max_trials"
+
+
+def test_greedy_width_one_walks_the_ranking():
+    nodes = ["a", "b", "c", "d"]
+    ev = StubEvaluator(nodes, {"c"}, lambda s: 1 - 0.1 * len(s))  # every node helps a little; only c fixes it
+    STRATEGIES["greedy"]().run(_ctx(ev, nodes, "greedy", width=1))
+    tried = [sorted(c["subjects"]) for c in ev.candidates]
+    assert tried[:4] == [[], ["a"], ["a", "b"], ["a", "b", "c"]]
+    assert select(ev.candidates)["subjects"] == {"c"}
+
+
+def test_bisect_finds_the_shortest_passing_prefix():
+    nodes = [f"n{i}" for i in range(8)]
+    ev = StubEvaluator(nodes, {"n0", "n1", "n2", "n3", "n4"}, lambda s: 1.0)
+    STRATEGIES["bisect"]().run(_ctx(ev, nodes, "bisect"))
+    chosen = select(ev.candidates)
+    assert chosen["subjects"] == {"n0", "n1", "n2", "n3", "n4"}
+    # baseline, all 8, then prefixes 4 (fails), 6 (passes), 5 (passes); then pruning tries the prefix without
+    # each of its 5 nodes, all failing; without n4 it is the prefix of 4, already tried (cached): 4 new trials
+    assert [len(c["subjects"]) for c in ev.candidates][:5] == [0, 8, 4, 6, 5]
+    assert len(ev.candidates) == 5 + 4
+
+
+def test_exhaustive_tries_cheapest_first_and_chooses_the_cheapest_passing():
+    nodes = ["a", "b", "c"]
+    ev = StubEvaluator(nodes, {"b"}, lambda s: 1.0)
+    STRATEGIES["exhaustive"]().run(_ctx(ev, nodes, "exhaustive", max_float_nodes=2))
+    sizes = [len(c["subjects"]) for c in ev.candidates]
+    assert sizes == sorted(sizes) and len(ev.candidates) == 1 + 3 + 3  # every set of at most 2 float nodes
+    assert select(ev.candidates)["subjects"] == {"b"}
