@@ -54,7 +54,9 @@ class _Schema:
         elif t == "object":
             text = "mapping"
         else:
-            text = {"string": "text", "number": "number", "integer": "integer", "boolean": "`true`/`false`"}.get(t, t or "any")
+            words = {"string": "text", "number": "number", "integer": "integer", "boolean": "`true`/`false`",
+                     "null": "`null`"}
+            text = " or ".join(words.get(x, x) for x in t) if isinstance(t, list) else words.get(t, t or "any")
         bounds = [f"{op} {node[k]}" for k, op in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"),
                                                      ("exclusiveMaximum", "<")) if k in node]
         if node.get("minItems") and node.get("minItems") == node.get("maxItems"):
