@@ -157,11 +157,11 @@ def test_runs_are_deterministic_apart_from_timings(greedy_run, tmp_path):
     folder, first = greedy_run
     again = run(load_policy(folder / "qcheck.yaml"), out=tmp_path / "again")
 
-    def strip(value):  # timings (stage times, analysis times, latencies) and where/when the run was written
+    def strip(value):  # timings (stage, analysis and build times, latencies) and where/when the run was written
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items()
                     if k not in ("timings", "peak_memory_mb", "created", "output_folder", "render_seconds", "seconds",
-                                 "latency_ms")}
+                                 "latency_ms", "build_seconds")}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value
