@@ -32,7 +32,7 @@ from onnx import numpy_helper
 from qcheck.data import DataSet
 from qcheck.errors import DataError, Problem
 from qcheck.metrics import OutputComparison, SliceError, apply_slice, parse_slice
-from qcheck.model import topological_order
+from qcheck.model import elem_types, topological_order
 from qcheck.policy import MetricSpec
 from qcheck.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, QDQMap, QuantizedTensor, float_name
 from qcheck.runtime import make_session, with_outputs
@@ -128,7 +128,7 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
     for n in float_model.graph.node:
         for i in n.input:
             f_consumers.setdefault(i, []).append(n)
-    types = _elem_types(float_model)
+    types = elem_types(float_model)
     producers = {o: n for n in qmodel.graph.node for o in n.output}
     by_qoutput = {t.q_output: t for t in qmap.tensors.values() if t.kind == "activation"}
 
@@ -248,16 +248,6 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
     return _Twin(twin_model, feeds, outputs, weight_outputs)
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    types = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    return types
-
-
 # --------------------------------------------------------------------------- measuring
 
 
@@ -347,16 +337,7 @@ def measure(
                 local_acc[name].update(t_vals[twin_out], deq[name])
             for name, twin_out in twin.weight_outputs.items():
                 weight_err[name].update(t_vals[twin.outputs[name]], t_vals[twin_out])
-        for name in outputs:
-            out_cmp[name].update(f_vals[name], q_vals[name])
-        for mname, (spec, cmp) in user.items():
-            try:
-                cmp.update(apply_slice(f_vals[spec.output], slices[mname], f"metric '{mname}'"),
-                           apply_slice(q_vals[spec.output], slices[mname], f"metric '{mname}'"))
-            except SliceError as exc:
-                raise DataError(Problem(str(exc))) from None
-        for task in tasks or []:
-            task.update(label, {n: f_vals[n] for n in outputs}, {n: q_vals[n] for n in outputs})
+        update_output_metrics(label, outputs, f_vals, q_vals, out_cmp, user, slices, tasks)
         if progress:
             progress(i + 1, len(data))
 
@@ -412,6 +393,21 @@ def measure(
                               "per_sample_cosine": r["per_sample_cosine"]}
     task_results = {t.name: t.result() for t in tasks or []}
     return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes, task_results)
+
+
+def update_output_metrics(label: str, outputs: list[str], f_vals: dict, q_vals: dict, out_cmp: dict,
+                          user: dict, slices: dict, tasks: list | None) -> None:
+    """One sample's model outputs into the output comparisons, the policy's metrics and the task metrics."""
+    for name in outputs:
+        out_cmp[name].update(f_vals[name], q_vals[name])
+    for mname, (spec, cmp) in user.items():
+        try:
+            cmp.update(apply_slice(f_vals[spec.output], slices[mname], f"metric '{mname}'"),
+                       apply_slice(q_vals[spec.output], slices[mname], f"metric '{mname}'"))
+        except SliceError as exc:
+            raise DataError(Problem(str(exc))) from None
+    for task in tasks or []:
+        task.update(label, {n: f_vals[n] for n in outputs}, {n: q_vals[n] for n in outputs})
 
 
 def _activation_channel_axis(name: str, shapes: dict[str, list], producer_of: dict) -> int | None:

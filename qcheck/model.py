@@ -328,3 +328,14 @@ def topological_order(model: onnx.ModelProto) -> dict[str, int]:
         for out in node.output:
             order[out] = i
     return order
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type (onnx.TensorProto.*) of every tensor whose type the model declares, initializers included."""
+    types = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types

@@ -31,8 +31,8 @@ from onnx import TensorProto, numpy_helper
 
 from qcheck.data import DataSet
 from qcheck.errors import DataError, Problem
-from qcheck.measure import Measurement, TensorRecord
-from qcheck.metrics import OutputComparison, SliceError, apply_slice, parse_slice
+from qcheck.measure import Measurement, TensorRecord, update_output_metrics
+from qcheck.metrics import OutputComparison, parse_slice
 from qcheck.model import topological_order
 from qcheck.policy import MetricSpec
 from qcheck.runtime import make_session, with_outputs
@@ -112,16 +112,7 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
             dist[n].update(f_vals[n])
         p_vals = {k: np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v
                   for k, v in zip(plain_out, plain.run(None, feed))}
-        for n in outputs:
-            out_cmp[n].update(f_vals[n], p_vals[n])
-        for mname, (spec, cmp) in user.items():
-            try:
-                cmp.update(apply_slice(f_vals[spec.output], slices[mname], f"metric '{mname}'"),
-                           apply_slice(p_vals[spec.output], slices[mname], f"metric '{mname}'"))
-            except SliceError as exc:
-                raise DataError(Problem(str(exc))) from None
-        for task in tasks or []:
-            task.update(data.samples[i].label, {n: f_vals[n] for n in outputs}, {n: p_vals[n] for n in outputs})
+        update_output_metrics(data.samples[i].label, outputs, f_vals, p_vals, out_cmp, user, slices, tasks)
         if progress:
             progress(i + 1, len(data))
 

@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from qcheck.errors import ModelError, PolicyError, Problem
+from qcheck.model import elem_types
 from qcheck.quantize import QUANT_TYPES, Ranges, Recipe, build_quantized
 
 SCHEMES = ("int8", "int8-only", "a16w8", "dynamic", "float16")
@@ -110,7 +111,7 @@ def integer_op_types(recipe: Recipe) -> set[str]:
 
 def float_compute_nodes(model: onnx.ModelProto, integer_ops: set[str], exclude_nodes: list[str] = ()) -> list[dict]:
     """Nodes of the float model that compute on float values and that the quantizer leaves in float."""
-    types = _elem_types(model)
+    types = elem_types(model)
     inits = {i.name for i in model.graph.initializer}
     out = []
     for node in model.graph.node:
@@ -127,16 +128,6 @@ def float_compute_nodes(model: onnx.ModelProto, integer_ops: set[str], exclude_n
             reason = "excluded by the policy" if node.name in exclude_nodes else "no integer kernel in ONNX Runtime's quantizer"
             out.append({"node": node.name, "op_type": node.op_type, "reason": reason})
     return out
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    types = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    return types
 
 
 # --------------------------------------------------------------------------- building

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ast
 import math
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from qcheck.latency import measure_latency
 from qcheck.metrics import OutputComparison, aggregate_model_metrics, apply_slice, parse_slice
 from qcheck.policy import MetricSpec, Requirement, SearchBudget
 from qcheck.quantize import Ranges, Recipe, build_quantized
@@ -170,16 +170,9 @@ class Evaluator:
     def latency(self, cand: dict, repeats: int) -> float:
         """Median wall time (ms) of one run of the first sample, after one warm-up run."""
         path = self.build(self.recipe(self.changes_of(cand)), self.workdir / f"final-{cand['recipe_key']}.onnx")
-        sess = make_session(path, "quantized candidate")
-        sample = self.samples[0]
-        sess.run(None, sample)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            sess.run(None, sample)
-            times.append((time.perf_counter() - t0) * 1000)
+        figures = measure_latency(path, self.samples[0], runs=repeats, warmup=1, what="quantized candidate")
         path.unlink()
-        return float(statistics.median(times))
+        return float(figures["median_ms"])
 
 
 def sort_key(cand: dict) -> tuple:
