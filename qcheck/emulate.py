@@ -91,7 +91,7 @@ class SwitchableModel:
             model = onnx.ModelProto()
             model.CopyFrom(self.model)
         if batched:
-            _free_batch_dimension(model)
+            free_batch_dimension(model)
         if extra_outputs:
             present = {o.name for o in model.graph.output}
             for name in extra_outputs:
@@ -101,7 +101,7 @@ class SwitchableModel:
         return make_session(model, "switchable emulation model")
 
 
-def _free_batch_dimension(model: onnx.ModelProto) -> None:
+def free_batch_dimension(model: onnx.ModelProto) -> None:
     """Make dimension 0 of every data input and output symbolic; drop intermediate shapes fixed at batch 1."""
     for vi in list(model.graph.input) + list(model.graph.output):
         if vi.name == SWITCH_INPUT or not vi.type.HasField("tensor_type"):
@@ -197,7 +197,7 @@ def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap
                 if name in renamed:
                     node.input[i] = renamed[name]
         new_nodes.append(node)
-    new_nodes = _without_dead_nodes(new_nodes, graph_outputs)
+    new_nodes = without_dead_nodes(new_nodes, graph_outputs)
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(extra_inits)
@@ -226,16 +226,18 @@ def _switch_node(k: int, chain: list[onnx.NodeProto], float_src: str, out: str) 
                             then_branch=then_branch, else_branch=else_branch)
 
 
-def _without_dead_nodes(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
-    """Drop nodes none of whose outputs are read (the Q/DQ pairs the Ifs replaced)."""
-    def reads(n: onnx.NodeProto) -> set[str]:
-        names = set(n.input)
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                for sub in g.node:
-                    names |= reads(sub)
-        return names
+def reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name a node reads, including those its subgraphs read from the outer scope."""
+    names = set(node.input)
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for sub in g.node:
+                names |= reads(sub)
+    return names
 
+
+def without_dead_nodes(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
+    """Drop nodes none of whose outputs are read (the Q/DQ pairs the Ifs replaced)."""
     while True:
         used = set(graph_outputs)
         for n in nodes:

@@ -99,8 +99,7 @@ class OutputComparison:
     def update(self, f: np.ndarray, q: np.ndarray) -> None:
         self.shape = list(f.shape)
         self.errors.update(f, q)
-        f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
-        self.per_sample_cosine.append(cosine(float(f64 @ q64), float(f64 @ f64), float(q64 @ q64)))
+        self.per_sample_cosine.append(cosine(*self.errors.last_dots))
         axis = class_axis(f.shape)
         if axis is not None:
             self.topk = self.topk or TopK()

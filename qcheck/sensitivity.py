@@ -29,11 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcheck.data import DataSet
-from qcheck.emulate import SWITCH_INPUT, SwitchableModel, stack
+from qcheck.emulate import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
 from qcheck.metrics import OutputComparison, apply_slice, parse_slice
 from qcheck.policy import MetricSpec
+from qcheck.runtime import make_session
+from qcheck.suffix import Group, Suffix, base_model, first_readers, plan, specialize, typed
 
 VIEWS = ("node", "weight", "activation", "reverse")
+# A suffix session costs about as much to create as 20 runs of the float model: a group must
+# have enough runs to pay it back.
+RUNS_PER_GROUP = 48
+MAX_GROUPS = 12
 HIGHER_IS_BETTER = {"cosine": True, "sqnr": True, "top1": True, "top5": True,
                     "mse": False, "rmse": False, "max_abs": False, "mean_abs": False}
 
@@ -56,7 +62,8 @@ class ConfigRunner:
     """
 
     def __init__(self, sw: SwitchableModel, data: DataSet, samples: list[int], metrics: dict[str, MetricSpec],
-                 max_batch: int = 8):
+                 max_batch: int = 8, batch_if_slower: bool = False):
+        self.batch_if_slower = batch_if_slower  # tests: batch whenever the model allows
         self.sw, self.data, self.samples, self.metrics = sw, data, samples, metrics
         self.slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
         self.runs = 0
@@ -64,6 +71,7 @@ class ConfigRunner:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.batches = [samples[i:i + self.batch] for i in range(0, len(samples), self.batch)]
         self.feeds = [stack([data[i] for i in chunk]) for chunk in self.batches]
+        self.first_readers = first_readers(sw.model, len(sw.switches))
 
     def _batched_session(self, max_batch: int):
         single = self.sw.session()
@@ -90,32 +98,76 @@ class ConfigRunner:
             if value.shape != expect.shape or not np.allclose(value, expect, rtol=1e-4, atol=1e-5 * (np.abs(expect).max() + 1)):
                 return single, 1
         # Batching is not always faster on a CPU (fixed-shape kernels and layouts are lost): keep what measured faster.
-        return (batched, n) if t_batch < 0.9 * t_apart else (single, 1)
+        return (batched, n) if t_batch < 0.9 * t_apart or self.batch_if_slower else (single, 1)
 
     def run(self, feed: dict, mask: np.ndarray) -> list[np.ndarray]:
         self.runs += 1
         return self.session.run(None, {**feed, SWITCH_INPUT: mask})
 
+    def groups(self, configs: list[Config]) -> list[Group]:
+        """Which configurations run on which suffix (`qcheck.suffix`); all on the full model when few runs."""
+        wide = max(16, len(self.sw.switches) // 50)
+        narrow = sum(1 for c in configs if np.count_nonzero(c.mask) <= wide)
+        n = min(MAX_GROUPS, narrow * len(self.batches) // RUNS_PER_GROUP)
+        if n < 1:
+            return [Group(0, set(), list(range(len(configs))), full=True)]
+        return plan(self.first_readers, [c.mask for c in configs], n, wide)
+
     def evaluate(self, configs: list[Config], progress: Callable[[int, int], None] | None = None) -> list[dict]:
         cmp = [{o: OutputComparison(o) for o in self.outputs} for _ in configs]
         user = [{m: OutputComparison(m) for m in self.metrics} for _ in configs]
-        off = self.sw.mask()
         total, done = len(self.batches) * len(configs), 0
-        for feed, chunk in zip(self.feeds, self.batches):
-            ref = dict(zip(self.outputs, self.run(feed, off)))
-            for c, config in enumerate(configs):
-                got = dict(zip(self.outputs, self.run(feed, config.mask)))
-                for b in range(len(chunk)):  # per sample, so slices and per-sample figures mean what they say
-                    for o in self.outputs:
-                        cmp[c][o].update(ref[o][b:b + 1], got[o][b:b + 1])
-                    for m, spec in self.metrics.items():
-                        s = self.slices[m]
-                        user[c][m].update(apply_slice(ref[spec.output][b:b + 1], s, m),
-                                          apply_slice(got[spec.output][b:b + 1], s, m))
-                done += 1
-                if progress and (done % 8 == 0 or done == total):
-                    progress(done, total)
+        groups = self.groups(configs)
+        suffixes = {i: specialize(self.sw.model, g.keep, g.cut) for i, g in enumerate(groups) if not g.full}
+        base = None
+        if suffixes:
+            needed = [n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]]
+            base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model")
+        for i, group in enumerate(groups):
+            session = None
+            for feed, chunk in zip(self.feeds, self.batches):
+                if group.full:
+                    ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
+                    runs = ((c, dict(zip(self.outputs, self.run(feed, configs[c].mask)))) for c in group.configs)
+                else:
+                    suffix = suffixes[i]
+                    wanted = self.outputs + [n for n in suffix.inputs if n not in feed]
+                    self.runs += 1
+                    values = {**feed, **dict(zip(wanted, base.run(wanted, feed)))}
+                    if session is None and suffix.outputs:
+                        session = make_session(typed(suffix, values, self.batch > 1), "suffix emulation model")
+                    ref, runs = self._suffix_runs(session, suffix, values, group.configs, configs)
+                for c, got in runs:
+                    for b in range(len(chunk)):  # per sample, so slices and per-sample figures mean what they say
+                        for o in self.outputs:
+                            cmp[c][o].update(ref[o][b:b + 1], got[o][b:b + 1])
+                        for m, spec in self.metrics.items():
+                            s = self.slices[m]
+                            user[c][m].update(apply_slice(ref[spec.output][b:b + 1], s, m),
+                                              apply_slice(got[spec.output][b:b + 1], s, m))
+                    done += 1
+                    if progress and (done % 8 == 0 or done == total):
+                        progress(done, total)
         return [summarize(cmp[c], user[c], self.metrics) for c in range(len(configs))]
+
+    def _suffix_runs(self, session, suffix: Suffix, values: dict, members: list[int], configs: list[Config]):
+        """The reference (the suffix, every switch off) and each member's outputs; model outputs the suffix
+        does not compute are the base model's, in both."""
+        base_out = {o: values[o] for o in self.outputs}
+        if session is None:  # nothing the group switches on reaches an output
+            return base_out, ((c, base_out) for c in members)
+        feed = {n: values[n] for n in suffix.inputs}
+
+        def run(mask):
+            self.runs += 1
+            return {**base_out, **dict(zip(suffix.outputs, session.run(suffix.outputs, {**feed, SWITCH_INPUT: mask})))}
+
+        return run(self.sw.mask()), ((c, run(configs[c].mask)) for c in members)
+
+    def _maybe_batched(self, model):
+        if self.batch > 1:
+            free_batch_dimension(model)
+        return model
 
 
 def summarize(outputs: dict[str, OutputComparison], user: dict[str, OutputComparison],

@@ -92,10 +92,12 @@ class ErrorAccumulator:
         self.fmin = math.inf
         self.fmax = -math.inf
         self.sample_spreads: list[float] = []
+        self.last_dots = (0.0, 0.0, 0.0)
 
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
         if reference.shape != test.shape:
             raise ValueError(f"shape mismatch: float {reference.shape} vs quantized {test.shape}")
+        self.last_dots = (0.0, 0.0, 0.0)
         if reference.size == 0:
             return
         # float64 and BLAS dot products: exact enough for 1 - cosine ~ 1e-7, and fast
@@ -108,9 +110,11 @@ class ErrorAccumulator:
         self.sum_ee += sum_ee
         self.sum_abs += float(np.abs(e).sum())
         self.max_abs = max(self.max_abs, float(e.max()), -float(e.min()))
-        self.sum_fq += float(f @ q)
-        self.sum_ff += float(f @ f)
-        self.sum_qq += float(q @ q)
+        # this sample's dot products, kept for per-sample figures (metrics.OutputComparison)
+        self.last_dots = (float(f @ q), float(f @ f), float(q @ q))
+        self.sum_fq += self.last_dots[0]
+        self.sum_ff += self.last_dots[1]
+        self.sum_qq += self.last_dots[2]
         fmin, fmax = float(f.min()), float(f.max())
         self.fmin = min(self.fmin, fmin)
         self.fmax = max(self.fmax, fmax)

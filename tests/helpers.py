@@ -46,6 +46,42 @@ def small_cnn(path: Path, seed: int = 0, classes: int = 10, opset: int = 13) -> 
     return path
 
 
+def residual_cnn(path: Path, seed: int = 0) -> Path:
+    """A skip connection, a constant shared by two nodes, and an output produced early.
+
+    x -> conv1 -> relu1 -> conv2 -> relu2 -> add(relu2, relu1) -> mul(c) -> conv3 -> add(c) -> y
+                     \-> GlobalAveragePool -> early
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {"w1": rng.standard_normal((8, 3, 3, 3)) * 0.3, "b1": rng.standard_normal(8) * 0.1,
+              "w2": rng.standard_normal((8, 8, 3, 3)) * 0.2, "b2": rng.standard_normal(8) * 0.1,
+              "w3": rng.standard_normal((4, 8, 3, 3)) * 0.2, "b3": rng.standard_normal(4) * 0.1,
+              "c": np.array(0.75)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["early"], name="gap"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Add", ["r2", "r1"], ["s"], name="skip"),
+        helper.make_node("Mul", ["s", "c"], ["m"], name="scale"),
+        helper.make_node("Conv", ["m", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c3", "c"], ["y"], name="shift"),
+    ]
+    graph = helper.make_graph(
+        nodes, "residual_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16]),
+         helper.make_tensor_value_info("early", TensorProto.FLOAT, [1, 8, 1, 1])],
+        initializer=[numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def weight_heavy_mlp(path: Path, seed: int = 0, width: int = 256, out: int = 64) -> Path:
     """x[1,width] -> MatMul(width x width) -> Relu -> MatMul(width x out) -> y[1,out]: nearly all bytes are weights.
 
