@@ -32,7 +32,7 @@ from qcheck.policy import Policy
 from qcheck.quantize import calibrate
 from qcheck.results import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
 from qcheck.rules import load_rules, needed_statistics
-from qcheck.scheme_run import build_for, judge_built, measure_built
+from qcheck.scheme_run import build_for, judge_built, measure_built, node_split
 from qcheck.schemes import CALIBRATED, size_bytes
 from qcheck.tasks import build as build_tasks
 
@@ -163,6 +163,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                                            progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics,
                                            need=needed_statistics(rules))
             rows = [t.row() for t in m.tensors]
+            split = node_split(built, qmap)  # (runs quantized, computes in float)
 
         analyses = None
         if policy.analyses.any and built.has_qdq:  # the emulation model switches Q/DQ pairs: none in dynamic/float16
@@ -242,8 +243,8 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 "ranges_file": "ranges.json" if ranges else None, "ranges_sha256": ranges.sha256() if ranges else None,
                 "calibration_samples": ranges.samples if ranges else 0,
                 "quantized_model": QUANTIZED_MODEL_NAME, "size_bytes": size_bytes(qpath),
-                "quantized_tensors": kinds, "quantized_nodes": len(qmap.quantized_nodes) if qmap else None,
-                "float_nodes": qmap.float_nodes if qmap else [],
+                "quantized_tensors": kinds, "quantized_nodes": len(split[0]) if qmap else None,
+                "float_nodes": split[1],
                 "io": built.io, "io_params": built.io_params, "float_ops": built.float_ops, "notes": built.notes,
                 "build_seconds": round(built.build_seconds, 3),
             },

@@ -42,6 +42,20 @@ class SchemeRun:
     model_statistics: dict = field(default_factory=dict)  # the row model-scope rules read
 
 
+def node_split(built: BuiltScheme, qmap: QDQMap | None) -> tuple[list[str], list[str]]:
+    """(nodes that run quantized, nodes that compute in float): the one definition the summary and rules use.
+
+    A node computes in float when it reads no dequantized input, or when ONNX Runtime has no integer
+    kernel for it or the recipe excludes it (`built.float_ops`): a Div or HardSigmoid between a
+    DequantizeLinear and a QuantizeLinear still computes in float.
+    """
+    if qmap is None:
+        return [], []
+    floats = {f["node"] for f in built.float_ops}
+    quantized = [n for n in qmap.quantized_nodes if n not in floats]
+    return quantized, qmap.float_nodes + [n for n in qmap.quantized_nodes if n in floats]
+
+
 def build_for(scheme: str, policy: Policy, float_path: Path, out_path: Path, ranges: Ranges | None) -> BuiltScheme:
     return build_scheme(scheme, float_path, out_path, Recipe.from_policy(policy.quantization), ranges,
                         policy.quantization.io, policy.target.io)
@@ -77,7 +91,7 @@ def judge_built(built: BuiltScheme, m: Measurement, policy: Policy, rules: list[
     env = requirement_env(aggregate, m.user_metrics, count_by_severity(findings), m.tasks)
     # model-scope rules (QC111, QC112) read whether the requirements hold on the other findings
     first = judge(policy.require, env, intervals=task_intervals(m.tasks))
-    quantized, floats = (qmap.quantized_nodes, qmap.float_nodes) if qmap else ([], [])
+    quantized, floats = node_split(built, qmap)
     model_stats = model_row(policy.target, quantized, floats, first, aggregate, findings)
     model_rules = [r for r in rules if r.scope == "model" and (not r.schemes or built.scheme in r.schemes)]
     findings = sort_findings(findings + evaluate_model(model_rules, model_stats, policy.target))

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from helpers import cnn_with_float_ops, small_cnn, weight_heavy_mlp, write_npy_samples, write_policy
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from qcheck.cli import main
 from qcheck.compare import preference, recommend
@@ -400,3 +400,31 @@ def test_compare_with_a_task_metric_judges_it_for_every_scheme(tmp_path):
     for row in c["schemes"]:
         assert row["requirements_hold"] is False and row["failed_requirements"] == ["cls.top1 >= 2"], row["scheme"]
     assert c["recommendation"]["scheme"] is None
+
+
+def test_summary_counts_ops_without_integer_kernels_as_float(tmp_path):
+    # conv1 -> gate (HardSigmoid) -> conv2: ORT quantizes conv1's output and conv2's input, so gate
+    # sits between a DequantizeLinear and a QuantizeLinear; it has no integer kernel: it computes in float.
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["c1"], ["g"], name="gate"),
+             helper.make_node("Conv", ["g", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    weights = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+               for n, s in (("w1", (4, 3, 3, 3)), ("w2", (4, 4, 3, 3)))]
+    graph = helper.make_graph(nodes, "sandwich", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], initializer=weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
+              str(tmp_path / "model.onnx"))
+    write_npy_samples(tmp_path / "calib", 4, shape=(1, 3, 8, 8))
+    policy = write_policy(tmp_path / "p.yaml", {"model": "model.onnx", "data": {"calibration": "calib"},
+                                                "report": {"out": "out", "formats": ["html"]}})
+    assert run_cli("run", policy, "--quiet") == 0
+    out = tmp_path / "out"
+    qmodel = onnx.load(str(out / "model.quant.onnx"))
+    gate = next(n for n in qmodel.graph.node if n.name == "gate")
+    producers = {o: n.op_type for n in qmodel.graph.node for o in n.output}
+    readers = [n.op_type for n in qmodel.graph.node if gate.output[0] in n.input]
+    assert producers[gate.input[0]] == "DequantizeLinear" and readers == ["QuantizeLinear"]  # the sandwich
+    q = json.loads((out / "results.json").read_text())["quantization"]
+    assert [f["node"] for f in q["float_ops"]] == ["gate"]
+    assert q["float_nodes"] == ["gate"] and q["quantized_nodes"] == 2
