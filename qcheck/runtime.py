@@ -20,13 +20,14 @@ def session_options(threads: int = 0):
     return so
 
 
-def make_session(model: onnx.ModelProto | Path | str, what: str = "model"):
-    """An InferenceSession on the CPU; ORT's load errors become a ModelError naming `what`."""
+def make_session(model: onnx.ModelProto | Path | str, what: str = "model", threads: int = 0):
+    """An InferenceSession on the CPU (`threads`: intra-op threads, 0 = ORT's default, one per core);
+    ORT's load errors become a ModelError naming `what`."""
     import onnxruntime as ort
 
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     try:
-        return ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(Problem(f"ONNX Runtime cannot load the {what}: {text}",

@@ -22,8 +22,10 @@ holds one batch at a time and statistics accumulate in
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,7 @@ VIEWS = ("node", "weight", "activation", "reverse")
 # have enough runs to pay it back.
 RUNS_PER_GROUP = 48
 MAX_GROUPS = 12
+MAX_WORKERS = 4
 HIGHER_IS_BETTER = {"cosine": True, "sqnr": True, "top1": True, "top5": True,
                     "mse": False, "rmse": False, "max_abs": False, "mean_abs": False}
 
@@ -67,6 +70,9 @@ class ConfigRunner:
         self.sw, self.data, self.samples, self.metrics = sw, data, samples, metrics
         self.slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
         self.runs = 0
+        # Suffix groups run on one single-threaded session per core, configurations in parallel: on small
+        # tensors that beats one session splitting each operator over the cores (bench/bench_analyses.py).
+        self.workers = max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
         self.session, self.batch = self._batched_session(max_batch)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.batches = [samples[i:i + self.batch] for i in range(0, len(samples), self.batch)]
@@ -123,46 +129,61 @@ class ConfigRunner:
         if suffixes:
             needed = [n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]]
             base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model")
-        for i, group in enumerate(groups):
-            session = None
-            for feed, chunk in zip(self.feeds, self.batches):
-                if group.full:
-                    ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
-                    runs = ((c, dict(zip(self.outputs, self.run(feed, configs[c].mask)))) for c in group.configs)
-                else:
-                    suffix = suffixes[i]
-                    wanted = self.outputs + [n for n in suffix.inputs if n not in feed]
-                    self.runs += 1
-                    values = {**feed, **dict(zip(wanted, base.run(wanted, feed)))}
-                    if session is None and suffix.outputs:
-                        session = make_session(typed(suffix, values, self.batch > 1), "suffix emulation model")
-                    ref, runs = self._suffix_runs(session, suffix, values, group.configs, configs)
-                for c, got in runs:
-                    for b in range(len(chunk)):  # per sample, so slices and per-sample figures mean what they say
-                        for o in self.outputs:
-                            cmp[c][o].update(ref[o][b:b + 1], got[o][b:b + 1])
-                        for m, spec in self.metrics.items():
-                            s = self.slices[m]
-                            user[c][m].update(apply_slice(ref[spec.output][b:b + 1], s, m),
-                                              apply_slice(got[spec.output][b:b + 1], s, m))
-                    done += 1
-                    if progress and (done % 8 == 0 or done == total):
+
+        def accumulate(c: int, chunk: list[int], ref: dict, got: dict) -> None:
+            for b in range(len(chunk)):  # per sample, so slices and per-sample figures mean what they say
+                for o in self.outputs:
+                    cmp[c][o].update(ref[o][b:b + 1], got[o][b:b + 1])
+                for m, spec in self.metrics.items():
+                    s = self.slices[m]
+                    user[c][m].update(apply_slice(ref[spec.output][b:b + 1], s, m),
+                                      apply_slice(got[spec.output][b:b + 1], s, m))
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            for i, group in enumerate(groups):
+                sessions = None
+                for feed, chunk in zip(self.feeds, self.batches):
+                    if group.full:
+                        ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
+                        for c in group.configs:
+                            accumulate(c, chunk, ref, dict(zip(self.outputs, self.run(feed, configs[c].mask))))
+                    else:
+                        suffix = suffixes[i]
+                        wanted = self.outputs + [n for n in suffix.inputs if n not in feed]
+                        values = {**feed, **dict(zip(wanted, base.run(wanted, feed)))}
+                        if sessions is None and suffix.outputs:
+                            model = typed(suffix, values, self.batch > 1)
+                            sessions = [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
+                                        for _ in range(self.workers)]
+                        self._suffix_group(pool, sessions, suffix, values, group.configs, configs,
+                                           lambda c, ref, got, chunk=chunk: accumulate(c, chunk, ref, got))
+                        self.runs += 1 + (len(group.configs) + 1 if sessions else 0)
+                    done += len(group.configs)
+                    if progress:
                         progress(done, total)
         return [summarize(cmp[c], user[c], self.metrics) for c in range(len(configs))]
 
-    def _suffix_runs(self, session, suffix: Suffix, values: dict, members: list[int], configs: list[Config]):
-        """The reference (the suffix, every switch off) and each member's outputs; model outputs the suffix
-        does not compute are the base model's, in both."""
+    def _suffix_group(self, pool, sessions, suffix: Suffix, values: dict, members: list[int], configs: list[Config],
+                      accumulate: Callable) -> None:
+        """Run one batch through a group's suffix: the reference (every switch off), then the members,
+        split across the worker sessions. Model outputs the suffix does not compute are the base model's."""
         base_out = {o: values[o] for o in self.outputs}
-        if session is None:  # nothing the group switches on reaches an output
-            return base_out, ((c, base_out) for c in members)
+        if sessions is None:  # nothing the group switches on reaches an output
+            for c in members:
+                accumulate(c, base_out, base_out)
+            return
         feed = {n: values[n] for n in suffix.inputs}
 
-        def run(mask):
-            self.runs += 1
+        def run(session, mask):
             return {**base_out, **dict(zip(suffix.outputs, session.run(suffix.outputs, {**feed, SWITCH_INPUT: mask})))}
 
-        return run(self.sw.mask()), ((c, run(configs[c].mask)) for c in members)
+        ref = run(sessions[0], self.sw.mask())
+
+        def work(w: int) -> None:  # each worker owns a session and a disjoint set of configurations
+            for c in members[w::len(sessions)]:
+                accumulate(c, ref, run(sessions[w], configs[c].mask))
+
+        list(pool.map(work, range(len(sessions))))
 
     def _maybe_batched(self, model):
         if self.batch > 1:
