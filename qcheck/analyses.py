@@ -51,10 +51,11 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
 
     sw = build_emulation(float_path, float_model, ranges, recipe)
     samples = list(range(min(spec.samples, len(data))))
-    runner = ConfigRunner(sw, data, samples, metrics)
+    runner = ConfigRunner(sw, data, samples, metrics, activation_budget=spec.memory_mb << 20)
     lap("build")
     out: dict = {"samples": len(samples), "batch": runner.batch, "switches": len(sw.switches), "nodes": len(sw.nodes),
-                 "metric": spec.metric, "method": "switchable emulation model (one ONNX Runtime session)"}
+                 "metric": spec.metric,
+                 "method": "switchable emulation model, specialized per group of configurations (qcheck.suffix)"}
 
     ranking: list[str] = []
     if spec.sensitivity:
@@ -87,6 +88,10 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
                                           spec.metric, metrics, spec.tolerance)}
         lap("confirm")
     out["runs"] = runner.runs
+    # suffix groups: float runs of the base model, and where the activations at the cuts were kept
+    out["float_runs"] = runner.float_runs
+    out["activations"] = runner.activations or None
+    out["workers"] = runner.workers
     out["timings"] = timings
     return out
 

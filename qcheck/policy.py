@@ -137,6 +137,7 @@ class MeasureSpec:
 @dataclass
 class AnalysesSpec:
     samples: int = 8
+    memory_mb: int = 1024  # float activations kept in memory; beyond, on disk (qcheck.activations)
     sensitivity: bool = True
     metric: str = "cosine"
     detail: int = 20
@@ -535,6 +536,7 @@ def _analyses(value: Any) -> AnalysesSpec:
         return None if v is False else (v if isinstance(v, dict) else {})
 
     spec.samples = int(value.get("samples", spec.samples))
+    spec.memory_mb = int(value.get("memory_mb", spec.memory_mb))
     s, c, d, k = section("sensitivity"), section("curves"), section("distributions"), section("confirm")
     spec.sensitivity, spec.curves, spec.distributions, spec.confirm = (x is not None for x in (s, c, d, k))
     spec.metric = (s or {}).get("metric", spec.metric)

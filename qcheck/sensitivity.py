@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcheck.activations import DEFAULT_BUDGET, ActivationStore
 from qcheck.data import DataSet
 from qcheck.emulate import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
 from qcheck.metrics import OutputComparison, apply_slice, parse_slice
@@ -65,11 +66,14 @@ class ConfigRunner:
     """
 
     def __init__(self, sw: SwitchableModel, data: DataSet, samples: list[int], metrics: dict[str, MetricSpec],
-                 max_batch: int = 8, batch_if_slower: bool = False):
+                 max_batch: int = 8, batch_if_slower: bool = False, activation_budget: int = DEFAULT_BUDGET):
         self.batch_if_slower = batch_if_slower  # tests: batch whenever the model allows
         self.sw, self.data, self.samples, self.metrics = sw, data, samples, metrics
         self.slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
         self.runs = 0
+        self.float_runs = 0  # runs of the float base model (suffix groups' inputs)
+        self.activation_budget = activation_budget
+        self.activations: dict = {}  # the largest ActivationStore an evaluation kept (describe())
         # Suffix groups run on one single-threaded session per core, configurations in parallel: on small
         # tensors that beats one session splitting each operator over the cores (bench/bench_analyses.py).
         self.workers = max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
@@ -125,10 +129,18 @@ class ConfigRunner:
         total, done = len(self.batches) * len(configs), 0
         groups = self.groups(configs)
         suffixes = {i: specialize(self.sw.model, g.keep, g.cut) for i, g in enumerate(groups) if not g.full}
-        base = None
-        if suffixes:
-            needed = [n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]]
+        store = ActivationStore(self.activation_budget)
+        if suffixes:  # the float model runs once per batch; the tensors at every cut are kept
+            needed = sorted({n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]})
+            wanted = self.outputs + [n for n in needed if n not in self.outputs]
             base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model")
+            for b, feed in enumerate(self.feeds):
+                store.put(b, dict(zip(wanted, base.run(wanted, feed))))
+            self.runs += len(self.feeds)
+            self.float_runs += len(self.feeds)
+            if store.bytes_in_memory + store.bytes_on_disk > sum(self.activations.get(k, 0) for k in
+                                                                 ("bytes_in_memory", "bytes_on_disk")):
+                self.activations = store.describe()
 
         def accumulate(c: int, chunk: list[int], ref: dict, got: dict) -> None:
             for b in range(len(chunk)):  # per sample, so slices and per-sample figures mean what they say
@@ -139,25 +151,25 @@ class ConfigRunner:
                     user[c][m].update(apply_slice(ref[spec.output][b:b + 1], s, m),
                                       apply_slice(got[spec.output][b:b + 1], s, m))
 
-        with ThreadPoolExecutor(self.workers) as pool:
+        with store, ThreadPoolExecutor(self.workers) as pool:
             for i, group in enumerate(groups):
                 sessions = None
-                for feed, chunk in zip(self.feeds, self.batches):
+                for b, (feed, chunk) in enumerate(zip(self.feeds, self.batches)):
                     if group.full:
                         ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
                         for c in group.configs:
                             accumulate(c, chunk, ref, dict(zip(self.outputs, self.run(feed, configs[c].mask))))
                     else:
                         suffix = suffixes[i]
-                        wanted = self.outputs + [n for n in suffix.inputs if n not in feed]
-                        values = {**feed, **dict(zip(wanted, base.run(wanted, feed)))}
+                        values = {**feed, **store.get(b, self.outputs + [n for n in suffix.inputs
+                                                                         if n not in feed and n not in self.outputs])}
                         if sessions is None and suffix.outputs:
                             model = typed(suffix, values, self.batch > 1)
                             sessions = [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
                                         for _ in range(self.workers)]
                         self._suffix_group(pool, sessions, suffix, values, group.configs, configs,
                                            lambda c, ref, got, chunk=chunk: accumulate(c, chunk, ref, got))
-                        self.runs += 1 + (len(group.configs) + 1 if sessions else 0)
+                        self.runs += len(group.configs) + 1 if sessions else 0
                     done += len(group.configs)
                     if progress:
                         progress(done, total)

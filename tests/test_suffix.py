@@ -101,3 +101,18 @@ def test_batched_suffixes_equal_sample_by_sample(setup, monkeypatch):
     for a, b in zip(many.evaluate(configs), one.evaluate(configs)):
         assert a["cosine"] == pytest.approx(b["cosine"], abs=1e-6)
         assert a["outputs"].keys() == b["outputs"].keys()
+
+
+def test_activations_beyond_the_memory_budget_go_to_disk_and_give_the_same_results(setup, monkeypatch, tmp_path):
+    sw, data = setup
+    monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 1)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the store puts its folder
+    configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
+    in_memory = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1)  # batching is decided by timing
+    on_disk = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1, activation_budget=0)
+    assert on_disk.evaluate(configs) == in_memory.evaluate(configs)  # .npy files are exact
+    kept, spilled = in_memory.activations, on_disk.activations
+    assert kept["bytes_on_disk"] == 0 and spilled["bytes_in_memory"] == 0
+    assert spilled["bytes_on_disk"] == kept["bytes_in_memory"] > 0 and spilled["tensors"] == kept["tensors"]
+    assert in_memory.float_runs == len(in_memory.batches)  # one float run per batch, whatever the groups
+    assert not list(tmp_path.glob("qcheck-activations-*"))  # the folder went with the evaluation
