@@ -1,12 +1,14 @@
 """Node sensitivity on the switchable emulation model vs the naive way, on a real model.
 
     python bench/bench_analyses.py                      # PP-OCRv4 detector, 8 samples
-    python bench/bench_analyses.py --samples 8 --naive-nodes 6
+    python bench/bench_analyses.py --samples 8 --naive-nodes 6 --scaling
 
 Prints, asserts nothing (the machine is shared and noisy; figures, not tests):
 
 - the whole analysis (sensitivity of every node, the detailed views, curves,
   distributions, confirmation): wall time per part, runs, peak memory;
+- node sensitivity of every node on its own (the issue's goal: 300 nodes x 8
+  samples in under 2 minutes on 2 cores);
 - the naive approach as AIMET/PPQ-style tools do it: for a sample of nodes,
   `quantize_static(nodes_to_quantize=[node])` (which calibrates again), a new
   session, the same samples; its per-node time extrapolated to every node;
@@ -17,6 +19,7 @@ Prints, asserts nothing (the machine is shared and noisy; figures, not tests):
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import tempfile
@@ -116,45 +119,61 @@ def main() -> None:
         print(f"model: {policy.model.path.name}, {len(float_model.graph.node)} nodes, input "
               f"{[list(v.shape) for v in calib[0].values()]}, {args.samples} samples, calibration {len(calib)} samples")
 
+        print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; above ~0.5 the figures are inflated)")
+
         start = time.perf_counter()
         spec = AnalysesSpec(samples=args.samples)
         result = run_analyses(spec, prepared.path, float_model, ranges, recipe, samples, {})
         total = time.perf_counter() - start
         sens = result["sensitivity"]
+        acts = result.get("activations") or {}
         print(f"\nqcheck analyses: {result['nodes']} quantizable nodes, {result['switches']} switches, batch "
-              f"{result['batch']}, {result['runs']} session runs")
+              f"{result['batch']}, {result['workers']} worker sessions, {result['runs']} session runs "
+              f"({result['float_runs']} of the float model)")
         for part, seconds in result["timings"].items():
             print(f"  {part:<12} {seconds:8.1f} s")
-        print(f"  {'total':<12} {total:8.1f} s   peak RSS {peak_mb():.0f} MB")
-        node_only = result["timings"]["sensitivity"] * (len(sens["nodes"]) / max(1, sens["configurations"] - 1))
-        per_node = node_only / max(1, len(sens["nodes"]))
-        print(f"  node-only sensitivity of every node: ~{node_only:.1f} s ({per_node * 1000:.0f} ms per node)")
+        print(f"  {'total':<12} {total:8.1f} s   peak RSS {peak_mb():.0f} MB; activations kept: "
+              f"{acts.get('tensors', 0)} tensors, {acts.get('bytes_in_memory', 0) / 2**20:.0f} MB in memory, "
+              f"{acts.get('bytes_on_disk', 0) / 2**20:.0f} MB on disk")
+
+        # The goal figure: node-only sensitivity of every node, on its own.
+        sw = build_emulation(prepared.path, float_model, ranges, recipe)
+        runner = ConfigRunner(sw, samples, list(range(args.samples)), {})
+        configs = [Config(x.node, sw.mask(on=x.all)) for x in sw.nodes]
+        t = time.perf_counter()
+        runner.evaluate(configs)
+        node_only = time.perf_counter() - t
+        per_node = node_only / len(configs)
+        print(f"\nnode sensitivity of every node ({len(configs)} nodes, {args.samples} samples): {node_only:.1f} s "
+              f"({per_node * 1000:.0f} ms per node; goal: 300 nodes x 8 samples < 120 s)")
 
         chosen = [row["node"] for row in sens["nodes"][:args.naive_nodes]]
         naive, cosines = naive_seconds_per_node(prepared.path, calib, samples, chosen, policy.quantization)
         print(f"\nnaive (quantize_static per node, {len(chosen)} nodes timed): {naive:.2f} s per node, "
-              f"~{naive * len(sens['nodes']):.0f} s for all {len(sens['nodes'])} nodes")
-        print(f"  speed-up of qcheck's node-only sensitivity: {naive / per_node:.1f}x")
+              f"~{naive * len(configs):.0f} s for all {len(configs)} nodes")
+        print(f"  speed-up of qcheck's node sensitivity: {naive / per_node:.1f}x (goal >= 10x)")
         emulated = {row["node"]: row["views"]["node"]["cosine"] for row in sens["nodes"]}
         for node, c in zip(chosen, cosines):
             print(f"  {node:<40} cosine naive {c:.6f}  emulated {emulated[node]:.6f}")
+        print("  (the two differ by definition where a node's output grid is folded into a following Relu/Clip:\n"
+              "   in the policy's recipe ORT quantizes that output on the Relu/Clip's range, which the node view\n"
+              "   keeps; quantize_static with one node uses the node's own range)")
 
         if args.scaling:
-            sw = build_emulation(prepared.path, float_model, ranges, recipe)
-            print("\nnode-only sensitivity, scaling:")
+            print("\nnode sensitivity, scaling:")
             for n in (1, 4, 8, 16):
                 runner = ConfigRunner(sw, _Cycle(calib, n), list(range(n)), {})
-                configs = [Config(x.node, sw.mask(on=x.all)) for x in sw.nodes[:50]]
                 t = time.perf_counter()
                 runner.evaluate(configs)
                 dt = time.perf_counter() - t
-                print(f"  {n:>2} samples, 50 nodes: {dt:6.1f} s ({dt / 50 * 1000:.0f} ms per node, batch {runner.batch})")
+                print(f"  {n:>2} samples, {len(configs)} nodes: {dt:6.1f} s ({dt / len(configs) * 1000:.0f} ms per node)")
             runner = ConfigRunner(sw, samples, list(range(args.samples)), {})
             for k in (25, 50, 100, len(sw.nodes)):
-                configs = [Config(x.node, sw.mask(on=x.all)) for x in sw.nodes[:k]]
+                chosen_configs = configs[::max(1, len(configs) // k)][:k]  # spread along the graph
                 t = time.perf_counter()
-                runner.evaluate(configs)
-                print(f"  {args.samples} samples, {k:>3} nodes: {time.perf_counter() - t:6.1f} s")
+                runner.evaluate(chosen_configs)
+                print(f"  {args.samples} samples, {len(chosen_configs):>3} nodes: {time.perf_counter() - t:6.1f} s")
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
