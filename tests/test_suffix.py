@@ -31,11 +31,21 @@ def setup(tmp_path_factory):
     ranges = calibrate(pm.path, data, QuantizationSpec())
     import onnx
     sw = build_emulation(pm.path, onnx.load(str(pm.path)), ranges, Recipe())
-    return sw, data
+    return sw, data, pm
+
+
+def test_with_no_switch_kept_the_specialized_model_is_the_float_model_exactly(setup):
+    # every If becomes an Identity of its float tensor; weights are constants again, so ORT picks
+    # the float model's kernels: bit for bit, not within a tolerance
+    sw, data, pm = setup
+    base, flt = make_session(base_model(sw.model, [])), make_session(pm.path)
+    for i in range(len(data)):
+        for got, want in zip(base.run(None, data[i]), flt.run(None, data[i])):
+            assert np.array_equal(got, want)
 
 
 def test_every_node_only_suffix_matches_the_full_model(setup):
-    sw, data = setup
+    sw, data, _ = setup
     full = sw.session()
     first = first_readers(sw.model, len(sw.switches))
     names = [o.name for o in sw.model.graph.output]
@@ -69,7 +79,7 @@ def test_every_node_only_suffix_matches_the_full_model(setup):
 
 
 def test_grouped_evaluation_equals_the_full_model_evaluation(setup, monkeypatch):
-    sw, data = setup
+    sw, data, _ = setup
     runner = ConfigRunner(sw, data, list(range(len(data))), {})
     configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
     configs += [Config(n.node, sw.mask(on=n.weights)) for n in sw.nodes if n.weights]
@@ -92,7 +102,7 @@ def test_grouped_evaluation_equals_the_full_model_evaluation(setup, monkeypatch)
 
 
 def test_batched_suffixes_equal_sample_by_sample(setup, monkeypatch):
-    sw, data = setup
+    sw, data, _ = setup
     monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 1)
     configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
     one = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1)
@@ -104,7 +114,7 @@ def test_batched_suffixes_equal_sample_by_sample(setup, monkeypatch):
 
 
 def test_activations_beyond_the_memory_budget_go_to_disk_and_give_the_same_results(setup, monkeypatch, tmp_path):
-    sw, data = setup
+    sw, data, _ = setup
     monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 1)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the store puts its folder
     configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
