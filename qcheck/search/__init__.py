@@ -31,7 +31,8 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                metrics: dict[str, MetricSpec], require: list[Requirement], finding_counts: dict,
                target: TargetProfile, ranking: list[str], workdir: Path,
                log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
-               labels: list[str] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+               labels: list[str] | None = None,
+               findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
     by_method = {ranges.method: ranges}
 
@@ -43,7 +44,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
 
     graph = Graph(float_model, set(ranges.ranges))
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
-                   spec.budget, workdir, log, make_tasks, labels)
+                   spec.budget, workdir, log, make_tasks, labels, findings_of)
     model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates)
     ctx = Context(ev, spec, model_changes, node_changes, notes)
     STRATEGIES[spec.strategy]().run(ctx)
@@ -66,6 +67,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "ranking": ranking[:spec.candidates],
         "status": status,
         "trials": len(ev.candidates),
+        "findings_measured": findings_of is not None,
         "stopped_by": ev.stopped_by,
         "notes": ctx.notes,
         "candidates": ev.candidates,
