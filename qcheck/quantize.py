@@ -12,7 +12,9 @@ splits the two steps, as `quantize_static` does internally:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -134,7 +136,8 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
                 calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=options,
             )
             calibrator.collect_data(_Reader(data, progress))
-            tensors = calibrator.compute_data()
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print their settings
+                tensors = calibrator.compute_data()
         except (ModelError, DataError):  # a bad sample found while calibrating: report it as such
             raise
         except Exception as exc:

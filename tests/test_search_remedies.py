@@ -99,3 +99,105 @@ def test_skip_first_respects_the_float_node_budget_and_integer_only_targets(tmp_
     s = r["search"]
     assert s["status"] == "failed" and s["trials"] == 1
     assert any("skip_first is not available on target 'npu'" in n for n in s["notes"])
+
+
+# --------------------------------------------------------------------------- explicit_range
+
+C = 256
+
+
+def _grid_samples(folder, n, seed, outlier_sample=None):
+    """x[1,C,1,1] with values i/255 (i = 0..255; the uint8 grid of [0, 1], so x quantizes exactly once its range is
+    [0, 1]); x[0] = 0, except x[0] = 1 in `outlier_sample`, where y[0] = gain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        x = (rng.integers(0, 256, (1, C, 1, 1)) / 255.0).astype(np.float32)
+        x[0, 1], x[0, 2] = 0.0, 1.0  # every sample spans [0, 1]
+        x[0, 0] = 1.0 if i == outlier_sample else 0.0
+        np.save(folder / f"{i}.npy", x)
+
+
+def _range_policy(folder, target="cpu", remedies=("explicit_range",)):
+    folder.mkdir(parents=True, exist_ok=True)
+    gain_conv(folder / "model.onnx", C, 1000.0)
+    _grid_samples(folder / "calib", 16, seed=3, outlier_sample=5)
+    _grid_samples(folder / "eval", 4, seed=9)
+    doc = {"model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"}, "target": target,
+           # 16 samples x 256 values of y: one (y[0] = 1000 in sample 5) is 1/4096 = 0.024 % of them, more than
+           # the 0.05 % the 99.9 percentile cuts on each side
+           "quantization": {"percentile": 99.9},
+           "metrics": {"err": {"output": "y", "slice": "[:, 1:]", "metric": "max_abs"}},
+           "require": [f"err <= {LIMIT}"], "report": {"out": "out", "formats": ["html"]},
+           "search": {"strategy": "greedy", "remedies": list(remedies), "budget": {"max_float_nodes": 0}}}
+    return write_policy(folder / "qcheck.yaml", doc)
+
+
+@pytest.fixture(scope="module")
+def range_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("range")
+    return folder, run(load_policy(_range_policy(folder)))
+
+
+def test_explicit_range_from_percentile_fixes_a_grid_wasted_on_a_rare_outlier(range_run):
+    folder, r = range_run
+    s = r["search"]
+    evals = [np.load(p)[0, 1:, 0, 0].astype(np.float64) for p in sorted((folder / "eval").glob("*.npy"))]
+    y_max = max(float(e.max()) for e in evals)  # y[c] = x[c] for c >= 1
+    # minmax: y's range is [0, 1000], one step 1000/255 = 3.92; every y in [0, 1] is below half a step, so it
+    # rounds to 0: the error is y itself, at most y_max
+    lo, hi = json.loads((folder / "out" / "ranges.json").read_text())["ranges"]["y"]
+    assert (lo, hi) == (0.0, pytest.approx(1000.0))
+    base = s["candidates"][0]
+    assert y_max / ((hi - lo) / 255) < 0.5
+    assert base["metrics"]["err"] == pytest.approx(y_max, rel=1e-6) and not base["passes"]
+    # explicit_range: y gets the percentile range as rmin/rmax; its step is (rmax - rmin)/255, and values above
+    # rmax are clipped to it: the error is at most max(step/2, y_max - rmax)
+    assert s["status"] == "found"
+    chosen = s["candidates"][s["chosen"]]
+    assert chosen["changes"] == [{"remedy": "explicit_range", "subject": "conv", "value": "percentile"}]
+    o = r["lock"]["recipe"]["overrides"]["y"]
+    assert set(o) == {"rmin", "rmax"} and o["rmin"] == 0.0
+    # ORT's percentile calibrator: 2048 bins over [-1000, 1000] (width 2000/2048); the 99.95 % point of the
+    # cumulative histogram falls in bin 1025 = [0.977, 1.953), whose left edge it takes: -1000 + 1025 * 2000/2048
+    assert o["rmax"] == pytest.approx(-1000 + 1025 * 2000 / 2048) == pytest.approx(0.9765625)
+    pct = json.loads((folder / "out" / "ranges.json").read_text())  # the lock keeps the minmax ranges ...
+    assert r["lock"]["ranges_file"] == "ranges.json" and pct["method"] == "minmax"
+    step = (o["rmax"] - o["rmin"]) / 255
+    bound = max(step / 2, y_max - o["rmax"])
+    err = _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y")
+    assert err <= bound + 1e-6 and err <= LIMIT
+    assert err == pytest.approx(y_max - o["rmax"], abs=1e-6)  # here clipping dominates: 1 - 0.9765625
+    assert chosen["metrics"]["err"] == pytest.approx(err, rel=1e-5, abs=1e-7)
+    assert chosen["explicit_ranges"] == 1 and chosen["cost"] == 0.0  # cpu: explicit_range costs 0
+
+
+def test_explicit_range_is_locked_and_applied_byte_for_byte(range_run, tmp_path):
+    folder, r = range_run
+    lock = yaml.safe_load((folder / "out" / "policy.lock.yaml").read_text())
+    assert lock["recipe"]["overrides"]["y"] == r["lock"]["recipe"]["overrides"]["y"]  # ... and the recipe the range
+    out = tmp_path / "again.onnx"
+    assert main(["apply", str(folder / "out" / "policy.lock.yaml"), "--out", str(out)]) == 0
+    assert out.read_bytes() == (folder / "out" / "model.fixed.onnx").read_bytes()
+
+
+def test_explicit_range_refused_where_the_target_profile_says_so(tmp_path):
+    target = {"name": "no-ranges", "extends": "cpu", "costs": {"explicit_range": None}}
+    r = run(load_policy(_range_policy(tmp_path, target=target)))
+    s = r["search"]
+    assert s["status"] == "failed" and s["trials"] == 1
+    assert any("explicit_range is not available on target 'no-ranges'" in n for n in s["notes"])
+
+
+def test_a_policy_states_an_explicit_range_by_hand(tmp_path):
+    """quantization.overrides: {y: {rmin, rmax}} is the same remedy written by hand: ORT uses it for y's scale."""
+    policy = _range_policy(tmp_path)
+    doc = yaml.safe_load(policy.read_text())
+    doc["quantization"]["overrides"] = {"y": {"rmin": 0.0, "rmax": 1.0}}
+    del doc["search"]
+    write_policy(policy, doc)
+    r = run(load_policy(policy))
+    assert r["quantization"]["recipe"]["overrides"] == {"y": {"rmin": 0.0, "rmax": 1.0}}
+    err = _max_error(tmp_path / "model.onnx", tmp_path / "out" / "model.quant.onnx", tmp_path, "y")
+    assert err <= (1.0 / 255) / 2 + 1e-6  # every y in [0, 1]: at most half a step of 1/255
+    assert r["verdict"]["status"] == "pass"
