@@ -318,5 +318,6 @@ def test_findings_requirements_are_judged_on_each_candidates_own_findings(tmp_pa
 def test_candidates_keep_the_baseline_findings_when_no_requirement_reads_them(greedy_run):
     _, r = greedy_run
     s = r["search"]
+    assert s["cost"] == "profile"  # the default: the target profile's costs choose
     assert not s["findings_measured"]
     assert all(c["finding_counts"] == r["finding_counts"] for c in s["candidates"])

@@ -201,3 +201,49 @@ def test_a_policy_states_an_explicit_range_by_hand(tmp_path):
     err = _max_error(tmp_path / "model.onnx", tmp_path / "out" / "model.quant.onnx", tmp_path, "y")
     assert err <= (1.0 / 255) / 2 + 1e-6  # every y in [0, 1]: at most half a step of 1/255
     assert r["verdict"]["status"] == "pass"
+
+
+# --------------------------------------------------------------------------- search.cost: latency
+
+
+def test_select_by_latency_takes_the_fastest_passing_finalist():
+    from qcheck.search import pareto_front, select_by_latency
+
+    c = lambda i, cost, ms, passes, n=1: {"id": i, "cost": cost, "latency_ms": ms, "passes": passes,  # noqa: E731
+                                           "n_changes": n, "failed": 0 if passes else 1, "shortfall": 0.0 if passes else 1.0}
+    finalists = [c(0, 0.0, 1.0, False, 0), c(1, 0.5, 3.0, True), c(2, 1.5, 2.0, True), c(3, 1.0, 2.0, True)]
+    assert select_by_latency(finalists)["id"] == 3  # 2.0 ms twice: the lower profile cost breaks the tie
+    assert select_by_latency([finalists[0]]) is None  # nothing passing: nothing chosen
+    # Pareto front on latency: 0 (fastest, fails), 2 and 3 (fastest passing, equal on both axes, so neither beats
+    # the other); 1 is slower and no closer; candidates never timed are left out
+    assert pareto_front(finalists + [{"id": 4, "cost": 0.1, "latency_ms": None, "failed": 0, "shortfall": 0.0}],
+                        "latency_ms") == [0, 2, 3]
+
+
+def test_cost_latency_chooses_among_passing_finalists_by_measured_latency(tmp_path):
+    """outlier_head_cnn (test_search.py): fc in float or fc's output in int16 both pass. With `cost: latency`
+    the choice is the passing finalist with the lowest latency as measured (whichever it is on this machine)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_search import _policy
+
+    policy = _policy(tmp_path, remedies=("keep_float", "int16_activations"), budget=2, strategy="exhaustive")
+    doc = yaml.safe_load(policy.read_text())
+    doc["search"].update({"cost": "latency", "finalists": 3, "latency_repeats": 3})
+    write_policy(policy, doc)
+    r = run(load_policy(policy))
+    s = r["search"]
+    assert s["cost"] == "latency" and s["status"] == "found"
+    finalists = [s["candidates"][i] for i in s["finalists"]]
+    passing = [c for c in finalists if c["passes"]]
+    assert len(passing) >= 2 and all(c["latency_ms"] is not None for c in finalists)
+    chosen = s["candidates"][s["chosen"]]
+    assert chosen["id"] == min(passing, key=lambda c: (c["latency_ms"], c["cost"], c["n_changes"], c["id"]))["id"]
+    assert "fastest" in s["why"] and "search.cost: latency" in s["why"]
+    assert set(s["pareto"]) <= set(s["finalists"])  # the front is drawn on latency: only timed candidates
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "the choice is by measured latency" in html
+    # the lock holds the chosen recipe, whichever it is
+    assert r["lock"]["recipe_key"] == chosen["recipe_key"]
