@@ -247,3 +247,37 @@ def test_cost_latency_chooses_among_passing_finalists_by_measured_latency(tmp_pa
     assert "the choice is by measured latency" in html
     # the lock holds the chosen recipe, whichever it is
     assert r["lock"]["recipe_key"] == chosen["recipe_key"]
+
+
+# --------------------------------------------------------------------------- rules propose, the policy allows
+
+
+def test_rule_findings_propose_the_remedies_the_policy_allows_in_the_policys_order(tmp_path):
+    import onnx
+
+    from helpers import small_cnn
+    from qcheck.search.ranking import proposed_remedies
+    from qcheck.search.space import build_pool
+    from qcheck.targets import builtin_profile
+
+    model = onnx.load(str(small_cnn(tmp_path / "m.onnx")))
+    graph = Graph(model, {"x", "c1", "r1", "c2", "r2", "gap", "flat", "logits"})
+    findings = [{"node": "fc", "severity": "warning", "remedies": ["per_channel", "int16_activations"]},
+                {"node": "conv1", "severity": "info", "remedies": ["calibration_method", "qat"]},
+                {"node": "fc", "severity": "error", "remedies": ["keep_float"]}]
+    proposed = proposed_remedies(findings)
+    assert proposed == {"fc": ["keep_float", "per_channel", "int16_activations"], "conv1": ["calibration_method", "qat"]}
+    allowed = ["int16_activations", "keep_float", "per_channel"]
+    model_changes, node_changes, _ = build_pool(["fc", "conv1", "conv2"], allowed, builtin_profile("cpu"), graph,
+                                                Recipe(), 20, 4, proposed)
+    by_node = {}
+    for c in node_changes:
+        by_node.setdefault(c.subject, []).append(c.remedy)
+    assert by_node["fc"] == ["int16_activations", "keep_float"]  # proposed and allowed, in the policy's order
+    assert by_node["conv1"] == ["int16_activations", "keep_float"]  # proposes no per-node remedy: all allowed
+    assert by_node["conv2"] == ["int16_activations", "keep_float"]  # no finding: all allowed
+    assert [c.remedy for c in model_changes] == ["per_channel"]
+    # a rule that proposes only int16 for fc narrows fc to it, although the policy allows float too
+    _, node_changes, _ = build_pool(["fc"], ["keep_float", "int16_activations"], builtin_profile("cpu"), graph,
+                                    Recipe(), 20, 4, {"fc": ["int16_activations"]})
+    assert [c.remedy for c in node_changes] == ["int16_activations"]

@@ -32,7 +32,8 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                target: TargetProfile, ranking: list[str], workdir: Path,
                log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
                labels: list[str] | None = None,
-               findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+               findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None,
+               proposed: dict[str, list[str]] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
     by_method = {ranges.method: ranges}
 
@@ -48,7 +49,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
                    spec.budget, workdir, log, make_tasks, labels, findings_of)
     model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates,
-                                                    spec.budget.max_float_nodes)
+                                                    spec.budget.max_float_nodes, proposed)
     notes += range_notes
     ctx = Context(ev, spec, model_changes, node_changes, notes)
     STRATEGIES[spec.strategy]().run(ctx)
@@ -72,6 +73,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "latency_repeats": spec.latency_repeats,
         "target": target.name,
         "ranking": ranking[:spec.candidates],
+        "proposed": {n: r for n, r in (proposed or {}).items() if n in ranking[:spec.candidates]},
         "status": status,
         "trials": len(ev.candidates),
         "findings_measured": findings_of is not None,

@@ -198,8 +198,14 @@ def skip_first_counts(graph: Graph, base: Recipe, max_float_nodes: int) -> list[
 
 
 def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, graph: Graph, base: Recipe,
-               limit: int, max_float_nodes: int = 0) -> tuple[list[Change], list[Change], list[str]]:
-    """(whole-model changes, per-node changes in ranking order, notes on remedies the target refuses)."""
+               limit: int, max_float_nodes: int = 0,
+               proposed: dict[str, list[str]] | None = None) -> tuple[list[Change], list[Change], list[str]]:
+    """(whole-model changes, per-node changes in ranking order, notes on remedies the target refuses).
+
+    `proposed`: node -> the remedies its rule findings propose. A flagged node gets those of its proposals the
+    policy allows (and the target can use), in the policy's order; when none of them is a per-node remedy the
+    search can apply, or the node has no finding, it gets every allowed per-node remedy.
+    """
     notes = []
     usable = []
     for remedy in remedies:
@@ -218,8 +224,10 @@ def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, g
         elif remedy in MODEL_REMEDIES:
             model_changes.append(Change(remedy, MODEL))
     node_changes = []
+    node_usable = [r for r in usable if r in NODE_REMEDIES]
     for node in [n for n in ranking if n in graph.outputs][:limit]:
-        for remedy in usable:
+        mine = [r for r in node_usable if r in (proposed or {}).get(node, ())] or node_usable
+        for remedy in mine:
             if remedy == "keep_float" and node not in base.exclude_nodes:
                 node_changes.append(Change(remedy, node))
             elif remedy == "int16_activations" and graph.outputs.get(node):
