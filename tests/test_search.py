@@ -301,7 +301,7 @@ def test_findings_requirements_are_judged_on_each_candidates_own_findings(tmp_pa
     s = r["search"]
     base = s["candidates"][0]
     assert s["findings_measured"] and base["findings_measured"]
-    assert base["finding_counts"] == r["finding_counts"]  # the baseline re-measured gives the pipeline's own counts
+    assert base["finding_counts"] == r["finding_counts"]  # the policy's recipe: the pipeline's own counts
     assert base["finding_counts"]["warning"] >= 1 and not base["passes"]
     assert any(f["code"] == "QC107" and f["tensor"] == "logits" for f in r["findings"])
     chosen = s["candidates"][s["chosen"]]

@@ -113,8 +113,10 @@ class Evaluator:
         if self.exhausted():
             raise BudgetExhausted(self.stopped_by)
         path = self.build(recipe, self.workdir / f"candidate-{key}.onnx")
+        # the policy's own recipe is the pipeline's main run: its findings (with the analyses' node statistics)
+        # are already counted; every other candidate is measured per tensor when findings_of is given
         finding_counts = (self.findings_of(path, recipe, self.ranges_for(recipe.calibration))
-                          if self.findings_of else self.finding_counts)
+                          if self.findings_of and changes else self.finding_counts)
         env, outputs = self._measure(path, finding_counts)
         verdict = judge(self.require, env)
         gaps = [shortfall(q["text"], q["values"]) if not q["holds"] else 0.0 for q in verdict["requirements"]]
