@@ -281,6 +281,10 @@ def test_rule_findings_propose_the_remedies_the_policy_allows_in_the_policys_ord
     _, node_changes, _ = build_pool(["fc"], ["keep_float", "int16_activations"], builtin_profile("cpu"), graph,
                                     Recipe(), 20, 4, {"fc": ["int16_activations"]})
     assert [c.remedy for c in node_changes] == ["int16_activations"]
+    # a proposal that changes nothing on the node (fc already float by policy) does not leave it without remedies
+    _, node_changes, _ = build_pool(["fc"], ["keep_float", "int16_activations"], builtin_profile("cpu"), graph,
+                                    Recipe(exclude_nodes=["fc"]), 20, 4, {"fc": ["keep_float"]})
+    assert [c.remedy for c in node_changes] == ["int16_activations"]
 
 
 def test_explicit_range_from_the_policys_own_method_is_explained_not_tried(tmp_path):

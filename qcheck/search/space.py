@@ -203,8 +203,8 @@ def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, g
     """(whole-model changes, per-node changes in ranking order, notes on remedies the target refuses).
 
     `proposed`: node -> the remedies its rule findings propose. A flagged node gets those of its proposals the
-    policy allows (and the target can use), in the policy's order; when none of them is a per-node remedy the
-    search can apply, or the node has no finding, it gets every allowed per-node remedy.
+    policy allows (and the target can use), in the policy's order; when none of them changes anything on that
+    node, or the node has no finding, it gets every allowed per-node remedy.
     """
     notes = []
     usable = []
@@ -226,12 +226,19 @@ def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, g
     node_changes = []
     node_usable = [r for r in usable if r in NODE_REMEDIES]
     for node in [n for n in ranking if n in graph.outputs][:limit]:
-        mine = [r for r in node_usable if r in (proposed or {}).get(node, ())] or node_usable
-        for remedy in mine:
-            if remedy == "keep_float" and node not in base.exclude_nodes:
-                node_changes.append(Change(remedy, node))
-            elif remedy == "int16_activations" and graph.outputs.get(node):
-                node_changes.append(Change(remedy, node))
-            elif remedy == "explicit_range" and graph.tighter_ranges(node, base):
-                node_changes.append(Change(remedy, node, graph.explicit_method))
+        wanted = [r for r in node_usable if r in (proposed or {}).get(node, ())]
+        node_changes += _node_changes(node, wanted, graph, base) or _node_changes(node, node_usable, graph, base)
     return model_changes, node_changes, notes
+
+
+def _node_changes(node: str, remedies: list[str], graph: Graph, base: Recipe) -> list[Change]:
+    """The changes these remedies make on one node (a remedy that changes nothing there is left out)."""
+    out = []
+    for remedy in remedies:
+        if remedy == "keep_float" and node not in base.exclude_nodes:
+            out.append(Change(remedy, node))
+        elif remedy == "int16_activations" and graph.outputs.get(node):
+            out.append(Change(remedy, node))
+        elif remedy == "explicit_range" and graph.tighter_ranges(node, base):
+            out.append(Change(remedy, node, graph.explicit_method))
+    return out
