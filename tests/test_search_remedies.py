@@ -296,3 +296,25 @@ def test_explicit_range_from_the_policys_own_method_is_explained_not_tried(tmp_p
     s = run(load_policy(policy))["search"]
     assert s["trials"] == 1 and s["status"] == "failed"
     assert any("already calibrates with percentile" in n for n in s["notes"])
+
+
+def test_keep_float_flagged_keeps_every_node_a_warning_proposes_to_float_at_once(tmp_path):
+    """outlier_head_cnn: QC107 warns on `logits` (made by fc) and proposes keep_float among its remedies; no other
+    node has an error or warning finding. keep_float_flagged is then `fc` in float, one change, one float node."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_search import _policy
+
+    r = run(load_policy(_policy(tmp_path / "a", remedies=("keep_float_flagged",))))
+    s = r["search"]
+    flagged = [f["node"] for f in r["findings"] if f["severity"] in ("error", "warning") and "keep_float" in f["remedies"]]
+    assert flagged == ["fc"] and s["flagged"] == ["fc"]
+    chosen = s["candidates"][s["chosen"]]
+    assert s["status"] == "found" and chosen["label"] == "float flagged nodes"
+    assert chosen["float_nodes"] == 1 and chosen["cost"] == pytest.approx(1.5)  # cpu: 1.0 + one island 0.5
+    assert r["lock"]["recipe"]["exclude_nodes"] == ["fc"]
+    # over the float-node budget it is not tried
+    r = run(load_policy(_policy(tmp_path / "b", remedies=("keep_float_flagged",), budget=0)))
+    assert r["search"]["status"] == "failed" and r["search"]["trials"] == 1

@@ -33,7 +33,8 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
                labels: list[str] | None = None,
                findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None,
-               proposed: dict[str, list[str]] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+               proposed: dict[str, list[str]] | None = None,
+               flagged: list[str] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
     by_method = {ranges.method: ranges}
 
@@ -45,6 +46,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
 
     graph = Graph(float_model, set(ranges.ranges), base)
     graph.calibrated = dict(ranges_for(base.calibration).ranges)
+    graph.flagged = [n for n in flagged or [] if n in graph.outputs and n not in base.exclude_nodes]
     range_notes = _explicit_ranges(spec, graph, base, target, ranges_for)
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
                    spec.budget, workdir, log, make_tasks, labels, findings_of)
@@ -74,6 +76,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "target": target.name,
         "ranking": ranking[:spec.candidates],
         "proposed": {n: r for n, r in (proposed or {}).items() if n in ranking[:spec.candidates]},
+        "flagged": graph.flagged,
         "status": status,
         "trials": len(ev.candidates),
         "findings_measured": findings_of is not None,

@@ -21,11 +21,12 @@ from qcheck.quantize import METHODS, Recipe, quantizable_op_types
 from qcheck.targets import TargetProfile
 
 NODE_REMEDIES = ("keep_float", "int16_activations", "explicit_range")
-MODEL_REMEDIES = ("per_channel", "calibration_method", "symmetric", "reduced_range", "skip_first")
+MODEL_REMEDIES = ("per_channel", "calibration_method", "symmetric", "reduced_range", "skip_first", "keep_float_flagged")
+FLOAT_NODE_REMEDIES = ("keep_float", "skip_first", "keep_float_flagged")  # costed and budgeted as float nodes
 # remedy -> the target profile's cost key (None: no cost entry, always allowed)
 COST_KEY = {"keep_float": "float_node", "int16_activations": "int16_tensor", "per_channel": "per_channel",
             "calibration_method": "calibration_method", "symmetric": None, "reduced_range": None,
-            "skip_first": "float_node", "explicit_range": "explicit_range"}
+            "skip_first": "float_node", "explicit_range": "explicit_range", "keep_float_flagged": "float_node"}
 MODEL = "(model)"
 
 
@@ -44,6 +45,8 @@ class Change:
             return f"{self.value} range {self.subject}"
         if self.remedy == "skip_first":
             return f"float first {self.value} node(s)"
+        if self.remedy == "keep_float_flagged":
+            return "float flagged nodes"
         if self.remedy == "per_channel":
             return "per-channel toggled"
         if self.remedy == "calibration_method":
@@ -68,6 +71,7 @@ class Graph:
         self.explicit_ranges: dict[str, tuple[float, float]] = {}
         self.explicit_method = ""
         self.calibrated: dict[str, tuple[float, float]] = {}  # the base recipe's calibrated ranges
+        self.flagged: list[str] = []  # keep_float_flagged: nodes error/warning findings propose to keep in float
         producers = {o: n.name for n in model.graph.node for o in n.output}
         self.neighbours: dict[str, set[str]] = {n: set() for n in self.outputs}
         for n in model.graph.node:
@@ -116,6 +120,8 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
             r.exclude_nodes.append(c.subject)
         elif c.remedy == "skip_first":
             r.exclude_nodes += graph.first_quantizable(base, int(c.value))
+        elif c.remedy == "keep_float_flagged":
+            r.exclude_nodes += graph.flagged
         elif c.remedy == "explicit_range":
             for t, (lo, hi) in graph.tighter_ranges(c.subject, base).items():
                 r.overrides[t] = {**r.overrides.get(t, {}), "rmin": float(lo), "rmax": float(hi)}
@@ -136,11 +142,13 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
 
 
 def float_nodes(changes: tuple[Change, ...], graph: Graph, base: Recipe | None = None) -> list[str]:
-    """Nodes the changes keep in float: keep_float's, and skip_first's first N quantizable nodes."""
+    """Nodes the changes keep in float: keep_float's, skip_first's first N quantizable nodes, the flagged nodes."""
     nodes = [c.subject for c in changes if c.remedy == "keep_float"]
     for c in changes:
         if c.remedy == "skip_first":
             nodes += graph.first_quantizable(base or graph.base, int(c.value))
+        elif c.remedy == "keep_float_flagged":
+            nodes += graph.flagged
     return list(dict.fromkeys(nodes))
 
 
@@ -164,7 +172,7 @@ def cost(changes: tuple[Change, ...], graph: Graph, target: TargetProfile) -> fl
         total += target.cost("explicit_range", n["explicit_ranges"])
     for c in changes:
         key = COST_KEY[c.remedy]
-        if c.remedy in MODEL_REMEDIES and key is not None and c.remedy != "skip_first":  # skip_first: float nodes
+        if c.remedy in MODEL_REMEDIES and key is not None and c.remedy not in FLOAT_NODE_REMEDIES:  # counted above
             total += target.cost(key, 1)
     return total
 
@@ -221,6 +229,11 @@ def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, g
             continue
         elif remedy == "skip_first":
             model_changes += [Change(remedy, MODEL, str(n)) for n in skip_first_counts(graph, base, max_float_nodes)]
+        elif remedy == "keep_float_flagged":
+            if graph.flagged:
+                model_changes.append(Change(remedy, MODEL))
+            else:
+                notes.append("keep_float_flagged: no error or warning finding proposes keeping a node in float")
         elif remedy in MODEL_REMEDIES:
             model_changes.append(Change(remedy, MODEL))
     node_changes = []

@@ -9,7 +9,7 @@ from qcheck.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
 from qcheck.quantize import build_quantized, calibrate
 from qcheck.requirements import judge
 from qcheck.search import run_search
-from qcheck.search.ranking import candidate_ranking, proposed_remedies
+from qcheck.search.ranking import candidate_ranking, flagged_nodes, proposed_remedies
 from qcheck.tasks import build as build_tasks
 
 FIXED_MODEL_NAME = "model.fixed.onnx"
@@ -55,7 +55,7 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
         finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
         make_tasks=lambda: build_tasks(policy, prepared.outputs),
         labels=[evaluation.samples[i].label for i in range(len(evaluation))], findings_of=findings_of,
-        proposed=proposed_remedies(findings))
+        proposed=proposed_remedies(findings), flagged=flagged_nodes(findings))
     result["ranking_source"] = source
     if chosen is None or chosen.key() == recipe.key():
         return result, None, "", recipe, ranges
