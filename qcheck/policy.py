@@ -161,8 +161,8 @@ class ReportSpec:
 
 
 SEARCH_STRATEGIES = ("greedy", "bisect", "exhaustive")
-SEARCH_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "skip_first", "keep_float_flagged", "per_channel",
-                   "calibration_method", "symmetric", "reduced_range")
+SEARCH_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "skip_first", "keep_float_flagged",
+                   "per_channel", "calibration_method", "symmetric", "reduced_range")
 SEARCH_COSTS = ("profile", "latency")
 
 

@@ -209,8 +209,10 @@ def test_a_policy_states_an_explicit_range_by_hand(tmp_path):
 def test_select_by_latency_takes_the_fastest_passing_finalist():
     from qcheck.search import pareto_front, select_by_latency
 
-    c = lambda i, cost, ms, passes, n=1: {"id": i, "cost": cost, "latency_ms": ms, "passes": passes,  # noqa: E731
-                                           "n_changes": n, "failed": 0 if passes else 1, "shortfall": 0.0 if passes else 1.0}
+    def c(i, cost, ms, passes, n=1):
+        return {"id": i, "cost": cost, "latency_ms": ms, "passes": passes, "n_changes": n,
+                "failed": 0 if passes else 1, "shortfall": 0.0 if passes else 1.0}
+
     finalists = [c(0, 0.0, 1.0, False, 0), c(1, 0.5, 3.0, True), c(2, 1.5, 2.0, True), c(3, 1.0, 2.0, True)]
     assert select_by_latency(finalists)["id"] == 3  # 2.0 ms twice: the lower profile cost breaks the tie
     assert select_by_latency([finalists[0]]) is None  # nothing passing: nothing chosen
@@ -266,7 +268,8 @@ def test_rule_findings_propose_the_remedies_the_policy_allows_in_the_policys_ord
                 {"node": "conv1", "severity": "info", "remedies": ["calibration_method", "qat"]},
                 {"node": "fc", "severity": "error", "remedies": ["keep_float"]}]
     proposed = proposed_remedies(findings)
-    assert proposed == {"fc": ["keep_float", "per_channel", "int16_activations"], "conv1": ["calibration_method", "qat"]}
+    assert proposed == {"fc": ["keep_float", "per_channel", "int16_activations"],
+                        "conv1": ["calibration_method", "qat"]}
     allowed = ["int16_activations", "keep_float", "per_channel"]
     model_changes, node_changes, _ = build_pool(["fc", "conv1", "conv2"], allowed, builtin_profile("cpu"), graph,
                                                 Recipe(), 20, 4, proposed)
@@ -309,7 +312,8 @@ def test_keep_float_flagged_keeps_every_node_a_warning_proposes_to_float_at_once
 
     r = run(load_policy(_policy(tmp_path / "a", remedies=("keep_float_flagged",))))
     s = r["search"]
-    flagged = [f["node"] for f in r["findings"] if f["severity"] in ("error", "warning") and "keep_float" in f["remedies"]]
+    flagged = [f["node"] for f in r["findings"]
+               if f["severity"] in ("error", "warning") and "keep_float" in f["remedies"]]
     assert flagged == ["fc"] and s["flagged"] == ["fc"]
     chosen = s["candidates"][s["chosen"]]
     assert s["status"] == "found" and chosen["label"] == "float flagged nodes"

@@ -134,7 +134,7 @@ class Evaluator:
             "requirements": [{"text": q["text"], "holds": q["holds"], "values": q["values"], "shortfall": g}
                              for q, g in zip(verdict["requirements"], gaps)],
             "metrics": {k: v for k, v in env.items() if not k.startswith("findings.")},
-            # the candidate's own findings when measured per tensor; else the policy's recipe's (findings_measured false)
+            # the candidate's own findings when measured per tensor; else the policy's recipe's
             "finding_counts": dict(finding_counts),
             "findings_measured": self.findings_of is not None,
             "size_bytes": path.stat().st_size,
