@@ -200,7 +200,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
                 search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
                     policy, prepared=prepared, float_model=float_model, ranges=ranges, calib=calib,
                     evaluation=evaluation, recipe=recipe, rows=rows, findings=[f.to_dict() for f in findings],
-                    finding_counts=counts, work=work, out_dir=out_dir, log=console.log,
+                    finding_counts=counts, rules=rules, work=work, out_dir=out_dir, log=console.log,
                     sensitivity=[n["node"] for n in (analyses or {}).get("sensitivity", {}).get("nodes", [])])
                 if chosen_verdict is not None:
                     search["baseline_verdict"], verdict = verdict, chosen_verdict

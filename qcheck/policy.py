@@ -162,7 +162,9 @@ class ReportSpec:
 
 
 SEARCH_STRATEGIES = ("greedy", "bisect", "exhaustive")
-SEARCH_REMEDIES = ("keep_float", "int16_activations", "per_channel", "calibration_method", "symmetric", "reduced_range")
+SEARCH_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "skip_first", "keep_float_flagged",
+                   "per_channel", "calibration_method", "symmetric", "reduced_range")
+SEARCH_COSTS = ("profile", "latency")
 
 
 @dataclass
@@ -184,6 +186,8 @@ class SearchSpec:
     budget: SearchBudget = field(default_factory=SearchBudget)
     finalists: int = 3
     latency_repeats: int = 7
+    cost: str = "profile"  # profile: the target profile's costs choose; latency: the finalists' measured latency
+    explicit_range_from: str = "percentile"  # explicit_range: the calibration method whose ranges are tried
 
 
 @dataclass
@@ -492,6 +496,7 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
             candidates=int(sd.get("candidates", 20)), width=int(sd.get("width", 8)),
             budget=SearchBudget(**dict(sd.get("budget") or {})),
             finalists=int(sd.get("finalists", 3)), latency_repeats=int(sd.get("latency_repeats", 7)),
+            cost=sd.get("cost", "profile"), explicit_range_from=sd.get("explicit_range_from", "percentile"),
         )
 
     policy = Policy(

@@ -12,7 +12,9 @@ splits the two steps, as `quantize_static` does internally:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -134,7 +136,8 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
                 calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=options,
             )
             calibrator.collect_data(_Reader(data, progress))
-            tensors = calibrator.compute_data()
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print their settings
+                tensors = calibrator.compute_data()
         except (ModelError, DataError):  # a bad sample found while calibrating: report it as such
             raise
         except Exception as exc:
@@ -148,6 +151,13 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
 
 
 # --------------------------------------------------------------------------- building
+
+
+def quantizable_op_types(exclude_op_types=()) -> list[str]:
+    """The op types ONNX Runtime's QDQ quantizer is asked to quantize (all it knows, minus the excluded)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(exclude_op_types))
 
 
 def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path: Path,
@@ -164,7 +174,6 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
         load_model_with_shape_infer,
         update_opset_version,
     )
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     if recipe.calibration != ranges.method:
         raise ValueError(f"recipe wants {recipe.calibration} ranges, got {ranges.method}")
@@ -189,7 +198,7 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
     if any(t in ("int16", "uint16") for t in [recipe.activations] + [o.get("quant_type") for o in recipe.overrides.values()]):
         extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
     model = update_opset_version(model, weight_type, act_type, tensor_quant_overrides=overrides)
-    op_types = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(recipe.exclude_op_types))
+    op_types = quantizable_op_types(recipe.exclude_op_types)
     tensors = TensorsData(
         CalibrationMethod.MinMax,
         {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.ranges.items()},

@@ -225,3 +225,58 @@ def write_arrays(folder: Path, arrays: list[np.ndarray]) -> Path:
     for i, a in enumerate(arrays):
         np.save(folder / f"{i}.npy", np.asarray(a, dtype=np.float32))
     return folder
+
+
+def outlier_first_mlp(path: Path, factor: float = 1000.0, seed: int = 0) -> Path:
+    """x[1,16] -> Gemm `head` -> logits[1,10], and x -> MatMul `m1` -> Relu `relu` -> MatMul `m2` -> feat[1,8].
+
+    `head` is the first node in topological order, and the bad one: as in `outlier_head_cnn`, its row 0 (weights
+    and bias) is `factor` times larger, so logits[:, 0] spends the one per-tensor uint8 grid of `logits` and the
+    narrow columns round away. Nothing reads `logits`, so keeping `head` in float leaves it unquantized.
+    """
+    rng = np.random.default_rng(seed)
+    wh = (rng.standard_normal((10, 16)) * 0.5).astype(np.float32)
+    bh = (rng.standard_normal(10) * 0.1).astype(np.float32)
+    wh[0] *= factor
+    bh[0] *= factor
+    w1 = (rng.standard_normal((16, 16)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((16, 8)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["x", "wh", "bh"], ["logits"], name="head", transB=1),
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="m1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["feat"], name="m2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "outlier_first_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10]),
+         helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 8])],
+        initializer=[numpy_helper.from_array(a, n) for a, n in [(wh, "wh"), (bh, "bh"), (w1, "w1"), (w2, "w2")]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def gain_conv(path: Path, channels: int = 256, gain: float = 1000.0) -> Path:
+    """x[1,C,1,1] -> 1x1 Conv `conv` (identity weights, except w[0,0] = gain; no bias) -> y[1,C,1,1].
+
+    y[c] = x[c] for c >= 1 and y[0] = gain * x[0]. Per-channel int8 weights are exact (each output channel's
+    one non-zero weight is its own max: 127 steps). When x[0] is 0 in every sample but one, y[0] = gain is a
+    rare outlier in `y`'s calibration data: minmax stretches y's grid to [0, gain], one step gain/255.
+    """
+    w = np.zeros((channels, channels, 1, 1), np.float32)
+    for c in range(channels):
+        w[c, c, 0, 0] = 1.0
+    w[0, 0, 0, 0] = gain
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "gain_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 1, 1])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -289,3 +289,35 @@ def test_search_judges_task_metrics_too(tmp_path):
     assert base["metrics"]["scores"] < 1.0 and s["status"] == "found"
     assert r["lock"]["recipe"]["exclude_nodes"] == ["fc"]
     assert s["candidates"][s["chosen"]]["metrics"]["scores"] == 1.0
+
+
+def test_findings_requirements_are_judged_on_each_candidates_own_findings(tmp_path):
+    """`findings.warning == 0` fails for the policy's recipe: QC107 warns that one column of `logits` is ~1000x
+    wider than the others under one per-tensor scale. With `fc` in float, `logits` is not quantized, so the
+    candidate, measured per tensor and judged by the rule packs itself, has no warning and passes."""
+    policy = _policy(tmp_path)
+    policy.write_text(policy.read_text().replace(f"scores <= {LIMIT}", "findings.warning == 0"))
+    r = run(load_policy(policy))
+    s = r["search"]
+    base = s["candidates"][0]
+    assert s["findings_measured"] and base["findings_measured"]
+    assert base["finding_counts"] == r["finding_counts"]  # the policy's recipe: the pipeline's own counts
+    assert base["finding_counts"]["warning"] >= 1 and not base["passes"]
+    assert any(f["code"] == "QC107" and f["tensor"] == "logits" for f in r["findings"])
+    chosen = s["candidates"][s["chosen"]]
+    assert s["status"] == "found" and [c["subject"] for c in chosen["changes"]] == ["fc"]
+    assert chosen["finding_counts"]["warning"] == 0
+    assert r["verdict"]["status"] == "pass"
+    assert r["verdict"]["requirements"][0]["values"] == {"findings.warning": 0}
+    # another node kept float does not remove the warning on logits
+    assert all(not c["passes"] and c["finding_counts"]["warning"] >= 1 for c in s["candidates"]
+               if c["n_changes"] == 1 and c["changes"][0]["subject"] != "fc")
+    assert "findings (error / warning / info)" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_candidates_keep_the_baseline_findings_when_no_requirement_reads_them(greedy_run):
+    _, r = greedy_run
+    s = r["search"]
+    assert s["cost"] == "profile"  # the default: the target profile's costs choose
+    assert not s["findings_measured"]
+    assert all(c["finding_counts"] == r["finding_counts"] for c in s["candidates"])

@@ -105,9 +105,11 @@ def cosine_along_depth(results: dict) -> str | None:
 
 
 def search_tradeoff(results: dict) -> str | None:
-    """The fallback search: each candidate's cost on the target against how far it is from the requirements."""
+    """The fallback search: each candidate's cost on the target (or, with `search.cost: latency`, its measured
+    latency; only finalists have one) against how far it is from the requirements."""
     search = results.get("search") or {}
-    cands = [c for c in search.get("candidates", []) if _finite(c.get("cost"))]
+    axis = "latency_ms" if search.get("cost") == "latency" else "cost"
+    cands = [c for c in search.get("candidates", []) if _finite(c.get(axis))]
     if len(cands) < 2:
         return None
     finite_gaps = [c["shortfall"] for c in cands if _finite(c["shortfall"])]
@@ -116,19 +118,20 @@ def search_tradeoff(results: dict) -> str | None:
     fig, ax = plt.subplots(figsize=(7.2, 2.8))
     fail = [c for c in cands if not c["passes"]]
     ok = [c for c in cands if c["passes"]]
-    ax.scatter([c["cost"] for c in fail], [gap[c["id"]] for c in fail], marker="x", color=MUTED, s=18,
+    ax.scatter([c[axis] for c in fail], [gap[c["id"]] for c in fail], marker="x", color=MUTED, s=18,
                label="misses a requirement")
-    ax.scatter([c["cost"] for c in ok], [gap[c["id"]] for c in ok], marker="o", facecolors="none", edgecolors=INK, s=22,
+    ax.scatter([c[axis] for c in ok], [gap[c["id"]] for c in ok], marker="o", facecolors="none", edgecolors=INK, s=22,
                label="meets every requirement")
-    front = sorted((c for c in cands if c["id"] in set(search.get("pareto", []))), key=lambda c: c["cost"])
+    front = sorted((c for c in cands if c["id"] in set(search.get("pareto", []))), key=lambda c: c[axis])
     if front:
-        ax.step([c["cost"] for c in front], [gap[c["id"]] for c in front], where="post", color=INK, linestyle="--",
+        ax.step([c[axis] for c in front], [gap[c["id"]] for c in front], where="post", color=INK, linestyle="--",
                 linewidth=1, label="Pareto front")
     chosen = next((c for c in cands if c["id"] == search.get("chosen")), None)
     if chosen is not None:
-        ax.scatter([chosen["cost"]], [gap[chosen["id"]]], marker="*", color=ACCENT, s=90, zorder=5, label="chosen")
+        ax.scatter([chosen[axis]], [gap[chosen["id"]]], marker="*", color=ACCENT, s=90, zorder=5, label="chosen")
     ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlabel(f"cost on target '{search.get('target', '')}' (profile units)")
+    ax.set_xlabel("median latency on this machine (ms; finalists only)" if axis == "latency_ms"
+                  else f"cost on target '{search.get('target', '')}' (profile units)")
     ax.set_ylabel("shortfall from the requirements\n(0 = all hold)")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _svg(fig)

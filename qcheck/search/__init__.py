@@ -31,7 +31,10 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                metrics: dict[str, MetricSpec], require: list[Requirement], finding_counts: dict,
                target: TargetProfile, ranking: list[str], workdir: Path,
                log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
-               labels: list[str] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+               labels: list[str] | None = None,
+               findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None,
+               proposed: dict[str, list[str]] | None = None,
+               flagged: list[str] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
     by_method = {ranges.method: ranges}
 
@@ -41,10 +44,15 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
             by_method[method] = calibrate_with(method)
         return by_method[method]
 
-    graph = Graph(float_model, set(ranges.ranges))
+    graph = Graph(float_model, set(ranges.ranges), base)
+    graph.calibrated = dict(ranges_for(base.calibration).ranges)
+    graph.flagged = [n for n in flagged or [] if n in graph.outputs and n not in base.exclude_nodes]
+    range_notes = _explicit_ranges(spec, graph, base, target, ranges_for)
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
-                   spec.budget, workdir, log, make_tasks, labels)
-    model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates)
+                   spec.budget, workdir, log, make_tasks, labels, findings_of)
+    model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates,
+                                                    spec.budget.max_float_nodes, proposed)
+    notes += range_notes
     ctx = Context(ev, spec, model_changes, node_changes, notes)
     STRATEGIES[spec.strategy]().run(ctx)
 
@@ -56,23 +64,29 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         finalists.append(baseline)
     for c in finalists:
         c["latency_ms"] = ev.latency(c, spec.latency_repeats)
+    if spec.cost == "latency":  # among the finalists that meet the requirements, the fastest on this machine
+        chosen = select_by_latency(finalists) or chosen
     status = "not-needed" if baseline is not None and baseline["passes"] else ("found" if chosen else "failed")
     result = {
         "strategy": spec.strategy,
+        "cost": spec.cost,
         "remedies": spec.remedies,
         "budget": vars(spec.budget).copy(),
         "latency_repeats": spec.latency_repeats,
         "target": target.name,
         "ranking": ranking[:spec.candidates],
+        "proposed": {n: r for n, r in (proposed or {}).items() if n in ranking[:spec.candidates]},
+        "flagged": graph.flagged,
         "status": status,
         "trials": len(ev.candidates),
+        "findings_measured": findings_of is not None,
         "stopped_by": ev.stopped_by,
         "notes": ctx.notes,
         "candidates": ev.candidates,
         "chosen": chosen["id"] if chosen else None,
         "finalists": [c["id"] for c in finalists],
-        "pareto": pareto_front(ev.candidates),
-        "why": _why(chosen, ev.candidates, target) if chosen else None,
+        "pareto": pareto_front(ev.candidates, "latency_ms" if spec.cost == "latency" else "cost"),
+        "why": _why(chosen, ev.candidates, target, spec.cost, finalists) if chosen else None,
         "closest": [c["id"] for c in closest(ev.candidates)] if not chosen else [],
         "recommendation": None if chosen else recommend_qat(ev.candidates, spec, target, ev.stopped_by),
     }
@@ -82,24 +96,53 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     return result, recipe, ranges_for(recipe.calibration)
 
 
-def pareto_front(candidates: list[dict]) -> list[int]:
-    """Candidates no other candidate beats on both cost and closeness to the requirements."""
+def select_by_latency(finalists: list[dict]) -> dict | None:
+    """`search.cost: latency`: the passing finalist with the lowest measured latency (ties: profile cost, fewer
+    changes, tried first)."""
+    timed = [c for c in finalists if c["passes"] and c.get("latency_ms") is not None]
+    return min(timed, key=lambda c: (c["latency_ms"], c["cost"], c["n_changes"], c["id"])) if timed else None
+
+
+def _explicit_ranges(spec: SearchSpec, graph: Graph, base: Recipe, target: TargetProfile, ranges_for) -> list[str]:
+    """explicit_range: take the tighter ranges from `spec.explicit_range_from`, calibrated once (not per candidate)."""
+    from qcheck.search.space import allowed
+
+    if "explicit_range" not in spec.remedies or not allowed("explicit_range", target):
+        return []
+    method = spec.explicit_range_from
+    if method == base.calibration:
+        return [f"explicit_range: the policy already calibrates with {method}, so its ranges are no tighter; "
+                f"set search.explicit_range_from to another method"]
+    graph.explicit_ranges, graph.explicit_method = dict(ranges_for(method).ranges), method
+    return []
+
+
+def pareto_front(candidates: list[dict], axis: str = "cost") -> list[int]:
+    """Candidates no other candidate beats on both cost (or another axis, e.g. latency_ms) and closeness to
+    the requirements. Candidates without a value on the axis are left out."""
     def key(c):
         return (c["failed"], c["shortfall"])
 
+    candidates = [c for c in candidates if c.get(axis) is not None]
     front = []
     for c in candidates:
-        if any((o["cost"] <= c["cost"] and key(o) <= key(c)) and (o["cost"] < c["cost"] or key(o) < key(c))
+        if any((o[axis] <= c[axis] and key(o) <= key(c)) and (o[axis] < c[axis] or key(o) < key(c))
                for o in candidates):
             continue
         front.append(c["id"])
     return front
 
 
-def _why(chosen: dict, candidates: list[dict], target: TargetProfile) -> str:
+def _why(chosen: dict, candidates: list[dict], target: TargetProfile, by: str = "profile",
+         finalists: list[dict] | None = None) -> str:
     passing = [c for c in candidates if c["passes"]]
     if not chosen["n_changes"]:
         return "the policy's own recipe already meets every requirement; nothing was changed"
+    if by == "latency":
+        timed = [c for c in finalists or [] if c["passes"] and c.get("latency_ms") is not None]
+        return (f"{chosen['label']} meets every requirement and is the fastest of {len(timed)} passing finalist(s) "
+                f"measured on this machine ({chosen['latency_ms']:.3g} ms median; search.cost: latency), at cost "
+                f"{chosen['cost']:g} on target '{target.name}'")
     text = (f"{chosen['label']} meets every requirement at cost {chosen['cost']:g} on target '{target.name}'"
             f" ({chosen['float_nodes']} float node(s), {chosen['int16_tensors']} int16 tensor(s))")
     others = len(passing) - 1

@@ -64,8 +64,12 @@ class Evaluator:
                  samples: list[dict], metrics: dict[str, MetricSpec], require: list[Requirement],
                  finding_counts: dict, target: TargetProfile, graph: Graph, budget: SearchBudget, workdir: Path,
                  log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
-                 labels: list[str] | None = None):
+                 labels: list[str] | None = None,
+                 findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None):
         self.float_path, self.ranges_for, self.base = float_path, ranges_for, base
+        # findings_of: the candidate measured per tensor and the rule packs evaluated on it -> its finding counts.
+        # Given only when a `require:` line names findings.* (it costs a per-tensor measurement per candidate).
+        self.findings_of = findings_of
         # task metrics (qcheck.tasks) are fed whole outputs; the others compare an output or a slice of one
         self.samples, self.require = samples, require
         self.metrics = {n: m for n, m in metrics.items() if getattr(m, "task", None) is None}
@@ -109,7 +113,11 @@ class Evaluator:
         if self.exhausted():
             raise BudgetExhausted(self.stopped_by)
         path = self.build(recipe, self.workdir / f"candidate-{key}.onnx")
-        env, outputs = self._measure(path)
+        # the policy's own recipe is the pipeline's main run: its findings (with the analyses' node statistics)
+        # are already counted; every other candidate is measured per tensor when findings_of is given
+        finding_counts = (self.findings_of(path, recipe, self.ranges_for(recipe.calibration))
+                          if self.findings_of and changes else self.finding_counts)
+        env, outputs = self._measure(path, finding_counts)
         verdict = judge(self.require, env)
         gaps = [shortfall(q["text"], q["values"]) if not q["holds"] else 0.0 for q in verdict["requirements"]]
         cand = {
@@ -126,6 +134,9 @@ class Evaluator:
             "requirements": [{"text": q["text"], "holds": q["holds"], "values": q["values"], "shortfall": g}
                              for q, g in zip(verdict["requirements"], gaps)],
             "metrics": {k: v for k, v in env.items() if not k.startswith("findings.")},
+            # the candidate's own findings when measured per tensor; else the policy's recipe's
+            "finding_counts": dict(finding_counts),
+            "findings_measured": self.findings_of is not None,
             "size_bytes": path.stat().st_size,
             "latency_ms": None,
         }
@@ -142,7 +153,7 @@ class Evaluator:
     def build(self, recipe: Recipe, path: Path) -> Path:
         return build_quantized(self.float_path, self.ranges_for(recipe.calibration), recipe, path)
 
-    def _measure(self, qpath: Path) -> tuple[dict, list[dict]]:
+    def _measure(self, qpath: Path, finding_counts: dict) -> tuple[dict, list[dict]]:
         sess = make_session(qpath, "quantized candidate")
         cmp = {o: OutputComparison(o) for o in self.outputs}
         user = {n: OutputComparison(n) for n in self.metrics}
@@ -161,7 +172,7 @@ class Evaluator:
         for name, spec in self.metrics.items():
             r = user[name].result()
             user_metrics[name] = {"value": r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]}
-        env = requirement_env(aggregate_model_metrics(outputs), user_metrics, self.finding_counts,
+        env = requirement_env(aggregate_model_metrics(outputs), user_metrics, finding_counts,
                               {t.name: t.result() for t in tasks})
         return env, outputs
 

@@ -55,3 +55,22 @@ def candidate_ranking(rows: list[dict], findings: list[dict] | None = None,
                       if f.get("node") and f.get("node") != "(input)"))
     first = list(dict.fromkeys(node for _, _, node in flagged))
     return first + [n for n in ranked if n not in first], "rule findings by severity, then per-layer statistics"
+
+
+def flagged_nodes(findings: list[dict] | None) -> list[str]:
+    """keep_float_flagged: nodes an error or warning finding proposes to keep in float, errors first."""
+    hits = sorted((SEVERITY_ORDER[f["severity"]], i, f["node"]) for i, f in enumerate(findings or [])
+                  if f.get("severity") in ("error", "warning") and f.get("node") and f.get("node") != "(input)"
+                  and "keep_float" in (f.get("remedies") or []))
+    return list(dict.fromkeys(node for _, _, node in hits))
+
+
+def proposed_remedies(findings: list[dict] | None) -> dict[str, list[str]]:
+    """node -> the remedies its rule findings propose (already filtered to the target by the rule engine),
+    most severe finding first."""
+    out: dict[str, list[str]] = {}
+    for f in sorted(findings or [], key=lambda f: SEVERITY_ORDER.get(f.get("severity"), 3)):
+        node = f.get("node")
+        if node and node != "(input)" and f.get("remedies"):
+            out[node] = list(dict.fromkeys(out.get(node, []) + list(f["remedies"])))
+    return out

@@ -1,8 +1,9 @@
 """The search space: changes to a recipe, what they cost on the target, and the budget.
 
 A *change* is one remedy applied to one subject: a node (keep it in float,
-give its outputs int16) or the whole model (per-channel on/off, another
-calibration method, symmetric activations, reduced range). A candidate is a
+give its outputs int16, give its outputs an explicit tighter range) or the
+whole model (per-channel on/off, another calibration method, symmetric
+activations, reduced range, the first N quantizable nodes in float). A candidate is a
 set of changes on top of the policy's own recipe; `apply_changes` turns it
 into a `quantize.Recipe`, so equal sets build equal models.
 """
@@ -15,14 +16,17 @@ from dataclasses import dataclass
 import onnx
 
 from qcheck.policy import SearchBudget
-from qcheck.quantize import METHODS, Recipe
+from qcheck.model import topological_order
+from qcheck.quantize import METHODS, Recipe, quantizable_op_types
 from qcheck.targets import TargetProfile
 
-NODE_REMEDIES = ("keep_float", "int16_activations")
-MODEL_REMEDIES = ("per_channel", "calibration_method", "symmetric", "reduced_range")
+NODE_REMEDIES = ("keep_float", "int16_activations", "explicit_range")
+MODEL_REMEDIES = ("per_channel", "calibration_method", "symmetric", "reduced_range", "skip_first", "keep_float_flagged")
+FLOAT_NODE_REMEDIES = ("keep_float", "skip_first", "keep_float_flagged")  # costed and budgeted as float nodes
 # remedy -> the target profile's cost key (None: no cost entry, always allowed)
 COST_KEY = {"keep_float": "float_node", "int16_activations": "int16_tensor", "per_channel": "per_channel",
-            "calibration_method": "calibration_method", "symmetric": None, "reduced_range": None}
+            "calibration_method": "calibration_method", "symmetric": None, "reduced_range": None,
+            "skip_first": "float_node", "explicit_range": "explicit_range", "keep_float_flagged": "float_node"}
 MODEL = "(model)"
 
 
@@ -30,13 +34,19 @@ MODEL = "(model)"
 class Change:
     remedy: str
     subject: str  # a node name, or MODEL
-    value: str | None = None  # calibration_method: the method
+    value: str | None = None  # calibration_method: the method; skip_first: N; explicit_range: the range's method
 
     def label(self) -> str:
         if self.remedy == "keep_float":
             return f"float {self.subject}"
         if self.remedy == "int16_activations":
             return f"int16 {self.subject}"
+        if self.remedy == "explicit_range":
+            return f"{self.value} range {self.subject}"
+        if self.remedy == "skip_first":
+            return f"float first {self.value} node(s)"
+        if self.remedy == "keep_float_flagged":
+            return "float flagged nodes"
         if self.remedy == "per_channel":
             return "per-channel toggled"
         if self.remedy == "calibration_method":
@@ -50,9 +60,18 @@ class Change:
 class Graph:
     """What the search needs to know about the float model: node outputs and which nodes touch."""
 
-    def __init__(self, model: onnx.ModelProto, activations: set[str]):
+    def __init__(self, model: onnx.ModelProto, activations: set[str], base: Recipe | None = None):
+        self.base = base or Recipe()
         self.outputs = {n.name: [o for o in n.output if o in activations] for n in model.graph.node if n.name}
         self.op_types = {n.name: n.op_type for n in model.graph.node if n.name}
+        order = topological_order(model)
+        first = {n.name: min((order[o] for o in n.output if o in order), default=1 << 30) for n in model.graph.node}
+        self.order = sorted(self.outputs, key=lambda n: first[n])
+        # explicit_range: tensor -> (rmin, rmax) from another calibration method (set by run_search), and which
+        self.explicit_ranges: dict[str, tuple[float, float]] = {}
+        self.explicit_method = ""
+        self.calibrated: dict[str, tuple[float, float]] = {}  # the base recipe's calibrated ranges
+        self.flagged: list[str] = []  # keep_float_flagged: nodes error/warning findings propose to keep in float
         producers = {o: n.name for n in model.graph.node for o in n.output}
         self.neighbours: dict[str, set[str]] = {n: set() for n in self.outputs}
         for n in model.graph.node:
@@ -61,6 +80,24 @@ class Graph:
                 if p and n.name and p in self.neighbours:
                     self.neighbours[p].add(n.name)
                     self.neighbours[n.name].add(p)
+
+    def first_quantizable(self, base: Recipe, n: int) -> list[str]:
+        """skip_first: the first n nodes, in topological order, that the base recipe would quantize."""
+        ops = set(quantizable_op_types(base.exclude_op_types))
+        return [m for m in self.order if self.op_types[m] in ops and m not in base.exclude_nodes][:n]
+
+    def tighter_ranges(self, node: str, base: Recipe) -> dict[str, tuple[float, float]]:
+        """explicit_range: the node's output tensors whose explicit range is narrower than the calibrated one
+        (and that the policy does not already give an rmin/rmax)."""
+        out = {}
+        for t in self.outputs.get(node, []):
+            if t not in self.explicit_ranges or {"rmin", "rmax"} & set(base.overrides.get(t, {})):
+                continue
+            lo, hi = self.explicit_ranges[t]
+            clo, chi = self.calibrated.get(t, (lo, hi))
+            if lo < hi and (lo > clo or hi < chi):
+                out[t] = (lo, hi)
+        return out
 
     def islands(self, float_nodes: list[str]) -> int:
         """Connected groups of float nodes: each is one float region inside the integer graph."""
@@ -81,6 +118,13 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
     for c in changes:
         if c.remedy == "keep_float":
             r.exclude_nodes.append(c.subject)
+        elif c.remedy == "skip_first":
+            r.exclude_nodes += graph.first_quantizable(base, int(c.value))
+        elif c.remedy == "keep_float_flagged":
+            r.exclude_nodes += graph.flagged
+        elif c.remedy == "explicit_range":
+            for t, (lo, hi) in graph.tighter_ranges(c.subject, base).items():
+                r.overrides[t] = {**r.overrides.get(t, {}), "rmin": float(lo), "rmax": float(hi)}
         elif c.remedy == "int16_activations":
             for t in graph.outputs.get(c.subject, []):
                 r.overrides[t] = {**r.overrides.get(t, {}), "quant_type": "int16"}
@@ -97,10 +141,23 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
     return r
 
 
+def float_nodes(changes: tuple[Change, ...], graph: Graph, base: Recipe | None = None) -> list[str]:
+    """Nodes the changes keep in float: keep_float's, skip_first's first N quantizable nodes, the flagged nodes."""
+    nodes = [c.subject for c in changes if c.remedy == "keep_float"]
+    for c in changes:
+        if c.remedy == "skip_first":
+            nodes += graph.first_quantizable(base or graph.base, int(c.value))
+        elif c.remedy == "keep_float_flagged":
+            nodes += graph.flagged
+    return list(dict.fromkeys(nodes))
+
+
 def counts(changes: tuple[Change, ...], graph: Graph) -> dict[str, int]:
-    float_nodes = [c.subject for c in changes if c.remedy == "keep_float"]
+    floats = float_nodes(changes, graph)
     int16 = {t for c in changes if c.remedy == "int16_activations" for t in graph.outputs.get(c.subject, [])}
-    return {"float_nodes": len(float_nodes), "float_islands": graph.islands(float_nodes), "int16_tensors": len(int16)}
+    ranged = {t for c in changes if c.remedy == "explicit_range" for t in graph.tighter_ranges(c.subject, graph.base)}
+    return {"float_nodes": len(floats), "float_islands": graph.islands(floats), "int16_tensors": len(int16),
+            "explicit_ranges": len(ranged)}
 
 
 def cost(changes: tuple[Change, ...], graph: Graph, target: TargetProfile) -> float:
@@ -111,9 +168,11 @@ def cost(changes: tuple[Change, ...], graph: Graph, target: TargetProfile) -> fl
         total += target.cost("float_node", n["float_nodes"]) + target.cost("float_island", n["float_islands"])
     if n["int16_tensors"]:
         total += target.cost("int16_tensor", n["int16_tensors"])
+    if n["explicit_ranges"]:
+        total += target.cost("explicit_range", n["explicit_ranges"])
     for c in changes:
         key = COST_KEY[c.remedy]
-        if c.remedy in MODEL_REMEDIES and key is not None:
+        if c.remedy in MODEL_REMEDIES and key is not None and c.remedy not in FLOAT_NODE_REMEDIES:  # counted above
             total += target.cost(key, 1)
     return total
 
@@ -136,9 +195,25 @@ def compatible(changes: tuple[Change, ...], new: Change) -> bool:
     return True
 
 
+def skip_first_counts(graph: Graph, base: Recipe, max_float_nodes: int) -> list[int]:
+    """skip_first tries N = 1, 2, 4, ... up to the float-node budget and the number of quantizable nodes."""
+    most = min(max_float_nodes, len(graph.first_quantizable(base, max_float_nodes)))
+    out, n = [], 1
+    while n <= most:
+        out.append(n)
+        n *= 2
+    return out
+
+
 def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, graph: Graph, base: Recipe,
-               limit: int) -> tuple[list[Change], list[Change], list[str]]:
-    """(whole-model changes, per-node changes in ranking order, notes on remedies the target refuses)."""
+               limit: int, max_float_nodes: int = 0,
+               proposed: dict[str, list[str]] | None = None) -> tuple[list[Change], list[Change], list[str]]:
+    """(whole-model changes, per-node changes in ranking order, notes on remedies the target refuses).
+
+    `proposed`: node -> the remedies its rule findings propose. A flagged node gets those of its proposals the
+    policy allows (and the target can use), in the policy's order; when none of them changes anything on that
+    node, or the node has no finding, it gets every allowed per-node remedy.
+    """
     notes = []
     usable = []
     for remedy in remedies:
@@ -152,13 +227,31 @@ def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, g
             model_changes += [Change(remedy, MODEL, m) for m in METHODS if m != base.calibration]
         elif remedy == "symmetric" and base.symmetric_activations or remedy == "reduced_range" and base.reduce_range:
             continue
+        elif remedy == "skip_first":
+            model_changes += [Change(remedy, MODEL, str(n)) for n in skip_first_counts(graph, base, max_float_nodes)]
+        elif remedy == "keep_float_flagged":
+            if graph.flagged:
+                model_changes.append(Change(remedy, MODEL))
+            else:
+                notes.append("keep_float_flagged: no error or warning finding proposes keeping a node in float")
         elif remedy in MODEL_REMEDIES:
             model_changes.append(Change(remedy, MODEL))
     node_changes = []
+    node_usable = [r for r in usable if r in NODE_REMEDIES]
     for node in [n for n in ranking if n in graph.outputs][:limit]:
-        for remedy in usable:
-            if remedy == "keep_float" and node not in base.exclude_nodes:
-                node_changes.append(Change(remedy, node))
-            elif remedy == "int16_activations" and graph.outputs.get(node):
-                node_changes.append(Change(remedy, node))
+        wanted = [r for r in node_usable if r in (proposed or {}).get(node, ())]
+        node_changes += _node_changes(node, wanted, graph, base) or _node_changes(node, node_usable, graph, base)
     return model_changes, node_changes, notes
+
+
+def _node_changes(node: str, remedies: list[str], graph: Graph, base: Recipe) -> list[Change]:
+    """The changes these remedies make on one node (a remedy that changes nothing there is left out)."""
+    out = []
+    for remedy in remedies:
+        if remedy == "keep_float" and node not in base.exclude_nodes:
+            out.append(Change(remedy, node))
+        elif remedy == "int16_activations" and graph.outputs.get(node):
+            out.append(Change(remedy, node))
+        elif remedy == "explicit_range" and graph.tighter_ranges(node, base):
+            out.append(Change(remedy, node, graph.explicit_method))
+    return out

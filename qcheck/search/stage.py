@@ -9,17 +9,44 @@ from qcheck.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
 from qcheck.quantize import build_quantized, calibrate
 from qcheck.requirements import judge
 from qcheck.search import run_search
-from qcheck.search.ranking import candidate_ranking
+from qcheck.search.ranking import candidate_ranking, flagged_nodes, proposed_remedies
 from qcheck.tasks import build as build_tasks
 
 FIXED_MODEL_NAME = "model.fixed.onnx"
 
 
+def names_findings(require) -> bool:
+    """Whether a `require:` line reads findings.* (then each candidate is measured per tensor for its own)."""
+    return any(n == "findings" or n.startswith("findings.") for q in require for n in q.expression.names)
+
+
+def candidate_findings(policy, rules, float_model, evaluation):
+    """(candidate model, its recipe, its ranges) -> its finding counts: the pipeline's own per-tensor measurement
+    (`scheme_run.measure_built`) and rule evaluation (`scheme_run.judge_built`), run on the candidate."""
+    from qcheck.rules import needed_statistics
+    from qcheck.scheme_run import judge_built, measure_built
+    from qcheck.schemes import CALIBRATED, BuiltScheme
+
+    scheme = policy.quantization.scheme if policy.quantization.scheme in CALIBRATED else "int8"
+    need = needed_statistics(rules)
+
+    def findings_of(path: Path, recipe, ranges) -> dict:
+        # search candidates are QDQ models with float inputs and outputs: the model measured is the model built
+        built = BuiltScheme(scheme, path, path, recipe=recipe)
+        m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
+                                       tasks=build_tasks(policy, [o.name for o in float_model.graph.output]), need=need)
+        return dict(judge_built(built, m, policy, rules, qmap, kinds).counts)
+
+    return findings_of
+
+
 def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, recipe, rows, findings, finding_counts,
-                 sensitivity: list[str] | None = None,
+                 sensitivity: list[str] | None = None, rules: list | None = None,
                  work: Path, out_dir, log) -> tuple[dict, dict | None, str, object, object]:
     """Returns (search results, the chosen candidate's verdict or None, model file, recipe, ranges) of the result."""
     samples = [evaluation[i] for i in range(len(evaluation))]
+    findings_of = (candidate_findings(policy, rules, float_model, evaluation)
+                   if rules is not None and names_findings(policy.require) else None)
     ranking, source = candidate_ranking(rows, findings, sensitivity)
     result, chosen, chosen_ranges = run_search(
         policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
@@ -27,14 +54,15 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
         base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
         finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
         make_tasks=lambda: build_tasks(policy, prepared.outputs),
-        labels=[evaluation.samples[i].label for i in range(len(evaluation))])
+        labels=[evaluation.samples[i].label for i in range(len(evaluation))], findings_of=findings_of,
+        proposed=proposed_remedies(findings), flagged=flagged_nodes(findings))
     result["ranking_source"] = source
     if chosen is None or chosen.key() == recipe.key():
         return result, None, "", recipe, ranges
     build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME))
     cand = result["candidates"][result["chosen"]]
     env = dict(cand["metrics"])
-    env.update({f"findings.{k}": v for k, v in finding_counts.items()})
+    env.update({f"findings.{k}": v for k, v in cand.get("finding_counts", finding_counts).items()})
     verdict = judge(policy.require, env)
     verdict["source"] = {"search_candidate": cand["id"], "label": cand["label"], "model": FIXED_MODEL_NAME}
     return result, verdict, FIXED_MODEL_NAME, chosen, chosen_ranges
