@@ -32,7 +32,7 @@ from onnx import TensorProto, numpy_helper
 
 from qcheck.errors import ModelError, PolicyError, Problem
 from qcheck.model import elem_types
-from qcheck.quantize import QUANT_TYPES, Ranges, Recipe, build_quantized
+from qcheck.quantize import QUANT_TYPES, Ranges, Recipe, build_quantized, quantizable_op_types
 
 SCHEMES = ("int8", "int8-only", "a16w8", "dynamic", "float16")
 CALIBRATED = ("int8", "int8-only", "a16w8")  # need calibration data and have QDQ pairs to measure
@@ -104,9 +104,7 @@ def scheme_recipe(scheme: str, base: Recipe, io: str = "int8") -> Recipe:
 
 def integer_op_types(recipe: Recipe) -> set[str]:
     """Op types ORT's QDQ quantizer gives integer inputs and outputs of their own (the ones build_quantized asks for)."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    return (set(QDQRegistry) | set(QLinearOpsRegistry)) - set(recipe.exclude_op_types)
+    return set(quantizable_op_types(recipe.exclude_op_types))
 
 
 def float_compute_nodes(model: onnx.ModelProto, integer_ops: set[str], exclude_nodes: list[str] = ()) -> list[dict]:
