@@ -30,6 +30,8 @@ def sensitivity_bars(analyses: dict) -> str | None:
         ax.legend(loc="lower right", frameon=False)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['node'][:38]} ({r['op_type']})" for r in rows], fontsize=6.5)
+    shown = loss + ([max(1e-9, 1 - everything)] if _finite(everything) else [])
+    ax.set_xlim(min(shown) / 2, max(shown) * 2)  # equal values (a one-node model) would give an empty axis
     ax.set_xscale("log")
     ax.set_xlabel("1 - output cosine with only this node quantized (log; longer = more sensitive)")
     return _svg(fig)
