@@ -92,6 +92,7 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
     out["float_runs"] = runner.float_runs
     out["activations"] = runner.activations or None
     out["workers"] = runner.workers
+    out["notes"] = runner.notes
     out["timings"] = timings
     return out
 

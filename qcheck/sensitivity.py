@@ -72,6 +72,7 @@ class ConfigRunner:
         self.slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
         self.runs = 0
         self.float_runs = 0  # runs of the float base model (suffix groups' inputs)
+        self.notes: list[str] = []  # what the runner could not do as planned (shown in the report)
         self.activation_budget = activation_budget
         self.activations: dict = {}  # the largest ActivationStore an evaluation kept (describe())
         # Suffix groups run on one single-threaded session per core, configurations in parallel: on small
@@ -130,17 +131,9 @@ class ConfigRunner:
         groups = self.groups(configs)
         suffixes = {i: specialize(self.sw.model, g.keep, g.cut) for i, g in enumerate(groups) if not g.full}
         store = ActivationStore(self.activation_budget)
-        if suffixes:  # the float model runs once per batch; the tensors at every cut are kept
-            needed = sorted({n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]})
-            wanted = self.outputs + [n for n in needed if n not in self.outputs]
-            base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model")
-            for b, feed in enumerate(self.feeds):
-                store.put(b, dict(zip(wanted, base.run(wanted, feed))))
-            self.runs += len(self.feeds)
-            self.float_runs += len(self.feeds)
-            if store.bytes_in_memory + store.bytes_on_disk > sum(self.activations.get(k, 0) for k in
-                                                                 ("bytes_in_memory", "bytes_on_disk")):
-                self.activations = store.describe()
+        if suffixes and not self._keep_activations(suffixes, store):
+            for g in groups:  # a model the specialization cannot handle: everything on the full model
+                g.full = True
 
         def accumulate(c: int, chunk: list[int], ref: dict, got: dict) -> None:
             for b in range(len(chunk)):  # per sample, so slices and per-sample figures mean what they say
@@ -155,18 +148,18 @@ class ConfigRunner:
             for i, group in enumerate(groups):
                 sessions = None
                 for b, (feed, chunk) in enumerate(zip(self.feeds, self.batches)):
+                    if not group.full:
+                        suffix = suffixes[i]
+                        values = {**feed, **store.get(b, self.outputs + [n for n in suffix.inputs
+                                                                         if n not in feed and n not in self.outputs])}
+                        if sessions is None and suffix.outputs:
+                            sessions = self._suffix_sessions(suffix, values)
+                            group.full = sessions is None
                     if group.full:
                         ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
                         for c in group.configs:
                             accumulate(c, chunk, ref, dict(zip(self.outputs, self.run(feed, configs[c].mask))))
                     else:
-                        suffix = suffixes[i]
-                        values = {**feed, **store.get(b, self.outputs + [n for n in suffix.inputs
-                                                                         if n not in feed and n not in self.outputs])}
-                        if sessions is None and suffix.outputs:
-                            model = typed(suffix, values, self.batch > 1)
-                            sessions = [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
-                                        for _ in range(self.workers)]
                         self._suffix_group(pool, sessions, suffix, values, group.configs, configs,
                                            lambda c, ref, got, chunk=chunk: accumulate(c, chunk, ref, got))
                         self.runs += len(group.configs) + 1 if sessions else 0
@@ -174,6 +167,43 @@ class ConfigRunner:
                     if progress:
                         progress(done, total)
         return [summarize(cmp[c], user[c], self.metrics) for c in range(len(configs))]
+
+    def _keep_activations(self, suffixes: dict[int, Suffix], store: ActivationStore) -> bool:
+        """One float run per batch, keeping the tensors at every cut; False when the model does not allow it."""
+        needed = sorted({n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]})
+        wanted = self.outputs + [n for n in needed if n not in self.outputs]
+        try:
+            base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model")
+            for b, feed in enumerate(self.feeds):
+                values = dict(zip(wanted, base.run(wanted, feed)))
+                if not all(isinstance(v, np.ndarray) for v in values.values()):
+                    raise TypeError("a tensor at a cut is not an array (a sequence or map)")
+                store.put(b, values)
+        except Exception as exc:  # noqa: BLE001 -- any failure here only costs speed: say so and go on
+            self._note(f"suffix copies not used ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                       "every configuration ran on the full switchable model")
+            return False
+        self.runs += len(self.feeds)
+        self.float_runs += len(self.feeds)
+        if store.bytes_in_memory + store.bytes_on_disk > sum(self.activations.get(k, 0) for k in
+                                                             ("bytes_in_memory", "bytes_on_disk")):
+            self.activations = store.describe()
+        return True
+
+    def _suffix_sessions(self, suffix: Suffix, values: dict) -> list | None:
+        """One session per worker on the group's suffix; None (the group runs on the full model) when ORT refuses it."""
+        try:
+            model = typed(suffix, values, self.batch > 1)
+            return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
+                    for _ in range(self.workers)]
+        except Exception as exc:  # noqa: BLE001 -- as above: slower, not wrong
+            self._note(f"a suffix copy could not be built ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                       "its configurations ran on the full switchable model")
+            return None
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def _suffix_group(self, pool, sessions, suffix: Suffix, values: dict, members: list[int], configs: list[Config],
                       accumulate: Callable) -> None:

@@ -126,3 +126,20 @@ def test_activations_beyond_the_memory_budget_go_to_disk_and_give_the_same_resul
     assert spilled["bytes_on_disk"] == kept["bytes_in_memory"] > 0 and spilled["tensors"] == kept["tensors"]
     assert in_memory.float_runs == len(in_memory.batches)  # one float run per batch, whatever the groups
     assert not list(tmp_path.glob("qcheck-activations-*"))  # the folder went with the evaluation
+
+
+@pytest.mark.parametrize("broken", ["typed", "base_model"])
+def test_a_suffix_onnx_runtime_refuses_falls_back_to_the_full_model_and_says_so(setup, monkeypatch, broken):
+    sw, data, _ = setup
+    configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
+    monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 10**9)
+    reference = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1).evaluate(configs)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("not this model")
+
+    monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 1)
+    monkeypatch.setattr(sensitivity, broken, refuse)
+    runner = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1)
+    assert runner.evaluate(configs) == reference  # the same session, the same runs: equal, not close
+    assert len(runner.notes) == 1 and "not this model" in runner.notes[0] and "full switchable model" in runner.notes[0]
