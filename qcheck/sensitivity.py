@@ -9,14 +9,17 @@ ONNX Runtime session:
 - reverse:     everything quantized except this node, as ORT builds it with the
                node excluded (`SwitchableModel.keep_float`): how much is recovered.
 
-The reference is the same session with every switch off, so the only
-difference between reference and configuration is the quantization the mask
-switches on (not float rounding from different kernel fusions).
+Each configuration is compared with the same session with every switch off,
+so the only difference between reference and configuration is the
+quantization the mask switches on (not float rounding from different kernel
+fusions).
 
-Samples are the outer loop, in batches where the model allows: one batch's
-reference outputs are kept while every configuration runs on it, so memory
-holds one batch at a time and statistics accumulate in
-`metrics.OutputComparison`.
+Configurations that switch on few pairs (node, weight, activation) run in
+groups on suffix copies of the switchable model (`qcheck.suffix`), fed with
+float activations computed once per batch (`qcheck.activations`), one
+single-threaded session per core; the others (reverse, all quantized) run on
+the full switchable model. Groups are the outer loop, batches of samples the
+inner one, and statistics accumulate in `metrics.OutputComparison`.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Config:
 
 
 class ConfigRunner:
-    """Runs masks over samples on one session and compares each with the all-off reference.
+    """Runs masks over samples and compares each with the all-off run of the same session.
 
     Samples run in batches when the model allows it (a fully convolutional
     network does; one that reshapes to a fixed batch of 1 does not) and when a
