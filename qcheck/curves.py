@@ -39,9 +39,9 @@ class _Dot:
     ff: float = 0.0
     qq: float = 0.0
 
-    def update(self, f64: np.ndarray, ff: float, q: np.ndarray) -> None:
-        """`f64`: the reference, flattened to float64 once per sample; `ff`: its squared norm."""
-        q64 = q.astype(np.float64).ravel()
+    def update(self, f: np.ndarray, ff: float, q: np.ndarray) -> None:
+        """`f`: the reference; `ff`: its squared norm (computed once per sample)."""
+        f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
         self.fq += float(f64 @ q64)
         self.ff += ff
         self.qq += float(q64 @ q64)
@@ -104,12 +104,13 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
     for s, i in enumerate(samples):
         sample = data[i]
         ref = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: off})))
-        ref64 = {t: ref[t].astype(np.float64).ravel() for _, _, t in along}  # once per sample, not per config
-        norms = {t: float(v @ v) for t, v in ref64.items()}
+        # float64 copies are made per tensor as it is used: copies of every tensor at once would double the
+        # memory of a run that already returns every intermediate tensor
+        norms = {t: float(np.dot(v, v)) for _, _, t in along for v in [ref[t].astype(np.float64).ravel()]}
         for c, config in enumerate(configs):
             got = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: config.mask})))
             for _, _, t in along:
-                dots[c][t].update(ref64[t], norms[t], got[t])
+                dots[c][t].update(ref[t], norms[t], got[t])
             if c == 0:
                 for n in focus_out:
                     f_vals[n].add(ref[focus_out[n]], cap)
