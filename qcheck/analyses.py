@@ -39,7 +39,10 @@ def build_emulation(float_path: Path, float_model: onnx.ModelProto, ranges: Rang
 
 def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges, recipe: Recipe,
                  data: DataSet, metrics: dict[str, MetricSpec],
-                 progress: Callable[[str, int, int], None] | None = None) -> dict:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 make_tasks: Callable[[], list] | None = None) -> dict:
+    """`metrics`: the policy's metrics; `make_tasks`: fresh task-metric accumulators every configuration is
+    scored with (the pipeline gives the one `spec.metric` names, when it is a task metric)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -51,7 +54,7 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
 
     sw = build_emulation(float_path, float_model, ranges, recipe)
     samples = list(range(min(spec.samples, len(data))))
-    runner = ConfigRunner(sw, data, samples, metrics, activation_budget=spec.memory_mb << 20)
+    runner = ConfigRunner(sw, data, samples, metrics, activation_budget=spec.memory_mb << 20, make_tasks=make_tasks)
     lap("build")
     out: dict = {"samples": len(samples), "batch": runner.batch, "switches": len(sw.switches), "nodes": len(sw.nodes),
                  "metric": spec.metric,
@@ -85,8 +88,10 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
                                                         for k, c in enumerate(partial)]
         out["confirm"] = {"tolerance": spec.tolerance,
                           "rows": confirm(float_path, float_model, ranges, recipe, data, samples, plans,
-                                          spec.metric, metrics, spec.tolerance)}
+                                          spec.metric, metrics, spec.tolerance, make_tasks)}
         lap("confirm")
+    for part in ("sensitivity", "curves", "distributions", "confirm"):
+        out.setdefault(part, None)  # a part the policy turned off is null, not missing
     out["runs"] = runner.runs
     # suffix groups: float runs of the base model, and where the activations at the cuts were kept
     out["float_runs"] = runner.float_runs

@@ -168,8 +168,11 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
         analyses = None
         if policy.analyses.any and built.has_qdq:  # the emulation model switches Q/DQ pairs: none in dynamic/float16
             with stages.stage("analyses", console):
+                ranked_by = policy.analyses.metric  # a task metric scores every configuration; others come free
                 analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
-                                        policy.generic_metrics, progress=console.progress)
+                                        policy.metrics, progress=console.progress,
+                                        make_tasks=lambda: [t for t in build_tasks(policy, prepared.outputs)
+                                                            if t.name == ranked_by])
                 attach_node_statistics(rows, node_statistics(analyses))
 
         with stages.stage("rules", console):

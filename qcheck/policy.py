@@ -462,13 +462,10 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     ms = doc.get("measure") or {}
     measure = MeasureSpec(list(ms.get("modes", ["local", "whole"])), ms.get("weights", True))
     analyses = _analyses(doc.get("analyses", True))
-    generic = [name for name, spec in metrics.items() if spec.task is None]
-    if analyses.sensitivity and analyses.metric not in ("cosine", "sqnr", "mse") and analyses.metric not in generic:
-        task = " (task metrics are not ranking metrics yet)" if analyses.metric in metrics else ""
+    if analyses.sensitivity and analyses.metric not in ("cosine", "sqnr", "mse") and analyses.metric not in metrics:
         problems.append(Problem(f"analyses.sensitivity.metric '{analyses.metric}' is neither cosine, sqnr, mse nor a "
-                                f"generic metric declared under `metrics:`{task}", file,
-                                at("analyses", "sensitivity", "metric"),
-                                hint=f"usable metrics: cosine, sqnr, mse{''.join(', ' + g for g in generic)}"))
+                                f"metric declared under `metrics:`", file, at("analyses", "sensitivity", "metric"),
+                                hint=f"usable metrics: cosine, sqnr, mse{''.join(', ' + g for g in metrics)}"))
     rp = doc.get("report") or {}
     report = ReportSpec(resolve(rp.get("out", "qcheck-out")), list(rp.get("formats", ["html", "pdf"])), rp.get("title"))
     tdirs = rp.get("templates") or []

@@ -39,6 +39,8 @@ from qcheck.emulate import SWITCH_INPUT, SwitchableModel, free_batch_dimension, 
 from qcheck.metrics import OutputComparison, apply_slice, parse_slice
 from qcheck.policy import MetricSpec
 from qcheck.runtime import make_session
+from qcheck.tasks.spec import HIGHER_IS_BETTER as TASK_HIGHER_IS_BETTER
+from qcheck.tasks.spec import value_names
 from qcheck.suffix import Group, Suffix, base_model, first_readers, plan, specialize, typed
 
 VIEWS = ("node", "weight", "activation", "reverse")
@@ -69,10 +71,14 @@ class ConfigRunner:
     """
 
     def __init__(self, sw: SwitchableModel, data: DataSet, samples: list[int], metrics: dict[str, MetricSpec],
-                 max_batch: int = 8, batch_if_slower: bool = False, activation_budget: int = DEFAULT_BUDGET):
+                 max_batch: int = 8, batch_if_slower: bool = False, activation_budget: int = DEFAULT_BUDGET,
+                 make_tasks: Callable[[], list] | None = None):
+        """`metrics`: the policy's metrics by name; `make_tasks`: fresh accumulators of the task metrics to
+        score every configuration with (qcheck.tasks), e.g. the one the nodes are ranked by."""
+        self.make_tasks = make_tasks or (lambda: [])
+        self.labels = dict(zip(samples, sample_labels(data, samples)))
         self.batch_if_slower = batch_if_slower  # tests: batch whenever the model allows
         self.sw, self.data, self.samples, self.metrics = sw, data, samples, metrics
-        self.slices = {name: parse_slice(spec.slice) if spec.slice else () for name, spec in metrics.items()}
         self.runs = 0
         self.float_runs = 0  # runs of the float base model (suffix groups' inputs)
         self.notes: list[str] = []  # what the runner could not do as planned (shown in the report)
@@ -128,8 +134,7 @@ class ConfigRunner:
         return plan(self.first_readers, [c.mask for c in configs], n, wide)
 
     def evaluate(self, configs: list[Config], progress: Callable[[int, int], None] | None = None) -> list[dict]:
-        cmp = [{o: OutputComparison(o) for o in self.outputs} for _ in configs]
-        user = [{m: OutputComparison(m) for m in self.metrics} for _ in configs]
+        scores = [Score(self.outputs, self.metrics, self.make_tasks()) for _ in configs]
         total, done = len(self.batches) * len(configs), 0
         groups = self.groups(configs)
         suffixes = {i: specialize(self.sw.model, g.keep, g.cut) for i, g in enumerate(groups) if not g.full}
@@ -139,13 +144,9 @@ class ConfigRunner:
                 g.full = True
 
         def accumulate(c: int, chunk: list[int], ref: dict, got: dict) -> None:
-            for b in range(len(chunk)):  # per sample, so slices and per-sample figures mean what they say
-                for o in self.outputs:
-                    cmp[c][o].update(ref[o][b:b + 1], got[o][b:b + 1])
-                for m, spec in self.metrics.items():
-                    s = self.slices[m]
-                    user[c][m].update(apply_slice(ref[spec.output][b:b + 1], s, m),
-                                      apply_slice(got[spec.output][b:b + 1], s, m))
+            for b, i in enumerate(chunk):  # per sample, so slices and per-sample figures mean what they say
+                scores[c].update({o: ref[o][b:b + 1] for o in self.outputs}, {o: got[o][b:b + 1] for o in self.outputs},
+                                 self.labels[i])
 
         with store, ThreadPoolExecutor(self.workers) as pool:
             for i, group in enumerate(groups):
@@ -169,7 +170,7 @@ class ConfigRunner:
                     done += len(group.configs)
                     if progress:
                         progress(done, total)
-        return [summarize(cmp[c], user[c], self.metrics) for c in range(len(configs))]
+        return [score.result() for score in scores]
 
     def _keep_activations(self, suffixes: dict[int, Suffix], store: ActivationStore) -> bool:
         """One float run per batch, keeping the tensors at every cut; False when the model does not allow it."""
@@ -236,6 +237,40 @@ class ConfigRunner:
         return model
 
 
+def sample_labels(data: DataSet, samples: list[int]) -> list[str]:
+    """What task metrics call each sample (its file name; its index for data without names)."""
+    named = getattr(data, "samples", None)
+    return [named[i].label if named is not None else str(i) for i in samples]
+
+
+class Score:
+    """How far one configuration's outputs are from the reference, accumulated over samples: each model
+    output, the policy's generic metrics (an output or a slice of one) and the task metrics given."""
+
+    def __init__(self, outputs: list[str], metrics: dict[str, MetricSpec], tasks: list | None = None):
+        self.metrics = {m: spec for m, spec in metrics.items() if spec.task is None}
+        self.slices = {m: parse_slice(spec.slice) if spec.slice else () for m, spec in self.metrics.items()}
+        self.outputs = {o: OutputComparison(o) for o in outputs}
+        self.user = {m: OutputComparison(m) for m in self.metrics}
+        self.tasks = list(tasks or [])
+
+    def update(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], label: str) -> None:
+        """One sample (batch dimension 1)."""
+        for o, c in self.outputs.items():
+            c.update(ref[o], got[o])
+        for m, spec in self.metrics.items():
+            self.user[m].update(apply_slice(ref[spec.output], self.slices[m], m),
+                                apply_slice(got[spec.output], self.slices[m], m))
+        for task in self.tasks:
+            task.update(label, ref, got)
+
+    def result(self) -> dict:
+        out = summarize(self.outputs, self.user, self.metrics)
+        for task in self.tasks:
+            out[task.name] = task.result()["value"]
+        return out
+
+
 def summarize(outputs: dict[str, OutputComparison], user: dict[str, OutputComparison],
               metrics: dict[str, MetricSpec]) -> dict:
     """Worst-over-outputs cosine / SQNR / MSE, per-output cosine, and the policy's metrics."""
@@ -254,11 +289,17 @@ def summarize(outputs: dict[str, OutputComparison], user: dict[str, OutputCompar
 
 def badness(result: dict, metric: str, metrics: dict[str, MetricSpec]) -> float:
     """A number that grows as the configuration gets worse, for ranking."""
-    kind = metrics[metric].metric if metric in metrics else metric
     value = result.get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return -math.inf
-    return -value if HIGHER_IS_BETTER.get(kind, False) else value
+    return -value if higher_is_better(metric, metrics) else value
+
+
+def higher_is_better(metric: str, metrics: dict[str, MetricSpec]) -> bool:
+    spec = metrics.get(metric)
+    if spec is not None and spec.task is not None:  # a task metric: its primary value decides
+        return value_names(spec.task, spec.options)[0] in TASK_HIGHER_IS_BETTER
+    return HIGHER_IS_BETTER.get(spec.metric if spec is not None else metric, False)
 
 
 def node_sensitivity(runner: ConfigRunner, metric: str = "cosine", detail: int = 20,

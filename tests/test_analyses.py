@@ -156,3 +156,32 @@ def test_histograms_share_bins_covering_values_and_calibrated_range():
     assert h["edges"][0] == -2.0 and h["edges"][-1] == 3.0
     assert sum(h["float_counts"]) == sum(h["quant_counts"]) == 4001
     assert h["max_abs_error"] == pytest.approx(0.125)  # half a step of 1/4
+
+
+def test_a_task_metric_ranks_the_nodes_with_its_own_values(tmp_path):
+    # a regression task metric (largest |float - quantized| of the logits, lower is better) as the
+    # ranking metric: each node's value is what an independent run of the same session gives
+    from qcheck.policy import MetricSpec
+    from qcheck.tasks.regression import Regression
+
+    pm, data, ranges, fm = _setup(tmp_path, weight_outlier=40.0)
+    options = {"task": "regression", "output": "logits"}
+    metrics = {"err": MetricSpec("err", "logits", task="regression", options=options)}
+    spec = AnalysesSpec(samples=6, metric="err", detail=0, curves=False, distributions=False, confirm=True, top_k=1)
+    result = run_analyses(spec, pm.path, fm, ranges, Recipe(per_channel=False), data, metrics,
+                          make_tasks=lambda: [Regression("err", options)])
+    rows = result["sensitivity"]["nodes"]
+    values = [row["views"]["node"]["err"] for row in rows]
+    assert values == sorted(values, reverse=True)  # worst (largest error) first
+    assert rows[0]["node"] == _node(fm, "w2")  # the planted weight outlier
+    sw = build_emulation(pm.path, fm, ranges, Recipe(per_channel=False))
+    emu = sw.session()
+    scale = max(float(np.abs(emu.run(None, {**data[i], SWITCH_INPUT: sw.mask()})[0]).max()) for i in range(6))
+    for row in rows:
+        mask = sw.mask(on=next(n.all for n in sw.nodes if n.node == row["node"]))
+        expect = max(float(np.abs(emu.run(None, {**data[i], SWITCH_INPUT: mask})[0]
+                                  - emu.run(None, {**data[i], SWITCH_INPUT: sw.mask()})[0]).max()) for i in range(6))
+        # the runner may batch samples (other kernels): float rounding of the logits, a few ulps, not more
+        assert row["views"]["node"]["err"] == pytest.approx(expect, abs=1e-5 * scale)
+    # the confirmation scores the real quantized model with the same task metric
+    assert result["confirm"]["rows"][0]["metric"] == "err" and result["confirm"]["rows"][0]["real"] > 0

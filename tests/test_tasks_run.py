@@ -177,3 +177,23 @@ def test_ocr_string_changes_while_most_steps_agree(tmp_path):
     assert code == 1 and results["verdict"]["failing_metrics"] == ["ocr.string_agreement"]
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<code>acb</code>" in html and "<code>abb</code>" in html
+
+
+def test_a_task_metric_as_the_ranking_metric_scores_each_node(tmp_path):
+    # one node (the MatMul): quantizing it alone is the whole int8 model, which flips sample 2 of 4
+    passthrough_model(tmp_path / "model.onnx", [1, 2], out_name="logits")
+    write_arrays(tmp_path / "calib", [[[100, -100]], [[-100, 100]]])
+    write_arrays(tmp_path / "eval", CLASSIFIER_EVAL)
+    doc = {"model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+           "metrics": {"cls": {"task": "classification", "output": "logits", "k": 1}},
+           "analyses": {"sensitivity": {"metric": "cls", "detail": 1}, "curves": False, "distributions": False},
+           "report": {"out": "out", "formats": ["html"]}}
+    assert main(["run", str(write_policy(tmp_path / "qcheck.yaml", doc)), "--quiet"]) == 0
+    a = json.loads((tmp_path / "out" / "results.json").read_text())["analyses"]
+    assert a["metric"] == "cls"
+    (row,) = a["sensitivity"]["nodes"]
+    assert row["node"] == "matmul" and row["views"]["node"]["cls"] == 0.75
+    assert a["sensitivity"]["all_quantized"]["cls"] == 0.75
+    # the real int8 model agrees with the emulation on the task metric; with the node kept float
+    # nothing is quantized and every sample keeps its class
+    assert [(r["emulated"], r["real"]) for r in a["confirm"]["rows"]] == [(0.75, 0.75), (1.0, 1.0)]
