@@ -197,3 +197,13 @@ def test_a_task_metric_as_the_ranking_metric_scores_each_node(tmp_path):
     # the real int8 model agrees with the emulation on the task metric; with the node kept float
     # nothing is quantized and every sample keeps its class
     assert [(r["emulated"], r["real"]) for r in a["confirm"]["rows"]] == [(0.75, 0.75), (1.0, 1.0)]
+    # results written before the suffix copies (no notes, activations, float runs) and with parts
+    # missing rather than null still render: `qcheck report` re-renders old runs
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    for key in ("notes", "activations", "float_runs", "workers", "curves", "distributions"):
+        r["analyses"].pop(key, None)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps(r))
+    assert main(["report", str(old / "results.json")]) == 0
+    assert "Which nodes hurt" in (old / "report.html").read_text()
