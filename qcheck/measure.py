@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from qcheck.data import DataSet
 from qcheck.errors import DataError, Problem
-from qcheck.metrics import OutputComparison, SliceError, apply_slice, parse_slice
+from qcheck.metrics import OutputComparison, SliceError, apply_slice, metric_value, parse_slice
 from qcheck.model import elem_types, topological_order
 from qcheck.policy import MetricSpec
 from qcheck.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, QDQMap, QuantizedTensor, float_name
@@ -385,14 +385,19 @@ def measure(
             records.append(rec)
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
 
-    user_results = {}
+    task_results = {t.name: t.result() for t in tasks or []}
+    return Measurement(records, [out_cmp[o].result() for o in outputs], user_metric_results(user), len(data), notes,
+                       task_results)
+
+
+def user_metric_results(user: dict) -> dict[str, dict]:
+    """The policy's generic metrics ({name: (spec, OutputComparison)}) as results.json holds them."""
+    out = {}
     for name, (spec, cmp) in user.items():
         r = cmp.result()
-        value = r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]
-        user_results[name] = {"value": value, "output": spec.output, "slice": spec.slice, "metric": spec.metric,
-                              "per_sample_cosine": r["per_sample_cosine"]}
-    task_results = {t.name: t.result() for t in tasks or []}
-    return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes, task_results)
+        out[name] = {"value": metric_value(r, spec.metric), "output": spec.output, "slice": spec.slice,
+                     "metric": spec.metric, "per_sample_cosine": r["per_sample_cosine"]}
+    return out
 
 
 def update_output_metrics(label: str, outputs: list[str], f_vals: dict, q_vals: dict, out_cmp: dict,

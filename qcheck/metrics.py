@@ -127,11 +127,9 @@ class OutputComparison:
         return out
 
 
-def metric_value(comparison: OutputComparison, metric: str) -> float | None:
-    r = comparison.result()
-    if metric == "rmse":
-        return math.sqrt(r["mse"])
-    return r[metric]
+def metric_value(result: dict, metric: str) -> float | None:
+    """A generic metric's value from an `OutputComparison.result()`: rmse is the root of its mse."""
+    return math.sqrt(result["mse"]) if metric == "rmse" else result.get(metric)
 
 
 def aggregate_model_metrics(outputs: list[dict]) -> dict[str, float | None]:

@@ -31,7 +31,7 @@ from onnx import TensorProto, numpy_helper
 
 from qcheck.data import DataSet
 from qcheck.errors import DataError, Problem
-from qcheck.measure import Measurement, TensorRecord, update_output_metrics
+from qcheck.measure import Measurement, TensorRecord, update_output_metrics, user_metric_results
 from qcheck.metrics import OutputComparison, parse_slice
 from qcheck.model import topological_order
 from qcheck.policy import MetricSpec
@@ -143,15 +143,9 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
             rec.whole = acc.result()
             records.append(rec)
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
-    user_results = {}
-    for name, (spec, cmp) in user.items():
-        r = cmp.result()
-        value = r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]
-        user_results[name] = {"value": value, "output": spec.output, "slice": spec.slice, "metric": spec.metric,
-                              "per_sample_cosine": r["per_sample_cosine"]}
     notes = [f"{scheme} model: {len(names)} intermediate tensor(s) matched to the float model by name; whole-model "
              "errors only (no integer grid, so no scale-based statistics)"]
-    return Measurement(records, [out_cmp[o].result() for o in outputs], user_results, len(data), notes,
+    return Measurement(records, [out_cmp[o].result() for o in outputs], user_metric_results(user), len(data), notes,
                        {t.name: t.result() for t in tasks or []})
 
 

@@ -36,7 +36,8 @@ import numpy as np
 from qcheck.activations import DEFAULT_BUDGET, ActivationStore
 from qcheck.data import DataSet
 from qcheck.emulate import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
-from qcheck.metrics import OutputComparison, apply_slice, parse_slice
+from qcheck.measure import update_output_metrics
+from qcheck.metrics import OutputComparison, metric_value, parse_slice
 from qcheck.policy import MetricSpec
 from qcheck.runtime import make_session
 from qcheck.tasks.spec import HIGHER_IS_BETTER as TASK_HIGHER_IS_BETTER
@@ -251,28 +252,21 @@ class Score:
         self.metrics = {m: spec for m, spec in metrics.items() if spec.task is None}
         self.slices = {m: parse_slice(spec.slice) if spec.slice else () for m, spec in self.metrics.items()}
         self.outputs = {o: OutputComparison(o) for o in outputs}
-        self.user = {m: OutputComparison(m) for m in self.metrics}
+        self.user = {m: (spec, OutputComparison(m)) for m, spec in self.metrics.items()}
         self.tasks = list(tasks or [])
 
     def update(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], label: str) -> None:
         """One sample (batch dimension 1)."""
-        for o, c in self.outputs.items():
-            c.update(ref[o], got[o])
-        for m, spec in self.metrics.items():
-            self.user[m].update(apply_slice(ref[spec.output], self.slices[m], m),
-                                apply_slice(got[spec.output], self.slices[m], m))
-        for task in self.tasks:
-            task.update(label, ref, got)
+        update_output_metrics(label, list(self.outputs), ref, got, self.outputs, self.user, self.slices, self.tasks)
 
     def result(self) -> dict:
-        out = summarize(self.outputs, self.user, self.metrics)
+        out = summarize(self.outputs, self.user)
         for task in self.tasks:
             out[task.name] = task.result()["value"]
         return out
 
 
-def summarize(outputs: dict[str, OutputComparison], user: dict[str, OutputComparison],
-              metrics: dict[str, MetricSpec]) -> dict:
+def summarize(outputs: dict[str, OutputComparison], user: dict[str, tuple[MetricSpec, OutputComparison]]) -> dict:
     """Worst-over-outputs cosine / SQNR / MSE, per-output cosine, and the policy's metrics."""
     results = {o: c.result() for o, c in outputs.items()}
     out = {
@@ -281,9 +275,8 @@ def summarize(outputs: dict[str, OutputComparison], user: dict[str, OutputCompar
         "mse": max(r["mse"] for r in results.values()),
         "outputs": {o: r["cosine"] for o, r in results.items()},
     }
-    for m, spec in metrics.items():
-        r = user[m].result()
-        out[m] = math.sqrt(r["mse"]) if spec.metric == "rmse" else r.get(spec.metric)
+    for m, (spec, cmp) in user.items():
+        out[m] = metric_value(cmp.result(), spec.metric)
     return out
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from qcheck.latency import measure_latency
-from qcheck.metrics import OutputComparison, aggregate_model_metrics, apply_slice, parse_slice
+from qcheck.measure import update_output_metrics, user_metric_results
+from qcheck.metrics import OutputComparison, aggregate_model_metrics, parse_slice
 from qcheck.policy import MetricSpec, Requirement, SearchBudget
 from qcheck.quantize import Ranges, Recipe, build_quantized
 from qcheck.requirements import judge, requirement_env
@@ -156,23 +157,13 @@ class Evaluator:
     def _measure(self, qpath: Path, finding_counts: dict) -> tuple[dict, list[dict]]:
         sess = make_session(qpath, "quantized candidate")
         cmp = {o: OutputComparison(o) for o in self.outputs}
-        user = {n: OutputComparison(n) for n in self.metrics}
+        user = {n: (spec, OutputComparison(n)) for n, spec in self.metrics.items()}
         tasks = self.make_tasks()
         for label, sample, f_vals in zip(self.labels, self.samples, self.float_outputs):
             q_vals = dict(zip(self.outputs, sess.run(self.outputs, sample)))
-            for task in tasks:
-                task.update(label, f_vals, q_vals)
-            for o in self.outputs:
-                cmp[o].update(f_vals[o], q_vals[o])
-            for name, spec in self.metrics.items():
-                user[name].update(apply_slice(f_vals[spec.output], self.slices[name], name),
-                                  apply_slice(q_vals[spec.output], self.slices[name], name))
+            update_output_metrics(label, self.outputs, f_vals, q_vals, cmp, user, self.slices, tasks)
         outputs = [c.result() for c in cmp.values()]
-        user_metrics = {}
-        for name, spec in self.metrics.items():
-            r = user[name].result()
-            user_metrics[name] = {"value": r["mse"] ** 0.5 if spec.metric == "rmse" else r[spec.metric]}
-        env = requirement_env(aggregate_model_metrics(outputs), user_metrics, finding_counts,
+        env = requirement_env(aggregate_model_metrics(outputs), user_metric_results(user), finding_counts,
                               {t.name: t.result() for t in tasks})
         return env, outputs
 
