@@ -14,6 +14,16 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 
+def _save(graph: onnx.GraphProto, path: Path, opset: int = 13, check: bool = True) -> Path:
+    """Save a test graph as a model ONNX Runtime loads (IR version 8), checked by onnx unless told not to."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    if check:
+        onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def small_cnn(path: Path, seed: int = 0, classes: int = 10, opset: int = 13) -> Path:
     """x[1,3,16,16] -> Conv(8) -> Relu -> Conv(8) -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> logits[1,10]."""
     rng = np.random.default_rng(seed)
@@ -39,11 +49,7 @@ def small_cnn(path: Path, seed: int = 0, classes: int = 10, opset: int = 13) -> 
         initializer=[numpy_helper.from_array(a, n) for a, n in
                      [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (wf, "wf"), (bf, "bf")]],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path, opset)
 
 
 def residual_cnn(path: Path, seed: int = 0) -> Path:
@@ -75,11 +81,7 @@ def residual_cnn(path: Path, seed: int = 0) -> Path:
          helper.make_tensor_value_info("early", TensorProto.FLOAT, [1, 8, 1, 1])],
         initializer=[numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def weight_heavy_mlp(path: Path, seed: int = 0, width: int = 256, out: int = 64) -> Path:
@@ -97,10 +99,7 @@ def weight_heavy_mlp(path: Path, seed: int = 0, width: int = 256, out: int = 64)
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out])],
                               initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path, check=False)
 
 
 def cnn_with_float_ops(path: Path, seed: int = 0) -> Path:
@@ -115,10 +114,7 @@ def cnn_with_float_ops(path: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(nodes, "cnn_float_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
                               initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path, check=False)
 
 
 def write_npy_samples(folder: Path, n: int, shape=(1, 3, 16, 16), scale: float = 1.0, seed: int = 1) -> Path:
@@ -179,11 +175,7 @@ def outlier_channel_conv(path: Path, outlier: float = 20.0, seed: int = 0) -> Pa
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
         initializer=[numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def mixed_concat(path: Path, factor: float = 320.0) -> Path:
@@ -195,11 +187,7 @@ def mixed_concat(path: Path, factor: float = 320.0) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
         initializer=[numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def passthrough_model(path: Path, shape: list[int], out_name: str = "y") -> Path:
@@ -212,11 +200,7 @@ def passthrough_model(path: Path, shape: list[int], out_name: str = "y") -> Path
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, shape)],
         initializer=[numpy_helper.from_array(eye, "eye")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def write_arrays(folder: Path, arrays: list[np.ndarray]) -> Path:
@@ -252,11 +236,7 @@ def outlier_first_mlp(path: Path, factor: float = 1000.0, seed: int = 0) -> Path
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10]),
          helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 8])],
         initializer=[numpy_helper.from_array(a, n) for a, n in [(wh, "wh"), (bh, "bh"), (w1, "w1"), (w2, "w2")]])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def gain_conv(path: Path, channels: int = 256, gain: float = 1000.0) -> Path:
@@ -275,8 +255,4 @@ def gain_conv(path: Path, channels: int = 256, gain: float = 1000.0) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 1, 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 1, 1])],
         initializer=[numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
