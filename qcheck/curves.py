@@ -106,7 +106,10 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
         ref = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: off})))
         # float64 copies are made per tensor as it is used: copies of every tensor at once would double the
         # memory of a run that already returns every intermediate tensor
-        norms = {t: float(np.dot(v, v)) for _, _, t in along for v in [ref[t].astype(np.float64).ravel()]}
+        norms = {}
+        for _, _, t in along:
+            v = ref[t].astype(np.float64).ravel()
+            norms[t] = float(v @ v)
         for c, config in enumerate(configs):
             got = dict(zip(names, session.run(None, {**sample, SWITCH_INPUT: config.mask})))
             for _, _, t in along:

@@ -226,13 +226,17 @@ def _switch_node(k: int, chain: list[onnx.NodeProto], float_src: str, out: str) 
                             then_branch=then_branch, else_branch=else_branch)
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds in its attributes (an If's branches, a Loop's body)."""
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
 def reads(node: onnx.NodeProto) -> set[str]:
     """Every tensor name a node reads, including those its subgraphs read from the outer scope."""
     names = set(node.input)
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for sub in g.node:
-                names |= reads(sub)
+    for g in subgraphs(node):
+        for sub in g.node:
+            names |= reads(sub)
     return names
 
 

@@ -185,7 +185,7 @@ class ConfigRunner:
                     raise TypeError("a tensor at a cut is not an array (a sequence or map)")
                 store.put(b, values)
         except Exception as exc:  # noqa: BLE001 -- any failure here only costs speed: say so and go on
-            self._note(f"suffix copies not used ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            self._note(f"suffix copies not used ({_first_line(exc)}); "
                        "every configuration ran on the full switchable model")
             return False
         self.runs += len(self.feeds)
@@ -202,7 +202,7 @@ class ConfigRunner:
             return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
                     for _ in range(self.workers)]
         except Exception as exc:  # noqa: BLE001 -- as above: slower, not wrong
-            self._note(f"a suffix copy could not be built ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            self._note(f"a suffix copy could not be built ({_first_line(exc)}); "
                        "its configurations ran on the full switchable model")
             return None
 
@@ -236,6 +236,11 @@ class ConfigRunner:
         if self.batch > 1:
             free_batch_dimension(model)
         return model
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sample_labels(data: DataSet, samples: list[int]) -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from qcheck.emulate import SWITCH_INPUT, free_batch_dimension, reads, without_dead_nodes
+from qcheck.emulate import SWITCH_INPUT, free_batch_dimension, reads, subgraphs, without_dead_nodes
 
 _GATHER, _COND = "qcheck_gather::", "qcheck_cond::"
 
@@ -63,9 +63,8 @@ def _switch_of(node: onnx.NodeProto) -> int | None:
 def _outer_reads(node: onnx.NodeProto) -> set[str]:
     """What a node reads from its graph: its inputs, and what its subgraphs read and do not produce."""
     inner = set()
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            inner |= {o for sub in g.node for o in sub.output} | {i.name for i in g.initializer}
+    for g in subgraphs(node):
+        inner |= {o for sub in g.node for o in sub.output} | {i.name for i in g.initializer}
     return reads(node) - inner
 
 
