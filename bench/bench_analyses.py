@@ -27,16 +27,20 @@ import time
 from pathlib import Path
 
 import onnx
+from threadpoolctl import threadpool_limits
 
-from qcheck.analyses import build_emulation, run_analyses
-from qcheck.data import open_data
-from qcheck.fetch import fetch_model
-from qcheck.metrics import OutputComparison
-from qcheck.model import graph_inputs, load_onnx, prepare_model
-from qcheck.policy import AnalysesSpec, load_policy
-from qcheck.quantize import Recipe, calibrate
-from qcheck.runtime import make_session
-from qcheck.sensitivity import Config, ConfigRunner
+from qcheck.analyses.run_all import build_emulation, run_analyses
+from qcheck.analyses.sensitivity import Config, ConfigRunner
+from qcheck.data.readers import open_data
+from qcheck.measure.outputs import OutputComparison
+from qcheck.model.fetch import fetch_model
+from qcheck.model.prepare import graph_inputs, load_onnx, prepare_model
+from qcheck.model.runtime import make_session
+from qcheck.policy.loader import load_policy
+from qcheck.policy.spec import AnalysesSpec
+from qcheck.quantize.calibrate import Recipe, calibrate
+
+threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
 
 DEFAULT = Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "qcheck.yaml"
 

@@ -13,8 +13,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from qcheck.pipeline import run
-from qcheck.policy import load_policy
+from threadpoolctl import threadpool_limits
+
+from qcheck.policy.loader import load_policy
+from qcheck.run.pipeline import run
+
+threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
 
 DEFAULT = Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "qcheck.yaml"
 

@@ -17,14 +17,18 @@ import time
 from pathlib import Path
 
 import onnx
+from threadpoolctl import threadpool_limits
 
-from qcheck.data import open_data
-from qcheck.fetch import fetch_model
-from qcheck.latency import RUNS, WARMUP, measure_latency, quantize_feed
-from qcheck.model import graph_inputs, load_onnx, prepare_model
-from qcheck.policy import load_policy
-from qcheck.quantize import Recipe, calibrate
-from qcheck.schemes import SCHEMES, build_scheme, size_bytes
+from qcheck.data.readers import open_data
+from qcheck.measure.latency import RUNS, WARMUP, measure_latency, quantize_feed
+from qcheck.model.fetch import fetch_model
+from qcheck.model.prepare import graph_inputs, load_onnx, prepare_model
+from qcheck.policy.loader import load_policy
+from qcheck.policy.schemes import SCHEMES
+from qcheck.quantize.calibrate import Recipe, calibrate
+from qcheck.quantize.schemes import build_scheme, size_bytes
+
+threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
 
 DEFAULT = Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "qcheck.yaml"
 

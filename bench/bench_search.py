@@ -13,8 +13,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from qcheck.pipeline import run
-from qcheck.policy import SearchBudget, SearchSpec, load_policy
+from threadpoolctl import threadpool_limits
+
+from qcheck.policy.loader import load_policy
+from qcheck.policy.spec import SearchBudget, SearchSpec
+from qcheck.run.pipeline import run
+
+threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
 
 DEFAULT = Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "qcheck.yaml"
 

@@ -14,12 +14,15 @@ import argparse
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from qcheck.tasks.classification import Classification
-from qcheck.tasks.ctc import CTC
-from qcheck.tasks.detection import Detection
-from qcheck.tasks.regression import Regression
-from qcheck.tasks.segmentation import Segmentation
+from qcheck.measure.tasks.classification import Classification
+from qcheck.measure.tasks.ctc import CTC
+from qcheck.measure.tasks.detection import Detection
+from qcheck.measure.tasks.regression import Regression
+from qcheck.measure.tasks.segmentation import Segmentation
+
+threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
 
 
 def cases(rng: np.random.Generator):

@@ -1,12 +1,12 @@
-"""qcheck: find where an int8 ONNX model loses accuracy, and what to do about it."""
+"""qcheck: find where an int8 ONNX model loses accuracy, and what to do about it.
 
-from threadpoolctl import threadpool_limits
+The package reads as the data flow of a run, one subpackage per stage; a stage imports only the
+stages before it (checked by import-linter, see pyproject.toml):
+
+    policy -> model -> data -> quantize -> measure -> analyses -> rules -> search -> run -> cli
+
+`report` renders results alone. `results` (the typed results and their files), `errors` and
+`resources` are shared by every stage.
+"""
 
 __version__ = "0.1.0"
-
-# numpy's BLAS (OpenBLAS) splits every dot product over its own threads, which spin-wait for
-# work and fight ONNX Runtime's threads for the cores. qcheck's dot products are error sums over
-# one tensor at a time, bound by memory, not arithmetic: with one BLAS thread an output
-# comparison took 1.4 ms, with two threads beside a busy ORT session 31 ms (measured on the
-# 2-core machine). So the process keeps one BLAS thread.
-threadpool_limits(1, user_api="blas")

@@ -1,3 +1,3 @@
-from qcheck.cli import main
+from qcheck.cli.main import main
 
 raise SystemExit(main())

@@ -13,18 +13,18 @@ known before the analysis runs:
 import numpy as np
 import onnx
 import pytest
+from helpers import small_cnn, write_npy_samples
 from onnx import numpy_helper
 
-from helpers import small_cnn, write_npy_samples
-from qcheck.analyses import build_emulation, run_analyses
-from qcheck.curves import channel_boxes, histograms
-from qcheck.data import open_data
-from qcheck.emulate import SWITCH_INPUT
-from qcheck.model import prepare_model, load_onnx
-from qcheck.policy import AnalysesSpec, DataSource, Preprocess, QuantizationSpec
-from qcheck.qdq import read_qdq
-from qcheck.quantize import Recipe, build_quantized, calibrate
-from qcheck.runtime import make_session
+from qcheck.analyses.curves import channel_boxes, histograms
+from qcheck.analyses.run_all import build_emulation, run_analyses
+from qcheck.analyses.switchable import SWITCH_INPUT
+from qcheck.data.readers import open_data
+from qcheck.model.prepare import load_onnx, prepare_model
+from qcheck.model.runtime import make_session
+from qcheck.policy.spec import AnalysesSpec, DataSource, Preprocess, QuantizationSpec
+from qcheck.quantize.calibrate import Recipe, build_quantized, calibrate
+from qcheck.quantize.qdq import read_qdq
 
 
 def _setup(tmp, weight_outlier: float | None = None):
@@ -161,8 +161,8 @@ def test_histograms_share_bins_covering_values_and_calibrated_range():
 def test_a_task_metric_ranks_the_nodes_with_its_own_values(tmp_path):
     # a regression task metric (largest |float - quantized| of the logits, lower is better) as the
     # ranking metric: each node's value is what an independent run of the same session gives
-    from qcheck.policy import MetricSpec
-    from qcheck.tasks.regression import Regression
+    from qcheck.measure.tasks.regression import Regression
+    from qcheck.policy.spec import MetricSpec
 
     pm, data, ranges, fm = _setup(tmp_path, weight_outlier=40.0)
     options = {"task": "regression", "output": "logits"}

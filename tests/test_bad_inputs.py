@@ -18,7 +18,7 @@ import yaml
 from bad_models import MODELS
 from helpers import write_policy
 
-from qcheck.cli import main
+from qcheck.cli.main import main
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CASES = sorted(CORPUS.glob("*.yaml"))
@@ -128,8 +128,8 @@ def test_previous_run_stays_in_place_while_the_new_one_works(tmp_path):
     """Looked at from inside the run (its progress callback): the old folder is whole until the very end."""
     from helpers import basic_policy
 
-    from qcheck.pipeline import Console, run
-    from qcheck.policy import load_policy
+    from qcheck.policy.loader import load_policy
+    from qcheck.run.pipeline import Console, run
 
     policy = load_policy(basic_policy(tmp_path))
     build(tmp_path, "out", {"previous_run": True})

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qcheck.data import open_data
+from qcheck.data.readers import open_data
 from qcheck.errors import DataError
-from qcheck.model import InputInfo
-from qcheck.policy import DataSource, Preprocess
+from qcheck.model.prepare import InputInfo
+from qcheck.policy.spec import DataSource, Preprocess
 
 ONE_INPUT = [InputInfo("x", [1, 3, 4, 4], "float32")]
 TWO_INPUTS = [InputInfo("a", [1, 2], "float32"), InputInfo("b", [1, 3], "int64")]

@@ -4,12 +4,12 @@ import json
 import shutil
 
 import pytest
-
 from helpers import outlier_head_cnn, write_npy_samples, write_policy
-from qcheck.cli import main
-from qcheck.diff import diff_runs, load_run
-from qcheck.pipeline import run
-from qcheck.policy import load_policy
+
+from qcheck.cli.main import main
+from qcheck.policy.loader import load_policy
+from qcheck.run.diff import diff_runs, load_run
+from qcheck.run.pipeline import run
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ import json
 import shutil
 from pathlib import Path
 
-from qcheck.cli import main
-from qcheck.docs import check_docs, default_docs_dir, generated, policy_markdown, rules_markdown
+from qcheck.cli.docs import check_docs, default_docs_dir, generated, policy_markdown, rules_markdown
+from qcheck.cli.main import main
 from qcheck.resources import rules_dir, schema_path
-
 
 REPO_DOCS = Path(__file__).resolve().parent.parent / "docs"  # the checkout's, also when qcheck is installed as a wheel
 

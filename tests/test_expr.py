@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from qcheck.expr import ExprError, Expression, NotApplicable
+from qcheck.policy.expr import ExprError, Expression, NotApplicable
 
 
 @pytest.mark.parametrize("text, env, expected", [

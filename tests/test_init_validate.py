@@ -8,8 +8,8 @@ import yaml
 from bad_models import two_inputs
 from helpers import small_cnn, write_npy_samples
 
-from qcheck.cli import main
-from qcheck.policy import load_policy
+from qcheck.cli.main import main
+from qcheck.policy.loader import load_policy
 
 
 def write_images(folder, n, size=(20, 24)):

@@ -6,7 +6,7 @@ import pytest
 from helpers import basic_policy, small_cnn, write_npy_samples
 
 from qcheck.errors import PolicyError
-from qcheck.policy import load_policy, policy_schema
+from qcheck.policy.loader import load_policy, policy_schema
 
 
 def messages(path: Path) -> list[str]:
@@ -84,7 +84,7 @@ def test_invalid_yaml_names_the_line(tmp_path):
 
 def test_schema_defaults_match_the_typed_policy(tmp_path):
     """The published schema and the dataclasses must not drift apart."""
-    from qcheck.policy import MeasureSpec, QuantizationSpec, ReportSpec
+    from qcheck.policy.spec import MeasureSpec, QuantizationSpec, ReportSpec
 
     defs = policy_schema()["$defs"]
     q = QuantizationSpec()

@@ -5,8 +5,8 @@ import json
 
 from helpers import basic_policy
 
-from qcheck.cli import main
-from qcheck.progress import Reporter, eta_seconds, format_seconds
+from qcheck.cli.main import main
+from qcheck.cli.progress import Reporter, eta_seconds, format_seconds
 
 
 class Clock:
@@ -93,7 +93,7 @@ def test_json_errors_reach_stdout(tmp_path, capsys):
 def test_every_command_has_help_with_an_example(capsys):
     import pytest
 
-    from qcheck.cli import build_parser
+    from qcheck.cli.parser import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
     assert {"init", "validate", "run", "report", "rules", "docs"} <= set(commands)

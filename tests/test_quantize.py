@@ -3,13 +3,13 @@
 import numpy as np
 import onnx
 import pytest
-
 from helpers import small_cnn, write_npy_samples
-from qcheck.data import open_data
-from qcheck.model import graph_inputs, load_onnx, prepare_model
-from qcheck.policy import DataSource, Preprocess, QuantizationSpec
-from qcheck.qdq import read_qdq
-from qcheck.quantize import Ranges, Recipe, build_quantized, calibrate
+
+from qcheck.data.readers import open_data
+from qcheck.model.prepare import graph_inputs, load_onnx, prepare_model
+from qcheck.policy.spec import DataSource, Preprocess, QuantizationSpec
+from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized, calibrate
+from qcheck.quantize.qdq import read_qdq
 
 
 @pytest.fixture(scope="module")

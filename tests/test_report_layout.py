@@ -7,7 +7,7 @@ import re
 import pytest
 from helpers import basic_policy
 
-from qcheck.cli import main
+from qcheck.cli.main import main
 from qcheck.report import toc
 
 

@@ -15,13 +15,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import mixed_concat, outlier_channel_conv, small_cnn, write_arrays, write_npy_samples, write_policy
+from helpers import (
+    mixed_concat,
+    outlier_channel_conv,
+    small_cnn,
+    write_arrays,
+    write_npy_samples,
+    write_policy,
+)
 from onnx import numpy_helper
 
-from qcheck.cli import _text_summary, main
-from qcheck.stats import DistributionAccumulator
-from qcheck.rules import load_pack
+from qcheck.cli.main import main
+from qcheck.cli.summary import text_summary
+from qcheck.measure.error_stats import DistributionAccumulator
 from qcheck.resources import builtin_pack_path
+from qcheck.rules.engine import load_pack
 
 
 def run(tmp, name: str, doc: dict, analyses: bool = False) -> dict:
@@ -241,7 +249,7 @@ def test_float_fallback_on_an_integer_only_target_is_a_model_finding(tmp_path):
 
 def test_terminal_summary_shows_one_line_per_rule_worst_first(concat_run):
     _, results = concat_run
-    text = _text_summary(results)
+    text = text_summary(results)
     lines = [line.strip() for line in text.splitlines() if line.startswith("  QC")]
     assert [line.split()[0] for line in lines] == list(dict.fromkeys(f["code"] for f in results["findings"]))
     qc109 = next(line for line in lines if line.startswith("QC109"))

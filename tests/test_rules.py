@@ -11,16 +11,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import basic_policy, write_policy
+from helpers import basic_policy
 
-from qcheck.catalog import TENSOR_STATISTICS
-from qcheck.cli import main
+from qcheck.cli.main import main
 from qcheck.errors import PolicyError
-from qcheck.model_stats import MODEL_STATISTICS, model_row, remedies_for, target_allows
-from qcheck.policy import RulesSpec, load_policy
-from qcheck.rules import check, evaluate, evaluate_model, load_pack, load_rules, needed_statistics, rows_in_scope
+from qcheck.policy.loader import load_policy
+from qcheck.policy.spec import RulesSpec
+from qcheck.policy.targets import builtin_profile
 from qcheck.resources import builtin_pack_path
-from qcheck.targets import builtin_profile
+from qcheck.results.layer_columns import TENSOR_STATISTICS
+from qcheck.rules.engine import (
+    check,
+    evaluate,
+    evaluate_model,
+    load_pack,
+    load_rules,
+    needed_statistics,
+    rows_in_scope,
+)
+from qcheck.rules.model_row import MODEL_STATISTICS, model_row, remedies_for, target_allows
 
 CASES = Path(__file__).parent / "rules"
 BUILTIN = {r.code: r for r in load_pack(builtin_pack_path())}

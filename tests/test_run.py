@@ -10,7 +10,7 @@ import pytest
 from helpers import basic_policy, write_npy_samples
 from onnx import numpy_helper
 
-from qcheck.cli import main
+from qcheck.cli.main import main
 
 
 def run_cli(*args) -> int:

@@ -10,17 +10,18 @@ import pytest
 from helpers import cnn_with_float_ops, small_cnn, weight_heavy_mlp, write_npy_samples, write_policy
 from onnx import TensorProto, helper, numpy_helper
 
-from qcheck.cli import main
-from qcheck.compare import preference, recommend
-from qcheck.data import open_data
+from qcheck.cli.main import main
+from qcheck.data.readers import open_data
 from qcheck.errors import ModelError
-from qcheck.latency import quantize_feed
-from qcheck.model import prepare_model
-from qcheck.policy import DataSource, Preprocess, QuantizationSpec
-from qcheck.quantize import Recipe, calibrate
-from qcheck.rules import evaluate, load_pack
-from qcheck.schemes import SCHEMES, build_scheme, size_bytes
-from qcheck.targets import builtin_names, builtin_profile
+from qcheck.measure.latency import quantize_feed
+from qcheck.model.prepare import prepare_model
+from qcheck.policy.schemes import SCHEMES
+from qcheck.policy.spec import DataSource, Preprocess, QuantizationSpec
+from qcheck.policy.targets import builtin_names, builtin_profile
+from qcheck.quantize.calibrate import Recipe, calibrate
+from qcheck.quantize.schemes import build_scheme, size_bytes
+from qcheck.rules.engine import evaluate, load_pack
+from qcheck.run.compare import preference, recommend
 
 
 def run_cli(*args) -> int:
@@ -302,7 +303,7 @@ rules:
 def test_compare_example_policy_is_valid():
     from pathlib import Path
 
-    from qcheck.policy import load_policy
+    from qcheck.policy.loader import load_policy
 
     p = load_policy(Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "compare.yaml")
     assert p.compare == list(SCHEMES) and p.quantization.io == "uint8"
@@ -329,7 +330,7 @@ def test_float16_io_and_pdf_and_rerender(tmp_path):
 
 def test_policy_checks_scheme_io_and_compare_names(tmp_path):
     from qcheck.errors import PolicyError
-    from qcheck.policy import load_policy
+    from qcheck.policy.loader import load_policy
 
     small_cnn(tmp_path / "model.onnx")
     write_npy_samples(tmp_path / "calib", 2)

@@ -14,16 +14,16 @@ import shutil
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from helpers import outlier_head_cnn, write_npy_samples, write_policy
-from qcheck.cli import main
+
+from qcheck.cli.main import main
 from qcheck.errors import PolicyError
-from qcheck.pipeline import run
-from qcheck.policy import load_policy
+from qcheck.policy.loader import load_policy
+from qcheck.policy.targets import builtin_profile
+from qcheck.run.pipeline import run
 from qcheck.search import pareto_front
 from qcheck.search.evaluate import shortfall
 from qcheck.search.space import Change, Graph, cost
-from qcheck.targets import builtin_profile
 
 LIMIT = 0.05
 
@@ -191,7 +191,6 @@ def test_pareto_front_keeps_candidates_nothing_beats_on_both_axes():
 
 def test_cost_and_islands_follow_the_target_profile(tmp_path):
     import onnx
-
     from helpers import small_cnn
 
     model = onnx.load(str(small_cnn(tmp_path / "m.onnx")))

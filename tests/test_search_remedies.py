@@ -12,13 +12,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
-
 from helpers import gain_conv, outlier_first_mlp, write_npy_samples, write_policy
-from qcheck.cli import main
-from qcheck.model import topological_order
-from qcheck.pipeline import run
-from qcheck.policy import load_policy
-from qcheck.quantize import Recipe
+
+from qcheck.cli.main import main
+from qcheck.model.prepare import topological_order
+from qcheck.policy.loader import load_policy
+from qcheck.quantize.calibrate import Recipe
+from qcheck.run.pipeline import run
 from qcheck.search.space import Graph
 
 LIMIT = 0.05
@@ -70,7 +70,7 @@ def test_skip_first_keeps_the_first_quantizable_node_in_float(skip_run):
     chosen = s["candidates"][s["chosen"]]
     assert chosen["changes"] == [{"remedy": "skip_first", "subject": "(model)", "value": "1"}]
     assert chosen["label"] == "float first 1 node(s)"
-    # `head` is first in topological order (qcheck.model.topological_order), and only it is excluded
+    # `head` is first in topological order (qcheck.model.prepare.topological_order), and only it is excluded
     model = onnx.load(str(folder / "model.onnx"))
     order = topological_order(model)
     assert min(order, key=order.get) == "logits"  # head's output
@@ -256,11 +256,11 @@ def test_cost_latency_chooses_among_passing_finalists_by_measured_latency(tmp_pa
 
 def test_rule_findings_propose_the_remedies_the_policy_allows_in_the_policys_order(tmp_path):
     import onnx
-
     from helpers import small_cnn
+
+    from qcheck.policy.targets import builtin_profile
     from qcheck.search.ranking import proposed_remedies
     from qcheck.search.space import build_pool
-    from qcheck.targets import builtin_profile
 
     model = onnx.load(str(small_cnn(tmp_path / "m.onnx")))
     graph = Graph(model, {"x", "c1", "r1", "c2", "r2", "gap", "flat", "logits"})

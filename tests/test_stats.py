@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from qcheck.stats import UNIFORM_RMSE_SCALE, ErrorAccumulator, cosine, dequantize, quantize, sqnr_db
+from qcheck.measure.error_stats import UNIFORM_RMSE_SCALE, ErrorAccumulator, cosine, sqnr_db
+from qcheck.quantize.grid import dequantize, quantize
 
 
 def roundtrip(x, scale, zp, dtype="uint8"):

@@ -6,11 +6,11 @@ The stub stands in for building and measuring a model: a candidate passes when i
 test_search.py.
 """
 
-from qcheck.policy import SearchBudget, SearchSpec
+from qcheck.policy.spec import SearchBudget, SearchSpec
+from qcheck.policy.targets import builtin_profile
 from qcheck.search.base import STRATEGIES, Context, select
 from qcheck.search.evaluate import BudgetExhausted
 from qcheck.search.space import Change, cost
-from qcheck.targets import builtin_profile
 
 
 class StubGraph:

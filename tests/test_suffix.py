@@ -1,4 +1,4 @@
-"""Suffix sessions (qcheck.suffix) compute what the full switchable model computes, for less.
+"""Suffix sessions (qcheck.analyses.suffix) compute what the full switchable model computes, for less.
 
 The model has the cases a cut must handle: a skip connection (a tensor from
 before the cut read after it), a constant shared by two nodes (one switch,
@@ -7,18 +7,18 @@ read early and late), and a model output produced before most cuts.
 
 import numpy as np
 import pytest
-
-import qcheck.sensitivity as sensitivity
 from helpers import residual_cnn, write_npy_samples
-from qcheck.analyses import build_emulation
-from qcheck.data import open_data
-from qcheck.emulate import SWITCH_INPUT
-from qcheck.model import load_onnx, prepare_model
-from qcheck.policy import DataSource, Preprocess, QuantizationSpec
-from qcheck.quantize import Recipe, calibrate
-from qcheck.runtime import make_session
-from qcheck.sensitivity import Config, ConfigRunner
-from qcheck.suffix import base_model, first_readers, specialize, typed
+
+import qcheck.analyses.sensitivity as sensitivity
+from qcheck.analyses.run_all import build_emulation
+from qcheck.analyses.sensitivity import Config, ConfigRunner
+from qcheck.analyses.suffix import base_model, first_readers, specialize, typed
+from qcheck.analyses.switchable import SWITCH_INPUT
+from qcheck.data.readers import open_data
+from qcheck.model.prepare import load_onnx, prepare_model
+from qcheck.model.runtime import make_session
+from qcheck.policy.spec import DataSource, Preprocess, QuantizationSpec
+from qcheck.quantize.calibrate import Recipe, calibrate
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import math
 
 from test_policy import messages, write
 
-from qcheck.policy import load_policy
-from qcheck.targets import builtin_names, builtin_profile
+from qcheck.policy.loader import load_policy
+from qcheck.policy.targets import builtin_names, builtin_profile
 
 
 def test_every_builtin_profile_is_documented_and_consistent():

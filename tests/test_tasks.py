@@ -6,16 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from qcheck.expr import Expression
-from qcheck.policy import Requirement
-from qcheck.requirements import judge, sureness
-from qcheck.tasks.base import Stat, bootstrap_weights, evaluate_stat, ratio
-from qcheck.tasks.classification import Classification
-from qcheck.tasks.ctc import CTC, edit_distance, greedy_decode
-from qcheck.tasks.detection import Detection, detect, iou_matrix, match, nms
-from qcheck.tasks.regression import Regression
-from qcheck.tasks.segmentation import Segmentation
-
+from qcheck.measure.tasks.base import Stat, bootstrap_weights, evaluate_stat, ratio
+from qcheck.measure.tasks.classification import Classification
+from qcheck.measure.tasks.ctc import CTC, edit_distance, greedy_decode
+from qcheck.measure.tasks.detection import Detection, detect, iou_matrix, match, nms
+from qcheck.measure.tasks.regression import Regression
+from qcheck.measure.tasks.segmentation import Segmentation
+from qcheck.policy.expr import Expression
+from qcheck.policy.spec import Requirement
+from qcheck.rules.requirements import judge, sureness
 
 # --------------------------------------------------------------------------- detection
 

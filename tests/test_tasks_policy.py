@@ -10,8 +10,8 @@ import pytest
 from helpers import small_cnn, write_npy_samples
 
 from qcheck.errors import PolicyError, Problem, QcheckError
-from qcheck.policy import load_policy
-from qcheck.tasks import python as pymetric
+from qcheck.measure.tasks import python as pymetric
+from qcheck.policy.loader import load_policy
 
 
 def write(tmp_path: Path, metrics: str, require: str = "") -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import passthrough_model, write_arrays, write_policy
 
-from qcheck.cli import main
+from qcheck.cli.main import main
 
 # Input and output are quantized to uint8 over [-100, 100]: scale 200/255 = 0.784, zero point 128.
 # Sample 2's logits (0.30, 0.35) both round to the zero point, a tie that argmax breaks to class 0,

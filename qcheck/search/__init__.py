@@ -16,14 +16,14 @@ from pathlib import Path
 
 import onnx
 
-from qcheck.policy import MetricSpec, Requirement, SearchSpec
-from qcheck.quantize import Ranges, Recipe
+from qcheck.policy.spec import MetricSpec, Requirement, SearchSpec
+from qcheck.policy.targets import TargetProfile
+from qcheck.quantize.calibrate import Ranges, Recipe
 from qcheck.search import bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
 from qcheck.search.base import STRATEGIES, Context, closest, select
 from qcheck.search.evaluate import Evaluator
 from qcheck.search.ranking import rank_nodes
 from qcheck.search.space import Graph, build_pool
-from qcheck.targets import TargetProfile
 
 
 def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges,

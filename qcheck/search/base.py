@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qcheck.policy import SearchSpec
+from qcheck.policy.spec import SearchSpec
 from qcheck.search.evaluate import BudgetExhausted, Evaluator, sort_key
 from qcheck.search.space import Change, compatible, within_budget
 

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from qcheck.latency import measure_latency
-from qcheck.measure import update_output_metrics, user_metric_results
-from qcheck.metrics import OutputComparison, aggregate_model_metrics, parse_slice
-from qcheck.policy import MetricSpec, Requirement, SearchBudget
-from qcheck.quantize import Ranges, Recipe, build_quantized
-from qcheck.requirements import judge, requirement_env
-from qcheck.runtime import make_session
+from qcheck.measure.latency import measure_latency
+from qcheck.measure.outputs import OutputComparison, aggregate_model_metrics
+from qcheck.measure.per_tensor import update_output_metrics, user_metric_results
+from qcheck.model.runtime import make_session
+from qcheck.policy.slices import parse_slice
+from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
+from qcheck.policy.targets import TargetProfile
+from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
+from qcheck.rules.requirements import judge, requirement_env
 from qcheck.search.space import Change, Graph, apply_changes, cost, counts
-from qcheck.targets import TargetProfile
 
 _CMP = {ast.GtE: 1, ast.Gt: 1, ast.LtE: -1, ast.Lt: -1}
 
@@ -71,10 +72,10 @@ class Evaluator:
         # findings_of: the candidate measured per tensor and the rule packs evaluated on it -> its finding counts.
         # Given only when a `require:` line names findings.* (it costs a per-tensor measurement per candidate).
         self.findings_of = findings_of
-        # task metrics (qcheck.tasks) are fed whole outputs; the others compare an output or a slice of one
+        # task metrics (qcheck.measure.tasks) are fed whole outputs; the others compare an output or a slice of one
         self.samples, self.require = samples, require
         self.metrics = {n: m for n, m in metrics.items() if getattr(m, "task", None) is None}
-        self.make_tasks = make_tasks or (lambda: [])
+        self.make_tasks = make_tasks or (list)
         self.labels = labels or [str(i) for i in range(len(samples))]
         self.finding_counts, self.target, self.graph, self.budget = finding_counts, target, graph, budget
         self.workdir, self.log = workdir, log

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import onnx
 
-from qcheck.policy import SearchBudget
-from qcheck.model import topological_order
-from qcheck.quantize import METHODS, Recipe, quantizable_op_types
-from qcheck.targets import TargetProfile
+from qcheck.model.prepare import topological_order
+from qcheck.policy.spec import SearchBudget
+from qcheck.policy.targets import TargetProfile
+from qcheck.quantize.calibrate import METHODS, Recipe, quantizable_op_types
 
 NODE_REMEDIES = ("keep_float", "int16_activations", "explicit_range")
 MODEL_REMEDIES = ("per_channel", "calibration_method", "symmetric", "reduced_range", "skip_first", "keep_float_flagged")

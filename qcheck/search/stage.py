@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from qcheck.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
-from qcheck.quantize import build_quantized, calibrate
-from qcheck.requirements import judge
+from qcheck.measure.tasks import build as build_tasks
+from qcheck.quantize.calibrate import build_quantized, calibrate
+from qcheck.quantize.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
+from qcheck.rules.requirements import judge
 from qcheck.search import run_search
 from qcheck.search.ranking import candidate_ranking, flagged_nodes, proposed_remedies
-from qcheck.tasks import build as build_tasks
 
 FIXED_MODEL_NAME = "model.fixed.onnx"
 
@@ -23,9 +23,10 @@ def names_findings(require) -> bool:
 def candidate_findings(policy, rules, float_model, evaluation):
     """(candidate model, its recipe, its ranges) -> its finding counts: the pipeline's own per-tensor measurement
     (`scheme_run.measure_built`) and rule evaluation (`scheme_run.judge_built`), run on the candidate."""
-    from qcheck.rules import needed_statistics
-    from qcheck.scheme_run import judge_built, measure_built
-    from qcheck.schemes import CALIBRATED, BuiltScheme
+    from qcheck.policy.schemes import CALIBRATED
+    from qcheck.quantize.schemes import BuiltScheme
+    from qcheck.rules.engine import needed_statistics
+    from qcheck.rules.scheme_run import judge_built, measure_built
 
     scheme = policy.quantization.scheme if policy.quantization.scheme in CALIBRATED else "int8"
     need = needed_statistics(rules)
@@ -72,7 +73,7 @@ def write_policy_lock(policy, *, prepared, shapes, calib, ranges, ranges_file: s
                       environment: dict, search: dict | None) -> str:
     path = out_dir.path(model_file)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    from qcheck.model import file_sha256
+    from qcheck.model.prepare import file_sha256
 
     doc = lock_document(
         policy_path=policy.path, policy_sha256=file_sha256(policy.path), model_path=policy.model.path,

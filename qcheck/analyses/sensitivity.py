@@ -1,0 +1,370 @@
+"""Node sensitivity on the switchable emulation model (seed 002's per-node analysis).
+
+For each quantizable node, four views, each one boolean mask on the same
+ONNX Runtime session:
+
+- node:        only this node quantized (its input grids, weights and output grid);
+- weight:      only this node's weights (and bias) quantized;
+- activation:  only this node's activation grids quantized;
+- reverse:     everything quantized except this node, as ORT builds it with the
+               node excluded (`SwitchableModel.keep_float`): how much is recovered.
+
+Each configuration is compared with the same session with every switch off,
+so the only difference between reference and configuration is the
+quantization the mask switches on (not float rounding from different kernel
+fusions).
+
+Configurations that switch on few pairs (node, weight, activation) run in
+groups on suffix copies of the switchable model (`qcheck.analyses.suffix`), fed with
+float activations computed once per batch (`qcheck.analyses.activation_store`), one
+single-threaded session per core; the others (reverse, all quantized) run on
+the full switchable model. Groups are the outer loop, batches of samples the
+inner one, and statistics accumulate in `metrics.OutputComparison`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcheck.analyses.activation_store import DEFAULT_BUDGET, ActivationStore
+from qcheck.analyses.suffix import Group, Suffix, base_model, first_readers, plan, specialize, typed
+from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
+from qcheck.data.readers import DataSet
+from qcheck.measure.outputs import OutputComparison, metric_value
+from qcheck.measure.per_tensor import update_output_metrics
+from qcheck.model.runtime import make_session
+from qcheck.policy.slices import parse_slice
+from qcheck.policy.spec import MetricSpec
+from qcheck.policy.task_options import HIGHER_IS_BETTER as TASK_HIGHER_IS_BETTER
+from qcheck.policy.task_options import value_names
+
+VIEWS = ("node", "weight", "activation", "reverse")
+# A suffix session costs about as much to create as 20 runs of the float model: a group must
+# have enough runs to pay it back.
+RUNS_PER_GROUP = 48
+MAX_GROUPS = 12
+MAX_WORKERS = 4
+HIGHER_IS_BETTER = {"cosine": True, "sqnr": True, "top1": True, "top5": True,
+                    "mse": False, "rmse": False, "max_abs": False, "mean_abs": False}
+
+
+@dataclass
+class Config:
+    """One quantize/don't-quantize configuration: a mask over the switches, and what it stands for."""
+
+    label: str
+    mask: np.ndarray
+
+
+class ConfigRunner:
+    """Runs masks over samples and compares each with the all-off run of the same session.
+
+    Samples run in batches when the model allows it (a fully convolutional
+    network does; one that reshapes to a fixed batch of 1 does not) and when a
+    batched run measured faster than the same samples one by one: checked once,
+    comparing a batched run with per-sample runs, values and time.
+    """
+
+    def __init__(self, sw: SwitchableModel, data: DataSet, samples: list[int], metrics: dict[str, MetricSpec],
+                 max_batch: int = 8, batch_if_slower: bool = False, activation_budget: int = DEFAULT_BUDGET,
+                 make_tasks: Callable[[], list] | None = None):
+        """`metrics`: the policy's metrics by name; `make_tasks`: fresh accumulators of the task metrics to
+        score every configuration with (qcheck.measure.tasks), e.g. the one the nodes are ranked by."""
+        self.make_tasks = make_tasks or (list)
+        self.labels = dict(zip(samples, sample_labels(data, samples)))
+        self.batch_if_slower = batch_if_slower  # tests: batch whenever the model allows
+        self.sw, self.data, self.samples, self.metrics = sw, data, samples, metrics
+        self.runs = 0
+        self.float_runs = 0  # runs of the float base model (suffix groups' inputs)
+        self.notes: list[str] = []  # what the runner could not do as planned (shown in the report)
+        self.activation_budget = activation_budget
+        self.activations: dict = {}  # the largest ActivationStore an evaluation kept (describe())
+        # Suffix groups run on one single-threaded session per core, configurations in parallel: on small
+        # tensors that beats one session splitting each operator over the cores (bench/bench_analyses.py).
+        self.workers = max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+        self.session, self.batch = self._batched_session(max_batch)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.batches = [samples[i:i + self.batch] for i in range(0, len(samples), self.batch)]
+        self.feeds = [stack([data[i] for i in chunk]) for chunk in self.batches]
+        self.first_readers = first_readers(sw.model, len(sw.switches))
+
+    def _batched_session(self, max_batch: int):
+        single = self.sw.session()
+        n = min(max_batch, len(self.samples))
+        if n < 2 or any(self.data[self.samples[0]][k].shape[0] != 1 for k in self.data[self.samples[0]]):
+            return single, 1
+        try:
+            batched = self.sw.session(batched=True)
+            mask = self.sw.mask(default=True)
+            chosen = [self.data[i] for i in self.samples[:n]]
+            feed = stack(chosen)
+            batched.run(None, {**feed, SWITCH_INPUT: mask})  # warm-up: first runs allocate
+            single.run(None, {**chosen[0], SWITCH_INPUT: mask})
+            start = time.perf_counter()
+            together = batched.run(None, {**feed, SWITCH_INPUT: mask})
+            t_batch = time.perf_counter() - start
+            start = time.perf_counter()
+            apart = [single.run(None, {**x, SWITCH_INPUT: mask}) for x in chosen]
+            t_apart = time.perf_counter() - start
+        except Exception:  # ORT refuses a batch this model cannot take (a Reshape to batch 1, ...)
+            return single, 1
+        for o, value in enumerate(together):
+            expect = np.concatenate([a[o] for a in apart], axis=0)
+            if value.shape != expect.shape or not np.allclose(value, expect, rtol=1e-4, atol=1e-5 * (np.abs(expect).max() + 1)):
+                return single, 1
+        # Batching is not always faster on a CPU (fixed-shape kernels and layouts are lost): keep what measured faster.
+        return (batched, n) if t_batch < 0.9 * t_apart or self.batch_if_slower else (single, 1)
+
+    def run(self, feed: dict, mask: np.ndarray) -> list[np.ndarray]:
+        self.runs += 1
+        return self.session.run(None, {**feed, SWITCH_INPUT: mask})
+
+    def groups(self, configs: list[Config]) -> list[Group]:
+        """Which configurations run on which suffix (`qcheck.analyses.suffix`); all on the full model when few runs."""
+        wide = max(16, len(self.sw.switches) // 50)
+        narrow = sum(1 for c in configs if np.count_nonzero(c.mask) <= wide)
+        n = min(MAX_GROUPS, narrow * len(self.batches) // RUNS_PER_GROUP)
+        if n < 1:
+            return [Group(0, set(), list(range(len(configs))), full=True)]
+        return plan(self.first_readers, [c.mask for c in configs], n, wide)
+
+    def evaluate(self, configs: list[Config], progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        scores = [Score(self.outputs, self.metrics, self.make_tasks()) for _ in configs]
+        total, done = len(self.batches) * len(configs), 0
+        groups = self.groups(configs)
+        suffixes = {i: specialize(self.sw.model, g.keep, g.cut) for i, g in enumerate(groups) if not g.full}
+        store = ActivationStore(self.activation_budget)
+        if suffixes and not self._keep_activations(suffixes, store):
+            for g in groups:  # a model the specialization cannot handle: everything on the full model
+                g.full = True
+
+        def accumulate(c: int, chunk: list[int], ref: dict, got: dict) -> None:
+            for b, i in enumerate(chunk):  # per sample, so slices and per-sample figures mean what they say
+                scores[c].update({o: ref[o][b:b + 1] for o in self.outputs}, {o: got[o][b:b + 1] for o in self.outputs},
+                                 self.labels[i])
+
+        with store, ThreadPoolExecutor(self.workers) as pool:
+            for i, group in enumerate(groups):
+                sessions = None
+                for b, (feed, chunk) in enumerate(zip(self.feeds, self.batches)):
+                    if not group.full:
+                        suffix = suffixes[i]
+                        values = {**feed, **store.get(b, self.outputs + [n for n in suffix.inputs
+                                                                         if n not in feed and n not in self.outputs])}
+                        if sessions is None and suffix.outputs:
+                            sessions = self._suffix_sessions(suffix, values)
+                            group.full = sessions is None
+                    if group.full:
+                        ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
+                        for c in group.configs:
+                            accumulate(c, chunk, ref, dict(zip(self.outputs, self.run(feed, configs[c].mask))))
+                    else:
+                        self._suffix_group(pool, sessions, suffix, values, group.configs, configs,
+                                           lambda c, ref, got, chunk=chunk: accumulate(c, chunk, ref, got))
+                        self.runs += len(group.configs) + 1 if sessions else 0
+                    done += len(group.configs)
+                    if progress:
+                        progress(done, total)
+        return [score.result() for score in scores]
+
+    def _keep_activations(self, suffixes: dict[int, Suffix], store: ActivationStore) -> bool:
+        """One float run per batch, keeping the tensors at every cut; False when the model does not allow it."""
+        needed = sorted({n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]})
+        wanted = self.outputs + [n for n in needed if n not in self.outputs]
+        try:
+            base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model")
+            for b, feed in enumerate(self.feeds):
+                values = dict(zip(wanted, base.run(wanted, feed)))
+                if not all(isinstance(v, np.ndarray) for v in values.values()):
+                    raise TypeError("a tensor at a cut is not an array (a sequence or map)")
+                store.put(b, values)
+        except Exception as exc:  # noqa: BLE001 -- any failure here only costs speed: say so and go on
+            self._note(f"suffix copies not used ({_first_line(exc)}); "
+                       "every configuration ran on the full switchable model")
+            return False
+        self.runs += len(self.feeds)
+        self.float_runs += len(self.feeds)
+        if store.bytes_in_memory + store.bytes_on_disk > sum(self.activations.get(k, 0) for k in
+                                                             ("bytes_in_memory", "bytes_on_disk")):
+            self.activations = store.describe()
+        return True
+
+    def _suffix_sessions(self, suffix: Suffix, values: dict) -> list | None:
+        """One session per worker on the group's suffix; None (the group runs on the full model) when ORT refuses it."""
+        try:
+            model = typed(suffix, values, self.batch > 1)
+            return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
+                    for _ in range(self.workers)]
+        except Exception as exc:  # noqa: BLE001 -- as above: slower, not wrong
+            self._note(f"a suffix copy could not be built ({_first_line(exc)}); "
+                       "its configurations ran on the full switchable model")
+            return None
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def _suffix_group(self, pool, sessions, suffix: Suffix, values: dict, members: list[int], configs: list[Config],
+                      accumulate: Callable) -> None:
+        """Run one batch through a group's suffix: the reference (every switch off), then the members,
+        split across the worker sessions. Model outputs the suffix does not compute are the base model's."""
+        base_out = {o: values[o] for o in self.outputs}
+        if sessions is None:  # nothing the group switches on reaches an output
+            for c in members:
+                accumulate(c, base_out, base_out)
+            return
+        feed = {n: values[n] for n in suffix.inputs}
+
+        def run(session, mask):
+            return {**base_out, **dict(zip(suffix.outputs, session.run(suffix.outputs, {**feed, SWITCH_INPUT: mask})))}
+
+        ref = run(sessions[0], self.sw.mask())
+
+        def work(w: int) -> None:  # each worker owns a session and a disjoint set of configurations
+            for c in members[w::len(sessions)]:
+                accumulate(c, ref, run(sessions[w], configs[c].mask))
+
+        list(pool.map(work, range(len(sessions))))
+
+    def _maybe_batched(self, model):
+        if self.batch > 1:
+            free_batch_dimension(model)
+        return model
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def sample_labels(data: DataSet, samples: list[int]) -> list[str]:
+    """What task metrics call each sample (its file name; its index for data without names)."""
+    named = getattr(data, "samples", None)
+    return [named[i].label if named is not None else str(i) for i in samples]
+
+
+class Score:
+    """How far one configuration's outputs are from the reference, accumulated over samples: each model
+    output, the policy's generic metrics (an output or a slice of one) and the task metrics given."""
+
+    def __init__(self, outputs: list[str], metrics: dict[str, MetricSpec], tasks: list | None = None):
+        self.metrics = {m: spec for m, spec in metrics.items() if spec.task is None}
+        self.slices = {m: parse_slice(spec.slice) if spec.slice else () for m, spec in self.metrics.items()}
+        self.outputs = {o: OutputComparison(o) for o in outputs}
+        self.user = {m: (spec, OutputComparison(m)) for m, spec in self.metrics.items()}
+        self.tasks = list(tasks or [])
+
+    def update(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], label: str) -> None:
+        """One sample (batch dimension 1)."""
+        update_output_metrics(label, list(self.outputs), ref, got, self.outputs, self.user, self.slices, self.tasks)
+
+    def result(self) -> dict:
+        out = summarize(self.outputs, self.user)
+        for task in self.tasks:
+            out[task.name] = task.result()["value"]
+        return out
+
+
+def summarize(outputs: dict[str, OutputComparison], user: dict[str, tuple[MetricSpec, OutputComparison]]) -> dict:
+    """Worst-over-outputs cosine / SQNR / MSE, per-output cosine, and the policy's metrics."""
+    results = {o: c.result() for o, c in outputs.items()}
+    out = {
+        "cosine": min(r["cosine"] for r in results.values()),
+        "sqnr": min(r["sqnr"] for r in results.values()),
+        "mse": max(r["mse"] for r in results.values()),
+        "outputs": {o: r["cosine"] for o, r in results.items()},
+    }
+    for m, (spec, cmp) in user.items():
+        out[m] = metric_value(cmp.result(), spec.metric)
+    return out
+
+
+def badness(result: dict, metric: str, metrics: dict[str, MetricSpec]) -> float:
+    """A number that grows as the configuration gets worse, for ranking."""
+    value = result.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return -math.inf
+    return -value if higher_is_better(metric, metrics) else value
+
+
+def higher_is_better(metric: str, metrics: dict[str, MetricSpec]) -> bool:
+    spec = metrics.get(metric)
+    if spec is not None and spec.task is not None:  # a task metric: its primary value decides
+        return value_names(spec.task, spec.options)[0] in TASK_HIGHER_IS_BETTER
+    return HIGHER_IS_BETTER.get(spec.metric if spec is not None else metric, False)
+
+
+def node_sensitivity(runner: ConfigRunner, metric: str = "cosine", detail: int = 20,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Rank nodes by the damage quantizing each alone does; add the other views for the worst `detail`."""
+    sw = runner.sw
+    start = time.perf_counter()
+    everything = runner.evaluate([Config("all", sw.mask(default=True))])[0]
+    node_configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
+    node_results = runner.evaluate(node_configs, progress=lambda i, n: progress and progress("sensitivity", i, n))
+    ranked = sorted(range(len(sw.nodes)), key=lambda j: (-badness(node_results[j], metric, runner.metrics),
+                                                          sw.nodes[j].order))
+    rows = []
+    for rank, j in enumerate(ranked):
+        n = sw.nodes[j]
+        rows.append({
+            "rank": rank + 1, "node": n.node, "op_type": n.op_type, "order": n.order,
+            "activations": [sw.switches[k] for k in n.activations],
+            "weights": [sw.switches[k] for k in n.weights if sw.kinds[k] == "weight"],
+            "views": {"node": node_results[j]},
+        })
+    # The detailed views for the worst nodes: which kind of quantization hurts, and what excluding it recovers.
+    details: list[tuple[dict, str, Config]] = []
+    by_name = {n.node: n for n in sw.nodes}
+    for row in rows[:detail]:
+        n = by_name[row["node"]]
+        if n.weights:
+            details.append((row, "weight", Config(n.node, sw.mask(on=n.weights))))
+        if n.activations:
+            details.append((row, "activation", Config(n.node, sw.mask(on=n.activations))))
+        details.append((row, "reverse", Config(n.node, sw.keep_float({n.node}))))
+    detail_results = runner.evaluate([c for _, _, c in details],
+                                     progress=lambda i, n: progress and progress("sensitivity details", i, n))
+    for (row, view, _), result in zip(details, detail_results):
+        row["views"][view] = result
+    for row in rows:
+        rev = row["views"].get("reverse")
+        row["recovered"] = (None if rev is None else _gain(everything, rev, metric, runner.metrics))
+        row["dominant"] = _dominant(row["views"], metric, runner.metrics)
+    return {
+        "metric": metric,
+        "samples": len(runner.samples),
+        "reference": "the emulation model with every switch off (float)",
+        "all_quantized": everything,
+        "nodes": rows,
+        "detail_nodes": min(detail, len(rows)),
+        "configurations": 1 + len(node_configs) + len(details),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _gain(before: dict, after: dict, metric: str, metrics: dict) -> float | None:
+    """How much better `after` is than `before` on `metric` (positive: better)."""
+    a, b = badness(before, metric, metrics), badness(after, metric, metrics)
+    if math.isinf(a) or math.isinf(b):
+        return None
+    return a - b
+
+
+def _dominant(views: dict, metric: str, metrics: dict) -> str | None:
+    """'weight' or 'activation': which kind of quantization of this node does more damage on its own."""
+    w, a = views.get("weight"), views.get("activation")
+    if w is None and a is None:
+        return None
+    if w is None:
+        return "activation"
+    if a is None:
+        return "weight"
+    return "weight" if badness(w, metric, metrics) > badness(a, metric, metrics) else "activation"

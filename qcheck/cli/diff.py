@@ -1,0 +1,19 @@
+"""`qcheck diff A B`: what changed between two runs; the exit code gates a merge."""
+
+from __future__ import annotations
+
+import json
+
+from qcheck.cli import exit_codes
+from qcheck.errors import QcheckError
+
+
+def cmd_diff(args) -> int:
+    from qcheck.results.files import encode
+    from qcheck.run.diff import diff_runs, format_diff, load_run
+
+    if args.tolerance < 0:
+        raise QcheckError("--tolerance must be >= 0")
+    d = diff_runs(load_run(args.a), load_run(args.b), args.tolerance)
+    print(json.dumps(encode(d), indent=1) if args.json else format_diff(d))
+    return exit_codes.FAIL if d["fails"] else exit_codes.PASS

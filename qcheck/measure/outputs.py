@@ -1,0 +1,114 @@
+"""Model-level metrics: how far the quantized model's outputs are from the float model's.
+
+Per output, over all evaluation samples: cosine, MSE, max and mean absolute
+error, SQNR, and, where the output is a class-score vector, top-1 and top-5
+agreement (the float model's top class is among the quantized model's top k).
+User metrics apply one of these to a slice of an output (`output0[:, 4:, :]`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qcheck.measure.error_stats import ErrorAccumulator, cosine
+from qcheck.policy.slices import SliceError
+
+
+def apply_slice(array: np.ndarray, index: tuple, what: str) -> np.ndarray:
+    try:
+        out = array[index]
+    except IndexError as exc:
+        raise SliceError(f"{what}: slice does not fit an output of shape {list(array.shape)}: {exc}") from None
+    return np.asarray(out)
+
+
+def class_axis(shape: tuple[int, ...]) -> int | None:
+    """The class axis when an output looks like class scores ([N, C], [N, T, C] or [N, C, 1, 1])."""
+    if len(shape) in (2, 3) and shape[-1] >= 2:
+        return len(shape) - 1
+    if len(shape) == 4 and shape[1] >= 2 and shape[2] == 1 and shape[3] == 1:
+        return 1
+    return None
+
+
+@dataclass
+class TopK:
+    hits1: int = 0
+    hits5: int = 0
+    total: int = 0
+
+    def update(self, f: np.ndarray, q: np.ndarray, axis: int) -> None:
+        f2 = np.moveaxis(f, axis, -1).reshape(-1, f.shape[axis])
+        q2 = np.moveaxis(q, axis, -1).reshape(-1, q.shape[axis])
+        top_f = f2.argmax(axis=1)
+        self.hits1 += int((q2.argmax(axis=1) == top_f).sum())
+        k = min(5, q2.shape[1])
+        top_q = np.argpartition(-q2, k - 1, axis=1)[:, :k]
+        self.hits5 += int((top_q == top_f[:, None]).any(axis=1).sum())
+        self.total += f2.shape[0]
+
+
+@dataclass
+class OutputComparison:
+    """Float vs quantized outputs of one model output, accumulated over samples."""
+
+    name: str
+    errors: ErrorAccumulator = field(default_factory=ErrorAccumulator)
+    topk: TopK | None = None
+    per_sample_cosine: list[float] = field(default_factory=list)
+    shape: list[int] | None = None
+
+    def update(self, f: np.ndarray, q: np.ndarray) -> None:
+        self.shape = list(f.shape)
+        self.errors.update(f, q)
+        self.per_sample_cosine.append(cosine(*self.errors.last_dots))
+        axis = class_axis(f.shape)
+        if axis is not None:
+            self.topk = self.topk or TopK()
+            self.topk.update(f, q, axis)
+
+    def result(self) -> dict:
+        s = self.errors.result()
+        out = {
+            "name": self.name,
+            "shape": self.shape,
+            "cosine": s.cosine,
+            "mse": s.mean_squared_error,
+            "max_abs": s.max_abs_error,
+            "mean_abs": s.mean_abs_error,
+            "sqnr": s.sqnr,
+            "float_min": s.float_min,
+            "float_max": s.float_max,
+            "top1": None,
+            "top5": None,
+            "per_sample_cosine": self.per_sample_cosine,
+        }
+        if self.topk and self.topk.total:
+            out["top1"] = self.topk.hits1 / self.topk.total
+            out["top5"] = self.topk.hits5 / self.topk.total
+        return out
+
+
+def metric_value(result: dict, metric: str) -> float | None:
+    """A generic metric's value from an `OutputComparison.result()`: rmse is the root of its mse."""
+    return math.sqrt(result["mse"]) if metric == "rmse" else result.get(metric)
+
+
+def aggregate_model_metrics(outputs: list[dict]) -> dict[str, float | None]:
+    """`model.*` names: the worst value over all outputs (lowest similarity, highest error)."""
+    def worst(key: str, fn) -> float | None:
+        values = [o[key] for o in outputs if o.get(key) is not None]
+        return fn(values) if values else None
+
+    return {
+        "cosine": worst("cosine", min),
+        "sqnr": worst("sqnr", min),
+        "mse": worst("mse", max),
+        "max_abs": worst("max_abs", max),
+        "mean_abs": worst("mean_abs", max),
+        "top1": worst("top1", min),
+        "top5": worst("top5", min),
+    }

@@ -1,0 +1,217 @@
+"""What every task metric shares: per-sample components, bootstrap intervals, labels.
+
+A task metric sees, sample by sample, the float and the quantized model's
+outputs. For each *item* (a sample, or one element of its batch) it stores a
+few numbers, its *components* (e.g. true positives, false positives, false
+negatives). Each value of the metric is a function of the components summed
+over items (F1 = 2tp / (2tp + fp + fn)), or the maximum of a per-item value.
+That makes the whole-set value, each item's own value, and a bootstrap
+interval (items drawn with replacement, `B` times, from a fixed seed) all the
+same computation on different weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qcheck.errors import DataError, Problem
+from qcheck.measure.outputs import apply_slice
+from qcheck.policy.slices import SliceError, parse_slice
+from qcheck.policy.task_options import HIGHER_IS_BETTER, IDEAL
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+WORST_SHOWN = 5
+
+
+@dataclass
+class Stat:
+    """One value of a task metric: `combine` maps summed components [..., k] to the value."""
+
+    key: str
+    columns: tuple[str, ...]  # which components it reads
+    combine: Callable[[np.ndarray], np.ndarray]
+    kind: str = "sum"  # "sum": combine(sum of components); "max": max over items of combine(item components)
+
+
+def ratio(a: np.ndarray) -> np.ndarray:
+    """a[..., 0] / a[..., 1], NaN where the denominator is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(a[..., 1] != 0, a[..., 0] / np.where(a[..., 1] != 0, a[..., 1], 1), np.nan)
+
+
+def bootstrap_weights(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """[resamples, n] counts: how often each item is drawn in each resample (multinomial, seeded)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+
+
+def evaluate_stat(stat: Stat, comps: np.ndarray, weights: np.ndarray | None = None,
+                  confidence: float = CONFIDENCE) -> dict:
+    """Value over all items, per-item values, and the bootstrap interval. comps: [n, k]."""
+    n = comps.shape[0]
+    if n == 0:
+        return {"value": None, "ci": [None, None], "per_sample": []}
+    per_item = stat.combine(comps)
+    if stat.kind == "max":
+        value = _nanmax(per_item)
+    else:
+        value = float(stat.combine(comps.sum(axis=0)))
+    w = weights if weights is not None else bootstrap_weights(n)
+    if stat.kind == "max":
+        masked = np.where(w > 0, per_item[None, :], np.nan)
+        with np.errstate(all="ignore"):
+            boot = np.array([_nanmax(row) for row in masked], dtype=np.float64)
+    else:
+        with np.errstate(all="ignore"):
+            boot = np.asarray(stat.combine(w @ comps), dtype=np.float64)
+    boot = boot[np.isfinite(boot)] if boot.size else boot
+    tail = (1 - confidence) / 2 * 100
+    ci = [float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))] if boot.size else [None, None]
+    return {"value": _clean(value), "ci": ci, "per_sample": [_clean(v) for v in per_item]}
+
+
+def _nanmax(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.max()) if finite.size else float("nan")
+
+
+def _clean(v) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) else v
+
+
+class TaskMetric:
+    """Base class: collects components and details per item; `result()` is plain data."""
+
+    task = ""
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, name: str, options: dict, labels: list | None = None):
+        self.name = name
+        self.options = options
+        self.labels = labels
+        self.items: list[str] = []
+        self.rows: list[list[float]] = []
+        self.details: list[dict] = []
+
+    # ---- subclasses
+    def stats(self) -> list[Stat]:
+        raise NotImplementedError
+
+    def update_item(self, item: str, index: int, f: dict, q: dict, b: int) -> tuple[dict, dict]:
+        """Components and details of batch element b of one sample."""
+        raise NotImplementedError
+
+    def batch_size(self, f: dict) -> int:
+        out = self.options.get("output")
+        return int(np.shape(f[out])[0]) if out and np.ndim(f[out]) > 0 else 1
+
+    # ---- shared
+    def update(self, sample: str, f: dict, q: dict) -> None:
+        n = self.batch_size(f)
+        for b in range(n):
+            item = sample if n == 1 else f"{sample}[{b}]"
+            comps, details = self.update_item(item, len(self.items), f, q, b)
+            self.items.append(item)
+            self.rows.append([float(comps.get(c, 0.0)) for c in self.columns])
+            self.details.append(details)
+
+    def label(self, index: int):
+        return None if self.labels is None or index >= len(self.labels) else self.labels[index]
+
+    def check_label_count(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.items):
+            raise DataError(Problem(
+                f"metric '{self.name}': the labels file holds {len(self.labels)} labels, but the evaluation data "
+                f"gave {len(self.items)} items (samples x batch)", file=str(self.options.get("labels")),
+                hint="one label per evaluation sample, in the order the samples are read (natural file-name order)"))
+
+    def result(self) -> dict:
+        self.check_label_count()
+        comps = np.asarray(self.rows, dtype=np.float64).reshape(len(self.rows), len(self.columns))
+        weights = bootstrap_weights(len(self.items)) if self.items else None
+        values = {}
+        for stat in self.stats():
+            idx = [self.columns.index(c) for c in stat.columns]
+            values[stat.key] = evaluate_stat(stat, comps[:, idx], weights)
+            values[stat.key]["higher_is_better"] = stat.key in HIGHER_IS_BETTER
+            values[stat.key]["key"] = stat.key
+        primary = next(iter(values)) if values else None
+        return {
+            "task": self.task,
+            "options": {k: v for k, v in self.options.items() if k != "task"},
+            "primary": primary,
+            "value": values[primary]["value"] if primary else None,
+            "values": values,
+            "samples": list(self.items),
+            "worst": self.worst(values.get(primary) if primary else None),
+            "confidence": CONFIDENCE,
+            "resamples": BOOTSTRAP_RESAMPLES,
+            "has_labels": self.labels is not None,
+        }
+
+    def worst(self, primary: dict | None) -> list[dict]:
+        """Up to WORST_SHOWN items with the worst primary value (not the ideal one), with what changed."""
+        if not primary or not primary["per_sample"]:
+            return []
+        higher = primary.get("higher_is_better", True)
+        scored = [(v, i) for i, v in enumerate(primary["per_sample"]) if v is not None]
+        scored.sort(key=lambda t: t[0] if higher else -t[0])
+        ideal = IDEAL.get(primary.get("key", ""))
+        if ideal is not None:  # only the samples where something changed
+            scored = [(v, i) for v, i in scored if v != ideal]
+        return [{"sample": self.items[i], "value": v, **self.details[i]} for v, i in scored[:WORST_SHOWN]]
+
+
+# --------------------------------------------------------------------------- helpers for subclasses
+
+
+def take(arrays: dict, output: str, slice_text: str | None, metric: str) -> np.ndarray:
+    a = np.asarray(arrays[output])
+    if slice_text:
+        try:
+            a = apply_slice(a, parse_slice(slice_text), f"metric '{metric}'")
+        except SliceError as exc:
+            raise DataError(Problem(str(exc))) from None
+    return a
+
+
+def shape_error(metric: str, message: str, hint: str | None = None) -> DataError:
+    return DataError(Problem(f"metric '{metric}': {message}", hint=hint))
+
+
+def load_labels(path: Path, metric: str, kind: str) -> list:
+    """Labels from .npy (one per row), .json (a list) or .txt (one per line). kind: 'int' or 'str'."""
+    try:
+        if path.suffix == ".npy":
+            raw = np.load(path, allow_pickle=False).tolist()
+        elif path.suffix == ".json":
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            raw = path.read_text(encoding="utf-8").splitlines()
+            if raw and raw[-1] == "":
+                raw = raw[:-1]
+    except FileNotFoundError:
+        raise DataError(Problem(f"metric '{metric}': labels file not found", file=str(path))) from None
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(Problem(f"metric '{metric}': cannot read the labels ({exc})", file=str(path),
+                                hint="use .npy (an array), .json (a list) or .txt (one label per line)")) from None
+    if not isinstance(raw, list):
+        raise DataError(Problem(f"metric '{metric}': the labels must be a list, one per sample", file=str(path)))
+    if kind == "int":
+        out = []
+        for i, v in enumerate(raw):
+            try:
+                out.append(int(str(v).strip()) if not isinstance(v, (int, float)) else int(v))
+            except ValueError:
+                raise DataError(Problem(f"metric '{metric}': label {i + 1} is {v!r}, not a class index",
+                                        file=str(path), line=i + 1 if path.suffix == ".txt" else None)) from None
+        return out
+    return [str(v) for v in raw]

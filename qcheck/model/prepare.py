@@ -1,0 +1,341 @@
+"""Loading an ONNX model and preparing it for quantization.
+
+`prepare_model` turns the user's file into the float model every later step
+uses as its reference:
+
+1. load it (external data included) and refuse what qcheck cannot work with
+   (not ONNX, truncated, already quantized), with a message that says why;
+2. fix dynamic input dimensions from the policy or the data;
+3. upgrade opsets below 13 (per-channel DequantizeLinear needs `axis`);
+4. run ONNX Runtime's quantization pre-processing (shape inference and graph
+   optimization); when symbolic shape inference fails, as it does on some
+   detectors, fall back to ONNX shape inference, and record what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from qcheck.errors import ModelError, Problem
+
+ALREADY_QUANTIZED_OPS = {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+    "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "MatMulNBits", "DynamicQuantizeMatMul",
+}
+CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
+MIN_OPSET = 13
+_PROTO_LIMIT = 2 * 1024**3 - 1024**2  # protobuf cannot serialize 2 GiB; stay below with a margin
+
+
+@dataclass
+class InputInfo:
+    name: str
+    shape: list  # ints, or strings/None for dynamic dims
+    dtype: str  # numpy dtype name
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) and d > 0 for d in self.shape)
+
+
+@dataclass
+class PreparedModel:
+    """The float reference model on disk, and facts about it for the report."""
+
+    path: Path  # the prepared (fixed, upgraded, pre-processed) float model
+    source: Path  # the user's file
+    sha256: str
+    inputs: list[InputInfo]
+    outputs: list[str]
+    opset: int
+    original_opset: int
+    node_count: int
+    op_counts: dict[str, int]
+    preprocess: str  # what pre-processing ran, e.g. "symbolic shape inference + optimization"
+    notes: list[str] = field(default_factory=list)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Load a model, external data included, turning every failure into a clear message."""
+    if not path.exists():
+        raise ModelError(Problem("model file not found", file=str(path)))
+    if path.is_dir():
+        raise ModelError(Problem("model path is a folder; point `model:` at the .onnx file", file=str(path)))
+    if path.stat().st_size == 0:
+        raise ModelError(Problem("model file is empty", file=str(path)))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ModelError(Problem(f"cannot read the model file: {exc.strerror or exc}", file=str(path),
+                                 hint="check the file's permissions")) from None
+    other = foreign_format(head)
+    if other:
+        raise ModelError(Problem(f"not an ONNX model: the file looks like {other}", file=str(path),
+                                 hint="export the model to ONNX (e.g. torch.onnx.export, tf2onnx) and point "
+                                      "`model:` at the .onnx file"))
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except PermissionError as exc:
+        raise ModelError(Problem(f"cannot read the model file: {exc.strerror or exc}",
+                                 file=str(path), hint="check the file's permissions")) from None
+    except Exception as exc:  # protobuf DecodeError and friends
+        if head[:1] == b"\x08":  # starts like a ModelProto (field 1, ir_version) but does not parse
+            raise ModelError(Problem(f"the ONNX file is truncated or corrupt: it starts like an ONNX model but does not "
+                                     f"parse ({type(exc).__name__}: {exc})", file=str(path),
+                                     hint="copy, download or export the model again; compare its size or sha256")) from None
+        raise ModelError(Problem(f"not an ONNX model: the file does not parse as one ({type(exc).__name__}: {exc})",
+                                 file=str(path), hint="point `model:` at an .onnx file")) from None
+    _load_external_data(model, path)
+    if not model.graph.node:
+        raise ModelError(Problem("not a readable ONNX model: it has no graph nodes (wrong or truncated file?)",
+                                 file=str(path)))
+    return model
+
+
+_MAGIC = [
+    (b"PK\x03\x04", "a ZIP archive (a PyTorch .pt/.pth checkpoint, or a zipped model?)"),
+    (b"\x80", "a Python pickle (a PyTorch or scikit-learn checkpoint?)"),
+    (b"\x89HDF", "an HDF5 file (a Keras .h5 model?)"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+]
+
+
+def foreign_format(head: bytes) -> str | None:
+    """What a file that is certainly not ONNX looks like, from its first bytes (None: it may be ONNX)."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"TFL3":
+        return "a TensorFlow Lite model"
+    if head[:1] in (b"{", b"<", b"#") or (head and all(32 <= c < 127 or c in (9, 10, 13) for c in head)):
+        return "a text file"
+    return None
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Bring in weights stored next to the model (models over 2 GB must do that), with clear errors."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    files = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+    if not files:
+        return
+    missing = [f for f in files if not (path.parent / f).is_file()]
+    if missing:
+        raise ModelError(Problem(f"model refers to external data that is missing: {', '.join(missing)}",
+                                 file=str(path), hint="keep the model's external data file(s) next to the .onnx, "
+                                                      "with the names the model records"))
+    for t in _get_all_tensors(model):
+        if uses_external_data(t):
+            info = ExternalDataInfo(t)
+            size = (path.parent / info.location).stat().st_size
+            end = (info.offset or 0) + (info.length or 0)
+            if end > size:
+                raise ModelError(Problem(
+                    f"the model's external data is truncated: tensor '{t.name}' needs bytes up to {end:,} of "
+                    f"{info.location}, which holds {size:,}", file=str(path),
+                    hint="copy the .onnx and its .data file again, together"))
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except OSError as exc:
+        raise ModelError(Problem(f"cannot read the model's external data: {exc.strerror or exc}", file=str(path),
+                                 hint="check the .data file's permissions")) from None
+    except Exception as exc:
+        raise ModelError(Problem(f"the model's external data is truncated or does not match the model "
+                                 f"({type(exc).__name__}: {exc})", file=str(path),
+                                 hint="copy the .onnx and its .data file again, together")) from None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def dtype_name(elem_type: int) -> str:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:
+        return TensorProto.DataType.Name(elem_type).lower()
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputInfo]:
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        out.append(InputInfo(vi.name, dims, dtype_name(tt.elem_type)))
+    return out
+
+
+def check_not_quantized(model: onnx.ModelProto, path: Path) -> None:
+    found = sorted({n.op_type for n in model.graph.node} & ALREADY_QUANTIZED_OPS)
+    if found:
+        raise ModelError(Problem(
+            f"the model is already quantized (it contains {', '.join(found)}); qcheck needs the float model",
+            file=str(path), hint="point `model:` at the float32 ONNX export"))
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+    """Set static input shapes and drop stale inferred shapes (they are inferred again)."""
+    for vi in model.graph.input:
+        if vi.name not in shapes:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        del dims[:]
+        for v in shapes[vi.name]:
+            dims.add().dim_value = int(v)
+    del model.graph.value_info[:]
+
+
+def upgrade_opset(model: onnx.ModelProto, path: Path) -> tuple[onnx.ModelProto, str | None]:
+    version = default_opset(model)
+    if version >= MIN_OPSET:
+        return model, None
+    try:
+        upgraded = onnx.version_converter.convert_version(model, MIN_OPSET)
+        return upgraded, f"opset upgraded from {version} to {MIN_OPSET} (per-channel quantization needs it)"
+    except Exception as exc:
+        raise ModelError(Problem(
+            f"the model uses opset {version}; upgrading it to {MIN_OPSET} failed: {exc}", file=str(path),
+            hint="export the model with opset 13 or newer")) from None
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Save a model, with external data when it is too large for one protobuf."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > _PROTO_LIMIT:
+        data_name = path.name + ".data"
+        if (path.parent / data_name).exists():
+            (path.parent / data_name).unlink()
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def run_preprocess(src: Path, dst: Path) -> str:
+    """ORT's quant_pre_process, falling back when symbolic shape inference fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    large = src.stat().st_size > _PROTO_LIMIT or (src.parent / (src.name + ".data")).exists()
+    attempts = [
+        ("symbolic shape inference + optimization", {}),
+        ("ONNX shape inference + optimization (symbolic shape inference failed)", {"skip_symbolic_shape": True}),
+        ("ONNX shape inference only (optimization failed)", {"skip_symbolic_shape": True, "skip_optimization": True}),
+    ]
+    errors = []
+    for label, kwargs in attempts:
+        try:
+            _quiet_ort_logs()
+            quant_pre_process(str(src), str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
+                              external_data_location=dst.name + ".data" if large else None, **kwargs)
+            onnx.checker.check_model(str(dst))
+            return label
+        except Exception as exc:  # ORT raises many kinds here; try the next, safer variant
+            errors.append(f"{label.split(' (')[0]}: {type(exc).__name__}: {exc}")
+    raise ModelError(Problem("ONNX Runtime's quantization pre-processing failed:\n    " + "\n    ".join(errors),
+                             file=str(src), hint="check that ONNX Runtime can run the model"))
+
+
+def _quiet_ort_logs() -> None:
+    logging.getLogger().setLevel(logging.ERROR)
+    # its failures are expected (we fall back) and reported by us; keep its tracebacks off the terminal
+    logging.getLogger("onnxruntime.quantization.shape_inference").setLevel(logging.CRITICAL)
+    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+
+
+def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[int]], workdir: Path) -> PreparedModel:
+    """Check, fix shapes, upgrade opset and pre-process a loaded model; returns the float reference model."""
+    check_not_quantized(model, source)
+    original_opset = default_opset(model)
+    inputs = graph_inputs(model)
+    names = {i.name for i in inputs}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise ModelError(Problem(f"the policy names input(s) the model does not have: {', '.join(unknown)}; "
+                                 f"the model's inputs are: {', '.join(sorted(names))}", file=str(source)))
+    fix_input_shapes(model, shapes)
+    notes = []
+    model, note = upgrade_opset(model, source)
+    if note:
+        notes.append(note)
+    flow = sorted({n.op_type for n in model.graph.node} & CONTROL_FLOW_OPS)
+    if flow:
+        notes.append(f"the model has control flow ({', '.join(flow)}); their subgraphs stay in float")
+    fixed = workdir / "fixed.onnx"
+    save_model(model, fixed)
+    from qcheck.model.diagnose import check_runtime_loads
+
+    check_runtime_loads(fixed, model, source)
+    prepared = workdir / "float.onnx"
+    label = run_preprocess(fixed, prepared)
+    final = onnx.load(str(prepared), load_external_data=False)
+    op_counts: dict[str, int] = {}
+    for n in final.graph.node:
+        op_counts[n.op_type] = op_counts.get(n.op_type, 0) + 1
+    return PreparedModel(
+        path=prepared,
+        source=source,
+        sha256=file_sha256(source),
+        inputs=graph_inputs(final),
+        outputs=[o.name for o in final.graph.output],
+        opset=default_opset(final),
+        original_opset=original_opset,
+        node_count=len(final.graph.node),
+        op_counts=dict(sorted(op_counts.items(), key=lambda kv: -kv[1])),
+        preprocess=label,
+        notes=notes,
+    )
+
+
+def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def topological_order(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> index of its producer in the graph's (topologically sorted) node list."""
+    order = {}
+    for i, node in enumerate(model.graph.node):
+        for out in node.output:
+            order[out] = i
+    return order
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type (onnx.TensorProto.*) of every tensor whose type the model declares, initializers included."""
+    types = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types

@@ -1,0 +1,215 @@
+"""The typed policy: the plain data every later stage reads, and the names a `require:` line may use.
+
+Built from the YAML file by `policy.loader`; nothing here reads a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcheck.errors import Problem
+from qcheck.policy.expr import Expression
+from qcheck.policy.targets import TargetProfile, builtin_profile
+from qcheck.policy.yaml_spans import line_of
+
+# --------------------------------------------------------------------------- typed policy
+
+
+@dataclass
+class FetchSpec:
+    pip: str
+    member: str
+    sha256: str | None = None
+
+
+@dataclass
+class ModelSpec:
+    path: Path
+    fetch: FetchSpec | None = None
+
+
+@dataclass
+class DataSource:
+    path: Path
+    format: str = "auto"
+    limit: int | None = None
+
+
+@dataclass
+class Preprocess:
+    size: tuple[int, int] | None = None
+    layout: str = "NCHW"
+    color: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class DataSpec:
+    calibration: DataSource | None
+    evaluation: DataSource | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+
+@dataclass
+class TensorOverride:
+    quant_type: str | None = None
+    symmetric: bool | None = None
+    reduce_range: bool | None = None
+    rmin: float | None = None
+    rmax: float | None = None
+
+
+@dataclass
+class QuantizationSpec:
+    scheme: str = "int8"
+    io: str | None = None  # inputs/outputs of the built model (int8-only: int8|uint8; float16: float32|float16)
+    activations: str = "uint8"
+    weights: str = "int8"
+    per_channel: bool = True
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    num_bins: int = 2048
+    symmetric_activations: bool = False
+    reduce_range: bool = False
+    exclude_nodes: list[str] = field(default_factory=list)
+    exclude_op_types: list[str] = field(default_factory=list)
+    overrides: dict[str, TensorOverride] = field(default_factory=dict)
+
+
+@dataclass
+class MetricSpec:
+    name: str
+    output: str | None
+    slice: str | None = None
+    metric: str = "max_abs"
+    task: str | None = None  # a task metric (qcheck/tasks): classification, detection, ctc, ...
+    options: dict[str, Any] = field(default_factory=dict)  # the task metric's keys as written
+
+
+@dataclass
+class Requirement:
+    text: str
+    expression: Expression
+    line: int | None = None
+
+
+@dataclass
+class RulesSpec:
+    packs: list[str] = field(default_factory=lambda: ["builtin"])
+    disable: list[str] = field(default_factory=list)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inline: list[dict] = field(default_factory=list)  # rules written in the policy (checked by rules.load_inline)
+    doc: Any = field(default=None, repr=False)  # the `rules:` mapping with line info, for error lines
+
+
+@dataclass
+class MeasureSpec:
+    modes: list[str] = field(default_factory=lambda: ["local", "whole"])
+    weights: bool = True
+
+
+@dataclass
+class AnalysesSpec:
+    samples: int = 8
+    memory_mb: int = 1024  # float activations kept in memory; beyond, on disk (qcheck.analyses.activation_store)
+    sensitivity: bool = True
+    metric: str = "cosine"
+    detail: int = 20
+    curves: bool = True
+    top_k: int = 3
+    distributions: bool = True
+    focus_nodes: int = 3
+    confirm: bool = True
+    tolerance: float = 0.01
+
+    @property
+    def any(self) -> bool:
+        return self.sensitivity or self.curves or self.distributions or self.confirm
+
+
+@dataclass
+class ReportSpec:
+    out: Path = Path("qcheck-out")
+    formats: list[str] = field(default_factory=lambda: ["html", "pdf"])
+    title: str | None = None
+    templates: list[Path] = field(default_factory=list)  # a team's template folders, searched first
+
+
+SEARCH_STRATEGIES = ("greedy", "bisect", "exhaustive")
+SEARCH_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "skip_first", "keep_float_flagged",
+                   "per_channel", "calibration_method", "symmetric", "reduced_range")
+SEARCH_COSTS = ("profile", "latency")
+
+
+@dataclass
+class SearchBudget:
+    max_float_nodes: int = 10
+    max_int16_tensors: int = 10
+    max_trials: int = 100
+    max_seconds: float = 600.0
+
+
+@dataclass
+class SearchSpec:
+    """The fallback search (`search:`): how to look for a recipe that meets `require:` (qcheck.search)."""
+
+    strategy: str = "greedy"
+    remedies: list[str] = field(default_factory=lambda: ["keep_float", "int16_activations"])
+    candidates: int = 20
+    width: int = 8
+    budget: SearchBudget = field(default_factory=SearchBudget)
+    finalists: int = 3
+    latency_repeats: int = 7
+    cost: str = "profile"  # profile: the target profile's costs choose; latency: the finalists' measured latency
+    explicit_range_from: str = "percentile"  # explicit_range: the calibration method whose ranges are tried
+
+
+@dataclass
+class Policy:
+    path: Path
+    model: ModelSpec
+    data: DataSpec
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    target: TargetProfile = field(default_factory=lambda: builtin_profile("cpu"))
+    quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
+    metrics: dict[str, MetricSpec] = field(default_factory=dict)
+    require: list[Requirement] = field(default_factory=list)
+    rules: RulesSpec = field(default_factory=RulesSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    analyses: AnalysesSpec = field(default_factory=AnalysesSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
+    compare: list[str] = field(default_factory=list)  # schemes to build and compare (`compare:`); empty: none
+    search: SearchSpec | None = None  # no `search:` section: no search
+    raw: dict = field(default_factory=dict)  # the document as written, without line info
+    _doc: Any = field(default=None, repr=False)  # the document with line info
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def generic_metrics(self) -> dict[str, MetricSpec]:
+        """The `metrics:` entries without `task:` (an output or slice compared with one statistic)."""
+        return {name: spec for name, spec in self.metrics.items() if spec.task is None}
+
+    def problem_at(self, keys: tuple | list, message: str, hint: str | None = None) -> Problem:
+        """A Problem pointing at the line of `keys` in the policy file."""
+        return Problem(message, file=str(self.path), line=line_of(self._doc, list(keys)), hint=hint)
+
+
+# Names a `require:` line may use besides the policy's own metrics.
+MODEL_METRIC_NAMES = ("cosine", "sqnr", "mse", "max_abs", "mean_abs", "top1", "top5")
+REQUIRE_NAMES = tuple(f"model.{m}" for m in MODEL_METRIC_NAMES) + (
+    "findings.error",
+    "findings.warning",
+    "findings.info",
+)
+
+
+# --------------------------------------------------------------------------- loading
+
+

@@ -1,0 +1,139 @@
+"""Hardware target profiles: what a target can run and what each remedy costs there.
+
+The built-in profiles are in `qcheck/profiles/targets.yaml`, each documented.
+A policy names one (`target: npu`), points at a YAML file of its own
+(`target: ./my-npu.yaml`) or writes one inline; a user profile may
+`extends:` a built-in one and change only what differs.
+
+Rules (target-aware findings), the scheme comparison (what to recommend) and
+the fallback search (what a recipe costs, what it may not use) all read the
+same `TargetProfile`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from qcheck.errors import PolicyError, Problem
+from qcheck.policy.yaml_spans import load_yaml, to_plain
+from qcheck.resources import schema_path
+
+_PROFILES = Path(__file__).resolve().parent / "profiles" / "targets.yaml"
+_SCHEMA = schema_path("target.schema.json")
+
+REMEDY_COSTS = ("float_node", "float_island", "int16_tensor", "per_channel", "calibration_method", "explicit_range")
+
+
+@dataclass
+class TargetProfile:
+    name: str
+    description: str = ""
+    schemes: list[str] = field(default_factory=list)
+    prefer: list[str] = field(default_factory=list)
+    float_fallback: bool = True
+    int16: bool = True
+    float16: bool = True
+    activations: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+    io: str = "float32"
+    costs: dict[str, float | None] = field(default_factory=dict)
+    extends: str | None = None
+
+    @property
+    def integer_only(self) -> bool:
+        return not self.float_fallback
+
+    def can_run(self, scheme: str) -> bool:
+        return scheme in self.schemes
+
+    def allows(self, remedy: str) -> bool:
+        """Whether the fallback search may use a remedy (a key of `costs`) on this target."""
+        if remedy in ("float_node", "float_island") and not self.float_fallback:
+            return False
+        if remedy == "int16_tensor" and not self.int16:
+            return False
+        return self.costs.get(remedy, 0.0) is not None
+
+    def cost(self, remedy: str, count: int = 1) -> float:
+        """Relative cost of using a remedy `count` times; infinite where the target cannot use it."""
+        if not self.allows(remedy):
+            return float("inf")
+        return float(self.costs.get(remedy) or 0.0) * count
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=1)
+def _builtin_documents() -> dict[str, dict]:
+    return to_plain(load_yaml(_PROFILES, what="target profiles"))
+
+
+def builtin_names() -> list[str]:
+    return list(_builtin_documents())
+
+
+def builtin_profile(name: str) -> TargetProfile:
+    docs = _builtin_documents()
+    if name not in docs:
+        raise KeyError(name)
+    return TargetProfile(name=name, **copy.deepcopy(docs[name]))
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_target(spec: Any, folder: Path, file: str, line: int | None) -> TargetProfile:
+    """A policy's `target:` value (name, path to a YAML profile, or inline mapping) -> profile.
+
+    Raises PolicyError naming the file and line of whatever is wrong.
+    """
+    names = builtin_names()
+    if isinstance(spec, str) and not spec.endswith((".yaml", ".yml")):
+        if spec in names:
+            return builtin_profile(spec)
+        guess = difflib.get_close_matches(spec, names, n=1)
+        hint = f"did you mean '{guess[0]}'?" if guess else None
+        raise PolicyError(Problem(f"unknown target '{spec}'; built-in targets: {', '.join(names)}, or a path to a "
+                                  f"profile .yaml file", file, line, hint=hint or "see qcheck/profiles/targets.yaml"))
+    if isinstance(spec, str):
+        path = Path(spec).expanduser()
+        path = path if path.is_absolute() else folder / path
+        if not path.is_file():
+            raise PolicyError(Problem(f"target profile not found: {path}", file, line,
+                                      hint="relative paths start at the policy's folder"))
+        doc = load_yaml(path, what="target profile")
+        file, line, default_name = str(path), 1, path.stem
+    else:
+        doc, default_name = spec, "custom"
+    _validate(doc, file)
+    doc = to_plain(doc)
+    base_name = doc.get("extends")
+    if base_name is not None and base_name not in names:
+        raise PolicyError(Problem(f"target profile extends unknown target '{base_name}'; built-in targets: "
+                                  f"{', '.join(names)}", file, line))
+    base = _builtin_documents()[base_name] if base_name else _builtin_documents()["cpu"]
+    merged = _merge(base, {k: v for k, v in doc.items() if k != "name"})
+    merged.pop("extends", None)
+    return TargetProfile(name=doc.get("name", default_name), extends=base_name or "cpu", **merged)
+
+
+def _validate(doc: Any, file: str) -> None:
+    from qcheck.policy.schema_messages import schema_problems  # policy imports this module
+
+    problems = schema_problems(doc, json.loads(_SCHEMA.read_text(encoding="utf-8")), file)
+    if problems:
+        raise PolicyError(problems)

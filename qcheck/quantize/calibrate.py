@@ -1,0 +1,222 @@
+"""Calibrate once, then build any quantized variant from a recipe.
+
+ONNX Runtime's `quantize_static` calibrates every time it is called. qcheck
+splits the two steps, as `quantize_static` does internally:
+
+- `calibrate()` runs ORT's calibrator over the calibration data once per
+  method and keeps the ranges (saved in the output folder as `ranges.json`);
+- `build_quantized()` hands those ranges and a `Recipe` (what to exclude,
+  per-tensor overrides, types) to ORT's QDQ quantizer, which takes a fraction
+  of a second, so later stages can build hundreds of variants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from qcheck.data.readers import DataSet
+from qcheck.errors import DataError, ModelError, Problem
+from qcheck.policy.spec import QuantizationSpec
+
+QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+@dataclass
+class Recipe:
+    """Everything that decides a quantized model, given the float model and the ranges."""
+
+    activations: str = "uint8"
+    weights: str = "int8"
+    per_channel: bool = True
+    calibration: str = "minmax"
+    symmetric_activations: bool = False
+    reduce_range: bool = False
+    exclude_nodes: list[str] = field(default_factory=list)
+    exclude_op_types: list[str] = field(default_factory=list)
+    # tensor name -> {quant_type, symmetric, reduce_range, rmin, rmax}
+    overrides: dict[str, dict] = field(default_factory=dict)
+
+    @classmethod
+    def from_policy(cls, q: QuantizationSpec) -> Recipe:
+        return cls(
+            activations=q.activations, weights=q.weights, per_channel=q.per_channel, calibration=q.calibration,
+            symmetric_activations=q.symmetric_activations, reduce_range=q.reduce_range,
+            exclude_nodes=list(q.exclude_nodes), exclude_op_types=list(q.exclude_op_types),
+            overrides={k: {f: v for f, v in asdict(o).items() if v is not None} for k, o in q.overrides.items()},
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> str:
+        """A short stable hash: equal recipes build equal models."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class Ranges:
+    """Calibrated [min, max] per activation tensor, for one method."""
+
+    method: str
+    ranges: dict[str, tuple[float, float]]
+    samples: int
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "samples": self.samples, "options": self.options,
+                "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.ranges.items())}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Ranges:
+        return cls(d["method"], {k: (float(v[0]), float(v[1])) for k, v in d["ranges"].items()},
+                   int(d.get("samples", 0)), dict(d.get("options", {})))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Ranges:
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+class _Reader:
+    """ORT CalibrationDataReader over a DataSet (duck-typed: get_next / __len__)."""
+
+    def __init__(self, data: DataSet, progress=None):
+        self.data, self.i, self.progress = data, 0, progress
+
+    def get_next(self):
+        if self.i >= len(self.data):
+            return None
+        sample = self.data[self.i]
+        self.i += 1
+        if self.progress:
+            self.progress(self.i, len(self.data))
+        return sample
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_range(self, start_index: int, end_index: int) -> None:  # used by ORT's strided calibration
+        self.i = start_index
+
+
+def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str | None = None,
+              progress=None) -> Ranges:
+    """Run ORT's calibrator once over `data` and return the ranges it computes."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    method = method or q.calibration
+    options: dict = {"symmetric": q.symmetric_activations}
+    if method in ("entropy", "percentile"):
+        options["num_bins"] = q.num_bins
+    if method == "percentile":
+        options["percentile"] = q.percentile
+    with tempfile.TemporaryDirectory(prefix="qcheck-calib-") as tmp:
+        try:
+            calibrator = create_calibrator(
+                float_model, [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=options,
+            )
+            calibrator.collect_data(_Reader(data, progress))
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print their settings
+                tensors = calibrator.compute_data()
+        except (ModelError, DataError):  # a bad sample found while calibrating: report it as such
+            raise
+        except Exception as exc:
+            raise ModelError(Problem(f"calibration ({method}) failed in ONNX Runtime: {type(exc).__name__}: {exc}",
+                                     file=str(float_model))) from None
+    ranges = {}
+    for name, td in tensors.data.items():
+        lo, hi = td.range_value
+        ranges[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
+    return Ranges(method, ranges, len(data), options)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def quantizable_op_types(exclude_op_types=()) -> list[str]:
+    """The op types ONNX Runtime's QDQ quantizer is asked to quantize (all it knows, minus the excluded)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(exclude_op_types))
+
+
+def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path: Path,
+                    keep_removable_activations: bool = False) -> Path:
+    """Quantize `float_model` with ORT's QDQ quantizer using precomputed ranges.
+
+    `keep_removable_activations` keeps Relu/Clip nodes ORT would fold into the
+    producer's grid (same numbers; the emulation model needs their float output).
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import (
+        QuantType,
+        load_model_with_shape_infer,
+        update_opset_version,
+    )
+
+    if recipe.calibration != ranges.method:
+        raise ValueError(f"recipe wants {recipe.calibration} ranges, got {ranges.method}")
+    model = load_model_with_shape_infer(float_model)
+    weight_type = getattr(QuantType, QUANT_TYPES[recipe.weights])
+    act_type = getattr(QuantType, QUANT_TYPES[recipe.activations])
+    overrides = {}
+    for tensor, o in recipe.overrides.items():
+        entry = dict(o)
+        if "quant_type" in entry:
+            entry["quant_type"] = getattr(QuantType, QUANT_TYPES[entry["quant_type"]])
+        for bound in ("rmin", "rmax"):  # ORT reads .dtype of these
+            if bound in entry:
+                entry[bound] = np.float32(entry[bound])
+        overrides[tensor] = [entry]
+    extra = {
+        "ActivationSymmetric": recipe.symmetric_activations,
+        "WeightSymmetric": True,
+        "TensorQuantOverrides": overrides,
+        "QDQKeepRemovableActivations": keep_removable_activations,
+    }
+    if any(t in ("int16", "uint16") for t in [recipe.activations] + [o.get("quant_type") for o in recipe.overrides.values()]):
+        extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
+    model = update_opset_version(model, weight_type, act_type, tensor_quant_overrides=overrides)
+    op_types = quantizable_op_types(recipe.exclude_op_types)
+    tensors = TensorsData(
+        CalibrationMethod.MinMax,
+        {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.ranges.items()},
+    )
+    unknown = [t for t in overrides if t not in ranges.ranges and t not in {i.name for i in model.graph.initializer}]
+    if unknown:
+        raise ModelError(Problem(f"quantization overrides name tensor(s) the model does not have: {', '.join(unknown)}"))
+    try:
+        quantizer = QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, weight_type, act_type, tensors,
+                                 [], list(recipe.exclude_nodes), op_types, extra)
+        quantizer.quantize_model()
+    except Exception as exc:
+        raise ModelError(Problem(f"ONNX Runtime could not quantize the model: {type(exc).__name__}: {exc}",
+                                 file=str(float_model))) from None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    quantizer.model.save_model_to_file(str(out_path), quantizer.model.model.ByteSize() > 2**31 - 2**21)
+    return out_path
+
+
+def load_quantized(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=True)

@@ -1,0 +1,144 @@
+"""`policy.lock.yaml`: the exact recipe a run settled on, and `qcheck apply` to rebuild its model.
+
+The lock holds what decides the quantized model's bytes: the float model's
+hash (and the shapes its inputs were fixed to), the hash of the pre-processed
+float model, the calibrated ranges (a file next to the lock, with its hash),
+the recipe, and the versions of qcheck, ONNX Runtime and onnx that built it.
+`apply_lock` checks each hash, rebuilds with `quantize.build_quantized`
+(no calibration, no search) and compares the result with the locked hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from qcheck.errors import ModelError, Problem, QcheckError
+from qcheck.model.prepare import file_sha256, load_onnx, prepare_model
+from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
+
+LOCK_NAME = "policy.lock.yaml"
+LOCK_VERSION = 1
+HEADER = ("# qcheck lock file: the exact recipe this run chose. `qcheck apply policy.lock.yaml` rebuilds the\n"
+          "# quantized model below byte for byte, without calibrating or searching. Do not edit by hand.\n")
+
+
+def data_fingerprint(data) -> str:
+    """SHA-256 over every sample of a DataSet as the model sees it (input name, dtype, shape, values), in order."""
+    h = hashlib.sha256()
+    for i in range(len(data)):
+        for name, array in sorted(data[i].items()):
+            h.update(f"{i}:{name}:{array.dtype}:{list(array.shape)}".encode())
+            h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def lock_document(*, policy_path: Path, policy_sha256: str, model_path: Path, model_sha256: str,
+                  shapes: dict[str, list[int]], float_sha256: str, calibration_sha256: str, ranges_file: str,
+                  ranges: Ranges,
+                  recipe: Recipe, quantized_file: str, quantized_sha256: str, environment: dict,
+                  search: dict | None) -> dict:
+    return {
+        "lock_version": LOCK_VERSION,
+        "policy": {"path": str(policy_path), "sha256": policy_sha256},
+        "model": {"path": str(model_path), "sha256": model_sha256, "input_shapes": shapes,
+                  "prepared_sha256": float_sha256},
+        "calibration_data": {"samples": ranges.samples, "sha256": calibration_sha256},
+        "ranges": {"file": ranges_file, "method": ranges.method, "sha256": ranges.sha256()},
+        "recipe": recipe.to_dict(),
+        "recipe_key": recipe.key(),
+        "quantized_model": {"file": quantized_file, "sha256": quantized_sha256},
+        "versions": {k: environment[k] for k in ("qcheck", "onnxruntime", "onnx")},
+        "search": search,
+    }
+
+
+def write_lock(doc: dict, path: Path) -> None:
+    path.write_text(HEADER + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+
+
+def read_lock(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QcheckError(Problem("lock file not found", file=str(path))) from None
+    except yaml.YAMLError as exc:
+        raise QcheckError(Problem(f"not a qcheck lock file (invalid YAML: {exc})", file=str(path))) from None
+    if not isinstance(doc, dict) or doc.get("lock_version") != LOCK_VERSION or "recipe" not in doc:
+        raise QcheckError(Problem("not a qcheck lock file (no lock_version 1 / recipe)", file=str(path),
+                                  hint="`qcheck run` writes policy.lock.yaml into its output folder"))
+    return doc
+
+
+def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = None) -> dict:
+    """Rebuild the locked quantized model. Raises QcheckError when the model or ranges no longer match."""
+    import onnxruntime
+
+    doc = read_lock(lock_path)
+    folder = lock_path.resolve().parent
+    where = str(lock_path)
+    model_path = Path(model) if model else Path(doc["model"]["path"])
+    if not model_path.is_absolute() and not model:
+        model_path = folder / model_path
+    if not model_path.is_file():
+        raise QcheckError(Problem(f"the locked model is not there: {model_path}", file=where,
+                                  hint="pass the model's current path with --model"))
+    sha = file_sha256(model_path)
+    if sha != doc["model"]["sha256"]:
+        raise QcheckError(Problem(f"the model changed since the lock was written: {model_path} has sha256 "
+                                  f"{sha[:16]}…, the lock {doc['model']['sha256'][:16]}…", file=where,
+                                  hint="run `qcheck run` on the policy again to search and lock the new model"))
+    ranges_path = folder / doc["ranges"]["file"]
+    if not ranges_path.is_file():
+        raise QcheckError(Problem(f"the locked calibration ranges are not there: {ranges_path}", file=where,
+                                  hint="keep the lock file in its output folder, next to its ranges file"))
+    ranges = Ranges.load(ranges_path)
+    if ranges.sha256() != doc["ranges"]["sha256"]:
+        raise QcheckError(Problem(f"the calibration ranges changed since the lock was written ({ranges_path})",
+                                  file=where, hint="the calibration data or method differ: run `qcheck run` again"))
+    recipe = Recipe(**doc["recipe"])
+    if recipe.key() != doc.get("recipe_key"):
+        raise QcheckError(Problem("the lock's recipe does not match its recipe_key (edited by hand?)", file=where))
+    notes = []
+    if doc["versions"].get("onnxruntime") != onnxruntime.__version__:
+        notes.append(f"the lock was written with ONNX Runtime {doc['versions'].get('onnxruntime')}, this is "
+                     f"{onnxruntime.__version__}: the bytes may differ")
+    out = Path(out) if out else folder / "model.applied.onnx"
+    with tempfile.TemporaryDirectory(prefix="qcheck-apply-") as tmp:
+        prepared = prepare_model(load_onnx(model_path), model_path, dict(doc["model"].get("input_shapes") or {}),
+                                 Path(tmp))
+        _check_data(doc, prepared, where, notes)
+        float_sha = file_sha256(prepared.path)
+        if float_sha != doc["model"]["prepared_sha256"]:
+            notes.append("pre-processing gave a different float model than when the lock was written "
+                         "(another onnx or ONNX Runtime version?)")
+        try:
+            build_quantized(prepared.path, ranges, recipe, out)
+        except ModelError:
+            raise
+    built = hashlib.sha256(out.read_bytes()).hexdigest()
+    return {"out": str(out), "sha256": built, "expected": doc["quantized_model"]["sha256"],
+            "identical": built == doc["quantized_model"]["sha256"], "notes": notes}
+
+
+def _check_data(doc: dict, prepared, where: str, notes: list[str]) -> None:
+    """The policy's calibration data, read as the run read them, must be what the ranges were computed from."""
+    from qcheck.data.readers import open_data
+    from qcheck.policy.loader import load_policy
+
+    policy_path = Path(doc["policy"]["path"])
+    expected = (doc.get("calibration_data") or {}).get("sha256")
+    if not expected:
+        return
+    if not policy_path.is_file():
+        notes.append(f"the policy {policy_path} is not there: the calibration data were not checked")
+        return
+    policy = load_policy(policy_path)
+    data = open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
+    if data_fingerprint(data) != expected:
+        raise QcheckError(Problem(f"the calibration data changed since the lock was written "
+                                  f"({policy.data.calibration.path}, {len(data)} samples now)", file=where,
+                                  hint="the locked ranges no longer describe the data: run `qcheck run` again"))

@@ -1,0 +1,477 @@
+"""The rule engine: rule packs in YAML, conditions over statistics, findings out.
+
+A rule names statistics (see `catalog.TENSOR_STATISTICS`, and for model-scope
+rules `model_stats.MODEL_STATISTICS`) and parameters in its condition,
+`rmse / scale > threshold`. Packs are checked when they load: the schema
+(file:line for every problem), the condition (parsed by the safe evaluator in
+`expr`; unknown names are refused with the list of known ones) and the message
+template (only `{name}` and `{name:.2f}` forms).
+
+Scopes: `tensor` rules see every measured tensor; `node` rules see the output
+activations of quantized nodes and give at most one finding per node (its
+worst output); `output` rules see the model's outputs; `model` rules see one
+row of model statistics. A policy selects packs, disables rules, overrides
+parameters and may add inline rules (`rules.inline`), checked the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import string
+import textwrap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcheck.errors import PolicyError, Problem
+from qcheck.policy.expr import ExprError, Expression, NotApplicable
+from qcheck.policy.schema_messages import schema_problems
+from qcheck.policy.spec import RulesSpec
+from qcheck.policy.yaml_spans import LineDict, line_of, load_yaml
+from qcheck.resources import builtin_pack_path, schema_path
+from qcheck.results.layer_columns import TENSOR_STATISTICS
+from qcheck.rules.model_row import MODEL_STATISTICS, remedies_for
+
+SEVERITIES = ("error", "warning", "info")
+SCOPES = ("tensor", "node", "output", "model")
+_FORMAT_SPEC = re.compile(r"^[<>^=+\- #0-9,._%a-zA-Z]*$")
+_INPUT_NODE = "(input)"  # measure's producer name for graph inputs
+
+
+def statistics_for(scope: str) -> dict[str, str]:
+    """The names a condition of this scope may use."""
+    return MODEL_STATISTICS if scope == "model" else TENSOR_STATISTICS
+
+
+@dataclass
+class Rule:
+    code: str
+    name: str
+    scope: str
+    severity: str
+    when: Expression
+    message: str
+    summary: str
+    why: str
+    fix: str
+    params: dict[str, Any] = field(default_factory=dict)
+    kinds: list[str] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=list)
+    schemes: list[str] = field(default_factory=list)  # applies_to.schemes: empty = every scheme
+    evidence: list[str] = field(default_factory=list)
+    rank: Expression | None = None
+    message_names: list[str] = field(default_factory=list)
+    remedies: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    pack: str = ""
+    source: str = ""  # file:line of the rule
+
+    @property
+    def needs(self) -> set[str]:
+        """The statistics this rule reads (its condition, evidence and rank)."""
+        names = set(self.when.names) | set(self.evidence) | set(self.message_names)
+        names |= set(self.rank.names) if self.rank else set()
+        return names - set(self.params)
+
+    def doc(self) -> dict:
+        """The rule's documentation as plain data (for `qcheck rules`, the report and the docs)."""
+        return {"code": self.code, "name": self.name, "scope": self.scope, "severity": self.severity,
+                "when": self.when.text, "params": dict(self.params), "kinds": list(self.kinds),
+                "op_types": list(self.op_types), "summary": self.summary, "why": self.why, "fix": self.fix,
+                "remedies": list(self.remedies), "pack": self.pack, "aliases": list(self.aliases),
+                "reads": sorted(self.needs), "source": self.source,
+                "schemes": list(self.schemes)}
+
+
+@dataclass
+class Finding:
+    code: str
+    rule: str
+    severity: str
+    scope: str
+    message: str
+    tensor: str | None = None
+    node: str | None = None
+    op_type: str | None = None
+    kind: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # the thresholds the evidence was held against
+    remedies: list[str] = field(default_factory=list)
+    score: float = 0.0  # larger is worse, within one rule
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _rule_schema() -> dict:
+    return json.loads(schema_path("rulepack.schema.json").read_text(encoding="utf-8"))
+
+
+def load_pack(path: Path) -> list[Rule]:
+    """Every rule of one pack file; every problem in it at once, with file:line."""
+    doc = load_yaml(path, what="rule pack")
+    if not isinstance(doc, dict):
+        raise PolicyError(Problem("a rule pack must be a YAML mapping with `pack:` and `rules:`", str(path), 1))
+    problems = schema_problems(doc, _rule_schema(), str(path))
+    if problems:
+        raise PolicyError(problems)
+    rules, problems = _build_rules(doc["rules"], doc["pack"], str(path), doc, ["rules"])
+    if problems:
+        raise PolicyError(problems)
+    return rules
+
+
+def load_inline(spec_doc: LineDict, policy_file: str) -> list[Rule]:
+    """The rules written in a policy under `rules.inline`, checked like a pack, lines in the policy."""
+    root = LineDict(rules=spec_doc)
+    root.line = getattr(spec_doc, "line", None)
+    root.lines = {"rules": root.line}
+    schema = _rule_schema()
+    wrapper = {"$defs": schema["$defs"], "type": "object", "properties": {"rules": {
+        "type": "object", "properties": {"inline": {"type": "array", "items": {"$ref": "#/$defs/rule"}}}}}}
+    problems = schema_problems(root, wrapper, policy_file)
+    if problems:
+        raise PolicyError(problems)
+    rules, problems = _build_rules(spec_doc.get("inline") or [], "inline", policy_file, root, ["rules", "inline"])
+    if problems:
+        raise PolicyError(problems)
+    return rules
+
+
+def _build_rules(raws: list, pack: str, file: str, root: Any, prefix: list) -> tuple[list[Rule], list[Problem]]:
+    rules, problems = [], []
+    seen: dict[str, int | None] = {}
+    for i, raw in enumerate(raws):
+        line = line_of(root, prefix + [i])
+        if raw["code"] in seen:
+            problems.append(Problem(f"rule code {raw['code']} is used twice (first at line {seen[raw['code']]})", file, line))
+            continue
+        seen[raw["code"]] = line
+        try:
+            rules.append(_build_rule(raw, pack, f"{file}:{line}"))
+        except _FieldError as exc:
+            problems.append(Problem(f"rule {raw['code']}: {exc.message}", file, line_of(root, prefix + [i, exc.key]),
+                                    hint=exc.hint))
+    return rules, problems
+
+
+class _FieldError(Exception):
+    def __init__(self, key: str, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.key, self.message, self.hint = key, message, hint
+
+
+def _names_hint(name: str, known: set[str], scope: str) -> str:
+    guess = difflib.get_close_matches(name, sorted(known), n=1)
+    stats = statistics_for(scope)
+    return ((f"did you mean '{guess[0]}'? " if guess else "") +
+            f"known {'model ' if scope == 'model' else ''}statistics: " + ", ".join(sorted(stats)))
+
+
+def _expression(raw: dict, key: str, known: set[str]) -> Expression:
+    try:
+        return Expression(raw[key], known_names=known)
+    except ExprError as exc:
+        bad = exc.args[1] if len(exc.args) > 1 else None
+        what = f"`{key}` names unknown statistic '{bad}'" if bad else f"`{key}`: {exc.args[0]}"
+        raise _FieldError(key, what, _names_hint(bad, known, raw["scope"]) if bad else None) from None
+
+
+def _build_rule(raw: dict, pack: str, source: str) -> Rule:
+    scope = raw["scope"]
+    stats = statistics_for(scope)
+    params = dict(raw.get("params") or {})
+    clash = sorted(set(params) & set(stats))
+    if clash:
+        raise _FieldError("params", f"parameter name(s) {', '.join(clash)} clash with statistics of the same name")
+    known = set(stats) | set(params)
+    when = _expression(raw, "when", known)
+    rank = _expression(raw, "rank", known) if raw.get("rank") else None
+    for name in raw.get("evidence") or []:
+        if name not in known:
+            raise _FieldError("evidence", f"evidence names unknown statistic '{name}'", _names_hint(name, known, scope))
+    try:
+        _check_template(raw["message"], known)
+    except ValueError as exc:
+        raise _FieldError("message", str(exc)) from None
+    applies = raw.get("applies_to") or {}
+    if applies and scope == "model":
+        raise _FieldError("applies_to", "`applies_to` restricts tensors; a model-scope rule has none")
+    return Rule(
+        code=raw["code"], name=raw["name"], scope=scope, severity=raw["severity"], when=when,
+        message=raw["message"], summary=" ".join(raw["summary"].split()), why=" ".join(raw["why"].split()),
+        fix=" ".join(raw["fix"].split()), params=params, kinds=list(applies.get("kind", [])),
+        op_types=list(applies.get("op_types", [])), schemes=list(applies.get("schemes", [])),
+        evidence=list(raw.get("evidence") or []), rank=rank,
+        message_names=[n for _t, n, _s, _c in string.Formatter().parse(raw["message"]) if n],
+        remedies=list(raw.get("remedies") or []), aliases=list(raw.get("aliases") or []), pack=pack, source=source,
+    )
+
+
+def _check_template(template: str, known: set[str]) -> None:
+    """Only {name} and {name:spec} with known names: str.format could otherwise reach attributes."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"message template: {exc}") from None
+    for _text, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        if not field_name.isidentifier() or field_name.startswith("_"):
+            raise ValueError(f"message template: '{{{field_name}}}' is not allowed; use {{name}} or {{name:.2f}}")
+        if field_name not in known:
+            raise ValueError(f"message template names unknown value '{field_name}'")
+        if conversion or (spec and (not _FORMAT_SPEC.match(spec) or "{" in spec)):
+            raise ValueError(f"message template: format '{{{field_name}:{spec}}}' is not allowed")
+
+
+def load_rules(spec: RulesSpec, policy_file: str | None = None) -> list[Rule]:
+    """The rules a policy selects: its packs and inline rules, minus disabled rules, with its parameter overrides."""
+    rules: list[Rule] = []
+    for pack in spec.packs:
+        rules.extend(load_pack(builtin_pack_path() if pack == "builtin" else Path(pack)))
+    if spec.inline:
+        rules.extend(load_inline(spec.doc if spec.doc is not None else LineDict(inline=spec.inline),
+                                 policy_file or "policy"))
+    problems = []
+
+    def at(*keys) -> int | None:
+        return line_of(spec.doc, list(keys)) if spec.doc is not None else None
+
+    by_code: dict[str, Rule] = {}
+    for r in rules:
+        if r.code in by_code:
+            first = by_code[r.code]
+            file, _, line = r.source.rpartition(":")
+            problems.append(Problem(f"rule code {r.code} is already defined at {first.source} (pack {first.pack}); "
+                                    "codes are never reused: give this rule a new code", file,
+                                    int(line) if line.isdigit() else None))
+        by_code.setdefault(r.code, r)
+    by_key: dict[str, Rule] = {}
+    for r in rules:
+        for key in [r.code, r.name] + r.aliases:
+            other = by_key.setdefault(key, r)
+            if other is not r and other.code != r.code:
+                file, _, line = r.source.rpartition(":")
+                problems.append(Problem(f"rule {r.code}: the name '{key}' is already rule {other.code}'s "
+                                        f"({other.source}); names and aliases must be unique", file,
+                                        int(line) if line.isdigit() else None))
+    for i, key in enumerate(spec.disable):
+        if key not in by_key:
+            problems.append(Problem(f"rules.disable: no rule named '{key}'", policy_file, at("disable", i),
+                                    hint=_closest(key, by_key)))
+    for key, overrides in spec.params.items():
+        rule = by_key.get(key)
+        if rule is None:
+            problems.append(Problem(f"rules.params: no rule named '{key}'", policy_file, at("params", key),
+                                    hint=_closest(key, by_key)))
+            continue
+        for p, v in (overrides or {}).items():
+            if p not in rule.params:
+                problems.append(Problem(f"rules.params.{key}: rule {rule.code} has no parameter '{p}' "
+                                        f"(it has: {', '.join(rule.params) or 'none'})", policy_file,
+                                        at("params", key, p)))
+            elif not _same_kind(rule.params[p], v):
+                problems.append(Problem(f"rules.params.{key}.{p} must be {_kind_word(rule.params[p])} like its "
+                                        f"default {rule.params[p]!r}, got {v!r}", policy_file, at("params", key, p)))
+            else:
+                rule.params[p] = v
+    if problems:
+        raise PolicyError(problems)
+    disabled = {by_key[k].code for k in spec.disable}
+    return [r for r in rules if r.code not in disabled]
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _kind_word(default: Any) -> str:
+    return "a boolean" if isinstance(default, bool) else "a number" if isinstance(default, (int, float)) else "a string"
+
+
+def _closest(key: str, names: dict) -> str | None:
+    # codes are easy to mistype as QC1O1 or qc101: compare them normalized first
+    norm = {n.upper().replace("O", "0"): n for n in sorted(names)}
+    wanted = key.upper().replace("O", "0")
+    if wanted in norm:
+        return f"did you mean '{norm[wanted]}'?"
+    guess = difflib.get_close_matches(key, sorted(names), n=1)
+    return f"did you mean '{guess[0]}'?" if guess else None
+
+
+def needed_statistics(rules: list[Rule]) -> set[str]:
+    """Every tensor statistic some rule reads: measurement can skip the rest."""
+    out: set[str] = set()
+    for r in rules:
+        if r.scope != "model":
+            out |= r.needs
+    return out
+
+
+# --------------------------------------------------------------------------- evaluating
+
+
+def rows_in_scope(rule: Rule, rows: list[dict]) -> list[dict]:
+    """The rows a tensor/node/output rule looks at."""
+    out = []
+    for row in rows:
+        if rule.scope in ("node", "output") and row.get("kind") != "activation":
+            continue
+        if rule.scope == "node" and (not row.get("node") or row.get("node") == _INPUT_NODE):
+            continue
+        if rule.scope == "output" and not row.get("is_output"):
+            continue
+        if rule.kinds and row.get("kind") not in rule.kinds:
+            continue
+        if rule.op_types and row.get("op_type") not in rule.op_types:
+            continue
+        out.append(row)
+    return out
+
+
+def check(rule: Rule, row: dict) -> bool | None:
+    """Whether the rule fires on this row; None when it does not apply (a value it needs is missing)."""
+    env = {**row, **rule.params}
+    try:
+        return bool(rule.when.evaluate(env))
+    except NotApplicable:
+        return None
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None  # a value of an unexpected type on this row: the rule does not apply
+
+
+def applies_to_scheme(rule: Rule, scheme: str | None) -> bool:
+    return not (scheme and rule.schemes and scheme not in rule.schemes)
+
+
+def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | None = None) -> list[Finding]:
+    """Findings of every tensor-, node- and output-scope rule; see `sort_findings` for the order."""
+    findings = []
+    for rule in rules:
+        if rule.scope == "model" or not applies_to_scheme(rule, scheme):
+            continue
+        per_node: dict[str, Finding] = {}
+        for row in rows_in_scope(rule, rows):
+            if not check(rule, row):
+                continue
+            f = _finding(rule, row, target)
+            if rule.scope == "node":
+                best = per_node.get(row["node"])
+                if best is None or f.score > best.score:
+                    per_node[row["node"]] = f
+            else:
+                findings.append(f)
+        findings.extend(per_node.values())
+    return sort_findings(findings)
+
+
+def evaluate_model(rules: list[Rule], model_row: dict, target: str | None = None) -> list[Finding]:
+    """Findings of the model-scope rules on the run's model statistics (`model_stats.model_row`)."""
+    return sort_findings([_finding(r, model_row, target) for r in rules if r.scope == "model" and check(r, model_row)])
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Errors first, then warnings, then info; within a severity by rule; within a rule the worst first."""
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (order[f.severity], f.code, -f.score, f.tensor or ""))
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else (math.copysign(1e300, v) if not math.isnan(v) else None)
+
+
+def _score(rule: Rule, row: dict, env: dict, evidence: dict) -> float:
+    if rule.rank is not None:
+        try:
+            value = _number(rule.rank.evaluate(env))
+        except (NotApplicable, TypeError, ValueError, ZeroDivisionError, OverflowError):
+            value = None
+        return value if value is not None else 0.0
+    for v in evidence.values():
+        value = _number(v)
+        if value is not None:
+            return value
+    return 0.0
+
+
+def _finding(rule: Rule, row: dict, target: str | None) -> Finding:
+    env = {**row, **rule.params}
+    # declared evidence first (the first one orders findings within a rule by default), then what `when` reads
+    evidence = {n: row.get(n) for n in dict.fromkeys(rule.evidence + sorted(rule.when.names - set(rule.params)))}
+    if rule.scope == "model":
+        where = {}
+    else:
+        where = {"tensor": row.get("name"), "node": row.get("node"), "op_type": row.get("op_type"),
+                 "kind": row.get("kind")}
+    return Finding(
+        code=rule.code, rule=rule.name, severity=rule.severity, scope=rule.scope,
+        message=render_message(rule.message, env), evidence=evidence, params=dict(rule.params),
+        remedies=remedies_for(rule.remedies, target), score=_score(rule, row, env, evidence), **where,
+    )
+
+
+class _Values(dict):
+    def __missing__(self, key):
+        return "n/a"
+
+
+def render_message(template: str, env: dict) -> str:
+    values = _Values()
+    for _text, name, spec, _conv in string.Formatter().parse(template):
+        if name is None:
+            continue
+        v = env.get(name)
+        if v is None:
+            values[name] = "n/a"
+        elif isinstance(v, bool):
+            values[name] = "yes" if v else "no"
+        elif spec and not isinstance(v, (int, float)):
+            values[name] = str(v)
+        else:
+            values[name] = v
+    try:
+        return template.format_map(values)
+    except (ValueError, TypeError):
+        return template.format_map(_Values({k: str(v) for k, v in values.items()}))
+
+
+def count_by_severity(findings: list[Finding]) -> dict[str, int]:
+    return {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def format_doc(doc: dict) -> str:
+    """One rule's documentation as text (`qcheck rules QC101`); the report's appendix shows the same fields."""
+    params = ", ".join(f"{k} = {v}" for k, v in doc["params"].items()) or "none"
+    applies = []
+    if doc.get("kinds"):
+        applies.append("kinds " + ", ".join(doc["kinds"]))
+    if doc.get("op_types"):
+        applies.append("op types " + ", ".join(doc["op_types"]))
+    lines = [f"{doc['code']} {doc['name']} ({doc['severity']}, {doc['scope']} scope, pack {doc['pack']})", "",
+             doc["summary"], "", f"when:       {doc['when']}", f"parameters: {params}"]
+    if applies:
+        lines.append(f"applies to: {'; '.join(applies)}")
+    lines.append(f"remedies:   {', '.join(doc['remedies']) or 'none'}")
+    if doc.get("reads"):
+        lines.append(f"reads:      {', '.join(doc['reads'])}")
+    if doc.get("aliases"):
+        lines.append(f"aliases:    {', '.join(doc['aliases'])}")
+    lines += ["", "Why it matters", textwrap.fill(doc["why"], 88, initial_indent="  ", subsequent_indent="  "),
+              "", "How to fix", textwrap.fill(doc["fix"], 88, initial_indent="  ", subsequent_indent="  ")]
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""The verdict: do the policy's `require:` lines hold?"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from qcheck.policy.expr import NotApplicable
+from qcheck.policy.spec import Requirement
+
+
+def requirement_env(aggregate: dict, user_metrics: dict, finding_counts: dict,
+                    tasks: dict | None = None) -> dict[str, Any]:
+    env = {f"model.{k}": v for k, v in aggregate.items()}
+    env.update({f"findings.{k}": v for k, v in finding_counts.items()})
+    env.update({name: m["value"] for name, m in user_metrics.items()})
+    for name, t in (tasks or {}).items():  # task metrics: `name` is the primary value, `name.<value>` each value
+        env[name] = t["value"]
+        env.update({f"{name}.{key}": v["value"] for key, v in t["values"].items()})
+    return env
+
+
+def task_intervals(tasks: dict) -> dict[str, dict]:
+    """Bootstrap intervals of task-metric values, by the names `require:` uses."""
+    out = {}
+    for name, t in tasks.items():
+        for key, v in t["values"].items():
+            if v["ci"][0] is None:
+                continue
+            entry = {"ci": v["ci"], "n": len(v["per_sample"]), "confidence": t["confidence"]}
+            out[f"{name}.{key}"] = entry
+            if key == t["primary"]:
+                out[name] = entry
+    return out
+
+
+MAX_CORNERS = 4  # names with intervals in one line, beyond which sureness is not judged
+
+
+def sureness(req: Requirement, env: dict[str, Any], holds: bool, intervals: dict) -> tuple[bool | None, str | None]:
+    """Does the line give the same answer at every end of its values' bootstrap intervals?"""
+    names = [n for n in sorted(req.expression.names) if n in intervals]
+    if not names or len(names) > MAX_CORNERS:
+        return None, None
+    outcomes = set()
+    for corner in itertools.product(*[(intervals[n]["ci"][0], intervals[n]["ci"][1]) for n in names]):
+        try:
+            outcomes.add(bool(req.expression.evaluate({**env, **dict(zip(names, corner))})))
+        except NotApplicable:
+            return None, None
+    first = intervals[names[0]]
+    ranges = "; ".join(f"{n} in [{intervals[n]['ci'][0]:.4g}, {intervals[n]['ci'][1]:.4g}]" for n in names)
+    where = f"{round(100 * first['confidence'])}% bootstrap interval over {first['n']} samples: {ranges}"
+    if outcomes == {holds}:
+        return True, f"sure: {'holds' if holds else 'fails'} across the {where}"
+    return False, f"not sure: the {where} reaches both sides of the line; more evaluation samples would settle it"
+
+
+def judge(requirements: list[Requirement], env: dict[str, Any], intervals: dict | None = None) -> dict:
+    lines = []
+    for req in requirements:
+        values = {n: env.get(n) for n in sorted(req.expression.names)}
+        note = None
+        try:
+            holds = bool(req.expression.evaluate(env))
+            if any(isinstance(v, float) and math.isnan(v) for v in values.values()):
+                holds, note = False, "a value is NaN"
+        except NotApplicable as exc:
+            holds = False
+            note = f"{exc.name} has no value for this model" + (
+                " (no output looks like class scores)" if exc.name in ("model.top1", "model.top5") else "")
+        sure, how_sure = sureness(req, env, holds, intervals or {}) if note is None else (None, None)
+        lines.append({"text": req.text, "holds": holds, "values": values, "line": req.line, "note": note,
+                      "sure": sure, "how_sure": how_sure})
+    failed = sum(1 for r in lines if not r["holds"])
+    status = "no-requirements" if not lines else ("pass" if failed == 0 else "fail")
+    failing = [n for r in lines if not r["holds"] for n in r["values"]]
+    return {"status": status, "requirements": lines, "failed": failed, "failing_metrics": list(dict.fromkeys(failing))}

@@ -1,0 +1,300 @@
+"""`qcheck run`: policy -> model and data -> ranges -> quantized model -> measurements -> findings -> verdict.
+
+Each stage is timed (wall time, peak memory); results are plain data that the
+report renders. Nothing is written to the destination until the run is
+complete (see `outputs.OutputDir`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from qcheck import __version__
+from qcheck.analyses.run_all import attach_node_statistics, node_statistics, run_analyses
+from qcheck.data.finite import check_ranges_finite
+from qcheck.data.readers import DataSet, open_data
+from qcheck.errors import Problem, QcheckError
+from qcheck.measure.tasks import build as build_tasks
+from qcheck.model.fetch import fetch_model
+from qcheck.model.prepare import InputInfo, file_sha256, graph_inputs, load_onnx, prepare_model
+from qcheck.policy.schemes import CALIBRATED
+from qcheck.policy.spec import Policy
+from qcheck.quantize.calibrate import calibrate
+from qcheck.quantize.schemes import size_bytes
+from qcheck.results.files import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
+from qcheck.rules.engine import load_rules, needed_statistics
+from qcheck.rules.scheme_run import build_for, judge_built, measure_built, node_split
+from qcheck.run.output_folder import OutputDir
+
+QUANTIZED_MODEL_NAME = "model.quant.onnx"
+
+
+@dataclass
+class Console:
+    """Where the pipeline reports progress; the CLI supplies one that prints."""
+
+    log: Callable[[str], None] = lambda msg: None
+    progress: Callable[[str, int, int], None] = lambda stage, i, n: None
+
+
+@dataclass
+class Stages:
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_mb: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str, console: Console):
+        console.log(f"{name} ...")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+            self.peak_mb[name] = peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+def environment() -> dict:
+    import numpy
+    import onnxruntime
+
+    return {"qcheck": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(),
+            "platform": f"{platform.system()} {platform.machine()}"}
+
+
+def _shapes_from(policy: Policy, inputs: list[InputInfo], calib: DataSet | None) -> dict[str, list[int]]:
+    """Static shapes for every input: the policy's, else the model's, else the first sample's."""
+    shapes = {}
+    first = None
+    for info in inputs:
+        if info.name in policy.inputs and policy.inputs[info.name]:
+            shapes[info.name] = policy.inputs[info.name]
+        elif info.is_static:
+            shapes[info.name] = list(info.shape)
+        else:
+            first = first if first is not None else calib[0]
+            shapes[info.name] = list(first[info.name].shape)
+    return shapes
+
+
+def run(policy: Policy, out: Path | None = None, console: Console | None = None) -> dict:
+    """Run the whole check; returns the results (also written, with the report, to the output folder)."""
+    console = console or Console()
+    stages = Stages()
+    out_dir = OutputDir(out or policy.report.out)
+    try:
+        results = _run(policy, out_dir, stages, console)
+        # The report renders from exactly what results.json holds, so it can be rendered again
+        # later; the time rendering takes is therefore not in it (bench/ measures it).
+        results["timings"] = {k: round(v, 3) for k, v in stages.timings.items()}
+        results["peak_memory_mb"] = {k: round(v, 1) for k, v in stages.peak_mb.items()}
+        write_json(results, out_dir.path("results.json"))
+        from qcheck.report import render_report  # rendering is its own layer; computation never imports it
+
+        with stages.stage("render", console):
+            render_report(results, out_dir.staging, policy.report.formats, log=console.log,
+                          template_dirs=policy.report.templates)
+        final = out_dir.commit()
+        results["output_folder"] = str(final)
+        results["render_seconds"] = round(stages.timings["render"], 3)
+        return results
+    except BaseException:
+        out_dir.discard()
+        raise
+
+
+def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -> dict:
+    with tempfile.TemporaryDirectory(prefix="qcheck-") as tmp:
+        work = Path(tmp)
+        with stages.stage("load", console):
+            rules = load_rules(policy.rules, str(policy.path))  # pack and inline-rule errors before any model runs
+            if policy.model.fetch and not policy.model.path.exists():
+                fetch_model(policy.model.fetch, policy.model.path, log=console.log)
+            raw_model = load_onnx(policy.model.path)
+            inputs = graph_inputs(raw_model)
+            _check_policy_inputs(policy, inputs)
+            for info in inputs:  # policy shapes first, so images know their size
+                if policy.inputs.get(info.name):
+                    info.shape = list(policy.inputs[info.name])
+            first_data = policy.data.calibration or policy.data.evaluation  # calibration is optional (dynamic, float16)
+            shapes = _shapes_from(policy, inputs, open_data(first_data, inputs, policy.data.preprocess))
+            prepared = prepare_model(raw_model, policy.model.path, shapes, work)
+            del raw_model
+            _check_policy_outputs(policy, prepared.outputs)
+            calib = (open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
+                     if policy.data.calibration else None)
+            evaluation = (open_data(policy.data.evaluation, prepared.inputs, policy.data.preprocess)
+                          if policy.data.evaluation else calib)
+            task_metrics = build_tasks(policy, prepared.outputs)
+
+        scheme = policy.quantization.scheme
+        ranges = None
+        if calib is not None and any(s in CALIBRATED for s in [scheme] + policy.compare):
+            with stages.stage("calibrate", console):
+                ranges = calibrate(prepared.path, calib, policy.quantization,
+                                   progress=lambda i, n: console.progress("calibrate", i, n))
+                check_ranges_finite(prepared.path, ranges.ranges, calib)
+                ranges.save(out_dir.path("ranges.json"))
+
+        with stages.stage("quantize", console):
+            built = build_for(scheme, policy, prepared.path, out_dir.path(QUANTIZED_MODEL_NAME), ranges)
+            recipe = built.recipe
+            qpath = built.path
+            float_model = onnx.load(str(prepared.path))
+
+        with stages.stage("measure", console):
+            m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
+                                           progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics,
+                                           need=needed_statistics(rules))
+            rows = [t.row() for t in m.tensors]
+            split = node_split(built, qmap)  # (runs quantized, computes in float)
+
+        analyses = None
+        if policy.analyses.any and built.has_qdq:  # the emulation model switches Q/DQ pairs: none in dynamic/float16
+            with stages.stage("analyses", console):
+                ranked_by = policy.analyses.metric  # a task metric scores every configuration; others come free
+                analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
+                                        policy.metrics, progress=console.progress,
+                                        make_tasks=lambda: [t for t in build_tasks(policy, prepared.outputs)
+                                                            if t.name == ranked_by])
+                attach_node_statistics(rows, node_statistics(analyses))
+
+        with stages.stage("rules", console):
+            main_run = judge_built(built, m, policy, rules, qmap, kinds, rows=rows)
+            rows, findings, counts = main_run.rows, main_run.findings, main_run.counts
+            aggregate, verdict = main_run.aggregate, main_run.verdict
+            model_stats = main_run.model_statistics
+            write_layer_stats(rows, out_dir.path("layer_stats.csv"))
+            if analyses:
+                write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
+
+        comparison = None
+        if policy.compare:
+            from qcheck.run.compare import compare_schemes
+
+            with stages.stage("compare", console):
+                folder = out_dir.path("schemes")
+                folder.mkdir(parents=True, exist_ok=True)
+                comparison = compare_schemes(policy.compare, policy, prepared.path, float_model, ranges, evaluation,
+                                             rules, folder, done={scheme: main_run}, log=console.log)
+
+        # the fallback search (policy `search:`) and the lock file: see qcheck/search/
+        search, final = None, {"recipe": recipe, "ranges": ranges, "model": QUANTIZED_MODEL_NAME, "ranges_file": "ranges.json"}
+        if policy.search is not None and ranges is not None:  # the search varies Q/DQ recipes
+            from qcheck.search.stage import search_stage
+
+            with stages.stage("search", console):
+                search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
+                    policy, prepared=prepared, float_model=float_model, ranges=ranges, calib=calib,
+                    evaluation=evaluation, recipe=recipe, rows=rows, findings=[f.to_dict() for f in findings],
+                    finding_counts=counts, rules=rules, work=work, out_dir=out_dir, log=console.log,
+                    sensitivity=[n["node"] for n in (analyses or {}).get("sensitivity", {}).get("nodes", [])])
+                if chosen_verdict is not None:
+                    search["baseline_verdict"], verdict = verdict, chosen_verdict
+                    final.update(recipe=chosen, ranges=chosen_ranges, model=model_file)
+                    if chosen_ranges.method != ranges.method:
+                        final["ranges_file"] = f"ranges.{chosen_ranges.method}.json"
+                        chosen_ranges.save(out_dir.path(final["ranges_file"]))
+                elif search["status"] == "failed":
+                    verdict["search"] = {"status": "failed", "recommendation": search["recommendation"]}
+        lock_file = None
+        if ranges is not None:  # dynamic and float16 have no ranges to lock
+            from qcheck.search.stage import write_policy_lock
+
+            lock_file = write_policy_lock(policy, prepared=prepared, shapes=shapes, calib=calib, ranges=final["ranges"],
+                                          ranges_file=final["ranges_file"], recipe=final["recipe"],
+                                          model_file=final["model"], out_dir=out_dir, environment=environment(),
+                                          search=search)
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "title": policy.report.title or f"qcheck: {policy.model.path.stem}",
+            "policy": {"path": str(policy.path), "sha256": file_sha256(policy.path), "document": policy.raw},
+            "verdict": verdict,
+            "model": {
+                "name": policy.model.path.name, "source": str(prepared.source), "sha256": prepared.sha256,
+                "opset": prepared.opset, "original_opset": prepared.original_opset, "nodes": prepared.node_count,
+                "op_counts": prepared.op_counts, "preprocess": prepared.preprocess, "notes": prepared.notes,
+                "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.dtype} for i in prepared.inputs],
+                "outputs": prepared.outputs,
+                "size_bytes": prepared.source.stat().st_size,
+            },
+            "environment": environment(),
+            "data": {"calibration": calib.describe() if calib is not None else None,
+                     "evaluation": {**evaluation.describe(), "same_as_calibration": evaluation is calib},
+                     "preprocess": policy.raw.get("data", {}).get("preprocess")},
+            "target": policy.target.to_dict(),
+            "quantization": {
+                "scheme": policy.quantization.scheme, "recipe": recipe.to_dict(), "recipe_key": recipe.key(),
+                "ranges_file": "ranges.json" if ranges else None, "ranges_sha256": ranges.sha256() if ranges else None,
+                "calibration_samples": ranges.samples if ranges else 0,
+                "quantized_model": QUANTIZED_MODEL_NAME, "size_bytes": size_bytes(qpath),
+                "quantized_tensors": kinds, "quantized_nodes": len(split[0]) if qmap else None,
+                "float_nodes": split[1],
+                "io": built.io, "io_params": built.io_params, "float_ops": built.float_ops, "notes": built.notes,
+                "build_seconds": round(built.build_seconds, 3),
+            },
+            "compare": comparison,
+            "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics, "tasks": m.tasks},
+            "model_statistics": model_stats,
+            "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
+            "tensors": rows,
+            "analyses": analyses,
+            "findings": [f.to_dict() for f in findings],
+            "finding_counts": counts,
+            "rules": [r.doc() for r in rules],
+            "search": search,
+            "lock": {"file": lock_file, "quantized_model": final["model"], "recipe": final["recipe"].to_dict(),
+                     "recipe_key": final["recipe"].key(), "ranges_file": final["ranges_file"]},
+        }
+
+
+def _check_policy_inputs(policy: Policy, inputs: list[InputInfo]) -> None:
+    names = {i.name for i in inputs}
+    problems = [policy.problem_at(("inputs", name), f"the model has no input named '{name}'; its inputs are: "
+                                  f"{', '.join(sorted(names))}") for name in policy.inputs if name not in names]
+    for info in inputs:
+        shape = policy.inputs.get(info.name)
+        if shape and len(shape) != len(info.shape):
+            problems.append(policy.problem_at(("inputs", info.name, "shape"),
+                                              f"input '{info.name}' has {len(info.shape)} dimensions {info.shape}; "
+                                              f"the policy gives {len(shape)}: {shape}"))
+        elif shape:
+            for d, s in zip(info.shape, shape):
+                if isinstance(d, int) and d != s:
+                    problems.append(policy.problem_at(("inputs", info.name, "shape"),
+                                                      f"input '{info.name}' has the fixed shape {info.shape}; the policy "
+                                                      f"asks for {shape}"))
+                    break
+    if problems:
+        raise QcheckError(problems)
+
+
+def _check_policy_outputs(policy: Policy, outputs: list[str]) -> None:
+    problems = [policy.problem_at(("metrics", name, "output"),
+                                  f"metric '{name}': the model has no output named '{spec.output}'; its outputs are: "
+                                  f"{', '.join(outputs)}")
+                for name, spec in policy.generic_metrics.items() if spec.output not in outputs]
+    if problems:
+        raise QcheckError(problems)
+
+
+__all__ = ["run", "Console", "Problem"]
