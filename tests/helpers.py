@@ -13,6 +13,9 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+TESTS = Path(__file__).resolve().parent  # tests/: fixtures shared by every stage's tests
+REPO = TESTS.parent
+
 
 def _save(graph: onnx.GraphProto, path: Path, opset: int = 13, check: bool = True) -> Path:
     """Save a test graph as a model ONNX Runtime loads (IR version 8), checked by onnx unless told not to."""

@@ -130,7 +130,7 @@ def rules_markdown(pack_dir: Path | None = None) -> str:
 
     pack_dir = pack_dir or rules_dir()
     packs = sorted(pack_dir.glob("*.yaml"), key=lambda p: (p.stem != "builtin", p.name))
-    lines = [GENERATED.format(source="the rule packs in rules/ and qcheck/catalog.py"), "", "# Rule reference", "",
+    lines = [GENERATED.format(source="the rule packs in rules/ and qcheck/results/layer_columns.py"), "", "# Rule reference", "",
              "Every rule qcheck ships, by pack. A policy selects packs with `rules.packs`, turns rules off with "
              "`rules.disable` and changes parameters with `rules.params` (e.g. `rules: {params: {QC101: "
              "{threshold: 0.9}}}`). `qcheck rules CODE` prints one rule in the terminal.", ""]

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import REPO
 from PIL import Image
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ppocr-det"
+EXAMPLE = REPO / "examples" / "ppocr-det"
+pytestmark = pytest.mark.real_model
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import yaml
 from bad_models import MODELS
-from helpers import write_policy
+from helpers import TESTS, write_policy
 
 from qcheck.cli.main import main
 
-CORPUS = Path(__file__).parent / "bad_inputs"
+CORPUS = TESTS / "bad_inputs"
 CASES = sorted(CORPUS.glob("*.yaml"))
 PREVIOUS = '{"previous": "run"}'
 

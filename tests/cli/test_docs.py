@@ -2,13 +2,14 @@
 
 import json
 import shutil
-from pathlib import Path
+
+from helpers import REPO
 
 from qcheck.cli.docs import check_docs, default_docs_dir, generated, policy_markdown, rules_markdown
 from qcheck.cli.main import main
 from qcheck.resources import rules_dir, schema_path
 
-REPO_DOCS = Path(__file__).resolve().parent.parent / "docs"  # the checkout's, also when qcheck is installed as a wheel
+REPO_DOCS = REPO / "docs"  # the checkout's, also when qcheck is installed as a wheel
 
 
 def test_committed_docs_are_what_the_code_generates():

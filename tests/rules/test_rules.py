@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import basic_policy
+from helpers import TESTS, basic_policy
 
 from qcheck.cli.main import main
 from qcheck.errors import PolicyError
@@ -31,7 +31,7 @@ from qcheck.rules.engine import (
 )
 from qcheck.rules.model_row import MODEL_STATISTICS, model_row, remedies_for, target_allows
 
-CASES = Path(__file__).parent / "rules"
+CASES = TESTS / "rules"
 BUILTIN = {r.code: r for r in load_pack(builtin_pack_path())}
 REMEDIES = {"keep_float", "int16_activations", "per_channel", "calibration_method", "symmetric", "reduced_range",
             "explicit_range", "skip_first", "qat"}

@@ -228,7 +228,7 @@ def test_cost_latency_chooses_among_passing_finalists_by_measured_latency(tmp_pa
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent))  # test_search is a sibling
     from test_search import _policy
 
     policy = _policy(tmp_path, remedies=("keep_float", "int16_activations"), budget=2, strategy="exhaustive")
@@ -307,7 +307,7 @@ def test_keep_float_flagged_keeps_every_node_a_warning_proposes_to_float_at_once
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent))  # test_search is a sibling
     from test_search import _policy
 
     r = run(load_policy(_policy(tmp_path / "a", remedies=("keep_float_flagged",))))

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import cnn_with_float_ops, small_cnn, weight_heavy_mlp, write_npy_samples, write_policy
+from helpers import REPO, cnn_with_float_ops, small_cnn, weight_heavy_mlp, write_npy_samples, write_policy
 from onnx import TensorProto, helper, numpy_helper
 
 from qcheck.cli.main import main
@@ -301,11 +301,10 @@ rules:
 
 
 def test_compare_example_policy_is_valid():
-    from pathlib import Path
 
     from qcheck.policy.loader import load_policy
 
-    p = load_policy(Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "compare.yaml")
+    p = load_policy(REPO / "examples" / "ppocr-det" / "compare.yaml")
     assert p.compare == list(SCHEMES) and p.quantization.io == "uint8"
 
 
