@@ -23,18 +23,17 @@ import onnx
 from qcheck import __version__
 from qcheck.analyses.run_all import attach_node_statistics, node_statistics, run_analyses
 from qcheck.data.finite import check_ranges_finite
-from qcheck.data.readers import DataSet, open_data
-from qcheck.errors import Problem, QcheckError
+from qcheck.errors import Problem
 from qcheck.measure.tasks import build as build_tasks
-from qcheck.model.fetch import fetch_model
-from qcheck.model.prepare import InputInfo, file_sha256, graph_inputs, load_onnx, prepare_model
+from qcheck.model.prepare import file_sha256
 from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
 from qcheck.quantize.calibrate import calibrate
 from qcheck.quantize.schemes import size_bytes
 from qcheck.results.files import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
-from qcheck.rules.engine import load_rules, needed_statistics
+from qcheck.rules.engine import needed_statistics
 from qcheck.rules.scheme_run import build_for, judge_built, measure_built, node_split
+from qcheck.run.load_stage import load
 from qcheck.run.output_folder import OutputDir
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
@@ -79,21 +78,6 @@ def environment() -> dict:
             "platform": f"{platform.system()} {platform.machine()}"}
 
 
-def _shapes_from(policy: Policy, inputs: list[InputInfo], calib: DataSet | None) -> dict[str, list[int]]:
-    """Static shapes for every input: the policy's, else the model's, else the first sample's."""
-    shapes = {}
-    first = None
-    for info in inputs:
-        if info.name in policy.inputs and policy.inputs[info.name]:
-            shapes[info.name] = policy.inputs[info.name]
-        elif info.is_static:
-            shapes[info.name] = list(info.shape)
-        else:
-            first = first if first is not None else calib[0]
-            shapes[info.name] = list(first[info.name].shape)
-    return shapes
-
-
 def run(policy: Policy, out: Path | None = None, console: Console | None = None) -> dict:
     """Run the whole check; returns the results (also written, with the report, to the output folder)."""
     console = console or Console()
@@ -124,25 +108,9 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
     with tempfile.TemporaryDirectory(prefix="qcheck-") as tmp:
         work = Path(tmp)
         with stages.stage("load", console):
-            rules = load_rules(policy.rules, str(policy.path))  # pack and inline-rule errors before any model runs
-            if policy.model.fetch and not policy.model.path.exists():
-                fetch_model(policy.model.fetch, policy.model.path, log=console.log)
-            raw_model = load_onnx(policy.model.path)
-            inputs = graph_inputs(raw_model)
-            _check_policy_inputs(policy, inputs)
-            for info in inputs:  # policy shapes first, so images know their size
-                if policy.inputs.get(info.name):
-                    info.shape = list(policy.inputs[info.name])
-            first_data = policy.data.calibration or policy.data.evaluation  # calibration is optional (dynamic, float16)
-            shapes = _shapes_from(policy, inputs, open_data(first_data, inputs, policy.data.preprocess))
-            prepared = prepare_model(raw_model, policy.model.path, shapes, work)
-            del raw_model
-            _check_policy_outputs(policy, prepared.outputs)
-            calib = (open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
-                     if policy.data.calibration else None)
-            evaluation = (open_data(policy.data.evaluation, prepared.inputs, policy.data.preprocess)
-                          if policy.data.evaluation else calib)
-            task_metrics = build_tasks(policy, prepared.outputs)
+            loaded = load(policy, work, log=console.log)
+            rules, prepared, shapes = loaded.rules, loaded.prepared, loaded.shapes
+            calib, evaluation, task_metrics = loaded.calibration, loaded.evaluation, loaded.tasks
 
         scheme = policy.quantization.scheme
         ranges = None
@@ -265,36 +233,6 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
             "lock": {"file": lock_file, "quantized_model": final["model"], "recipe": final["recipe"].to_dict(),
                      "recipe_key": final["recipe"].key(), "ranges_file": final["ranges_file"]},
         }
-
-
-def _check_policy_inputs(policy: Policy, inputs: list[InputInfo]) -> None:
-    names = {i.name for i in inputs}
-    problems = [policy.problem_at(("inputs", name), f"the model has no input named '{name}'; its inputs are: "
-                                  f"{', '.join(sorted(names))}") for name in policy.inputs if name not in names]
-    for info in inputs:
-        shape = policy.inputs.get(info.name)
-        if shape and len(shape) != len(info.shape):
-            problems.append(policy.problem_at(("inputs", info.name, "shape"),
-                                              f"input '{info.name}' has {len(info.shape)} dimensions {info.shape}; "
-                                              f"the policy gives {len(shape)}: {shape}"))
-        elif shape:
-            for d, s in zip(info.shape, shape):
-                if isinstance(d, int) and d != s:
-                    problems.append(policy.problem_at(("inputs", info.name, "shape"),
-                                                      f"input '{info.name}' has the fixed shape {info.shape}; the policy "
-                                                      f"asks for {shape}"))
-                    break
-    if problems:
-        raise QcheckError(problems)
-
-
-def _check_policy_outputs(policy: Policy, outputs: list[str]) -> None:
-    problems = [policy.problem_at(("metrics", name, "output"),
-                                  f"metric '{name}': the model has no output named '{spec.output}'; its outputs are: "
-                                  f"{', '.join(outputs)}")
-                for name, spec in policy.generic_metrics.items() if spec.output not in outputs]
-    if problems:
-        raise QcheckError(problems)
 
 
 __all__ = ["run", "Console", "Problem"]
