@@ -29,6 +29,19 @@ class Problem:
         return text
 
 
+def first_line(exc: BaseException, shown_as: dict | None = None) -> str:
+    """The first line of an exception's message (ORT's run to pages), or its type when it has none.
+
+    `shown_as` maps qcheck's working copies (temporary paths) to what the user knows them as (their
+    model's file): ONNX Runtime names the file it was given, and a temporary path helps nobody.
+    """
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    for path, name in (shown_as or {}).items():
+        text = text.replace(str(path), str(name))
+    return text
+
+
 class QcheckError(Exception):
     """A problem the user can fix. Holds one or more `Problem`s, all reported at once."""
 

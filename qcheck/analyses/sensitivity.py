@@ -37,6 +37,7 @@ from qcheck.analyses.activation_store import DEFAULT_BUDGET, ActivationStore
 from qcheck.analyses.suffix import Group, Suffix, base_model, first_readers, plan, specialize, typed
 from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
 from qcheck.data.readers import DataSet
+from qcheck.errors import first_line
 from qcheck.measure.outputs import OutputComparison, metric_value
 from qcheck.measure.per_tensor import update_output_metrics
 from qcheck.model.runtime import make_session
@@ -186,7 +187,7 @@ class ConfigRunner:
                     raise TypeError("a tensor at a cut is not an array (a sequence or map)")
                 store.put(b, values)
         except Exception as exc:  # noqa: BLE001 -- any failure here only costs speed: say so and go on
-            self._note(f"suffix copies not used ({_first_line(exc)}); "
+            self._note(f"suffix copies not used ({first_line(exc)}); "
                        "every configuration ran on the full switchable model")
             return False
         self.runs += len(self.feeds)
@@ -203,7 +204,7 @@ class ConfigRunner:
             return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
                     for _ in range(self.workers)]
         except Exception as exc:  # noqa: BLE001 -- as above: slower, not wrong
-            self._note(f"a suffix copy could not be built ({_first_line(exc)}); "
+            self._note(f"a suffix copy could not be built ({first_line(exc)}); "
                        "its configurations ran on the full switchable model")
             return None
 
@@ -237,11 +238,6 @@ class ConfigRunner:
         if self.batch > 1:
             free_batch_dimension(model)
         return model
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sample_labels(data: DataSet, samples: list[int]) -> list[str]:

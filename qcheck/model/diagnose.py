@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-from qcheck.errors import ModelError, Problem
+from qcheck.errors import ModelError, Problem, first_line
 
 # Domains whose ops ONNX Runtime implements itself (besides the standard one).
 ORT_DOMAINS = {"ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental"}
@@ -77,8 +77,7 @@ def check_runtime_loads(path: Path, model: onnx.ModelProto, source: Path) -> Non
         ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
         return
     except Exception as exc:  # ORT raises Fail / InvalidGraph / NotImplemented
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = text.replace(str(path), str(source))  # the user knows their file, not our working copy
+        text = first_line(exc, {path: source})  # the user knows their file, not our working copy
     ops = unsupported_ops(model)
     opset = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), None)
     detail = "\n    ".join(ops) if ops else text

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from qcheck.errors import ModelError, Problem
+from qcheck.errors import ModelError, Problem, first_line
 
 ALREADY_QUANTIZED_OPS = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
@@ -242,8 +242,8 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def run_preprocess(src: Path, dst: Path) -> str:
-    """ORT's quant_pre_process, falling back when symbolic shape inference fails."""
+def run_preprocess(src: Path, dst: Path, source: Path) -> str:
+    """ORT's quant_pre_process, falling back when symbolic shape inference fails (`source`: the user's file)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     large = src.stat().st_size > _PROTO_LIMIT or (src.parent / (src.name + ".data")).exists()
@@ -261,9 +261,10 @@ def run_preprocess(src: Path, dst: Path) -> str:
             onnx.checker.check_model(str(dst))
             return label
         except Exception as exc:  # ORT raises many kinds here; try the next, safer variant
-            errors.append(f"{label.split(' (')[0]}: {type(exc).__name__}: {exc}")
+            errors.append(f"{label.split(' (')[0]}: {type(exc).__name__}: {first_line(exc, {src: source, dst: source})}")
+            cause = exc
     raise ModelError(Problem("ONNX Runtime's quantization pre-processing failed:\n    " + "\n    ".join(errors),
-                             file=str(src), hint="check that ONNX Runtime can run the model"))
+                             file=str(source), hint="check that ONNX Runtime can run the model")) from cause
 
 
 def _quiet_ort_logs() -> None:
@@ -297,7 +298,7 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
 
     check_runtime_loads(fixed, model, source)
     prepared = workdir / "float.onnx"
-    label = run_preprocess(fixed, prepared)
+    label = run_preprocess(fixed, prepared, source)
     final = onnx.load(str(prepared), load_external_data=False)
     op_counts: dict[str, int] = {}
     for n in final.graph.node:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from qcheck.errors import ModelError, Problem
+from qcheck.errors import first_line
 
 
 def session_options(threads: int = 0):
@@ -21,17 +21,25 @@ def session_options(threads: int = 0):
 
 
 def make_session(model: onnx.ModelProto | Path | str, what: str = "model", threads: int = 0):
-    """An InferenceSession on the CPU (`threads`: intra-op threads, 0 = ORT's default, one per core);
-    ORT's load errors become a ModelError naming `what`."""
+    """An InferenceSession on the CPU (`threads`: intra-op threads, 0 = ORT's default, one per core).
+
+    Every model a session is made for is one qcheck built: a quantized variant, an emulation model, or
+    the float model (which ONNX Runtime already loaded once, in `diagnose.check_runtime_loads`) with
+    extra outputs. So ORT refusing it is a bug (qcheck's or ORT's), not the user's: `ModelBuildError`,
+    reported with its traceback.
+    """
     import onnxruntime as ort
 
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     try:
         return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(Problem(f"ONNX Runtime cannot load the {what}: {text}",
-                                 hint="check the op types and opset the model uses against ONNX Runtime's support")) from None
+        raise ModelBuildError(f"ONNX Runtime {ort.__version__} cannot load the {what} qcheck built: "
+                              f"{first_line(exc)}") from exc
+
+
+class ModelBuildError(RuntimeError):
+    """ONNX Runtime refuses a model qcheck built: a bug to report, not a problem with the user's input."""
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from qcheck.data.readers import DataSet
-from qcheck.errors import DataError, ModelError, Problem
+from qcheck.errors import ModelError, Problem, first_line
 from qcheck.policy.spec import QuantizationSpec
 
 QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
@@ -97,19 +97,28 @@ class Ranges:
 
 
 class _Reader:
-    """ORT CalibrationDataReader over a DataSet (duck-typed: get_next / __len__)."""
+    """ORT CalibrationDataReader over a DataSet (duck-typed: get_next / __len__).
+
+    ORT's calibrator calls it from inside `collect_data`; what it raises (a bad sample, or a bug in the
+    progress callback) is kept in `failure`, so `calibrate` does not blame ONNX Runtime for it.
+    """
 
     def __init__(self, data: DataSet, progress=None):
         self.data, self.i, self.progress = data, 0, progress
+        self.failure: BaseException | None = None
 
     def get_next(self):
-        if self.i >= len(self.data):
-            return None
-        sample = self.data[self.i]
-        self.i += 1
-        if self.progress:
-            self.progress(self.i, len(self.data))
-        return sample
+        try:
+            if self.i >= len(self.data):
+                return None
+            sample = self.data[self.i]
+            self.i += 1
+            if self.progress:
+                self.progress(self.i, len(self.data))
+            return sample
+        except BaseException as exc:
+            self.failure = exc
+            raise
 
     def __len__(self) -> int:
         return len(self.data)
@@ -119,8 +128,11 @@ class _Reader:
 
 
 def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str | None = None,
-              progress=None) -> Ranges:
-    """Run ORT's calibrator once over `data` and return the ranges it computes."""
+              progress=None, source: Path | None = None) -> Ranges:
+    """Run ORT's calibrator once over `data` and return the ranges it computes.
+
+    `source`: the user's model file, named when ONNX Runtime fails (`float_model` is qcheck's working copy).
+    """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     method = method or q.calibration
@@ -129,20 +141,22 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
         options["num_bins"] = q.num_bins
     if method == "percentile":
         options["percentile"] = q.percentile
+    reader = _Reader(data, progress)
     with tempfile.TemporaryDirectory(prefix="qcheck-calib-") as tmp:
         try:
             calibrator = create_calibrator(
                 float_model, [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=options,
             )
-            calibrator.collect_data(_Reader(data, progress))
+            calibrator.collect_data(reader)
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print their settings
                 tensors = calibrator.compute_data()
-        except (ModelError, DataError):  # a bad sample found while calibrating: report it as such
-            raise
         except Exception as exc:
-            raise ModelError(Problem(f"calibration ({method}) failed in ONNX Runtime: {type(exc).__name__}: {exc}",
-                                     file=str(float_model))) from None
+            if reader.failure is not None:  # not ORT's: a bad sample (DataError) or a bug in qcheck, as raised
+                raise
+            text = first_line(exc, {float_model: source or "the model", tmp: "(calibration copy)"})
+            raise ModelError(Problem(f"calibration ({method}) failed in ONNX Runtime: {type(exc).__name__}: {text}",
+                                     file=str(source) if source else None)) from exc
     ranges = {}
     for name, td in tensors.data.items():
         lo, hi = td.range_value
@@ -161,11 +175,12 @@ def quantizable_op_types(exclude_op_types=()) -> list[str]:
 
 
 def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path: Path,
-                    keep_removable_activations: bool = False) -> Path:
+                    keep_removable_activations: bool = False, source: Path | None = None) -> Path:
     """Quantize `float_model` with ORT's QDQ quantizer using precomputed ranges.
 
     `keep_removable_activations` keeps Relu/Clip nodes ORT would fold into the
     producer's grid (same numbers; the emulation model needs their float output).
+    `source`: the user's model file, named when ONNX Runtime fails (`float_model` is qcheck's working copy).
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -211,8 +226,9 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
                                  [], list(recipe.exclude_nodes), op_types, extra)
         quantizer.quantize_model()
     except Exception as exc:
-        raise ModelError(Problem(f"ONNX Runtime could not quantize the model: {type(exc).__name__}: {exc}",
-                                 file=str(float_model))) from None
+        raise ModelError(Problem(f"ONNX Runtime could not quantize the model: {type(exc).__name__}: "
+                                 f"{first_line(exc, {float_model: source or 'the model'})}",
+                                 file=str(source) if source else None)) from exc
     out_path.parent.mkdir(parents=True, exist_ok=True)
     quantizer.model.save_model_to_file(str(out_path), quantizer.model.model.ByteSize() > 2**31 - 2**21)
     return out_path

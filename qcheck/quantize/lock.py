@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from qcheck.errors import ModelError, Problem, QcheckError
+from qcheck.errors import Problem, QcheckError
 from qcheck.model.prepare import file_sha256, load_onnx, prepare_model
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 
@@ -115,10 +115,7 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
         if float_sha != doc["model"]["prepared_sha256"]:
             notes.append("pre-processing gave a different float model than when the lock was written "
                          "(another onnx or ONNX Runtime version?)")
-        try:
-            build_quantized(prepared.path, ranges, recipe, out)
-        except ModelError:
-            raise
+        build_quantized(prepared.path, ranges, recipe, out, source=model_path)
     built = hashlib.sha256(out.read_bytes()).hexdigest()
     return {"out": str(out), "sha256": built, "expected": doc["quantized_model"]["sha256"],
             "identical": built == doc["quantized_model"]["sha256"], "notes": notes}

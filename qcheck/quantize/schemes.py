@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from qcheck.errors import ModelError, PolicyError, Problem
+from qcheck.errors import ModelError, PolicyError, Problem, first_line
 from qcheck.model.prepare import elem_types
 from qcheck.policy.schemes import CALIBRATED, SCHEMES
 from qcheck.quantize.calibrate import QUANT_TYPES, Ranges, Recipe, build_quantized, quantizable_op_types
@@ -123,8 +123,8 @@ def float_compute_nodes(model: onnx.ModelProto, integer_ops: set[str], exclude_n
 
 
 def build_scheme(scheme: str, float_model: Path, out_path: Path, recipe: Recipe, ranges: Ranges | None = None,
-                 io: str | None = None, target_io: str = "float32") -> BuiltScheme:
-    """Build `scheme`'s model at `out_path` from the prepared float model."""
+                 io: str | None = None, target_io: str = "float32", source: Path | None = None) -> BuiltScheme:
+    """Build `scheme`'s model at `out_path` from the prepared float model (`source`: the user's file, for messages)."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme}")
     io = resolve_io(scheme, io, target_io)
@@ -133,30 +133,31 @@ def build_scheme(scheme: str, float_model: Path, out_path: Path, recipe: Recipe,
         if ranges is None:
             raise PolicyError(Problem(f"scheme {scheme} needs calibration data (data.calibration)",
                                       hint="add data.calibration, or use scheme dynamic or float16"))
-        built = _build_calibrated(scheme, float_model, out_path, scheme_recipe(scheme, recipe, io), ranges, io)
+        built = _build_calibrated(scheme, float_model, out_path, scheme_recipe(scheme, recipe, io), ranges, io,
+                                  source)
     elif scheme == "dynamic":
-        built = build_dynamic(float_model, out_path, recipe)
+        built = build_dynamic(float_model, out_path, recipe, source)
     else:
-        built = build_float16(float_model, out_path, io, recipe)
+        built = build_float16(float_model, out_path, io, recipe, source)
     built.build_seconds = time.perf_counter() - start
     return built
 
 
 def _build_calibrated(scheme: str, float_model: Path, out_path: Path, recipe: Recipe, ranges: Ranges,
-                      io: str) -> BuiltScheme:
+                      io: str, source: Path | None) -> BuiltScheme:
     model = onnx.load(str(float_model))
     float_ops = float_compute_nodes(model, integer_op_types(recipe), recipe.exclude_nodes)
     if scheme == "int8-only" and float_ops:
         raise ModelError(_float_island_problem(float_ops))
     if scheme != "int8-only":
-        qpath = build_quantized(float_model, ranges, recipe, out_path)
+        qpath = build_quantized(float_model, ranges, recipe, out_path, source=source)
         notes = []
         if scheme == "a16w8":
             notes.append("ONNX Runtime's CPU has no int16 kernels: the int16 Q/DQ pairs are run as float ops, so the "
                          "accuracy is that of 16x8 hardware but the latency here is not")
         return BuiltScheme(scheme, qpath, qpath, "float32", recipe, float_ops, notes=notes)
     measure_path = out_path.with_name(out_path.stem + ".float-io.onnx")
-    build_quantized(float_model, ranges, recipe, measure_path)
+    build_quantized(float_model, ranges, recipe, measure_path, source=source)
     qmodel = onnx.load(str(measure_path))
     io_params = integer_io(qmodel, io)
     onnx.save(qmodel, str(out_path))
@@ -243,7 +244,7 @@ def integer_io(qmodel: onnx.ModelProto, io: str) -> dict[str, dict]:
     return params
 
 
-def build_dynamic(float_model: Path, out_path: Path, recipe: Recipe) -> BuiltScheme:
+def build_dynamic(float_model: Path, out_path: Path, recipe: Recipe, source: Path | None = None) -> BuiltScheme:
     """ORT's dynamic quantization: int8 weights of Conv/MatMul, activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
@@ -257,8 +258,9 @@ def build_dynamic(float_model: Path, out_path: Path, recipe: Recipe) -> BuiltSch
                          reduce_range=recipe.reduce_range, weight_type=weight_type,
                          nodes_to_exclude=list(recipe.exclude_nodes))
     except Exception as exc:
-        raise ModelError(Problem(f"ONNX Runtime could not quantize the model dynamically: {type(exc).__name__}: {exc}",
-                                 file=str(float_model))) from None
+        raise ModelError(Problem(f"ONNX Runtime could not quantize the model dynamically: {type(exc).__name__}: "
+                                 f"{first_line(exc, {float_model: source or 'the model'})}",
+                                 file=str(source) if source else None)) from exc
     model = onnx.load(str(float_model))
     kept = float_compute_nodes(model, set(op_types), recipe.exclude_nodes)
     for f in kept:
@@ -272,7 +274,8 @@ def build_dynamic(float_model: Path, out_path: Path, recipe: Recipe) -> BuiltSch
                               "the others compute in float32"])
 
 
-def build_float16(float_model: Path, out_path: Path, io: str, recipe: Recipe) -> BuiltScheme:
+def build_float16(float_model: Path, out_path: Path, io: str, recipe: Recipe,
+                  source: Path | None = None) -> BuiltScheme:
     """ORT's float16 converter; inputs and outputs stay float32 unless io is float16."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -282,8 +285,9 @@ def build_float16(float_model: Path, out_path: Path, io: str, recipe: Recipe) ->
         m16 = convert_float_to_float16(copy.deepcopy(model), keep_io_types=(io == "float32"), op_block_list=block,
                                        node_block_list=list(recipe.exclude_nodes))
     except Exception as exc:
-        raise ModelError(Problem(f"ONNX Runtime's float16 converter failed: {type(exc).__name__}: {exc}",
-                                 file=str(float_model))) from None
+        raise ModelError(Problem(f"ONNX Runtime's float16 converter failed: {type(exc).__name__}: "
+                                 f"{first_line(exc, {float_model: source or 'the model'})}",
+                                 file=str(source) if source else None)) from exc
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(m16, str(out_path))
     kept = [{"node": n.name, "op_type": n.op_type, "reason": "kept in float32 by the policy or the converter"}

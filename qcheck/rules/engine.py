@@ -340,15 +340,37 @@ def rows_in_scope(rule: Rule, rows: list[dict]) -> list[dict]:
     return out
 
 
+# A condition raising one of these met a statistic of a type it cannot take (a string compared with a
+# number, a list where a number belongs): a bug in the rule or in the statistic, reported as a finding.
+CONDITION_ERRORS = (TypeError, ValueError, ZeroDivisionError, OverflowError)
+
+
 def check(rule: Rule, row: dict) -> bool | None:
-    """Whether the rule fires on this row; None when it does not apply (a value it needs is missing)."""
+    """Whether the rule fires on this row; None when it does not apply (a value it needs is missing).
+
+    Raises one of CONDITION_ERRORS when the condition cannot be evaluated on the row's values."""
     env = {**row, **rule.params}
     try:
         return bool(rule.when.evaluate(env))
     except NotApplicable:
         return None
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-        return None  # a value of an unexpected type on this row: the rule does not apply
+
+
+def condition_error(rule: Rule, failures: list[tuple[dict, Exception]]) -> Finding:
+    """One error finding for a rule whose condition raised on some rows: the rule did not run there, and a
+    rule that silently does not run would pass a model it should have stopped."""
+    row, exc = failures[0]
+    where = f" on tensor '{row['name']}'" if row.get("name") else ""
+    reads = sorted(rule.when.names - set(rule.params))
+    types = ", ".join(f"{n}: {type(row.get(n)).__name__}" for n in reads)
+    more = f" (and on {len(failures) - 1} more row(s))" if len(failures) > 1 else ""
+    return Finding(
+        code=rule.code, rule=rule.name, severity="error", scope=rule.scope,
+        message=f"the condition `{rule.when.text}` could not be evaluated{where}{more}: {type(exc).__name__}: "
+                f"{exc} ({types}); the rule was not applied there. Fix the rule ({rule.source}) or report this",
+        evidence={"condition_error": f"{type(exc).__name__}: {exc}", "rows": len(failures)},
+        params=dict(rule.params), score=float(len(failures)),
+    )
 
 
 def applies_to_scheme(rule: Rule, scheme: str | None) -> bool:
@@ -362,8 +384,14 @@ def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | Non
         if rule.scope == "model" or not applies_to_scheme(rule, scheme):
             continue
         per_node: dict[str, Finding] = {}
+        failures = []
         for row in rows_in_scope(rule, rows):
-            if not check(rule, row):
+            try:
+                fires = check(rule, row)
+            except CONDITION_ERRORS as exc:
+                failures.append((row, exc))
+                continue
+            if not fires:
                 continue
             f = _finding(rule, row, target)
             if rule.scope == "node":
@@ -373,12 +401,23 @@ def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | Non
             else:
                 findings.append(f)
         findings.extend(per_node.values())
+        if failures:
+            findings.append(condition_error(rule, failures))
     return sort_findings(findings)
 
 
 def evaluate_model(rules: list[Rule], model_row: dict, target: str | None = None) -> list[Finding]:
     """Findings of the model-scope rules on the run's model statistics (`model_stats.model_row`)."""
-    return sort_findings([_finding(r, model_row, target) for r in rules if r.scope == "model" and check(r, model_row)])
+    findings = []
+    for rule in rules:
+        if rule.scope != "model":
+            continue
+        try:
+            if check(rule, model_row):
+                findings.append(_finding(rule, model_row, target))
+        except CONDITION_ERRORS as exc:
+            findings.append(condition_error(rule, [(model_row, exc)]))
+    return sort_findings(findings)
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:

@@ -65,7 +65,7 @@ def node_split(built: BuiltScheme, qmap: QDQMap | None) -> tuple[list[str], list
 
 def build_for(scheme: str, policy: Policy, float_path: Path, out_path: Path, ranges: Ranges | None) -> BuiltScheme:
     return build_scheme(scheme, float_path, out_path, Recipe.from_policy(policy.quantization), ranges,
-                        policy.quantization.io, policy.target.io)
+                        policy.quantization.io, policy.target.io, source=policy.model.path)
 
 
 def measure_built(built: BuiltScheme, policy: Policy, float_model: onnx.ModelProto, evaluation: DataSet,

@@ -117,7 +117,7 @@ def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -
         if calib is not None and any(s in CALIBRATED for s in [scheme] + policy.compare):
             with stages.stage("calibrate", console):
                 ranges = calibrate(prepared.path, calib, policy.quantization,
-                                   progress=lambda i, n: console.progress("calibrate", i, n))
+                                   progress=lambda i, n: console.progress("calibrate", i, n), source=prepared.source)
                 check_ranges_finite(prepared.path, ranges.ranges, calib)
                 ranges.save(out_dir.path("ranges.json"))
 

@@ -51,7 +51,8 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     ranking, source = candidate_ranking(rows, findings, sensitivity)
     result, chosen, chosen_ranges = run_search(
         policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
-        calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m),
+        calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m,
+                                           source=prepared.source),
         base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
         finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
         make_tasks=lambda: build_tasks(policy, prepared.outputs),
@@ -60,7 +61,7 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     result["ranking_source"] = source
     if chosen is None or chosen.key() == recipe.key():
         return result, None, "", recipe, ranges
-    build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME))
+    build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME), source=prepared.source)
     cand = result["candidates"][result["chosen"]]
     env = dict(cand["metrics"])
     env.update({f"findings.{k}": v for k, v in cand.get("finding_counts", finding_counts).items()})
