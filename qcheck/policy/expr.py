@@ -20,6 +20,7 @@ import ast
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -122,8 +123,23 @@ def _dotted(node: ast.AST) -> str | None:
     return ".".join(reversed(parts))
 
 
+# A threshold written either way round: `0.999 <= model.cosine` is `model.cosine >= 0.999`.
+_LIMIT_OPS = {ast.GtE: ">=", ast.Gt: ">", ast.LtE: "<=", ast.Lt: "<"}
+_MIRROR = {">=": "<=", ">": "<", "<=": ">=", "<": ">"}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """An expression that is one comparison of something with a number: `side op value`."""
+
+    side: Callable[[Mapping[str, Any]], Any]  # evaluates the other side (raises NotApplicable like `evaluate`)
+    op: str  # ">=", ">", "<=" or "<"
+    value: float
+
+
 class Expression:
-    """A parsed, checked expression. `names` lists the variables it reads."""
+    """A parsed, checked expression. `names` lists the variables it reads; `limit` is set when the whole
+    expression compares one side with a number (`model.cosine >= 0.999`), as most `require:` lines do."""
 
     def __init__(self, text: str, known_names: Iterable[str] | None = None):
         if not isinstance(text, str) or not text.strip():
@@ -136,6 +152,7 @@ class Expression:
         self.names: set[str] = set()
         self._known = set(known_names) if known_names is not None else None
         self._fn = self._compile(tree.body)
+        self.limit: Limit | None = self._limit(tree.body)
 
     def __repr__(self) -> str:
         return f"Expression({self.text!r})"
@@ -177,6 +194,16 @@ class Expression:
             return self._compile_call(node)
         what = _DESCRIBE.get(type(node), type(node).__name__)
         raise ExprError(f"'{self.text}': {what} are not allowed in conditions")
+
+    def _limit(self, node: ast.AST) -> Limit | None:
+        if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _LIMIT_OPS):
+            return None
+        op, side, number = _LIMIT_OPS[type(node.ops[0])], node.left, node.comparators[0]
+        if isinstance(side, ast.Constant):
+            side, number, op = number, side, _MIRROR[op]
+        if not isinstance(number, ast.Constant) or not isinstance(number.value, (int, float)):
+            return None
+        return Limit(self._compile(side), op, float(number.value))
 
     def _compile_name(self, name: str) -> Callable[[Mapping[str, Any]], Any]:
         if "__" in name:

@@ -9,7 +9,6 @@ counted here.
 
 from __future__ import annotations
 
-import ast
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from qcheck.measure.latency import measure_latency
 from qcheck.measure.outputs import OutputComparison, aggregate_model_metrics
 from qcheck.measure.per_tensor import update_output_metrics, user_metric_results
 from qcheck.model.runtime import make_session
+from qcheck.policy.expr import ExprError, Expression, NotApplicable
 from qcheck.policy.slices import parse_slice
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
@@ -28,32 +28,30 @@ from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.rules.requirements import judge, requirement_env
 from qcheck.search.space import Change, Graph, apply_changes, cost, counts
 
-_CMP = {ast.GtE: 1, ast.Gt: 1, ast.LtE: -1, ast.Lt: -1}
 
-
-def shortfall(text: str, values: dict) -> float:
+def shortfall(expression: Expression | str, values: dict) -> float:
     """How far a failing `require:` line is from holding, relative to its threshold.
 
     For `name >= c` (or `>`): (c - value) / |c|; for `name <= c`: (value - c) / |c|.
     Lines of any other form count 1 when they fail. NaN counts as infinitely far.
+    `expression`: the requirement's parsed expression (text is parsed here, for tools and tests).
     """
+    if isinstance(expression, str):
+        try:
+            expression = Expression(expression)
+        except ExprError:
+            return 1.0
+    limit = expression.limit
+    if limit is None or len(values) != 1:
+        return 1.0
     try:
-        node = ast.parse(text, mode="eval").body
-    except SyntaxError:
-        return 1.0
-    if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMP):
-        return 1.0
-    sign = _CMP[type(node.ops[0])]
-    left, right = node.left, node.comparators[0]
-    if isinstance(left, ast.Constant):  # 0.999 <= model.cosine
-        left, right, sign = right, left, -sign
-    if not isinstance(right, ast.Constant) or not isinstance(right.value, (int, float)) or len(values) != 1:
-        return 1.0
-    value = next(iter(values.values()))
+        value = limit.side(values)
+    except NotApplicable:
+        return math.inf
     if not isinstance(value, (int, float)) or math.isnan(value):
         return math.inf
-    c = float(right.value)
-    gap = (c - value) if sign > 0 else (value - c)
+    c = limit.value
+    gap = (c - value) if limit.op in (">=", ">") else (value - c)
     return max(gap, 0.0) / max(abs(c), 1e-12)
 
 
@@ -121,7 +119,8 @@ class Evaluator:
                           if self.findings_of and changes else self.finding_counts)
         env, outputs = self._measure(path, finding_counts)
         verdict = judge(self.require, env)
-        gaps = [shortfall(q["text"], q["values"]) if not q["holds"] else 0.0 for q in verdict["requirements"]]
+        gaps = [shortfall(r.expression, q["values"]) if not q["holds"] else 0.0
+                for r, q in zip(self.require, verdict["requirements"])]
         cand = {
             "id": len(self.candidates),
             "changes": [c.to_dict() for c in changes],

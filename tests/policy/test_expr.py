@@ -69,3 +69,14 @@ def test_unknown_names_are_refused_when_names_are_known():
 def test_syntax_errors_are_explained():
     with pytest.raises(ExprError, match="cannot parse"):
         Expression("rmse / > 0.7")
+
+
+def test_limit_is_the_comparison_with_a_number_either_way_round():
+    """`require:` lines are parsed once; the search reads their threshold from `Expression.limit`."""
+    for text in ("model.cosine >= 0.999", "0.999 <= model.cosine"):
+        limit = Expression(text).limit
+        assert (limit.op, limit.value, limit.side({"model.cosine": 0.5})) == (">=", 0.999, 0.5)
+    limit = Expression("abs(drift) < 2").limit
+    assert (limit.op, limit.value, limit.side({"drift": -3.0})) == ("<", 2.0, 3.0)
+    for text in ("a <= 1 and b <= 2", "a == 1", "a <= b", "1 < a < 2", "op_type == 'Conv'"):
+        assert Expression(text).limit is None, text
