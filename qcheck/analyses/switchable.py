@@ -30,10 +30,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qcheck.model.runtime import make_session
-from qcheck.quantize.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, QDQMap, float_name
+from qcheck.quantize.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, REMOVABLE_ACTIVATIONS, QDQMap, float_name
 
 SWITCH_INPUT = "qcheck_switch"
-REMOVABLE_ACTIVATIONS = {"Relu", "Clip"}
 
 
 @dataclass

@@ -42,13 +42,19 @@ from qcheck.model.prepare import elem_types, topological_order
 from qcheck.model.runtime import make_session, with_outputs
 from qcheck.policy.slices import SliceError, parse_slice
 from qcheck.policy.spec import MetricSpec
-from qcheck.quantize.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, QDQMap, QuantizedTensor, float_name
+from qcheck.quantize.qdq import (
+    DEQUANTIZE_OPS,
+    QUANTIZE_OPS,
+    REMOVABLE_ACTIVATIONS,
+    QDQMap,
+    QuantizedTensor,
+    float_name,
+)
 
 TWIN_PREFIX = "qcheck_twin::"
 TWIN_W_PREFIX = "qcheck_twin_wq::"
 DQ_WEIGHT_PREFIX = "qcheck_dqw::"
 INPUT_PREFIX = "qcheck_in::"
-REMOVABLE_ACTIVATIONS = {"Relu", "Clip"}  # ORT folds these into the producer's grid
 DISTRIBUTION_STATISTICS = ("skewness", "kurtosis", "bimodality", "channels", "channel_range_ratio", "worst_channel")
 
 

@@ -14,7 +14,6 @@ SHA-256 when one is given, and moves it into place atomically.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from qcheck.errors import ModelError, Problem
+from qcheck.model.prepare import file_sha256
 from qcheck.policy.spec import FetchSpec
 
 
@@ -54,7 +54,7 @@ def fetch_model(spec: FetchSpec, dest: Path, log=print) -> Path:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
     if spec.sha256:
-        digest = hashlib.sha256(part.read_bytes()).hexdigest()
+        digest = file_sha256(part)
         if digest != spec.sha256:
             part.unlink()
             raise ModelError(Problem(f"the fetched model's SHA-256 is {digest}, the policy expects {spec.sha256}",

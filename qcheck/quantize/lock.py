@@ -116,7 +116,7 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
             notes.append("pre-processing gave a different float model than when the lock was written "
                          "(another onnx or ONNX Runtime version?)")
         build_quantized(prepared.path, ranges, recipe, out, source=model_path)
-    built = hashlib.sha256(out.read_bytes()).hexdigest()
+    built = file_sha256(out)
     return {"out": str(out), "sha256": built, "expected": doc["quantized_model"]["sha256"],
             "identical": built == doc["quantized_model"]["sha256"], "notes": notes}
 

@@ -21,6 +21,9 @@ from qcheck.quantize.grid import dequantize, qlimits, quant_steps
 
 QUANTIZE_OPS = {"QuantizeLinear"}
 DEQUANTIZE_OPS = {"DequantizeLinear"}
+# ORT's QDQ quantizer folds these into their producer's grid: the producer's quantized output is read
+# through them, with no Q/DQ pair of their own (unless asked to keep them; see build_quantized).
+REMOVABLE_ACTIVATIONS = {"Relu", "Clip"}
 
 
 @dataclass

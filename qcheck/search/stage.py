@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from qcheck.measure.tasks import build as build_tasks
+from qcheck.model.prepare import file_sha256
 from qcheck.quantize.calibrate import build_quantized, calibrate
 from qcheck.quantize.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
 from qcheck.rules.requirements import judge
@@ -73,9 +73,7 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
 def write_policy_lock(policy, *, prepared, shapes, calib, ranges, ranges_file: str, recipe, model_file: str, out_dir,
                       environment: dict, search: dict | None) -> str:
     path = out_dir.path(model_file)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    from qcheck.model.prepare import file_sha256
-
+    sha = file_sha256(path)
     doc = lock_document(
         policy_path=policy.path, policy_sha256=file_sha256(policy.path), model_path=policy.model.path,
         model_sha256=prepared.sha256, shapes=shapes, float_sha256=file_sha256(prepared.path),
