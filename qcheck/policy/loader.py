@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from qcheck.policy.spec import (
     SearchSpec,
     TensorOverride,
 )
-from qcheck.policy.targets import builtin_profile, resolve_target
+from qcheck.policy.targets import DEFAULT_TARGET, TargetProfile, builtin_profile, resolve_target
 from qcheck.policy.yaml_spans import LineDict, line_of, load_yaml, to_plain
 from qcheck.resources import schema_path
 
@@ -74,167 +75,201 @@ def load_policy(path: str | Path) -> Policy:
     return policy
 
 
+class _Section:
+    """What every section reader needs: the document (with lines), the policy's folder, the problems so far."""
+
+    def __init__(self, path: Path, doc: dict):
+        self.doc, self.folder, self.file = doc, path.parent, str(path)
+        self.problems: list[Problem] = []
+
+    def at(self, *keys) -> int | None:
+        return line_of(self.doc, list(keys))
+
+    def resolve(self, p: str | Path) -> Path:
+        """Relative paths start at the policy's folder."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.folder / q
+
+    def problem(self, message: str, keys: tuple, hint: str | None = None) -> None:
+        self.problems.append(Problem(message, self.file, self.at(*keys), hint=hint))
+
+
+def _given(section: dict, convert: dict[str, Callable[[Any], Any]]) -> dict:
+    """The keys a section gives, converted; a key it leaves out keeps the spec dataclass's default (the one
+    place defaults live; the schema's `default:` entries document them, tests/policy checks they agree)."""
+    return {key: fn(section[key]) for key, fn in convert.items() if key in section}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     """Schema-valid document -> Policy, plus the problems only semantics can find."""
-    folder = path.parent
-    problems: list[Problem] = []
-    file = str(path)
+    s = _Section(path, doc)
+    # section by section, in the order their problems are listed
+    model = _model(s, doc["model"])
+    data = _data(s, doc["data"])
+    quant = _quantization(s, doc.get("quantization") or {})
+    metrics = _metrics(s, doc.get("metrics") or {})
+    require = _require(s, doc.get("require") or [], metrics)
+    rules = _rules(s, doc.get("rules") or {})
+    measure = MeasureSpec(**_given(doc.get("measure") or {}, {"modes": list, "weights": _same}))
+    analyses = _analyses(doc.get("analyses", True))
+    _check_analyses_metric(s, analyses, metrics)
+    report = _report(s, doc.get("report") or {})
+    inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
+    target = _target(s, doc.get("target", DEFAULT_TARGET))
+    compare = _compare_schemes(doc, quant, data, s.file, s.at, s.problems)
+    search = _search(doc["search"] or {}) if "search" in doc else None  # `search:` alone: on, with defaults
+    policy = Policy(
+        path=path, model=model, data=data, inputs=inputs, target=target,
+        quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
+        analyses=analyses, report=report, compare=compare, search=search, raw=to_plain(doc), _doc=doc,
+    )
+    return policy, s.problems
 
-    def at(*keys):
-        return line_of(doc, list(keys))
 
-    def resolve(p: str) -> Path:
-        q = Path(p).expanduser()
-        return q if q.is_absolute() else folder / q
-
-    # model
-    m = doc["model"]
+def _model(s: _Section, m: str | dict) -> ModelSpec:
     if isinstance(m, str):
-        model = ModelSpec(resolve(m))
+        model = ModelSpec(s.resolve(m))
     else:
         f = m.get("fetch")
-        model = ModelSpec(resolve(m["path"]), FetchSpec(f["pip"], f["member"], f.get("sha256")) if f else None)
+        model = ModelSpec(s.resolve(m["path"]), FetchSpec(f["pip"], f["member"], f.get("sha256")) if f else None)
     if not model.path.exists() and model.fetch is None:
-        problems.append(Problem(f"model file not found: {model.path}", file, at("model"),
-                                hint="check the path (relative paths start at the policy's folder)"))
+        s.problem(f"model file not found: {model.path}", ("model",),
+                  hint="check the path (relative paths start at the policy's folder)")
     elif model.path.exists() and model.path.is_dir():
-        problems.append(Problem(f"model path is a folder, not an .onnx file: {model.path}", file, at("model")))
+        s.problem(f"model path is a folder, not an .onnx file: {model.path}", ("model",))
+    return model
 
-    # data
-    d = doc["data"]
 
+def _data(s: _Section, d: dict) -> DataSpec:
     def source(key: str) -> DataSource | None:
-        s = d.get(key)
-        if s is None:
+        given = d.get(key)
+        if given is None:
             return None
-        src = DataSource(resolve(s)) if isinstance(s, str) else DataSource(resolve(s["path"]), s.get("format", "auto"), s.get("limit"))
+        if isinstance(given, str):
+            src = DataSource(s.resolve(given))
+        else:
+            src = DataSource(s.resolve(given["path"]), **_given(given, {"format": _same, "limit": _same}))
         if src.limit is None:
             src.limit = d.get("limit")
         if not src.path.exists():
-            problems.append(Problem(f"{key} data not found: {src.path}", file, at("data", key)))
+            s.problem(f"{key} data not found: {src.path}", ("data", key))
         return src
 
     pre = d.get("preprocess") or {}
-    preprocess = Preprocess(
-        size=tuple(pre["size"]) if "size" in pre else None,
-        layout=pre.get("layout", "NCHW"),
-        color=pre.get("color", "RGB"),
-        scale=float(pre.get("scale", 1.0 / 255.0)),
-        mean=list(pre["mean"]) if "mean" in pre else None,
-        std=list(pre["std"]) if "std" in pre else None,
-    )
-    data = DataSpec(source("calibration"), source("evaluation"), preprocess)
+    preprocess = Preprocess(**_given(pre, {"size": tuple, "layout": _same, "color": _same, "scale": float,
+                                           "mean": list, "std": list}))
+    return DataSpec(source("calibration"), source("evaluation"), preprocess)
 
-    # quantization
-    q = doc.get("quantization") or {}
+
+def _quantization(s: _Section, q: dict) -> QuantizationSpec:
     excl = q.get("exclude") or {}
     quant = QuantizationSpec(
-        scheme=q.get("scheme", "int8"),
-        io=q.get("io"),
-        activations=q.get("activations", "uint8"),
-        weights=q.get("weights", "int8"),
-        per_channel=q.get("per_channel", True),
-        calibration=q.get("calibration", "minmax"),
-        percentile=float(q.get("percentile", 99.999)),
-        num_bins=int(q.get("num_bins", 2048)),
-        symmetric_activations=q.get("symmetric_activations", False),
-        reduce_range=q.get("reduce_range", False),
-        exclude_nodes=list(excl.get("nodes", [])),
-        exclude_op_types=list(excl.get("op_types", [])),
+        **_given(q, {"scheme": _same, "io": _same, "activations": _same, "weights": _same, "per_channel": _same,
+                     "calibration": _same, "percentile": float, "num_bins": int, "symmetric_activations": _same,
+                     "reduce_range": _same}),
+        **{field: list(excl[key]) for key, field in (("nodes", "exclude_nodes"), ("op_types", "exclude_op_types"))
+           if key in excl},
         overrides={name: TensorOverride(**dict(o)) for name, o in (q.get("overrides") or {}).items()},
     )
     for name, o in quant.overrides.items():
         if o.rmin is not None and o.rmax is not None and o.rmin >= o.rmax:
-            problems.append(Problem(f"override for '{name}': rmin ({o.rmin}) must be below rmax ({o.rmax})", file,
-                                    at("quantization", "overrides", name)))
+            s.problem(f"override for '{name}': rmin ({o.rmin}) must be below rmax ({o.rmax})",
+                      ("quantization", "overrides", name))
+    return quant
 
-    # metrics and requirements
-    metrics = {name: MetricSpec(name, spec.get("output"), spec.get("slice"), spec.get("metric", "max_abs"),
-                                spec.get("task"), {k: to_plain(v) for k, v in spec.items() if k != "task"})
-               for name, spec in (doc.get("metrics") or {}).items()}
-    task_names: list[str] = []
+
+def _metrics(s: _Section, given: dict) -> dict[str, MetricSpec]:
+    metrics = {name: MetricSpec(name, spec.get("output"), spec.get("slice"), task=spec.get("task"),
+                                options={k: to_plain(v) for k, v in spec.items() if k != "task"},
+                                **_given(spec, {"metric": _same}))
+               for name, spec in given.items()}
     for name, spec in metrics.items():
         if spec.task is not None:
-            from qcheck.policy.task_options import check_options, require_names
+            from qcheck.policy.task_options import check_options
 
             for keys, message, hint in check_options(name, {"task": spec.task, **spec.options}):
-                problems.append(Problem(message, file, at(*keys), hint=hint))
-            task_names += require_names(name, spec.task, spec.options)
+                s.problem(message, keys, hint=hint)
         elif spec.output is None:
-            problems.append(Problem(f"'metrics.{name}' is missing the required key 'output'", file, at("metrics", name)))
+            s.problem(f"'metrics.{name}' is missing the required key 'output'", ("metrics", name))
         if spec.slice is not None:
             from qcheck.policy.slices import SliceError, parse_slice  # local: metrics imports numpy
 
             try:
                 parse_slice(spec.slice)
             except SliceError as exc:
-                problems.append(Problem(f"metric '{name}': {exc}", file, at("metrics", name, "slice")))
+                s.problem(f"metric '{name}': {exc}", ("metrics", name, "slice"))
         if name in ("model", "findings"):
-            problems.append(Problem(f"metric name '{name}' is reserved", file, at("metrics", name)))
-    known = set(REQUIRE_NAMES) | set(metrics) | set(task_names)
+            s.problem(f"metric name '{name}' is reserved", ("metrics", name))
+    return metrics
+
+
+def _require(s: _Section, lines: list, metrics: dict[str, MetricSpec]) -> list[Requirement]:
+    from qcheck.policy.task_options import require_names
+
+    known = set(REQUIRE_NAMES) | set(metrics)
+    for name, spec in metrics.items():
+        if spec.task is not None:
+            known |= set(require_names(name, spec.task, spec.options))
     require = []
-    for i, text in enumerate(doc.get("require") or []):
+    for i, text in enumerate(lines):
         try:
-            require.append(Requirement(text, Expression(text, known_names=known), at("require", i)))
+            require.append(Requirement(text, Expression(text, known_names=known), s.at("require", i)))
         except ExprError as exc:
             hint = None
             if len(exc.args) > 1:
                 guess = difflib.get_close_matches(exc.args[1], sorted(known), n=1)
                 hint = f"did you mean '{guess[0]}'?" if guess else f"known names: {', '.join(sorted(known))}"
-            problems.append(Problem(f"require: {exc.args[0]}", file, at("require", i), hint=hint))
+            s.problem(f"require: {exc.args[0]}", ("require", i), hint=hint)
+    return require
 
-    r = doc.get("rules") or {}
-    rules = RulesSpec(list(r.get("packs", ["builtin"])), list(r.get("disable", [])),
-                      {k: dict(v) for k, v in (r.get("params") or {}).items()},
-                      list(r.get("inline") or []), r if isinstance(r, LineDict) else None)
+
+def _rules(s: _Section, r: dict) -> RulesSpec:
+    rules = RulesSpec(**_given(r, {"packs": list, "disable": list, "inline": lambda v: list(v or []),
+                                   "params": lambda p: {k: dict(v) for k, v in (p or {}).items()}}),
+                      doc=r if isinstance(r, LineDict) else None)
     for i, pack in enumerate(rules.packs):
-        if pack != "builtin" and not resolve(pack).exists():
-            problems.append(Problem(f"rule pack not found: {resolve(pack)}", file, at("rules", "packs", i)))
-    rules.packs = [p if p == "builtin" else str(resolve(p)) for p in rules.packs]
+        if pack != "builtin" and not s.resolve(pack).exists():
+            s.problem(f"rule pack not found: {s.resolve(pack)}", ("rules", "packs", i))
+    rules.packs = [p if p == "builtin" else str(s.resolve(p)) for p in rules.packs]
+    return rules
 
-    ms = doc.get("measure") or {}
-    measure = MeasureSpec(list(ms.get("modes", ["local", "whole"])), ms.get("weights", True))
-    analyses = _analyses(doc.get("analyses", True))
+
+def _check_analyses_metric(s: _Section, analyses: AnalysesSpec, metrics: dict[str, MetricSpec]) -> None:
     if analyses.sensitivity and analyses.metric not in ("cosine", "sqnr", "mse") and analyses.metric not in metrics:
-        problems.append(Problem(f"analyses.sensitivity.metric '{analyses.metric}' is neither cosine, sqnr, mse nor a "
-                                f"metric declared under `metrics:`", file, at("analyses", "sensitivity", "metric"),
-                                hint=f"usable metrics: cosine, sqnr, mse{''.join(', ' + g for g in metrics)}"))
-    rp = doc.get("report") or {}
-    report = ReportSpec(resolve(rp.get("out", "qcheck-out")), list(rp.get("formats", ["html", "pdf"])), rp.get("title"))
+        s.problem(f"analyses.sensitivity.metric '{analyses.metric}' is neither cosine, sqnr, mse nor a metric "
+                  f"declared under `metrics:`", ("analyses", "sensitivity", "metric"),
+                  hint=f"usable metrics: cosine, sqnr, mse{''.join(', ' + g for g in metrics)}")
+
+
+def _report(s: _Section, rp: dict) -> ReportSpec:
+    report = ReportSpec(**_given(rp, {"formats": list, "title": _same}))
+    report.out = s.resolve(rp.get("out", report.out))
     tdirs = rp.get("templates") or []
     for i, t in enumerate([tdirs] if isinstance(tdirs, str) else tdirs):
-        report.templates.append(resolve(t))
-        if not resolve(t).is_dir():
+        report.templates.append(s.resolve(t))
+        if not s.resolve(t).is_dir():
             keys = ("report", "templates") if isinstance(tdirs, str) else ("report", "templates", i)
-            problems.append(Problem(f"report template folder not found: {resolve(t)}", file, at(*keys)))
+            s.problem(f"report template folder not found: {s.resolve(t)}", keys)
+    return report
 
-    inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
 
-    target = builtin_profile("cpu")
+def _target(s: _Section, given: str | dict) -> TargetProfile:
     try:
-        target = resolve_target(doc.get("target", "cpu"), folder, file, at("target"))
+        return resolve_target(given, s.folder, s.file, s.at("target"))
     except QcheckError as exc:
-        problems.extend(exc.problems)
+        s.problems.extend(exc.problems)
+        return builtin_profile(DEFAULT_TARGET)
 
-    compare = _compare_schemes(doc, quant, data, file, at, problems)
-    search = None
-    if "search" in doc:  # `search:` alone turns the search on with its defaults
-        sd = doc["search"] or {}
-        search = SearchSpec(
-            strategy=sd.get("strategy", "greedy"),
-            remedies=list(dict.fromkeys(sd.get("remedies", ["keep_float", "int16_activations"]))),
-            candidates=int(sd.get("candidates", 20)), width=int(sd.get("width", 8)),
-            budget=SearchBudget(**dict(sd.get("budget") or {})),
-            finalists=int(sd.get("finalists", 3)), latency_repeats=int(sd.get("latency_repeats", 7)),
-            cost=sd.get("cost", "profile"), explicit_range_from=sd.get("explicit_range_from", "percentile"),
-        )
 
-    policy = Policy(
-        path=path, model=model, data=data, inputs=inputs, target=target,
-        quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
-        analyses=analyses, report=report, compare=compare, search=search, raw=to_plain(doc), _doc=doc,
-    )
-    return policy, problems
+def _search(sd: dict) -> SearchSpec:
+    return SearchSpec(**_given(sd, {
+        "strategy": _same, "remedies": lambda r: list(dict.fromkeys(r)), "candidates": int, "width": int,
+        "budget": lambda b: SearchBudget(**dict(b or {})), "finalists": int, "latency_repeats": int,
+        "cost": _same, "explicit_range_from": _same}))
 
 
 def _compare_schemes(doc: dict, quant: QuantizationSpec, data: DataSpec, file: str, at, problems: list) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from qcheck.errors import Problem
 from qcheck.policy.expr import Expression
-from qcheck.policy.targets import TargetProfile, builtin_profile
+from qcheck.policy.targets import DEFAULT_TARGET, TargetProfile, builtin_profile
 from qcheck.policy.yaml_spans import line_of
 
 # --------------------------------------------------------------------------- typed policy
@@ -174,7 +174,7 @@ class Policy:
     model: ModelSpec
     data: DataSpec
     inputs: dict[str, list[int]] = field(default_factory=dict)
-    target: TargetProfile = field(default_factory=lambda: builtin_profile("cpu"))
+    target: TargetProfile = field(default_factory=lambda: builtin_profile(DEFAULT_TARGET))
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
     metrics: dict[str, MetricSpec] = field(default_factory=dict)
     require: list[Requirement] = field(default_factory=list)

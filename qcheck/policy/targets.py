@@ -27,6 +27,7 @@ from qcheck.resources import schema_path
 _PROFILES = Path(__file__).resolve().parent / "profiles" / "targets.yaml"
 _SCHEMA = schema_path("target.schema.json")
 
+DEFAULT_TARGET = "cpu"  # a policy without `target:`
 REMEDY_COSTS = ("float_node", "float_island", "int16_tensor", "per_channel", "calibration_method", "explicit_range")
 
 

@@ -94,3 +94,50 @@ def test_schema_defaults_match_the_typed_policy(tmp_path):
     assert MeasureSpec().modes == defs["measure"]["properties"]["modes"]["default"]
     assert ReportSpec().formats == defs["report"]["properties"]["formats"]["default"]
     assert str(ReportSpec().out) == defs["report"]["properties"]["out"]["default"]
+
+
+def test_the_schemas_documented_defaults_are_the_spec_defaults():
+    """Defaults live in the spec dataclasses (the loader passes only what a policy gives); the schema's
+    `default:` entries, which the generated docs show, must say the same."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from qcheck.policy import spec
+    from qcheck.policy.targets import DEFAULT_TARGET
+
+    defs = policy_schema()["$defs"]
+
+    def default_of(cls, name):
+        f = next(f for f in fields(cls) if f.name == name)
+        return f.default_factory() if callable(f.default_factory) else f.default
+
+    sections = {"dataSource": spec.DataSource, "preprocess": spec.Preprocess, "quantization": spec.QuantizationSpec,
+                "rules": spec.RulesSpec, "measure": spec.MeasureSpec, "search": spec.SearchSpec,
+                "analyses": spec.AnalysesSpec, "report": spec.ReportSpec}
+    renamed = {("quantization", "exclude", "nodes"): "exclude_nodes",
+               ("quantization", "exclude", "op_types"): "exclude_op_types",
+               ("analyses", "sensitivity", "metric"): "metric", ("analyses", "sensitivity", "detail"): "detail",
+               ("analyses", "curves", "top_k"): "top_k", ("analyses", "distributions", "nodes"): "focus_nodes",
+               ("analyses", "confirm", "tolerance"): "tolerance"}
+    checked = 0
+
+    def walk(node, keys, cls):
+        nonlocal checked
+        for key, sub in (node.get("properties") or {}).items():
+            path = keys + (key,)
+            if "default" in sub:
+                name = renamed.get(path, key)
+                owner = spec.SearchBudget if path[:2] == ("search", "budget") else cls
+                want = default_of(owner, name)
+                want = str(want) if isinstance(want, Path) else want
+                assert sub["default"] == (list(want) if isinstance(want, tuple) else want), path
+                checked += 1
+            for alt in [sub] + sub.get("oneOf", []) + sub.get("anyOf", []):
+                walk(alt, path, cls)
+
+    for section, cls in sections.items():
+        for alt in [defs[section]] + defs[section].get("anyOf", []) + defs[section].get("oneOf", []):
+            walk(alt, (section,), cls)
+    assert default_of(spec.MetricSpec, "metric") == defs["metric"]["properties"]["metric"]["default"]
+    assert policy_schema()["properties"]["target"]["default"] == DEFAULT_TARGET
+    assert checked == 41  # every documented default of these sections
