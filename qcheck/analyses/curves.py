@@ -1,4 +1,4 @@
-"""Cumulative error curves and the distributions of the most sensitive nodes (seed 002).
+"""Cumulative error curves and the distributions of the most sensitive nodes (as in Horizon's PTQ debugger).
 
 One pass over the samples on the switchable model with every compute node's
 output exposed. Per sample: the reference run (all switches off) and one run

@@ -1,4 +1,4 @@
-"""Node sensitivity on the switchable emulation model (seed 002's per-node analysis).
+"""Node sensitivity on the switchable emulation model (a per-node analysis as in Horizon's PTQ debugger).
 
 For each quantizable node, four views, each one boolean mask on the same
 ONNX Runtime session:

@@ -1,6 +1,6 @@
 """Error statistics between a float tensor and its quantized twin.
 
-The quantities are those of TFLite's quantization debugger (seed 000), on the
+The quantities are those of TFLite's quantization debugger, on the
 difference `error = float - dequantized(quantized)`:
 
     num_elements, mean_error, stddev, max_abs_error, mean_squared_error

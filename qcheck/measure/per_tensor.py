@@ -6,7 +6,7 @@ Three ONNX Runtime sessions run on each evaluation sample:
 - the quantized model as ORT runs it (integer kernels), returning the integer
   tensor behind every QuantizeLinear. Exposing those keeps ORT's QLinear*
   fusions: the numbers are the real int8 ones;
-- a *twin* model for per-layer ("local") mode, seed 000: a float copy of each
+- a *twin* model for per-layer ("local") mode, as in TFLite's debugger: a float copy of each
   quantized node, fed with the inputs the quantized node saw in the
   quantized run and with the float weights. Comparing the twin's output with
   the quantized node's output isolates the error that node adds.

@@ -1,4 +1,4 @@
-"""Post-training quantization schemes (seed 001): building each scheme's model from the float model.
+"""Post-training quantization schemes (int8, int8-only, 16x8, dynamic range, float16): building each scheme's model from the float model.
 
 - `int8`: full integer with float fallback: ONNX Runtime's QDQ quantizer with the
   policy's recipe; an op ORT has no integer kernel for computes in float

@@ -43,7 +43,7 @@ def _finite(v) -> bool:
 
 
 def range_per_layer(results: dict) -> str | None:
-    """Seed 000's first chart: the real interval each activation's grid covers, in graph order."""
+    """The range chart of TFLite's quantization debugger: the real interval each activation's grid covers, in graph order."""
     acts = [t for t in _activations(results) if _finite(t.get("range"))]
     if not acts:
         return None
@@ -57,7 +57,7 @@ def range_per_layer(results: dict) -> str | None:
 
 
 def rmse_scale_per_layer(results: dict, threshold: float = 0.7) -> str | None:
-    """Seed 000's second chart: rmse/scale per activation, with rounding noise and the suspect line."""
+    """The debugger's rmse/scale chart: rmse/scale per activation, with rounding noise and the suspect line."""
     acts = [t for t in _activations(results) if _finite(t.get("rmse_scale"))]
     if not acts:
         return None

@@ -1,6 +1,6 @@
 """Compare mode: every scheme built and measured on the same data, one table, one recommendation.
 
-`recommend` follows seed 001's decision tree through the target profile:
+`recommend` follows the usual post-training decision tree through the target profile:
 
 - a scheme the target cannot run is never recommended;
 - an integer-only target (no float fallback: NPU, MCU, Edge TPU) only lists
@@ -21,7 +21,7 @@ from __future__ import annotations
 from qcheck.policy.schemes import DESCRIPTIONS, SCHEMES
 from qcheck.policy.targets import TargetProfile
 
-# Seed 001's order for schemes a profile does not rank: smaller and faster first, then more accurate.
+# The order for schemes a profile does not rank: smaller and faster first, then more accurate.
 DEFAULT_ORDER = ("int8-only", "int8", "dynamic", "a16w8", "float16")
 
 

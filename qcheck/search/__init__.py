@@ -166,7 +166,7 @@ def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfil
                   f"{100 * q['shortfall']:.3g}% short)" for q in c["requirements"] if not q["holds"]]
         reason += f". Closest: {c['label']}, which misses {'; '.join(misses)}"
     reason += (". Post-training remedies keep part of the model out of int8 at a cost; quantization-aware training "
-               "instead trains the weights to the int8 grid so every layer can stay integer (seed 003)")
+               "instead trains the weights to the int8 grid so every layer can stay integer")
     if target.integer_only:
         reason += f", which is what an integer-only target like '{target.name}' needs"
     reason += ". Export the trained model once its range estimates have converged and check the exported integer " \

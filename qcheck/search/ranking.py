@@ -5,8 +5,8 @@ sensitivity analysis (quantize one node at a time, measure the outputs) has
 run, its ranking is used. When it has not
 run (policy `analyses:` off), `rank_nodes` ranks from what a run already measured: each node's
 worst per-layer (local) statistic over the tensors it produces or reads as
-weights — lowest cosine first, then highest rmse/scale (seed 000's suspect
-measure), then graph order. Point `rank_nodes` at a better ranking and every
+weights — lowest cosine first, then highest rmse/scale (TFLite's quantization
+debugger flags layers above 0.7), then graph order. Point `rank_nodes` at a better ranking and every
 strategy follows it.
 """
 
