@@ -4,7 +4,8 @@ Both commands go through `load`, so a policy that `qcheck validate` accepts
 loads the same way in `qcheck run`, and each problem gets the same message
 from both. The order is cheapest check first: rule packs, the model file,
 the policy's input and output names, the input shapes (from the policy, the
-model or the first sample), then the model in ONNX Runtime, then the data.
+model or the first sample), the first sample of each data set and the task
+metrics' files, and last the model in ONNX Runtime (prepared, for a run).
 
 `qcheck run` passes a working folder: the model is prepared there (shapes
 fixed, opset upgraded, ORT's pre-processing; see `model.prepare`). `qcheck
@@ -56,17 +57,16 @@ def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = 
         if policy.inputs.get(info.name):
             info.shape = list(policy.inputs[info.name])
     shapes = input_shapes(policy, inputs)
-    prepared = None
-    if work is not None:
-        prepared = prepare_model(model, policy.model.path, shapes, work)
-    else:
-        check_runtime_loads(policy.model.path, model, policy.model.path)
-    del model
     static = [InputInfo(i.name, list(shapes[i.name]), i.dtype) for i in inputs]
     calibration = open_data(policy.data.calibration, static, policy.data.preprocess) if policy.data.calibration else None
     evaluation = (open_data(policy.data.evaluation, static, policy.data.preprocess) if policy.data.evaluation
                   else calibration)
     tasks = build_tasks(policy, outputs)
+    prepared = None
+    if work is not None:  # the slow part last: pre-processing a large model takes a while
+        prepared = prepare_model(model, policy.model.path, shapes, work)
+    else:
+        check_runtime_loads(policy.model.path, model, policy.model.path)
     return Loaded(rules, inputs, shapes, outputs, calibration, evaluation, tasks, prepared)
 
 
