@@ -153,7 +153,9 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
                 tensors = calibrator.compute_data()
         except Exception as exc:
             if reader.failure is not None:  # not ORT's: a bad sample (DataError) or a bug in qcheck, as raised
-                raise
+                if exc is reader.failure:
+                    raise
+                raise reader.failure from exc  # ORT wrapped it: the reader's own error is the one to show
             text = first_line(exc, {float_model: source or "the model", tmp: "(calibration copy)"})
             raise ModelError(Problem(f"calibration ({method}) failed in ONNX Runtime: {type(exc).__name__}: {text}",
                                      file=str(source) if source else None)) from exc
