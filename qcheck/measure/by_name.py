@@ -71,11 +71,30 @@ def weight_pairs(float_model: onnx.ModelProto, built: onnx.ModelProto) -> dict[s
             s = numpy_helper.to_array(b_inits[f"{name}_scale"]).astype(np.float64)
             zp_init = b_inits.get(f"{name}_zero_point")
             z = numpy_helper.to_array(zp_init).astype(np.float64) if zp_init is not None else np.zeros_like(s)
-            if s.size > 1:  # per channel, along axis 0
-                shape = [s.size] + [1] * (q.ndim - 1)
+            if s.size > 1:  # per channel: one scale along the channel axis
+                axis = _channel_axis(built, f"{name}_quantized", q.shape, s.size)
+                shape = [1] * q.ndim
+                shape[axis] = s.size
                 s, z = s.reshape(shape), z.reshape(shape)
             out[name] = (q - z) * s
     return out
+
+
+def _channel_axis(built: onnx.ModelProto, quantized: str, shape: tuple, channels: int) -> int:
+    """The axis a per-channel weight's scales run along.
+
+    A DequantizeLinear that reads the weight says so (`axis`). Dynamic quantization has none: ORT
+    scales a Conv weight per output channel (axis 0) and a MatMul weight [K, N] per column (axis 1).
+    """
+    for node in built.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] == quantized:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            return axis % len(shape)
+    matches = [a for a, n in enumerate(shape) if n == channels]
+    if len(matches) == 1:
+        return matches[0]
+    readers = {n.op_type for n in built.graph.node if quantized in n.input}
+    return len(shape) - 1 if readers & {"MatMulInteger", "MatMul"} else 0
 
 
 def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: DataSet, metrics: dict[str, MetricSpec],

@@ -428,3 +428,27 @@ def test_summary_counts_ops_without_integer_kernels_as_float(tmp_path):
     q = json.loads((out / "results.json").read_text())["quantization"]
     assert [f["node"] for f in q["float_ops"]] == ["gate"]
     assert q["float_nodes"] == ["gate"] and q["quantized_nodes"] == 2
+
+
+def test_dynamic_per_channel_matmul_weights_are_read_per_column(tmp_path):
+    """ORT scales a dynamic MatMul weight [K, N] per column; its error is then below half a step of its column."""
+    weight_heavy_mlp(tmp_path / "model.onnx", width=16, out=8)
+    rng = np.random.default_rng(0)
+    (tmp_path / "eval").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "eval" / f"{i}.npy", rng.standard_normal((1, 16)).astype(np.float32))
+    policy = write_policy(tmp_path / "p.yaml", {"model": "model.onnx", "data": {"evaluation": "eval"},
+                                                "quantization": {"scheme": "dynamic", "per_channel": True},
+                                                "report": {"out": "out", "formats": ["html"]}})
+    assert run_cli("run", policy, "--quiet") == 0
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    w2 = next(t for t in r["tensors"] if t["name"] == "w2")
+    qmodel = onnx.load(str(tmp_path / "out" / "model.quant.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in qmodel.graph.initializer}
+    scale = inits["w2_scale"].astype(np.float64)
+    assert scale.size == 8  # one per column of the [16, 8] weight
+    float_w2 = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer
+                                               if i.name == "w2")).astype(np.float64)
+    deq = (inits["w2_quantized"].astype(np.float64) - inits["w2_zero_point"].astype(np.float64)) * scale
+    assert w2["max_abs_error"] == pytest.approx(float(np.abs(float_w2 - deq).max()), rel=1e-6)
+    assert np.all(np.abs(float_w2 - deq) <= scale / 2 + 1e-9)  # rounding within each column's own step
