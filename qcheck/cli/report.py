@@ -31,7 +31,7 @@ def cmd_report(args) -> int:
 
 def _policy_templates(results: dict) -> list[Path]:
     """The run's own report.templates folders, when they still exist, so a re-render looks the same."""
-    policy = results.get("policy") or {}
-    wanted = ((policy.get("document") or {}).get("report") or {}).get("templates") or []
-    folder = Path(policy.get("path", ".")).parent
+    policy = results["policy"]
+    wanted = ((policy["document"] or {}).get("report") or {}).get("templates") or []
+    folder = Path(policy["path"]).parent
     return [p for p in ((folder / t) for t in ([wanted] if isinstance(wanted, str) else wanted)) if p.is_dir()]

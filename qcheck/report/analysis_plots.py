@@ -15,7 +15,7 @@ TOP_BARS = 25
 
 def sensitivity_bars(analyses: dict) -> str | None:
     """Worst nodes first: 1 - cosine of the outputs with only that node quantized (log scale)."""
-    sens = analyses.get("sensitivity")
+    sens = analyses["sensitivity"]
     if not sens or not sens["nodes"]:
         return None
     rows = sens["nodes"][:TOP_BARS]
@@ -39,7 +39,7 @@ def sensitivity_bars(analyses: dict) -> str | None:
 
 def error_curves(analyses: dict, labels: list[str], title: str) -> str | None:
     """Cosine of every node's output to the float model's along the graph, one line per configuration."""
-    curves = [c for c in (analyses.get("curves") or {}).get("curves", []) if c["label"] in labels]
+    curves = [c for c in (analyses["curves"] or {}).get("curves", []) if c["label"] in labels]
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(7.2, 2.6))
@@ -117,10 +117,10 @@ def channel_boxes(box: dict) -> str | None:
 
 
 def analysis_plots(results: dict) -> dict:
-    analyses = results.get("analyses") or {}
+    analyses = results["analyses"]
     if not analyses:
         return {}
-    labels = (analyses.get("curves") or {}).get("configurations", [])
+    labels = (analyses["curves"] or {}).get("configurations", [])
     return {
         "sensitivity": sensitivity_bars(analyses),
         "curves_kind": error_curves(analyses, ["all quantized", "weights only", "activations only"],
@@ -129,5 +129,5 @@ def analysis_plots(results: dict) -> dict:
                                        "Leaving the most sensitive nodes float"),
         "distributions": [{"node": d["node"], "histogram": distribution(d),
                            "boxes": [channel_boxes(b) for b in d["channels"]]}
-                          for d in analyses.get("distributions") or []],
+                          for d in analyses["distributions"] or []],
     }

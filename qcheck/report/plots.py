@@ -107,9 +107,11 @@ def cosine_along_depth(results: dict) -> str | None:
 def search_tradeoff(results: dict) -> str | None:
     """The fallback search: each candidate's cost on the target (or, with `search.cost: latency`, its measured
     latency; only finalists have one) against how far it is from the requirements."""
-    search = results.get("search") or {}
-    axis = "latency_ms" if search.get("cost") == "latency" else "cost"
-    cands = [c for c in search.get("candidates", []) if _finite(c.get(axis))]
+    search = results["search"]
+    if not search:
+        return None
+    axis = "latency_ms" if search["cost"] == "latency" else "cost"
+    cands = [c for c in search["candidates"] if _finite(c.get(axis))]
     if len(cands) < 2:
         return None
     finite_gaps = [c["shortfall"] for c in cands if _finite(c["shortfall"])]
@@ -122,16 +124,16 @@ def search_tradeoff(results: dict) -> str | None:
                label="misses a requirement")
     ax.scatter([c[axis] for c in ok], [gap[c["id"]] for c in ok], marker="o", facecolors="none", edgecolors=INK, s=22,
                label="meets every requirement")
-    front = sorted((c for c in cands if c["id"] in set(search.get("pareto", []))), key=lambda c: c[axis])
+    front = sorted((c for c in cands if c["id"] in set(search["pareto"])), key=lambda c: c[axis])
     if front:
         ax.step([c[axis] for c in front], [gap[c["id"]] for c in front], where="post", color=INK, linestyle="--",
                 linewidth=1, label="Pareto front")
-    chosen = next((c for c in cands if c["id"] == search.get("chosen")), None)
+    chosen = next((c for c in cands if c["id"] == search["chosen"]), None)
     if chosen is not None:
         ax.scatter([chosen[axis]], [gap[chosen["id"]]], marker="*", color=ACCENT, s=90, zorder=5, label="chosen")
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("median latency on this machine (ms; finalists only)" if axis == "latency_ms"
-                  else f"cost on target '{search.get('target', '')}' (profile units)")
+                  else f"cost on target '{search['target']}' (profile units)")
     ax.set_ylabel("shortfall from the requirements\n(0 = all hold)")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _svg(fig)
@@ -139,7 +141,7 @@ def search_tradeoff(results: dict) -> str | None:
 
 def all_plots(results: dict) -> dict[str, str | None]:
     threshold = 0.7
-    for rule in results.get("rules", []):
+    for rule in results["rules"]:
         if rule["code"] == "QC101":
             threshold = float(rule["params"].get("threshold", threshold))
     return {

@@ -85,8 +85,8 @@ def environment(extra_templates: list[Path] | None = None) -> jinja2.Environment
 
 def build_context(results: dict) -> dict:
     """What the template needs, computed from results: groups, worst lists, plots."""
-    findings = results.get("findings", [])
-    rules = {r["code"]: r for r in results.get("rules", [])}
+    findings = results["findings"]
+    rules = {r["code"]: r for r in results["rules"]}
     groups = []
     for code in dict.fromkeys(f["code"] for f in findings):
         items = [f for f in findings if f["code"] == code]

@@ -14,10 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from qcheck.errors import Problem, QcheckError
 from qcheck.results.layer_columns import TENSOR_STATISTICS
+from qcheck.results.load import read_results
 
-SCHEMA_VERSION = 1
 _SPECIAL = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 _TEXT_KEYS = {"name", "node", "tensor", "output", "text", "message", "title", "op_type"}
 _TEXT_KEYS |= {"sample", "samples", "label", "float_text", "quant_text", "how_sure"}  # task metrics (qcheck/tasks)
@@ -50,18 +49,8 @@ def write_json(results: dict, path: Path) -> None:
 
 
 def load_results(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QcheckError(Problem("results file not found", file=str(path))) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QcheckError(Problem(f"not a qcheck results file (invalid JSON: {exc})", file=str(path))) from None
-    if not isinstance(data, dict) or "schema_version" not in data or "tensors" not in data:
-        raise QcheckError(Problem("not a qcheck results file (no schema_version/tensors)", file=str(path)))
-    if data["schema_version"] > SCHEMA_VERSION:
-        raise QcheckError(Problem(f"results written by a newer qcheck (schema {data['schema_version']})", file=str(path),
-                                  hint="upgrade qcheck to render it"))
-    return decode(data)
+    """results.json, checked against its schema and upgraded to the current version (see results/load.py)."""
+    return decode(read_results(path))
 
 
 CSV_COLUMNS = list(TENSOR_STATISTICS)

@@ -28,12 +28,24 @@ from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.prepare import file_sha256
 from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
-from qcheck.quantize.calibrate import calibrate
+from qcheck.quantize.calibrate import Ranges, Recipe, calibrate
 from qcheck.quantize.schemes import size_bytes
-from qcheck.results.files import SCHEMA_VERSION, write_json, write_layer_stats, write_sensitivity
+from qcheck.results.files import write_json, write_layer_stats, write_sensitivity
+from qcheck.results.schema import (
+    SCHEMA_VERSION,
+    DataInfo,
+    LockInfo,
+    MeasureInfo,
+    ModelInfo,
+    ModelInput,
+    ModelMetrics,
+    PolicyRef,
+    QuantizationInfo,
+    Results,
+)
 from qcheck.rules.engine import needed_statistics
-from qcheck.rules.scheme_run import build_for, judge_built, measure_built, node_split
-from qcheck.run.load_stage import load
+from qcheck.rules.scheme_run import SchemeRun, build_for, judge_built, measure_built, node_split
+from qcheck.run.load_stage import Loaded, load
 from qcheck.run.output_folder import OutputDir
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
@@ -84,11 +96,12 @@ def run(policy: Policy, out: Path | None = None, console: Console | None = None)
     stages = Stages()
     out_dir = OutputDir(out or policy.report.out)
     try:
-        results = _run(policy, out_dir, stages, console)
+        typed = _run(policy, out_dir, stages, console)
         # The report renders from exactly what results.json holds, so it can be rendered again
         # later; the time rendering takes is therefore not in it (bench/ measures it).
-        results["timings"] = {k: round(v, 3) for k, v in stages.timings.items()}
-        results["peak_memory_mb"] = {k: round(v, 1) for k, v in stages.peak_mb.items()}
+        typed.timings = {k: round(v, 3) for k, v in stages.timings.items()}
+        typed.peak_memory_mb = {k: round(v, 1) for k, v in stages.peak_mb.items()}
+        results = typed.to_dict()
         write_json(results, out_dir.path("results.json"))
         from qcheck.report import render_report  # rendering is its own layer; computation never imports it
 
@@ -104,135 +117,166 @@ def run(policy: Policy, out: Path | None = None, console: Console | None = None)
         raise
 
 
-def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -> dict:
+def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -> Results:
     with tempfile.TemporaryDirectory(prefix="qcheck-") as tmp:
         work = Path(tmp)
         with stages.stage("load", console):
             loaded = load(policy, work, log=console.log)
-            rules, prepared, shapes = loaded.rules, loaded.prepared, loaded.shapes
-            calib, evaluation, task_metrics = loaded.calibration, loaded.evaluation, loaded.tasks
+        return _check(policy, loaded, work, out_dir, stages, console)
 
-        scheme = policy.quantization.scheme
-        ranges = None
-        if calib is not None and any(s in CALIBRATED for s in [scheme] + policy.compare):
-            with stages.stage("calibrate", console):
-                ranges = calibrate(prepared.path, calib, policy.quantization,
-                                   progress=lambda i, n: console.progress("calibrate", i, n), source=prepared.source)
-                check_ranges_finite(prepared.path, ranges.ranges, calib)
-                ranges.save(out_dir.path("ranges.json"))
 
-        with stages.stage("quantize", console):
-            built = build_for(scheme, policy, prepared.path, out_dir.path(QUANTIZED_MODEL_NAME), ranges)
-            recipe = built.recipe
-            qpath = built.path
-            float_model = onnx.load(str(prepared.path))
+@dataclass
+class Final:
+    """The model a run ends with: the policy's recipe, or the search's choice; the lock file records it."""
 
-        with stages.stage("measure", console):
-            m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
-                                           progress=lambda i, n: console.progress("measure", i, n), tasks=task_metrics,
-                                           need=needed_statistics(rules))
-            rows = [t.row() for t in m.tensors]
-            split = node_split(built, qmap)  # (runs quantized, computes in float)
+    recipe: Recipe
+    ranges: Ranges | None
+    model: str = QUANTIZED_MODEL_NAME
+    ranges_file: str = "ranges.json"
 
-        analyses = None
-        if policy.analyses.any and built.has_qdq:  # the emulation model switches Q/DQ pairs: none in dynamic/float16
-            with stages.stage("analyses", console):
-                ranked_by = policy.analyses.metric  # a task metric scores every configuration; others come free
-                analyses = run_analyses(policy.analyses, prepared.path, float_model, ranges, recipe, evaluation,
-                                        policy.metrics, progress=console.progress,
-                                        make_tasks=lambda: [t for t in build_tasks(policy, prepared.outputs)
-                                                            if t.name == ranked_by])
-                attach_node_statistics(rows, node_statistics(analyses))
 
-        with stages.stage("rules", console):
-            main_run = judge_built(built, m, policy, rules, qmap, kinds, rows=rows)
-            rows, findings, counts = main_run.rows, main_run.findings, main_run.counts
-            aggregate, verdict = main_run.aggregate, main_run.verdict
-            model_stats = main_run.model_statistics
-            write_layer_stats(rows, out_dir.path("layer_stats.csv"))
-            if analyses:
-                write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
+def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stages: Stages,
+           console: Console) -> Results:
+    """The stages after loading: calibrate, quantize, measure, analyses, rules, compare, search, lock."""
+    prepared, evaluation = loaded.prepared, loaded.evaluation
+    scheme = policy.quantization.scheme
+    ranges = _calibrate(policy, loaded, out_dir, stages, console)
+    with stages.stage("quantize", console):
+        built = build_for(scheme, policy, prepared.path, out_dir.path(QUANTIZED_MODEL_NAME), ranges)
+        float_model = onnx.load(str(prepared.path))
+    with stages.stage("measure", console):
+        m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
+                                       progress=lambda i, n: console.progress("measure", i, n), tasks=loaded.tasks,
+                                       need=needed_statistics(loaded.rules))
+        rows = [t.row() for t in m.tensors]
+    analyses = _analyses(policy, loaded, built, float_model, ranges, rows, stages, console)
+    with stages.stage("rules", console):
+        main_run = judge_built(built, m, policy, loaded.rules, qmap, kinds, rows=rows)
+        write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"))
+        if analyses:
+            write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
+    comparison = None
+    if policy.compare:
+        from qcheck.run.compare import compare_schemes
 
-        comparison = None
-        if policy.compare:
-            from qcheck.run.compare import compare_schemes
+        with stages.stage("compare", console):
+            folder = out_dir.path("schemes")
+            folder.mkdir(parents=True, exist_ok=True)
+            comparison = compare_schemes(policy.compare, policy, prepared.path, float_model, ranges, evaluation,
+                                         loaded.rules, folder, done={scheme: main_run}, log=console.log)
+    final = Final(recipe=built.recipe, ranges=ranges)
+    search = _search(policy, loaded, main_run, float_model, analyses, final, work, out_dir, stages, console)
+    lock_file = _lock(policy, loaded, final, search, out_dir)
+    return _results(policy, loaded, built, m, qmap, kinds, main_run, ranges, analyses, comparison, search, final,
+                    lock_file)
 
-            with stages.stage("compare", console):
-                folder = out_dir.path("schemes")
-                folder.mkdir(parents=True, exist_ok=True)
-                comparison = compare_schemes(policy.compare, policy, prepared.path, float_model, ranges, evaluation,
-                                             rules, folder, done={scheme: main_run}, log=console.log)
 
-        # the fallback search (policy `search:`) and the lock file: see qcheck/search/
-        search, final = None, {"recipe": recipe, "ranges": ranges, "model": QUANTIZED_MODEL_NAME, "ranges_file": "ranges.json"}
-        if policy.search is not None and ranges is not None:  # the search varies Q/DQ recipes
-            from qcheck.search.stage import search_stage
+def _calibrate(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stages, console: Console) -> Ranges | None:
+    """Calibrated ranges when some scheme the run builds needs them and there is calibration data."""
+    if loaded.calibration is None or not any(s in CALIBRATED for s in [policy.quantization.scheme] + policy.compare):
+        return None
+    with stages.stage("calibrate", console):
+        ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization,
+                           progress=lambda i, n: console.progress("calibrate", i, n), source=loaded.prepared.source)
+        check_ranges_finite(loaded.prepared.path, ranges.ranges, loaded.calibration)
+        ranges.save(out_dir.path("ranges.json"))
+    return ranges
 
-            with stages.stage("search", console):
-                search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
-                    policy, prepared=prepared, float_model=float_model, ranges=ranges, calib=calib,
-                    evaluation=evaluation, recipe=recipe, rows=rows, findings=[f.to_dict() for f in findings],
-                    finding_counts=counts, rules=rules, work=work, out_dir=out_dir, log=console.log,
-                    sensitivity=[n["node"] for n in (analyses or {}).get("sensitivity", {}).get("nodes", [])])
-                if chosen_verdict is not None:
-                    search["baseline_verdict"], verdict = verdict, chosen_verdict
-                    final.update(recipe=chosen, ranges=chosen_ranges, model=model_file)
-                    if chosen_ranges.method != ranges.method:
-                        final["ranges_file"] = f"ranges.{chosen_ranges.method}.json"
-                        chosen_ranges.save(out_dir.path(final["ranges_file"]))
-                elif search["status"] == "failed":
-                    verdict["search"] = {"status": "failed", "recommendation": search["recommendation"]}
-        lock_file = None
-        if ranges is not None:  # dynamic and float16 have no ranges to lock
-            from qcheck.search.stage import write_policy_lock
 
-            lock_file = write_policy_lock(policy, prepared=prepared, shapes=shapes, calib=calib, ranges=final["ranges"],
-                                          ranges_file=final["ranges_file"], recipe=final["recipe"],
-                                          model_file=final["model"], out_dir=out_dir, environment=environment(),
-                                          search=search)
+def _analyses(policy: Policy, loaded: Loaded, built, float_model: onnx.ModelProto, ranges: Ranges | None,
+              rows: list[dict], stages: Stages, console: Console) -> dict | None:
+    if not (policy.analyses.any and built.has_qdq):  # the emulation model switches Q/DQ pairs: none in dynamic/float16
+        return None
+    with stages.stage("analyses", console):
+        ranked_by = policy.analyses.metric  # a task metric scores every configuration; others come free
+        analyses = run_analyses(policy.analyses, loaded.prepared.path, float_model, ranges, built.recipe,
+                                loaded.evaluation, policy.metrics, progress=console.progress,
+                                make_tasks=lambda: [t for t in build_tasks(policy, loaded.prepared.outputs)
+                                                    if t.name == ranked_by])
+        attach_node_statistics(rows, node_statistics(analyses))
+    return analyses
 
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "title": policy.report.title or f"qcheck: {policy.model.path.stem}",
-            "policy": {"path": str(policy.path), "sha256": file_sha256(policy.path), "document": policy.raw},
-            "verdict": verdict,
-            "model": {
-                "name": policy.model.path.name, "source": str(prepared.source), "sha256": prepared.sha256,
-                "opset": prepared.opset, "original_opset": prepared.original_opset, "nodes": prepared.node_count,
-                "op_counts": prepared.op_counts, "preprocess": prepared.preprocess, "notes": prepared.notes,
-                "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.dtype} for i in prepared.inputs],
-                "outputs": prepared.outputs,
-                "size_bytes": prepared.source.stat().st_size,
-            },
-            "environment": environment(),
-            "data": {"calibration": calib.describe() if calib is not None else None,
-                     "evaluation": {**evaluation.describe(), "same_as_calibration": evaluation is calib},
-                     "preprocess": policy.raw.get("data", {}).get("preprocess")},
-            "target": policy.target.to_dict(),
-            "quantization": {
-                "scheme": policy.quantization.scheme, "recipe": recipe.to_dict(), "recipe_key": recipe.key(),
-                "ranges_file": "ranges.json" if ranges else None, "ranges_sha256": ranges.sha256() if ranges else None,
-                "calibration_samples": ranges.samples if ranges else 0,
-                "quantized_model": QUANTIZED_MODEL_NAME, "size_bytes": size_bytes(qpath),
-                "quantized_tensors": kinds, "quantized_nodes": len(split[0]) if qmap else None,
-                "float_nodes": split[1],
-                "io": built.io, "io_params": built.io_params, "float_ops": built.float_ops, "notes": built.notes,
-                "build_seconds": round(built.build_seconds, 3),
-            },
-            "compare": comparison,
-            "model_metrics": {"aggregate": aggregate, "outputs": m.outputs, "user": m.user_metrics, "tasks": m.tasks},
-            "model_statistics": model_stats,
-            "measure": {"modes": policy.measure.modes, "samples": m.samples, "notes": m.notes},
-            "tensors": rows,
-            "analyses": analyses,
-            "findings": [f.to_dict() for f in findings],
-            "finding_counts": counts,
-            "rules": [r.doc() for r in rules],
-            "search": search,
-            "lock": {"file": lock_file, "quantized_model": final["model"], "recipe": final["recipe"].to_dict(),
-                     "recipe_key": final["recipe"].key(), "ranges_file": final["ranges_file"]},
-        }
+
+def _search(policy: Policy, loaded: Loaded, main_run: SchemeRun, float_model: onnx.ModelProto, analyses: dict | None,
+            final: Final, work: Path, out_dir: OutputDir, stages: Stages, console: Console) -> dict | None:
+    """The fallback search (policy `search:`, see qcheck/search/): may replace `final` and the verdict."""
+    if policy.search is None or final.ranges is None:  # the search varies Q/DQ recipes
+        return None
+    from qcheck.search.stage import search_stage
+
+    ranges = final.ranges
+    with stages.stage("search", console):
+        search, chosen_verdict, model_file, chosen, chosen_ranges = search_stage(
+            policy, prepared=loaded.prepared, float_model=float_model, ranges=ranges, calib=loaded.calibration,
+            evaluation=loaded.evaluation, recipe=final.recipe, rows=main_run.rows,
+            findings=[f.to_dict() for f in main_run.findings], finding_counts=main_run.counts, rules=loaded.rules,
+            work=work, out_dir=out_dir, log=console.log,
+            sensitivity=[n["node"] for n in (analyses or {}).get("sensitivity", {}).get("nodes", [])])
+        if chosen_verdict is not None:
+            search["baseline_verdict"], main_run.verdict = main_run.verdict, chosen_verdict
+            final.recipe, final.ranges, final.model = chosen, chosen_ranges, model_file
+            if chosen_ranges.method != ranges.method:
+                final.ranges_file = f"ranges.{chosen_ranges.method}.json"
+                chosen_ranges.save(out_dir.path(final.ranges_file))
+        elif search["status"] == "failed":
+            main_run.verdict["search"] = {"status": "failed", "recommendation": search["recommendation"]}
+    return search
+
+
+def _lock(policy: Policy, loaded: Loaded, final: Final, search: dict | None, out_dir: OutputDir) -> str | None:
+    if final.ranges is None:  # dynamic and float16 have no ranges to lock
+        return None
+    from qcheck.search.stage import write_policy_lock
+
+    return write_policy_lock(policy, prepared=loaded.prepared, shapes=loaded.shapes, calib=loaded.calibration,
+                             ranges=final.ranges, ranges_file=final.ranges_file, recipe=final.recipe,
+                             model_file=final.model, out_dir=out_dir, environment=environment(), search=search)
+
+
+def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_run: SchemeRun, ranges: Ranges | None,
+             analyses: dict | None, comparison: dict | None, search: dict | None, final: Final,
+             lock_file: str | None) -> Results:
+    prepared, calib, evaluation = loaded.prepared, loaded.calibration, loaded.evaluation
+    recipe = built.recipe
+    quantized, in_float = node_split(built, qmap)  # (runs quantized, computes in float)
+    return Results(
+        schema_version=SCHEMA_VERSION,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        title=policy.report.title or f"qcheck: {policy.model.path.stem}",
+        policy=PolicyRef(path=str(policy.path), sha256=file_sha256(policy.path), document=policy.raw),
+        verdict=main_run.verdict,
+        model=ModelInfo(
+            name=policy.model.path.name, source=str(prepared.source), sha256=prepared.sha256, opset=prepared.opset,
+            original_opset=prepared.original_opset, nodes=prepared.node_count, op_counts=prepared.op_counts,
+            preprocess=prepared.preprocess, notes=prepared.notes,
+            inputs=[ModelInput(name=i.name, shape=i.shape, dtype=i.dtype) for i in prepared.inputs],
+            outputs=prepared.outputs, size_bytes=prepared.source.stat().st_size),
+        environment=environment(),
+        data=DataInfo(calibration=calib.describe() if calib is not None else None,
+                      evaluation={**evaluation.describe(), "same_as_calibration": evaluation is calib},
+                      preprocess=policy.raw.get("data", {}).get("preprocess")),
+        target=policy.target.to_dict(),
+        quantization=QuantizationInfo(
+            scheme=policy.quantization.scheme, recipe=recipe.to_dict(), recipe_key=recipe.key(),
+            ranges_file="ranges.json" if ranges else None, ranges_sha256=ranges.sha256() if ranges else None,
+            calibration_samples=ranges.samples if ranges else 0, quantized_model=QUANTIZED_MODEL_NAME,
+            size_bytes=size_bytes(built.path), quantized_tensors=kinds,
+            quantized_nodes=len(quantized) if qmap else None, float_nodes=in_float, io=built.io,
+            io_params=built.io_params, float_ops=built.float_ops, notes=built.notes,
+            build_seconds=round(built.build_seconds, 3)),
+        compare=comparison,
+        model_metrics=ModelMetrics(aggregate=main_run.aggregate, outputs=m.outputs, user=m.user_metrics, tasks=m.tasks),
+        model_statistics=main_run.model_statistics,
+        measure=MeasureInfo(modes=policy.measure.modes, samples=m.samples, notes=m.notes),
+        tensors=main_run.rows,
+        analyses=analyses,
+        findings=[f.to_dict() for f in main_run.findings],
+        finding_counts=main_run.counts,
+        rules=[r.doc() for r in loaded.rules],
+        search=search,
+        lock=LockInfo(file=lock_file, quantized_model=final.model, recipe=final.recipe.to_dict(),
+                      recipe_key=final.recipe.key(), ranges_file=final.ranges_file),
+    )
 
 
 __all__ = ["run", "Console", "Problem"]
