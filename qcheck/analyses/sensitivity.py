@@ -41,9 +41,9 @@ from qcheck.errors import first_line
 from qcheck.measure.outputs import OutputComparison, metric_value
 from qcheck.measure.per_tensor import update_output_metrics
 from qcheck.model.runtime import make_session
+from qcheck.policy.metric_names import output_metric, task_value
 from qcheck.policy.slices import parse_slice
 from qcheck.policy.spec import MetricSpec
-from qcheck.policy.task_options import HIGHER_IS_BETTER as TASK_HIGHER_IS_BETTER
 from qcheck.policy.task_options import value_names
 
 VIEWS = ("node", "weight", "activation", "reverse")
@@ -52,8 +52,6 @@ VIEWS = ("node", "weight", "activation", "reverse")
 RUNS_PER_GROUP = 48
 MAX_GROUPS = 12
 MAX_WORKERS = 4
-HIGHER_IS_BETTER = {"cosine": True, "sqnr": True, "top1": True, "top5": True,
-                    "mse": False, "rmse": False, "max_abs": False, "mean_abs": False}
 
 
 @dataclass
@@ -292,9 +290,12 @@ def badness(result: dict, metric: str, metrics: dict[str, MetricSpec]) -> float:
 
 def higher_is_better(metric: str, metrics: dict[str, MetricSpec]) -> bool:
     spec = metrics.get(metric)
+    """Which way `metric` (a policy metric or an output metric name) is better; unknown names are errors."""
     if spec is not None and spec.task is not None:  # a task metric: its primary value decides
-        return value_names(spec.task, spec.options)[0] in TASK_HIGHER_IS_BETTER
-    return HIGHER_IS_BETTER.get(spec.metric if spec is not None else metric, False)
+        known = task_value(value_names(spec.task, spec.options)[0])
+    else:
+        known = output_metric(spec.metric if spec is not None else metric)
+    return known.higher_is_better if known else False
 
 
 def node_sensitivity(runner: ConfigRunner, metric: str = "cosine", detail: int = 20,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qcheck.measure.error_stats import ErrorAccumulator, cosine
+from qcheck.policy.metric_names import MODEL_METRIC_NAMES, worst_of
 from qcheck.policy.slices import SliceError
 
 
@@ -99,16 +100,8 @@ def metric_value(result: dict, metric: str) -> float | None:
 
 def aggregate_model_metrics(outputs: list[dict]) -> dict[str, float | None]:
     """`model.*` names: the worst value over all outputs (lowest similarity, highest error)."""
-    def worst(key: str, fn) -> float | None:
+    def worst(key: str) -> float | None:
         values = [o[key] for o in outputs if o.get(key) is not None]
-        return fn(values) if values else None
+        return worst_of(key, values) if values else None
 
-    return {
-        "cosine": worst("cosine", min),
-        "sqnr": worst("sqnr", min),
-        "mse": worst("mse", max),
-        "max_abs": worst("max_abs", max),
-        "mean_abs": worst("mean_abs", max),
-        "top1": worst("top1", min),
-        "top5": worst("top5", min),
-    }
+    return {name: worst(name) for name in MODEL_METRIC_NAMES}

@@ -11,6 +11,7 @@ from typing import Any
 
 from qcheck.errors import Problem
 from qcheck.policy.expr import Expression
+from qcheck.policy.metric_names import MODEL_METRIC_NAMES
 from qcheck.policy.targets import DEFAULT_TARGET, TargetProfile, builtin_profile
 from qcheck.policy.yaml_spans import line_of
 
@@ -202,7 +203,6 @@ class Policy:
 
 
 # Names a `require:` line may use besides the policy's own metrics.
-MODEL_METRIC_NAMES = ("cosine", "sqnr", "mse", "max_abs", "mean_abs", "top1", "top5")
 REQUIRE_NAMES = tuple(f"model.{m}" for m in MODEL_METRIC_NAMES) + (
     "findings.error",
     "findings.warning",

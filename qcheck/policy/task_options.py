@@ -29,14 +29,7 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "python": (("function", "values"), (), ()),
 }
 
-# values where a larger number is better (the others: smaller is better)
-HIGHER_IS_BETTER = {"top1", "topk", "accuracy_float", "accuracy_quant", "f1", "precision", "recall",
-                    "string_agreement", "step_agreement", "iou", "pixel_agreement", "psnr"}
-
-# the value of a sample where quantization changed nothing (such samples are not listed as worst)
-IDEAL = {**{k: 1.0 for k in HIGHER_IS_BETTER if k not in ("psnr", "accuracy_float", "accuracy_quant")},
-         "psnr": float("inf"), "cer": 0.0, "max_abs": 0.0, "mean_abs": 0.0, "relative": 0.0,
-         "score_max_error": 0.0, "score_mean_error": 0.0}
+# which way each value is better, and its ideal value: policy/metric_names.py (TASK_VALUES)
 
 
 def value_names(task: str, options: dict) -> tuple[str, ...]:

@@ -13,12 +13,8 @@ import math
 from pathlib import Path
 
 from qcheck.errors import Problem, QcheckError
+from qcheck.policy.metric_names import output_metric, task_value
 from qcheck.results.files import load_results
-
-# direction: +1 higher is better, -1 lower is better
-AGGREGATE_DIRECTION = {"cosine": 1, "sqnr": 1, "top1": 1, "top5": 1, "mse": -1, "max_abs": -1, "mean_abs": -1}
-USER_DIRECTION = {"cosine": 1, "sqnr": 1, "top1": 1, "top5": 1, "mse": -1, "rmse": -1, "max_abs": -1, "mean_abs": -1}
-BOUNDED = {"cosine", "top1", "top5"}  # in [0, 1] (or [-1, 1]): compared in absolute terms
 
 
 def load_run(path: Path) -> dict:
@@ -42,12 +38,12 @@ def _worse_by(a: float, b: float, direction: int, bounded: bool) -> float:
 
 def final_metrics(r: dict) -> dict:
     """The metrics of the model a run ends with: the search's chosen recipe when it chose one, else the policy's."""
-    search = r.get("search") or {}
+    search = r["search"] or {}
     if search.get("chosen") is not None and search.get("status") == "found":
         return dict(search["candidates"][search["chosen"]]["metrics"])
     out = {f"model.{k}": v for k, v in r["model_metrics"]["aggregate"].items()}
-    out.update({name: m["value"] for name, m in r["model_metrics"].get("user", {}).items()})
-    for name, t in (r["model_metrics"].get("tasks") or {}).items():
+    out.update({name: m["value"] for name, m in r["model_metrics"]["user"].items()})
+    for name, t in r["model_metrics"]["tasks"].items():
         out[name] = t["value"]
     return out
 
@@ -55,21 +51,22 @@ def final_metrics(r: dict) -> dict:
 def _metric_rows(a: dict, b: dict, tolerance: float) -> list[dict]:
     rows = []
     ma, mb = final_metrics(a), final_metrics(b)
-    kinds = {**{n: m["metric"] for n, m in b["model_metrics"].get("user", {}).items()},
-             **{n: m["metric"] for n, m in a["model_metrics"].get("user", {}).items()}}
-    task_dirs = {}  # task metrics: their primary value says which way is better (rates in [0, 1] when higher)
+    kinds = {**{n: m["metric"] for n, m in b["model_metrics"]["user"].items()},
+             **{n: m["metric"] for n, m in a["model_metrics"]["user"].items()}}
+    task_dirs = {}  # task metrics: their primary value says which way is better (metric_names.TASK_VALUES)
     for r in (b, a):
-        for name, t in (r["model_metrics"].get("tasks") or {}).items():
+        for name, t in r["model_metrics"]["tasks"].items():
             higher = bool(((t.get("values") or {}).get(t.get("primary")) or {}).get("higher_is_better", True))
-            task_dirs[name] = (1 if higher else -1, higher)
+            known = task_value(t.get("primary") or "")
+            task_dirs[name] = (1 if higher else -1, known.bounded if known else higher)  # a python value: as told
     pairs = []
     for name in list(dict.fromkeys([*ma, *mb])):
         if name in task_dirs:
             pairs.append((name, ma.get(name), mb.get(name), *task_dirs[name]))
             continue
-        kind = name[len("model."):] if name.startswith("model.") else kinds.get(name, "max_abs")
-        direction = AGGREGATE_DIRECTION.get(kind) or USER_DIRECTION.get(kind, -1)
-        pairs.append((name, ma.get(name), mb.get(name), direction, kind in BOUNDED))
+        known = output_metric(name[len("model."):] if name.startswith("model.") else kinds.get(name, "max_abs"))
+        pairs.append((name, ma.get(name), mb.get(name), known.direction if known else -1,
+                      bool(known and known.bounded)))
     for name, va, vb, direction, bounded in pairs:
         if va is None and vb is None:
             continue
@@ -97,14 +94,13 @@ def _finding_key(f: dict) -> tuple:
 
 
 def _recipe(r: dict) -> dict:
-    lock = r.get("lock") or {}
-    return lock.get("recipe") or r["quantization"]["recipe"]
+    return r["lock"]["recipe"]  # the policy's own recipe unless the search chose another
 
 
 def diff_runs(a: dict, b: dict, tolerance: float = 0.001) -> dict:
     metrics = _metric_rows(a, b, tolerance)
-    fa = {_finding_key(f): f for f in a.get("findings", [])}
-    fb = {_finding_key(f): f for f in b.get("findings", [])}
+    fa = {_finding_key(f): f for f in a["findings"]}
+    fb = {_finding_key(f): f for f in b["findings"]}
     appeared = [fb[k] for k in fb if k not in fa]
     gone = [fa[k] for k in fa if k not in fb]
     ra, rb = _recipe(a), _recipe(b)
@@ -123,8 +119,8 @@ def diff_runs(a: dict, b: dict, tolerance: float = 0.001) -> dict:
     if va == "pass" and vb == "fail":
         reasons.append("the verdict went from pass to fail")
     return {
-        "a": {"title": a.get("title"), "created": a.get("created"), "verdict": va, "model_sha256": a["model"].get("sha256")},
-        "b": {"title": b.get("title"), "created": b.get("created"), "verdict": vb, "model_sha256": b["model"].get("sha256")},
+        "a": {"title": a["title"], "created": a["created"], "verdict": va, "model_sha256": a["model"]["sha256"]},
+        "b": {"title": b["title"], "created": b["created"], "verdict": vb, "model_sha256": b["model"]["sha256"]},
         "tolerance": tolerance,
         "metrics": metrics,
         "findings_appeared": appeared,

@@ -4,7 +4,7 @@ import json
 import shutil
 
 import pytest
-from helpers import outlier_head_cnn, write_npy_samples, write_policy
+from helpers import outlier_head_cnn, small_cnn, write_npy_samples, write_policy
 
 from qcheck.cli.main import main
 from qcheck.policy.loader import load_policy
@@ -75,3 +75,39 @@ def test_unreadable_input_is_a_user_error(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["diff", str(tmp_path / "x"), str(tmp_path / "x")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory):
+    """small_cnn with a classification task metric (top1: higher is better) and an mse metric (lower is better)."""
+    tmp = tmp_path_factory.mktemp("directions")
+    small_cnn(tmp / "model.onnx")
+    write_npy_samples(tmp / "calib", 8)
+    doc = {"model": "model.onnx", "data": {"calibration": "calib"},
+           "metrics": {"cls": {"task": "classification", "output": "logits", "k": 1},
+                       "err": {"output": "logits", "metric": "mse"}},
+           "require": ["cls >= 0.5"], "report": {"out": "out", "formats": ["html"]}}
+    run(load_policy(write_policy(tmp / "qcheck.yaml", doc)))
+    return tmp / "out"
+
+
+def _edited(folder, tmp_path, cls_by: float, err_times: float):
+    r = json.loads((folder / "results.json").read_text())
+    r["model_metrics"]["tasks"]["cls"]["value"] += cls_by
+    r["model_metrics"]["user"]["err"]["value"] *= err_times
+    (tmp_path / "results.json").write_text(json.dumps(r))
+    return tmp_path
+
+
+def test_direction_of_each_metric_decides_what_regresses(task_run, tmp_path):
+    """A drop of the task's top1 (absolute, a rate) and a rise of mse (relative) regress; the opposite does not."""
+    base = load_run(task_run)
+    worse = diff_runs(base, load_run(_edited(task_run, tmp_path, cls_by=-0.25, err_times=1.5)))
+    rows = {m["name"]: m for m in worse["metrics"]}
+    assert rows["cls"]["regression"] and rows["cls"]["worse_by"] == pytest.approx(0.25)
+    assert rows["err"]["regression"] and rows["err"]["worse_by"] == pytest.approx(0.5)
+    assert worse["fails"]
+    better = diff_runs(load_run(tmp_path), base)  # the same change the other way round
+    rows = {m["name"]: m for m in better["metrics"]}
+    assert not rows["cls"]["regression"] and rows["cls"]["worse_by"] == pytest.approx(-0.25)
+    assert not rows["err"]["regression"] and rows["err"]["worse_by"] == pytest.approx(-1 / 3)

@@ -21,8 +21,8 @@ import numpy as np
 
 from qcheck.errors import DataError, Problem
 from qcheck.measure.outputs import apply_slice
+from qcheck.policy.metric_names import task_value
 from qcheck.policy.slices import SliceError, parse_slice
-from qcheck.policy.task_options import HIGHER_IS_BETTER, IDEAL
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -141,7 +141,7 @@ class TaskMetric:
         for stat in self.stats():
             idx = [self.columns.index(c) for c in stat.columns]
             values[stat.key] = evaluate_stat(stat, comps[:, idx], weights)
-            values[stat.key]["higher_is_better"] = stat.key in HIGHER_IS_BETTER
+            values[stat.key]["higher_is_better"] = bool(task_value(stat.key) and task_value(stat.key).higher_is_better)
             values[stat.key]["key"] = stat.key
         primary = next(iter(values)) if values else None
         return {
@@ -164,7 +164,8 @@ class TaskMetric:
         higher = primary.get("higher_is_better", True)
         scored = [(v, i) for i, v in enumerate(primary["per_sample"]) if v is not None]
         scored.sort(key=lambda t: t[0] if higher else -t[0])
-        ideal = IDEAL.get(primary.get("key", ""))
+        known = task_value(primary.get("key", ""))
+        ideal = known.ideal if known else None
         if ideal is not None:  # only the samples where something changed
             scored = [(v, i) for v, i in scored if v != ideal]
         return [{"sample": self.items[i], "value": v, **self.details[i]} for v, i in scored[:WORST_SHOWN]]
