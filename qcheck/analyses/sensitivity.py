@@ -38,11 +38,9 @@ from qcheck.analyses.suffix import Group, Suffix, base_model, first_readers, pla
 from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
 from qcheck.data.readers import DataSet
 from qcheck.errors import first_line
-from qcheck.measure.outputs import OutputComparison, metric_value
-from qcheck.measure.per_tensor import update_output_metrics
+from qcheck.measure.outputs import OutputMetrics, compare_outputs, metric_value
 from qcheck.model.runtime import make_session
-from qcheck.policy.metric_names import output_metric, task_value
-from qcheck.policy.slices import parse_slice
+from qcheck.policy.metric_names import output_metric, task_value, worst_of
 from qcheck.policy.spec import MetricSpec
 from qcheck.policy.task_options import value_names
 
@@ -249,33 +247,25 @@ class Score:
     output, the policy's generic metrics (an output or a slice of one) and the task metrics given."""
 
     def __init__(self, outputs: list[str], metrics: dict[str, MetricSpec], tasks: list | None = None):
-        self.metrics = {m: spec for m, spec in metrics.items() if spec.task is None}
-        self.slices = {m: parse_slice(spec.slice) if spec.slice else () for m, spec in self.metrics.items()}
-        self.outputs = {o: OutputComparison(o) for o in outputs}
-        self.user = {m: (spec, OutputComparison(m)) for m, spec in self.metrics.items()}
-        self.tasks = list(tasks or [])
+        self.compared = compare_outputs(outputs, metrics, tasks)
 
     def update(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], label: str) -> None:
         """One sample (batch dimension 1)."""
-        update_output_metrics(label, list(self.outputs), ref, got, self.outputs, self.user, self.slices, self.tasks)
+        self.compared.update(label, ref, got)
 
     def result(self) -> dict:
-        out = summarize(self.outputs, self.user)
-        for task in self.tasks:
+        out = summarize(self.compared)
+        for task in self.compared.tasks:
             out[task.name] = task.result()["value"]
         return out
 
 
-def summarize(outputs: dict[str, OutputComparison], user: dict[str, tuple[MetricSpec, OutputComparison]]) -> dict:
+def summarize(compared: OutputMetrics) -> dict:
     """Worst-over-outputs cosine / SQNR / MSE, per-output cosine, and the policy's metrics."""
-    results = {o: c.result() for o, c in outputs.items()}
-    out = {
-        "cosine": min(r["cosine"] for r in results.values()),
-        "sqnr": min(r["sqnr"] for r in results.values()),
-        "mse": max(r["mse"] for r in results.values()),
-        "outputs": {o: r["cosine"] for o, r in results.items()},
-    }
-    for m, (spec, cmp) in user.items():
+    results = {o: c.result() for o, c in compared.comparisons.items()}
+    out = {m: worst_of(m, [r[m] for r in results.values()]) for m in ("cosine", "sqnr", "mse")}
+    out["outputs"] = {o: r["cosine"] for o, r in results.items()}
+    for m, (spec, cmp) in compared.user.items():
         out[m] = metric_value(cmp.result(), spec.metric)
     return out
 

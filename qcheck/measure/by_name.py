@@ -32,11 +32,10 @@ from onnx import TensorProto, numpy_helper
 from qcheck.data.readers import DataSet
 from qcheck.errors import DataError, Problem
 from qcheck.measure.error_stats import DistributionAccumulator, ErrorAccumulator
-from qcheck.measure.outputs import OutputComparison
-from qcheck.measure.per_tensor import Measurement, TensorRecord, update_output_metrics, user_metric_results
+from qcheck.measure.outputs import compare_outputs
+from qcheck.measure.per_tensor import Measurement, TensorRecord
 from qcheck.model.prepare import topological_order
 from qcheck.model.runtime import make_session, with_outputs
-from qcheck.policy.slices import parse_slice
 from qcheck.policy.spec import MetricSpec
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
@@ -114,9 +113,7 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
     b_in_types = {i.name: _NP.get(i.type, np.float32) for i in b_sess.get_inputs()}
     whole = {n: ErrorAccumulator() for n in names}
     dist = {n: DistributionAccumulator(1) for n in names}
-    out_cmp = {n: OutputComparison(n) for n in outputs}
-    user = {n: (s, OutputComparison(f"{s.output}{s.slice or ''}")) for n, s in metrics.items()}
-    slices = {n: parse_slice(s.slice) if s.slice else () for n, s in metrics.items()}
+    compared = compare_outputs(outputs, metrics, tasks)
     for i in range(len(data)):
         sample = data[i]
         f_vals = dict(zip(f_out, f_sess.run(None, sample)))
@@ -132,7 +129,7 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
             dist[n].update(f_vals[n])
         p_vals = {k: np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v
                   for k, v in zip(plain_out, plain.run(None, feed))}
-        update_output_metrics(data.samples[i].label, outputs, f_vals, p_vals, out_cmp, user, slices, tasks)
+        compared.update(data.samples[i].label, f_vals, p_vals)
         if progress:
             progress(i + 1, len(data))
 
@@ -165,8 +162,8 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
     notes = [f"{scheme} model: {len(names)} intermediate tensor(s) matched to the float model by name; whole-model "
              "errors only (no integer grid, so no scale-based statistics)"]
-    return Measurement(records, [out_cmp[o].result() for o in outputs], user_metric_results(user), len(data), notes,
-                       {t.name: t.result() for t in tasks or []})
+    return Measurement(records, compared.output_results(), compared.user_results(), len(data), notes,
+                       compared.task_results())
 
 
 def _record(name: str, kind: str, node: str, op_type: str, order: int, dtype: str) -> TensorRecord:

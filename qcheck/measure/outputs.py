@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qcheck.errors import DataError, Problem
 from qcheck.measure.error_stats import ErrorAccumulator, cosine
 from qcheck.policy.metric_names import MODEL_METRIC_NAMES, worst_of
-from qcheck.policy.slices import SliceError
+from qcheck.policy.slices import SliceError, parse_slice
+from qcheck.policy.spec import MetricSpec
 
 
 def apply_slice(array: np.ndarray, index: tuple, what: str) -> np.ndarray:
@@ -105,3 +107,59 @@ def aggregate_model_metrics(outputs: list[dict]) -> dict[str, float | None]:
         return worst_of(key, values) if values else None
 
     return {name: worst(name) for name in MODEL_METRIC_NAMES}
+
+
+@dataclass
+class OutputMetrics:
+    """Every comparison of two models' outputs over samples: each model output, the policy's generic metrics
+    (an output or a slice of one, compared with one statistic) and the task metrics given.
+
+    The one set-up the per-tensor measurement, the name matching, the sensitivity scores and the search's
+    candidates share; build it with `compare_outputs`.
+    """
+
+    outputs: list[str]
+    comparisons: dict[str, OutputComparison]
+    user: dict[str, tuple[MetricSpec, OutputComparison]]
+    slices: dict[str, tuple]
+    tasks: list
+
+    def update(self, label: str, f_vals: dict, q_vals: dict) -> None:
+        """One sample's outputs (reference, compared)."""
+        for name in self.outputs:
+            self.comparisons[name].update(f_vals[name], q_vals[name])
+        for mname, (spec, cmp) in self.user.items():
+            try:
+                cmp.update(apply_slice(f_vals[spec.output], self.slices[mname], f"metric '{mname}'"),
+                           apply_slice(q_vals[spec.output], self.slices[mname], f"metric '{mname}'"))
+            except SliceError as exc:
+                raise DataError(Problem(str(exc))) from None
+        for task in self.tasks:
+            task.update(label, {n: f_vals[n] for n in self.outputs}, {n: q_vals[n] for n in self.outputs})
+
+    def output_results(self) -> list[dict]:
+        return [self.comparisons[o].result() for o in self.outputs]
+
+    def user_results(self) -> dict[str, dict]:
+        """The policy's generic metrics as results.json holds them."""
+        out = {}
+        for name, (spec, cmp) in self.user.items():
+            r = cmp.result()
+            out[name] = {"value": metric_value(r, spec.metric), "output": spec.output, "slice": spec.slice,
+                         "metric": spec.metric, "per_sample_cosine": r["per_sample_cosine"]}
+        return out
+
+    def task_results(self) -> dict[str, dict]:
+        return {t.name: t.result() for t in self.tasks}
+
+
+def compare_outputs(outputs: list[str], metrics: dict[str, MetricSpec], tasks: list | None = None) -> OutputMetrics:
+    """Fresh comparisons for `outputs`, the generic ones of `metrics` (task metrics come as `tasks`) and `tasks`."""
+    generic = {name: spec for name, spec in metrics.items() if spec.task is None}
+    return OutputMetrics(
+        outputs=list(outputs),
+        comparisons={name: OutputComparison(name) for name in outputs},
+        user={name: (spec, OutputComparison(f"{spec.output}{spec.slice or ''}")) for name, spec in generic.items()},
+        slices={name: parse_slice(spec.slice) if spec.slice else () for name, spec in generic.items()},
+        tasks=list(tasks or []),
+    )

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from qcheck.measure.latency import measure_latency
-from qcheck.measure.outputs import OutputComparison, aggregate_model_metrics
-from qcheck.measure.per_tensor import update_output_metrics, user_metric_results
+from qcheck.measure.outputs import aggregate_model_metrics, compare_outputs
 from qcheck.model.runtime import make_session
 from qcheck.policy.expr import ExprError, Expression, NotApplicable
-from qcheck.policy.slices import parse_slice
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
@@ -78,7 +76,6 @@ class Evaluator:
         self.finding_counts, self.target, self.graph, self.budget = finding_counts, target, graph, budget
         self.workdir, self.log = workdir, log
         self.outputs = [o.name for o in float_model.graph.output]
-        self.slices = {n: parse_slice(s.slice) if s.slice else () for n, s in self.metrics.items()}
         sess = make_session(float_path, "float model")
         self.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
         self.candidates: list[dict] = []
@@ -156,15 +153,12 @@ class Evaluator:
 
     def _measure(self, qpath: Path, finding_counts: dict) -> tuple[dict, list[dict]]:
         sess = make_session(qpath, "quantized candidate")
-        cmp = {o: OutputComparison(o) for o in self.outputs}
-        user = {n: (spec, OutputComparison(n)) for n, spec in self.metrics.items()}
-        tasks = self.make_tasks()
+        compared = compare_outputs(self.outputs, self.metrics, self.make_tasks())
         for label, sample, f_vals in zip(self.labels, self.samples, self.float_outputs):
-            q_vals = dict(zip(self.outputs, sess.run(self.outputs, sample)))
-            update_output_metrics(label, self.outputs, f_vals, q_vals, cmp, user, self.slices, tasks)
-        outputs = [c.result() for c in cmp.values()]
-        env = requirement_env(aggregate_model_metrics(outputs), user_metric_results(user), finding_counts,
-                              {t.name: t.result() for t in tasks})
+            compared.update(label, f_vals, dict(zip(self.outputs, sess.run(self.outputs, sample))))
+        outputs = compared.output_results()
+        env = requirement_env(aggregate_model_metrics(outputs), compared.user_results(), finding_counts,
+                              compared.task_results())
         return env, outputs
 
     # ------------------------------------------------------------------ finalists
