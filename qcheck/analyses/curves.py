@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from qcheck.analyses.sensitivity import Config
 from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel
 from qcheck.data.readers import DataSet
+from qcheck.model.graph import GraphIndex
 
 HIST_BINS = 64
 MAX_VALUES = 2_000_000  # per tensor kept for histograms and quartiles; a strided subsample beyond that
@@ -73,7 +74,7 @@ class _Values:
 
 def node_outputs(sw: SwitchableModel, float_model: onnx.ModelProto) -> list[tuple[str, str, str]]:
     """(node, op_type, output tensor) for every float-model node whose output the emulation model also computes."""
-    present = {o for n in sw.model.graph.node for o in n.output}
+    present = GraphIndex(sw.model).producer
     return [(n.name, n.op_type, n.output[0]) for n in float_model.graph.node
             if n.output and n.output[0] in present and n.op_type != "Constant"]
 
@@ -83,12 +84,13 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
                  progress: Callable[[int, int], None] | None = None) -> dict:
     """Curves for `configs`, and distributions for the nodes named in `focus` (quantized: configs[0])."""
     along = node_outputs(sw, float_model)
-    f_nodes = {n.name: n for n in float_model.graph.node}
+    f_index = GraphIndex(float_model)
+    f_nodes = {n.name: n for n in f_index.nodes}
     focus_nodes = [f_nodes[n] for n in focus if n in f_nodes]
     focus_out = {n.name: n.output[0] for n in focus_nodes}
     focus_quant = {n.name: sw.dq_outputs.get(n.output[0], n.output[0]) for n in focus_nodes}
-    present = {o for n in sw.model.graph.node for o in n.output} | {i.name for i in sw.model.graph.input}
-    focus_in = {n.name: [i for i in n.input if i in present and i not in {t.name for t in float_model.graph.initializer}][:1]
+    present = set(GraphIndex(sw.model).producer) | {i.name for i in sw.model.graph.input}
+    focus_in = {n.name: [i for i in n.input if i in present and i not in f_index.initializers][:1]
                 for n in focus_nodes}
     extra = sorted({t for _, _, t in along} | set(focus_quant.values()) | {i for v in focus_in.values() for i in v})
     session = sw.session(extra_outputs=extra)
@@ -131,8 +133,8 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
     curves = [{"label": c.label, "points": [{"node": node, "op_type": op, "tensor": t, "cosine": dots[k][t].cosine()}
                                             for node, op, t in along]}
               for k, c in enumerate(configs)]
-    outputs = {o.name for o in float_model.graph.output}
-    inits = {i.name: i for i in float_model.graph.initializer}
+    outputs = set(f_index.output_names)
+    inits = f_index.initializers
     distributions = []
     for n in focus_nodes:
         t = focus_out[n.name]

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qcheck.model.graph import GraphIndex
 from qcheck.model.runtime import make_session
 from qcheck.quantize.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, REMOVABLE_ACTIVATIONS, QDQMap, float_name
 
@@ -122,10 +123,10 @@ def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap
     model = onnx.ModelProto()
     model.CopyFrom(qmodel)
     graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    f_inits = {i.name: i for i in float_model.graph.initializer}
-    f_outputs = {o.name for o in float_model.graph.output}
-    producers = {o: n for n in graph.node for o in n.output}
+    q_index, f_index = GraphIndex(graph), GraphIndex(float_model)  # the graph before the edits below
+    inits = set(q_index.initializers)  # grows by the float copies of weights added below
+    f_inits, producers = f_index.initializers, q_index.producer
+    f_outputs = set(f_index.output_names)
     by_qinit = {t.q_initializer: t for t in qmap.tensors.values() if t.q_initializer}
     graph_outputs = {o.name for o in graph.output}
 
@@ -258,15 +259,12 @@ def _node_switches(graph: onnx.GraphProto, sources: list[str], kinds: list[str],
     for k, src in enumerate(sources):
         if kinds[k] == "activation":
             grids_of_source.setdefault(src, []).append(k)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    index = GraphIndex(graph)
 
     def output_grid(tensor: str) -> list[int]:
         """Switches of the grid this tensor lands on, looking through a Relu/Clip ORT would fold."""
         found = list(grids_of_source.get(tensor, []))
-        readers = consumers.get(tensor, [])
+        readers = index.readers(tensor)
         if len(readers) == 1 and readers[0].op_type in REMOVABLE_ACTIVATIONS:
             found.extend(grids_of_source.get(readers[0].output[0], []))
         return found

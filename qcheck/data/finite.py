@@ -16,6 +16,7 @@ import onnx
 
 from qcheck.data.readers import DataSet
 from qcheck.errors import DataError, Problem
+from qcheck.model.graph import GraphIndex
 
 
 def non_finite_tensors(ranges: dict[str, tuple[float, float]]) -> list[str]:
@@ -39,10 +40,10 @@ def check_ranges_finite(float_path: Path, ranges: dict[str, tuple[float, float]]
     from qcheck.model.runtime import make_session, with_outputs
 
     model = onnx.load(str(float_path))
-    producer = {o: n for n in model.graph.node for o in n.output}
-    order = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-    bad.sort(key=lambda t: order.get(t, -1))
-    graph_outputs = {o.name for o in model.graph.output}
+    index = GraphIndex(model)
+    producer = index.producer
+    bad.sort(key=lambda t: index.order.get(t, -1))
+    graph_outputs = set(index.output_names)
     session = make_session(with_outputs(model, bad), "float model")
     names = [o.name for o in session.get_outputs()]
     for i in range(len(data)):

@@ -34,7 +34,7 @@ from qcheck.errors import DataError, Problem
 from qcheck.measure.error_stats import DistributionAccumulator, ErrorAccumulator
 from qcheck.measure.outputs import compare_outputs
 from qcheck.measure.per_tensor import Measurement, TensorRecord
-from qcheck.model.prepare import topological_order
+from qcheck.model.graph import GraphIndex
 from qcheck.model.runtime import make_session, with_outputs
 from qcheck.policy.spec import MetricSpec
 
@@ -100,9 +100,8 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
                     scheme: str, include_weights: bool = True,
                     progress: Callable[[int, int], None] | None = None, tasks: list | None = None) -> Measurement:
     dtype = "float16" if scheme == "float16" else "float32"  # the type of the compared activations
-    order = topological_order(float_model)
-    producer_of = {o: n for n in float_model.graph.node for o in n.output}
-    outputs = [o.name for o in float_model.graph.output]
+    f_index = GraphIndex(float_model)
+    order, producer_of, outputs = f_index.order, f_index.producer, f_index.output_names
     names = shared_tensors(float_model, built)
     f_sess = make_session(with_outputs(float_model, names), "float model")
     b_sess = make_session(with_outputs(built, names), f"{scheme} model")
@@ -143,11 +142,8 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
     for index, rec in enumerate(sorted(records, key=lambda r: r.order)):
         rec.layer_index = index
     if include_weights:
-        consumers = {}
-        for node in float_model.graph.node:
-            for j in node.input:
-                consumers.setdefault(j, node)
-        f_inits = {i.name: i for i in float_model.graph.initializer}
+        consumers = {name: readers[0] for name, readers in f_index.consumers.items()}  # the first reader
+        f_inits = f_index.initializers
         for name, value in weight_pairs(float_model, built).items():
             w = numpy_helper.to_array(f_inits[name])
             acc = ErrorAccumulator()

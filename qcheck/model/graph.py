@@ -62,3 +62,8 @@ class GraphIndex:
     @cached_property
     def output_names(self) -> list[str]:
         return [o.name for o in self.graph.output]
+
+
+def topological_order(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> index of its producer in the node list."""
+    return GraphIndex(model).order

@@ -320,23 +320,3 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-
-
-def topological_order(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor name -> index of its producer in the graph's (topologically sorted) node list."""
-    order = {}
-    for i, node in enumerate(model.graph.node):
-        for out in node.output:
-            order[out] = i
-    return order
-
-
-def elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type (onnx.TensorProto.*) of every tensor whose type the model declares, initializers included."""
-    types = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    return types

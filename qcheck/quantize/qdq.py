@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qcheck.model.graph import GraphIndex
 from qcheck.quantize.grid import dequantize, qlimits, quant_steps
 
 QUANTIZE_OPS = {"QuantizeLinear"}
@@ -91,13 +92,9 @@ class QDQMap:
 
 
 def read_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> QDQMap:
-    inits = {i.name: i for i in qmodel.graph.initializer}
-    float_nodes = {n.name: n for n in float_model.graph.node if n.name}
-    float_outputs = {o.name for o in float_model.graph.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in qmodel.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    index, float_index = GraphIndex(qmodel), GraphIndex(float_model)
+    inits, float_nodes, consumers = index.initializers, float_index.by_name, index.consumers
+    float_outputs = set(float_index.output_names)
 
     def array(name: str) -> np.ndarray:
         return numpy_helper.to_array(inits[name])

@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from qcheck.errors import ModelError, PolicyError, Problem, first_line
-from qcheck.model.prepare import elem_types
+from qcheck.model.graph import GraphIndex
 from qcheck.policy.schemes import CALIBRATED, SCHEMES
 from qcheck.quantize.calibrate import QUANT_TYPES, Ranges, Recipe, build_quantized, quantizable_op_types
 
@@ -100,8 +100,8 @@ def integer_op_types(recipe: Recipe) -> set[str]:
 
 def float_compute_nodes(model: onnx.ModelProto, integer_ops: set[str], exclude_nodes: list[str] = ()) -> list[dict]:
     """Nodes of the float model that compute on float values and that the quantizer leaves in float."""
-    types = elem_types(model)
-    inits = {i.name for i in model.graph.initializer}
+    index = GraphIndex(model)
+    types, inits = index.types, index.initializers
     out = []
     for node in model.graph.node:
         if node.op_type in _SHAPE_OPS:
@@ -180,12 +180,8 @@ def _float_island_problem(float_ops: list[dict]) -> Problem:
 def integer_io(qmodel: onnx.ModelProto, io: str) -> dict[str, dict]:
     """Make a QDQ model's float inputs and outputs integer, in place; returns their quantization parameters."""
     graph = qmodel.graph
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    producers = {o: n for n in graph.node for o in n.output}
+    index = GraphIndex(graph)  # the graph before the edits below
+    inits, producers = index.initializers, index.producer
     params: dict[str, dict] = {}
     remove: list[onnx.NodeProto] = []
     rename: dict[str, str] = {}
@@ -199,7 +195,7 @@ def integer_io(qmodel: onnx.ModelProto, io: str) -> dict[str, dict]:
     for vi in graph.input:
         if vi.name in inits or vi.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
-        readers = consumers.get(vi.name, [])
+        readers = index.readers(vi.name)
         bad = [n for n in readers if n.op_type != "QuantizeLinear"]
         if bad or len(readers) != 1:
             problems.append(Problem(f"scheme int8-only: input '{vi.name}' is read in float by "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from qcheck.model.prepare import topological_order
+from qcheck.model.graph import GraphIndex
 from qcheck.policy.spec import SearchBudget
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import METHODS, Recipe, quantizable_op_types
@@ -62,9 +62,10 @@ class Graph:
 
     def __init__(self, model: onnx.ModelProto, activations: set[str], base: Recipe | None = None):
         self.base = base or Recipe()
+        index = GraphIndex(model)
         self.outputs = {n.name: [o for o in n.output if o in activations] for n in model.graph.node if n.name}
         self.op_types = {n.name: n.op_type for n in model.graph.node if n.name}
-        order = topological_order(model)
+        order = index.order
         first = {n.name: min((order[o] for o in n.output if o in order), default=1 << 30) for n in model.graph.node}
         self.order = sorted(self.outputs, key=lambda n: first[n])
         # explicit_range: tensor -> (rmin, rmax) from another calibration method (set by run_search), and which
@@ -72,11 +73,10 @@ class Graph:
         self.explicit_method = ""
         self.calibrated: dict[str, tuple[float, float]] = {}  # the base recipe's calibrated ranges
         self.flagged: list[str] = []  # keep_float_flagged: nodes error/warning findings propose to keep in float
-        producers = {o: n.name for n in model.graph.node for o in n.output}
         self.neighbours: dict[str, set[str]] = {n: set() for n in self.outputs}
         for n in model.graph.node:
             for i in n.input:
-                p = producers.get(i)
+                p = index.producer[i].name if i in index.producer else None
                 if p and n.name and p in self.neighbours:
                     self.neighbours[p].add(n.name)
                     self.neighbours[n.name].add(p)

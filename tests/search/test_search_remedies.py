@@ -15,7 +15,7 @@ import yaml
 from helpers import gain_conv, outlier_first_mlp, write_npy_samples, write_policy
 
 from qcheck.cli.main import main
-from qcheck.model.prepare import topological_order
+from qcheck.model.graph import topological_order
 from qcheck.policy.loader import load_policy
 from qcheck.quantize.calibrate import Recipe
 from qcheck.run.pipeline import run
@@ -70,7 +70,7 @@ def test_skip_first_keeps_the_first_quantizable_node_in_float(skip_run):
     chosen = s["candidates"][s["chosen"]]
     assert chosen["changes"] == [{"remedy": "skip_first", "subject": "(model)", "value": "1"}]
     assert chosen["label"] == "float first 1 node(s)"
-    # `head` is first in topological order (qcheck.model.prepare.topological_order), and only it is excluded
+    # `head` is first in topological order (qcheck.model.graph.topological_order), and only it is excluded
     model = onnx.load(str(folder / "model.onnx"))
     order = topological_order(model)
     assert min(order, key=order.get) == "logits"  # head's output
