@@ -128,6 +128,17 @@ def write_npy_samples(folder: Path, n: int, shape=(1, 3, 16, 16), scale: float =
     return folder
 
 
+def json_objects(node):
+    """Every dict inside a parsed JSON document (a schema's nodes), depth first."""
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from json_objects(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from json_objects(v)
+
+
 def write_policy(path: Path, doc: dict) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path

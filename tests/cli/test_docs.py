@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from helpers import REPO
+from helpers import REPO, json_objects
 
 from qcheck.cli.docs import check_docs, default_docs_dir, generated, policy_markdown, rules_markdown
 from qcheck.cli.main import main
@@ -19,18 +19,7 @@ def test_committed_docs_are_what_the_code_generates():
 
 def test_every_schema_key_is_documented():
     schema = json.loads(schema_path("policy.schema.json").read_text())
-    keys = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            keys.update((node.get("properties") or {}).keys())
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(schema)
+    keys = {k for node in json_objects(schema) for k in (node.get("properties") or {})}
     text = policy_markdown()
     missing = [k for k in keys if f".{k}`" not in text and f"[`{k}`]" not in text]
     assert not missing and len(keys) > 30

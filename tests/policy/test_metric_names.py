@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from helpers import json_objects
 
 from qcheck.analyses.sensitivity import badness
 from qcheck.measure.outputs import aggregate_model_metrics
@@ -15,19 +16,7 @@ from qcheck.resources import schema_path
 
 def test_the_policy_schema_offers_exactly_the_registered_output_metrics():
     schema = json.loads(schema_path("policy.schema.json").read_text())
-    enums = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "cosine" in (node.get("enum") or []):
-                enums.append(node["enum"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(schema)
+    enums = [node["enum"] for node in json_objects(schema) if "cosine" in (node.get("enum") or [])]
     assert enums and all(set(e) == set(OUTPUT_METRICS) for e in enums)
     assert {f"model.{m}" for m in MODEL_METRIC_NAMES} <= set(REQUIRE_NAMES)
     assert set(MODEL_METRIC_NAMES) <= set(OUTPUT_METRICS)
