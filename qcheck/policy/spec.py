@@ -95,6 +95,7 @@ class Requirement:
     text: str
     expression: Expression
     line: int | None = None
+    file: str | None = None
 
 
 @dataclass

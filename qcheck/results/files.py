@@ -56,6 +56,8 @@ def load_results(path: Path) -> dict:
         raise QcheckError(Problem("results file not found", file=str(path))) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QcheckError(Problem(f"not a qcheck results file (invalid JSON: {exc})", file=str(path))) from None
+    except RecursionError:
+        raise QcheckError(Problem("not a qcheck results file (nested too deeply)", file=str(path))) from None
     if not isinstance(data, dict) or "schema_version" not in data or "tensors" not in data:
         raise QcheckError(Problem("not a qcheck results file (no schema_version/tensors)", file=str(path)))
     if data["schema_version"] > SCHEMA_VERSION:
@@ -76,9 +78,14 @@ def write_layer_stats(rows: list[dict], path: Path) -> None:
             writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(v: Any) -> Any:
     if v is None:
         return ""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v  # a node named =HYPERLINK(...) must stay text in a spreadsheet, not become a formula
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
