@@ -112,3 +112,35 @@ def external_data_truncated(path: Path) -> Path:
 
 MODELS.update(op_too_new=op_too_new, external_data_missing=external_data_missing,
               external_data_truncated=external_data_truncated)
+
+
+def external_data_escaping(path: Path) -> Path:
+    """small_cnn whose external weights are recorded as ../secret.data: a file outside the model's folder."""
+    small_cnn(path)
+    outside = path.parent.parent / "secret.data"
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    (path.parent / "model.onnx.data").rename(outside)
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../secret.data"
+    onnx.save(model, str(path))
+    return path
+
+
+MODELS.update(external_data_escaping=external_data_escaping)
+
+
+def gather_table(path: Path) -> Path:
+    """idx int64[1] -> Gather from a 10x4 table -> MatMul(identity) -> y[1, 4]: an index beyond 9 fails in ORT."""
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "idx"], ["g"], name="gather"),
+             helper.make_node("MatMul", ["g", "wm"], ["y"], name="mm")]
+    return _save(nodes, [helper.make_tensor_value_info("idx", TensorProto.INT64, [1])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                 {"table": table, "wm": np.eye(4, dtype=np.float32)}, path)
+
+
+MODELS.update(gather_table=gather_table)

@@ -11,10 +11,11 @@ report says so.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from qcheck.scratch import new_temp_folder
 
 DEFAULT_BUDGET = 1 << 30  # bytes of float activations kept in memory
 
@@ -36,7 +37,7 @@ class ActivationStore:
                 self.bytes_in_memory += value.nbytes
             else:
                 if self._folder is None:
-                    self._folder = Path(tempfile.mkdtemp(prefix="qcheck-activations-"))
+                    self._folder = new_temp_folder("activations")
                 path = self._folder / f"{len(self.files)}.npy"
                 np.save(path, value)
                 self.files[key] = path

@@ -10,7 +10,6 @@ float model, and its metric set beside the emulated one.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from qcheck.data.readers import DataSet
 from qcheck.model.runtime import make_session
 from qcheck.policy.spec import MetricSpec
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
+from qcheck.scratch import temp_folder
 
 DEFAULT_TOLERANCE = 0.01  # |emulated - real| of the ranking metric beyond which the report flags the difference
 
@@ -38,7 +38,7 @@ def confirm(float_path: Path, float_model: onnx.ModelProto, ranges: Ranges, reci
     references = [dict(zip(outputs, f_sess.run(None, data[i]))) for i in samples]
     labels = sample_labels(data, samples)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="qcheck-confirm-") as tmp:
+    with temp_folder("confirm") as tmp:
         for j, (label, keep_float, emulated) in enumerate(plans):
             variant = replace(recipe, exclude_nodes=sorted(set(recipe.exclude_nodes) | set(keep_float)))
             path = build_quantized(float_path, ranges, variant, Path(tmp) / f"confirm_{j}.onnx")

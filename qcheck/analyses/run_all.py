@@ -9,7 +9,6 @@ rules can name (`node_statistics`).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from qcheck.data.readers import DataSet
 from qcheck.policy.spec import AnalysesSpec, MetricSpec
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.qdq import read_qdq
+from qcheck.scratch import temp_folder
 
 # Statistics the analyses add to every tensor row of the node they belong to (see catalog.py).
 NODE_STATISTICS = ("sensitivity_rank", "sensitivity_cosine", "weight_only_cosine", "activation_only_cosine",
@@ -31,7 +31,7 @@ NODE_STATISTICS = ("sensitivity_rank", "sensitivity_cosine", "weight_only_cosine
 
 
 def build_emulation(float_path: Path, float_model: onnx.ModelProto, ranges: Ranges, recipe: Recipe) -> SwitchableModel:
-    with tempfile.TemporaryDirectory(prefix="qcheck-emulation-") as tmp:
+    with temp_folder("emulation") as tmp:
         path = build_quantized(float_path, ranges, recipe, Path(tmp) / "emulation.onnx", keep_removable_activations=True)
         qdq = onnx.load(str(path))
     return build_switchable(qdq, float_model, read_qdq(qdq, float_model))

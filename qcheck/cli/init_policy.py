@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from qcheck.errors import Problem, QcheckError
 from qcheck.model.prepare import InputInfo, default_opset, graph_inputs, load_onnx
 
@@ -71,7 +73,7 @@ def read_facts(path: Path) -> ModelFacts:
 
 
 def _shape_text(shape: list) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) + "]"
+    return "[" + ", ".join(str(d) if isinstance(d, int) else (_c(d) if d else "?") for d in shape) + "]"
 
 
 def _static_shape(info: InputInfo, image_layout: str | None) -> list[int]:
@@ -90,12 +92,21 @@ def _static_shape(info: InputInfo, image_layout: str | None) -> list[int]:
 
 
 def _q(text: str) -> str:
-    """A YAML scalar for a name or path: plain when safe, JSON-quoted (valid YAML) otherwise."""
-    import json
+    """A YAML scalar for a name or path taken from the model: plain when safe, else quoted by the YAML serializer.
 
+    The quoted form escapes line breaks (\\n, and the ones only YAML counts, such as U+2028) and every non-ASCII
+    character, so a hostile name can neither end a comment nor start a key. Comments use it too.
+    """
     plain = re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./,+ -]*", text) and not text.endswith(" ") and \
         text.lower() not in ("yes", "no", "true", "false", "null", "on", "off", "y", "n")
-    return text if plain else json.dumps(text)
+    if plain:
+        return text
+    return yaml.safe_dump(text, default_style='"', width=float("inf"), allow_unicode=False).rstrip("\n")
+
+
+def _c(text: str) -> str:
+    """A name inside a comment: as it is when it is printable ASCII (no line break can end the comment), else quoted."""
+    return text if text.isascii() and text.isprintable() else _q(text)
 
 
 def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, today: str | None = None) -> str:
@@ -111,18 +122,18 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
         "classifier" if classifiers else "model"
     L: list[str] = []
     add = L.append
-    add(f"# qcheck policy for {facts.path.name}, written by `qcheck init` on {today}.")
+    add(f"# qcheck policy for {_c(facts.path.name)}, written by `qcheck init` on {today}.")
     add(f"# It looks like {'an' if kind[0] in 'aeiou' else 'a'} {kind}; the defaults below follow from that.")
     add("# Next: point data.calibration at real samples, adjust the requirements, then")
-    add(f"#   qcheck validate {policy_path.name}    (checks policy and data, runs nothing)")
-    add(f"#   qcheck run {policy_path.name}")
+    add(f"#   qcheck validate {_c(policy_path.name)}    (checks policy and data, runs nothing)")
+    add(f"#   qcheck run {_c(policy_path.name)}")
     add("# Every key is described in docs/policy.md.")
     add("")
     add(f"model: {_q(model_rel)}    # {facts.nodes} nodes, opset {facts.opset}")
     add("")
     add("# The model's inputs, as the file declares them:")
     for info in facts.inputs:
-        add(f"#   {info.name}: {info.dtype} {_shape_text(info.shape)}")
+        add(f"#   {_c(info.name)}: {info.dtype} {_shape_text(info.shape)}")
     dynamic = [i for i in facts.inputs if not i.is_static]
     add("# Shapes used for calibration and measurement (the batch is 1; a dynamic dimension needs a size):")
     add("inputs:")
@@ -136,13 +147,13 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
     add("  # from `calibration`; errors are measured on `evaluation` (default: the calibration data).")
     if image:
         info, layout = image
-        add(f"  # A folder of images (.png, .jpg, ...); `preprocess` turns each into input '{info.name}'.")
+        add(f"  # A folder of images (.png, .jpg, ...); `preprocess` turns each into input '{_c(info.name)}'.")
     elif len(facts.inputs) == 1:
         info = facts.inputs[0]
         add(f"  # A folder of .npy files, one sample each, {info.dtype} shaped {_shape_text(_static_shape(info, None))}")
         add("  # (or .npz files keyed by input name).")
     else:
-        names = ", ".join(i.name for i in facts.inputs)
+        names = ", ".join(_c(i.name) for i in facts.inputs)
         add(f"  # One sub-folder per input ({names}) holding 0.npy, 1.npy, ... (the same names in each),")
         add("  # or a folder of .npz files, one sample each, keyed by input name.")
     add(f"  calibration: {_q(data or 'calibration')}" + ("" if data else "    # TODO: your data folder"))
@@ -182,7 +193,7 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
                 name = "out_" + name
             name = f"{name}_top1"
             metric_names.append(name)
-            add(f"  # {o.name} {_shape_text(o.shape)} looks like class scores: how often the int8 model's")
+            add(f"  # {_c(o.name)} {_shape_text(o.shape)} looks like class scores: how often the int8 model's")
             add("  # top-1 class equals the float model's")
             add(f"  {name}: {{output: {_q(o.name)}, metric: top1}}")
         add("")
@@ -205,11 +216,18 @@ def _align_comments(lines: list[str], column: int = 34) -> list[str]:
     out = []
     for line in lines:
         m = re.match(r"^(\s*[^#\s].*?)\s{2,}(# .*)$", line)
-        out.append(f"{m.group(1):<{column - 1}} {m.group(2)}" if m else line)
+        quoted = '"' in line  # a quoted name may hold "  # " itself: leave its spaces alone
+        out.append(f"{m.group(1):<{column - 1}} {m.group(2)}" if m and not quoted else line)
     return out
 
 
 def write_policy(model: Path, out: Path, data: str | None = None, force: bool = False) -> Path:
+    if out.exists() and out.resolve() == model.resolve():
+        raise QcheckError(Problem("the policy would be written over the model itself; refusing", file=str(out),
+                                  hint="choose another name with -o"))
+    if out.exists() and not out.is_file():
+        raise QcheckError(Problem("the policy path exists and is not a regular file", file=str(out),
+                                  hint="choose another name with -o"))
     if out.exists() and not force:
         raise QcheckError(Problem("the policy file already exists; not overwriting it", file=str(out),
                                   hint="choose another name with -o, or pass --force"))

@@ -11,8 +11,11 @@ Exit codes, for CI:
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 
 from threadpoolctl import threadpool_limits
 
@@ -30,8 +33,41 @@ COMMANDS = {"run": run.cmd_run, "report": report.cmd_report, "rules": rules.cmd_
 # comparison took 1.4 ms, with two threads beside a busy ORT session 31 ms (measured on the
 # 2-core machine). So a qcheck command keeps one BLAS thread.
 def main(argv: list[str] | None = None) -> int:
-    with threadpool_limits(1, user_api="blas"):
+    with threadpool_limits(1, user_api="blas"), stop_signals_raise():
         return _main(argv)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job) or SIGHUP (a closed terminal): unwound like Ctrl-C, so cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_raise():
+    """SIGINT, SIGTERM and SIGHUP all end the run the same way: staging and temporary folders removed, one message.
+
+    After the first signal the others are ignored, so a second one cannot cut the cleanup short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    signums = [getattr(signal, s) for s in names]
+
+    def handler(signum, frame):
+        for s in signums:
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -48,9 +84,11 @@ def _main(argv: list[str] | None) -> int:
             print(json.dumps({"error": [{"message": p.message, "file": p.file, "line": p.line, "hint": p.hint}
                                         for p in exc.problems], "exit_code": exc.exit_code}, indent=1))
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("qcheck: interrupted; nothing was written over previous results", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"qcheck: stopped by {signal.Signals(signum).name}; the previous output folder is unchanged and the "
+              "unfinished one was removed", file=sys.stderr)
+        return 128 + signum
     except Exception:
         traceback.print_exc()
         print("\nqcheck: internal error (a bug in qcheck, not in your input); please report it with the traceback above",

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from qcheck.cli import exit_codes
 from qcheck.errors import QcheckError
+from qcheck.run.output_folder import add_to_manifest, read_manifest
 
 
 def cmd_report(args) -> int:
-    from qcheck.report import render_report
+    from qcheck.report import check_template_dirs, render_report
     from qcheck.results.files import load_results
 
     results = load_results(args.results)
@@ -18,15 +19,30 @@ def cmd_report(args) -> int:
     if bad:
         raise QcheckError(f"--formats: unknown format(s) {', '.join(bad)}; use html and/or pdf")
     out = args.out or args.results.parent
-    out.mkdir(parents=True, exist_ok=True)
+    _check_not_foreign(out, formats)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QcheckError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
     for t in args.templates:
         if not t.is_dir():
             raise QcheckError(f"--templates: not a folder: {t}")
     templates = args.templates or _policy_templates(results)
+    check_template_dirs(templates)
     written = render_report(results, out, formats, template_dirs=templates)
+    add_to_manifest(out, [p.name for p in written])
     for path in written:
         print(path)
     return exit_codes.PASS
+
+
+def _check_not_foreign(out: Path, formats: list[str]) -> None:
+    """Overwrite a report.html/.pdf only when a qcheck run or report wrote it (the folder's manifest lists it)."""
+    listed = set(read_manifest(out) or []) if out.is_dir() else set()
+    foreign = [f"report.{f}" for f in formats if (out / f"report.{f}").exists() and f"report.{f}" not in listed]
+    if foreign:
+        raise QcheckError(f"--out: {out} already holds {', '.join(foreign)}, which qcheck did not write; refusing to "
+                          "overwrite it", hint="choose another --out folder, or move the file")
 
 
 def _policy_templates(results: dict) -> list[Path]:

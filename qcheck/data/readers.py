@@ -17,7 +17,10 @@ problem names the file and the input.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +61,13 @@ class DataSet:
         for i in range(len(self.samples)):
             yield self[i]
 
+    # the sample read last, by any data set: when ONNX Runtime fails on a value (an index out of range), the
+    # run names it (`model.runtime.run_failure`)
+    last_read: tuple[Path, str] | None = None
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         sample = self.samples[i]
+        DataSet.last_read = (self.source, sample.label)
         return check_sample(sample.load(), self.inputs, sample.label)
 
     def describe(self) -> dict:
@@ -101,8 +109,15 @@ def detect_format(path: Path, inputs: list[InputInfo]) -> str:
 def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preprocess) -> DataSet:
     """The samples of a data source; checks the layout and the first sample before anything runs."""
     path = source.path
-    if not path.exists():
-        raise DataError(Problem("data not found", file=str(path)))
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(Problem("data not found", file=str(path))) from None
+    except OSError as exc:
+        raise DataError(Problem(f"cannot read the data: {exc.strerror or exc}", file=str(path))) from None
+    if not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
+        raise DataError(Problem("a data path must be a folder or an .npz file, not a pipe, device or socket",
+                                file=str(path)))
     fmt = detect_format(path, inputs) if source.format == "auto" else source.format
     readers = {
         "npy-per-input": _npy_per_input,
@@ -120,6 +135,21 @@ def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preproces
     return data
 
 
+def regular_files(paths, folder: Path) -> list[Path]:
+    """The sample files, each checked to be a regular file: reading a pipe or a device would never end."""
+    out = []
+    for f in paths:
+        try:
+            mode = f.stat().st_mode
+        except OSError as exc:
+            raise DataError(Problem(f"cannot read this data file: {exc.strerror or exc}", file=str(f))) from None
+        if not stat.S_ISREG(mode):
+            raise DataError(Problem("this data file is not a regular file (a pipe, device or socket); qcheck reads "
+                                    "only regular files", file=str(f), hint=f"remove it from {folder}")) from None
+        out.append(f)
+    return out
+
+
 def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
@@ -134,12 +164,12 @@ def _npy_folder(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> list[S
             f"({', '.join(i.name for i in inputs)})", file=str(path),
             hint="use one sub-folder per input (0.npy, 1.npy ...) or .npz files keyed by input name"))
     name = inputs[0].name
-    files = sorted((p for p in path.glob("*.npy")) if path.is_dir() else [path], key=natural_key)
+    files = regular_files(sorted((p for p in path.glob("*.npy")) if path.is_dir() else [path], key=natural_key), path)
     return [Sample(f.name, lambda f=f: {name: _load_npy(f)}) for f in files]
 
 
 def _npy_per_input(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> list[Sample]:
-    per_input = {i.name: sorted((path / i.name).glob("*.npy"), key=natural_key) for i in inputs}
+    per_input = {i.name: regular_files(sorted((path / i.name).glob("*.npy"), key=natural_key), path) for i in inputs}
     counts = {k: len(v) for k, v in per_input.items()}
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{k}: {v}" for k, v in counts.items())
@@ -177,7 +207,7 @@ def _npz(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> list[Sample]:
             n = counts.pop()
             return [Sample(f"{path.name}[{i}]", lambda i=i: {k: arrays[k][i] for k in ranks}) for i in range(n)]
         return [Sample(path.name, lambda: {k: arrays[k] for k in ranks})]
-    files = sorted(path.glob("*.npz"), key=natural_key)
+    files = regular_files(sorted(path.glob("*.npz"), key=natural_key), path)
 
     def one(f: Path) -> dict[str, np.ndarray]:
         arrays = read(f)
@@ -204,7 +234,8 @@ def _images(path: Path, inputs: list[InputInfo], pre: Preprocess) -> list[Sample
     if len(info.shape) != 4:
         raise DataError(Problem(f"images need a 4-D input (N, C, H, W or N, H, W, C); input '{info.name}' has shape "
                                 f"{info.shape}", file=str(path)))
-    files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+    files = regular_files(sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key),
+                          path)
     size = pre.size or _spatial_size(info, pre.layout)
     if size is None:
         raise DataError(Problem(
@@ -218,16 +249,37 @@ def _spatial_size(info: InputInfo, layout: str) -> tuple[int, int] | None:
     return (h, w) if isinstance(h, int) and isinstance(w, int) else None
 
 
+PIXELS_VARIABLE = "QCHECK_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_image_pixels() -> int:
+    try:
+        return max(1, int(os.environ.get(PIXELS_VARIABLE, DEFAULT_MAX_PIXELS)))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
 def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputInfo) -> np.ndarray:
     """Decode, convert colour, resize (bilinear), scale, normalize and lay out one image."""
     from PIL import Image, UnidentifiedImageError
 
+    limit = max_image_pixels()
+    Image.MAX_IMAGE_PIXELS = limit  # PIL refuses twice this when it opens the file, and warns above it
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if pre.color == "GRAY" else "RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > limit:
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+                img = img.convert("L" if pre.color == "GRAY" else "RGB")
             img = img.resize((size[1], size[0]), Image.BILINEAR)
             a = np.asarray(img, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(Problem(f"the image is larger than {limit:,} pixels (the limit guards against decompression "
+                                "bombs)", file=str(path), hint=f"resize it, or raise the limit with the environment "
+                                f"variable {PIXELS_VARIABLE}")) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise DataError(Problem(f"cannot decode image: {exc}", file=str(path))) from None
     if a.ndim == 2:
         a = a[:, :, None]

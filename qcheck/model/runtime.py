@@ -7,14 +7,17 @@ from pathlib import Path
 
 import onnx
 
-from qcheck.errors import first_line
+from qcheck.errors import ModelError, Problem, first_line
 
 
 def session_options(threads: int = 0):
     import onnxruntime as ort
 
+    # fatal only: ORT warns about every unfused node, and would print its own copy of an error qcheck reports
+    # as one message (run_failure); the calibrator's sessions use the default logger
+    ort.set_default_logger_severity(4)
     so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only; ORT warns about every unfused node otherwise
+    so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
     return so
@@ -40,6 +43,22 @@ def make_session(model: onnx.ModelProto | Path | str, what: str = "model", threa
 
 class ModelBuildError(RuntimeError):
     """ONNX Runtime refuses a model qcheck built: a bug to report, not a problem with the user's input."""
+
+
+def run_failure(exc: BaseException, sample: tuple[Path, str] | None) -> ModelError | None:
+    """ONNX Runtime failing while it runs a model on a sample (not while loading it): the sample's fault.
+
+    An int64 index out of range, or a value a node refuses, in one sample; None for anything else.
+    """
+    text = str(exc)
+    if not type(exc).__module__.startswith("onnxruntime") or "while running" not in text:
+        return None
+    detail = text.split("while running", 1)[1].strip()
+    where = f"sample {sample[1]}" if sample else "a sample"
+    return ModelError(Problem(f"ONNX Runtime failed on {where} while running {detail}",
+                              file=str(sample[0]) if sample else None,
+                              hint="check that sample's values (an index beyond a table, a shape the model does not "
+                                   "take)"))
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -23,9 +23,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qcheck.policy.expr_types import RequirementTypeError, check_requirement
+
 
 class ExprError(ValueError):
     """An expression is malformed or uses something that is not allowed."""
+
+
+class EvalError(ExprError):
+    """A checked expression failed on these values (a division by zero in a `require:` line)."""
+
+
+MAX_LENGTH = 1000  # characters in one expression
+MAX_DEPTH = 40  # nesting of operators, calls and brackets
 
 
 class NotApplicable(Exception):
@@ -42,6 +52,31 @@ def _safe_div(a: float, b: float) -> float:
             return math.nan
         return math.copysign(math.inf, a) * (1 if math.copysign(1, b) > 0 else -1)
     return a / b
+
+
+def _safe_mod(a: float, b: float) -> float:
+    return math.nan if b == 0 else math.fmod(a, b) if isinstance(a, float) or isinstance(b, float) else a % b
+
+
+def _strict_div(a: float, b: float) -> float:
+    if b == 0:
+        raise EvalError("division by zero")
+    return a / b
+
+
+def _strict_mod(a: float, b: float) -> float:
+    if b == 0:
+        raise EvalError("modulo by zero")
+    return _safe_mod(a, b)
+
+
+def _no_repeat(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Arithmetic on numbers only: `'a' * 10**10` would build a 10 GB string."""
+    def apply(a, b):
+        if isinstance(a, (str, list)) or isinstance(b, (str, list)):
+            raise TypeError("arithmetic on text or lists is not allowed")
+        return op(a, b)
+    return apply
 
 
 def _safe_pow(a: float, b: float) -> float:
@@ -73,13 +108,16 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 _BINOPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: _safe_div,
-    ast.Pow: _safe_pow,
-    ast.Mod: operator.mod,
+    ast.Add: _no_repeat(operator.add),
+    ast.Sub: _no_repeat(operator.sub),
+    ast.Mult: _no_repeat(operator.mul),
+    ast.Div: _no_repeat(_safe_div),
+    ast.Pow: _no_repeat(_safe_pow),
+    ast.Mod: _no_repeat(_safe_mod),
 }
+# `require:` lines: a division by zero is an error naming the line, not an infinity that passes or fails
+_STRICT_BINOPS = {**_BINOPS, ast.Div: _no_repeat(_strict_div), ast.Mod: _no_repeat(_strict_mod)}
+_ARITY = {"abs": (1, 1), "log10": (1, 1), "sqrt": (1, 1), "min": (1, None), "max": (1, None)}
 _CMPOPS = {
     ast.Lt: operator.lt,
     ast.LtE: operator.le,
@@ -137,29 +175,59 @@ class Limit:
     value: float
 
 
+def _parse(text: str) -> ast.expr:
+    if len(text) > MAX_LENGTH:
+        raise ExprError(f"the expression is {len(text)} characters long; the limit is {MAX_LENGTH}: split it into "
+                        "several lines")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        column = f" (column {exc.offset})" if exc.offset else ""
+        raise ExprError(f"cannot parse '{text}': {exc.msg}{column}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; nesting beyond the parser's stack
+        raise ExprError(f"cannot parse '{text[:80]}': {type(exc).__name__}") from None
+    stack = [(tree.body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ExprError(f"'{text[:80]}' nests deeper than {MAX_DEPTH} levels; write it more simply")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return tree.body
+
+
 class Expression:
     """A parsed, checked expression. `names` lists the variables it reads; `limit` is set when the whole
-    expression compares one side with a number (`model.cosine >= 0.999`), as most `require:` lines do."""
+    expression compares one side with a number (`model.cosine >= 0.999`), as most `require:` lines do.
 
-    def __init__(self, text: str, known_names: Iterable[str] | None = None):
+    `requirement=True` checks a `require:` line: it must be a comparison, or and/or/not of comparisons, over
+    numbers (every name a requirement reads is a number), and a division by zero in it is an `EvalError`.
+    """
+
+    def __init__(self, text: str, known_names: Iterable[str] | None = None, requirement: bool = False):
         if not isinstance(text, str) or not text.strip():
             raise ExprError("empty expression")
         self.text = text.strip()
-        try:
-            tree = ast.parse(self.text, mode="eval")
-        except SyntaxError as exc:
-            raise ExprError(f"cannot parse '{self.text}': {exc.msg} (column {exc.offset})") from None
+        body = _parse(self.text)
         self.names: set[str] = set()
         self._known = set(known_names) if known_names is not None else None
-        self._fn = self._compile(tree.body)
-        self.limit: Limit | None = self._limit(tree.body)
+        self._binops = _STRICT_BINOPS if requirement else _BINOPS
+        self._fn = self._compile(body)
+        self.limit: Limit | None = self._limit(body)
+        if requirement:
+            try:
+                check_requirement(body, self.text)
+            except RequirementTypeError as exc:
+                raise ExprError(str(exc)) from None
 
     def __repr__(self) -> str:
         return f"Expression({self.text!r})"
 
     def evaluate(self, env: Mapping[str, Any]) -> Any:
         """Value of the expression; raises NotApplicable when a name has no value."""
-        return self._fn(env)
+        try:
+            return self._fn(env)
+        except RecursionError:
+            raise EvalError("the expression is nested too deeply to evaluate") from None
 
     # Each _compile_* returns a closure env -> value, so evaluation is a tree walk
     # over already-checked nodes.
@@ -183,7 +251,9 @@ class Expression:
             op, operand = _UNARY[type(node.op)], self._compile(node.operand)
             return lambda env: op(operand(env))
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            op, left, right = _BINOPS[type(node.op)], self._compile(node.left), self._compile(node.right)
+            if isinstance(node.op, ast.Mult) and any(_is_sequence_literal(n) for n in (node.left, node.right)):
+                raise ExprError(f"'{self.text}': repeating text or lists with * is not allowed")
+            op, left, right = self._binops[type(node.op)], self._compile(node.left), self._compile(node.right)
             return lambda env: op(left(env), right(env))
         if isinstance(node, ast.Compare):
             return self._compile_compare(node)
@@ -251,9 +321,20 @@ class Expression:
             raise ExprError(f"'{self.text}': keyword arguments are not allowed")
         fn = FUNCTIONS[node.func.id]
         args = [self._compile(a) for a in node.args]
+        low, high = _ARITY[node.func.id]
         if not args:
             raise ExprError(f"'{self.text}': {node.func.id}() needs an argument")
+        if high is not None and len(args) > high:
+            raise ExprError(f"'{self.text}': {node.func.id}() takes one argument")
+        if node.func.id in ("min", "max") and len(args) == 1 and (not isinstance(node.args[0], (ast.List, ast.Tuple))
+                                                                   or not node.args[0].elts):
+            raise ExprError(f"'{self.text}': {node.func.id}() of one value: give two or more, e.g. "
+                            f"{node.func.id}(a, b)")
         return lambda env: fn(*(a(env) for a in args))
+
+
+def _is_sequence_literal(node: ast.AST) -> bool:
+    return isinstance(node, (ast.List, ast.Tuple)) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
 
 
 def unknown_name_of(exc: ExprError) -> str | None:

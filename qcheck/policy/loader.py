@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
+import stat
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -44,7 +47,7 @@ from qcheck.policy.spec import (
     TensorOverride,
 )
 from qcheck.policy.targets import DEFAULT_TARGET, TargetProfile, builtin_profile, resolve_target
-from qcheck.policy.yaml_spans import LineDict, line_of, load_yaml, to_plain
+from qcheck.policy.yaml_spans import LineDict, LineList, line_of, load_yaml, to_plain
 from qcheck.resources import schema_path
 
 SCHEMA_PATH = schema_path("policy.schema.json")
@@ -66,7 +69,7 @@ def load_policy(path: str | Path) -> Policy:
         doc = LineDict()
     if not isinstance(doc, dict):
         raise PolicyError(Problem("a policy must be a YAML mapping (key: value lines)", file=str(path), line=1))
-    problems = schema_problems(doc, policy_schema(), str(path))
+    problems = schema_problems(doc, policy_schema(), str(path)) + _not_a_number(doc, str(path))
     if problems:
         raise PolicyError(problems)
     policy, problems = _build(path.resolve(), doc)
@@ -102,6 +105,18 @@ def _given(section: dict, convert: dict[str, Callable[[Any], Any]]) -> dict:
 
 def _same(value: Any) -> Any:
     return value
+def _not_a_number(doc: Any, file: str, keys: tuple = ()) -> list[Problem]:
+    """NaN passes every JSON Schema bound (each comparison with it is false) and means nothing in a policy."""
+    if isinstance(doc, float) and math.isnan(doc):
+        return [Problem(f"'{'.'.join(map(str, keys))}' is NaN; give a number", file, None)]
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    out = []
+    for k, v in items:
+        for p in _not_a_number(v, file, (*keys, k)):
+            p.line = p.line or (doc.lines.get(k) if isinstance(doc, LineDict) else
+                                doc.lines[k] if isinstance(doc, LineList) and k < len(doc.lines) else None)
+            out.append(p)
+    return out
 
 
 def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
@@ -136,11 +151,17 @@ def _model(s: _Section, m: str | dict) -> ModelSpec:
     else:
         f = m.get("fetch")
         model = ModelSpec(s.resolve(m["path"]), FetchSpec(f["pip"], f["member"], f.get("sha256")) if f else None)
-    if not model.path.exists() and model.fetch is None:
+    kind = _kind(model.path)
+    if kind == "missing" and model.fetch is None:
         s.problem(f"model file not found: {model.path}", ("model",),
                   hint="check the path (relative paths start at the policy's folder)")
-    elif model.path.exists() and model.path.is_dir():
+    elif kind == "folder":
         s.problem(f"model path is a folder, not an .onnx file: {model.path}", ("model",))
+    elif kind not in ("file", "missing"):
+        s.problem(f"model path {model.path}: {kind}", ("model",))
+    if model.fetch is not None and not PINNED.fullmatch(model.fetch.pip):
+        s.problem(f"model.fetch.pip must be one pinned requirement, name==version; got {model.fetch.pip!r}",
+                  ("model", "fetch", "pip"), hint="e.g. rapidocr-onnxruntime==1.4.4 (never a pip option or a URL)")
     return model
 
 
@@ -155,8 +176,11 @@ def _data(s: _Section, d: dict) -> DataSpec:
             src = DataSource(s.resolve(given["path"]), **_given(given, {"format": _same, "limit": _same}))
         if src.limit is None:
             src.limit = d.get("limit")
-        if not src.path.exists():
+        kind = _kind(src.path)
+        if kind == "missing":
             s.problem(f"{key} data not found: {src.path}", ("data", key))
+        elif kind not in ("file", "folder"):
+            s.problem(f"{key} data {src.path}: {kind}", ("data", key))
         return src
 
     pre = d.get("preprocess") or {}
@@ -176,7 +200,9 @@ def _quantization(s: _Section, q: dict) -> QuantizationSpec:
         overrides={name: TensorOverride(**dict(o)) for name, o in (q.get("overrides") or {}).items()},
     )
     for name, o in quant.overrides.items():
-        if o.rmin is not None and o.rmax is not None and o.rmin >= o.rmax:
+        if any(v is not None and not math.isfinite(v) for v in (o.rmin, o.rmax)):
+            s.problem(f"override for '{name}': rmin and rmax must be finite numbers", ("quantization", "overrides", name))
+        elif o.rmin is not None and o.rmax is not None and o.rmin >= o.rmax:
             s.problem(f"override for '{name}': rmin ({o.rmin}) must be below rmax ({o.rmax})",
                       ("quantization", "overrides", name))
     return quant
@@ -217,7 +243,8 @@ def _require(s: _Section, lines: list, metrics: dict[str, MetricSpec]) -> list[R
     require = []
     for i, text in enumerate(lines):
         try:
-            require.append(Requirement(text, Expression(text, known_names=known), s.at("require", i)))
+            require.append(Requirement(text, Expression(text, known_names=known, requirement=True), s.at("require", i),
+                                       s.file))
         except ExprError as exc:
             hint = None
             if len(exc.args) > 1:
@@ -232,7 +259,7 @@ def _rules(s: _Section, r: dict) -> RulesSpec:
                                    "params": lambda p: {k: dict(v) for k, v in (p or {}).items()}}),
                       doc=r if isinstance(r, LineDict) else None)
     for i, pack in enumerate(rules.packs):
-        if pack != "builtin" and not s.resolve(pack).exists():
+        if pack != "builtin" and _kind(s.resolve(pack)) != "file":
             s.problem(f"rule pack not found: {s.resolve(pack)}", ("rules", "packs", i))
     rules.packs = [p if p == "builtin" else str(s.resolve(p)) for p in rules.packs]
     return rules
@@ -251,7 +278,7 @@ def _report(s: _Section, rp: dict) -> ReportSpec:
     tdirs = rp.get("templates") or []
     for i, t in enumerate([tdirs] if isinstance(tdirs, str) else tdirs):
         report.templates.append(s.resolve(t))
-        if not s.resolve(t).is_dir():
+        if _kind(s.resolve(t)) != "folder":
             keys = ("report", "templates") if isinstance(tdirs, str) else ("report", "templates", i)
             s.problem(f"report template folder not found: {s.resolve(t)}", keys)
     return report
@@ -270,6 +297,23 @@ def _search(sd: dict) -> SearchSpec:
         "strategy": _same, "remedies": lambda r: list(dict.fromkeys(r)), "candidates": int, "width": int,
         "budget": lambda b: SearchBudget(**dict(b or {})), "finalists": int, "latency_repeats": int,
         "cost": _same, "explicit_range_from": _same}))
+
+
+# `name==version` (extras allowed): handed to `pip download`, so never an option (-r ...), a path or a URL
+PINNED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+
+
+def _kind(path: Path) -> str:
+    """"file", "folder", "missing", or why the path cannot be used (a device, a name too long, ...)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "file" if stat.S_ISREG(mode) else "not a regular file or folder (a pipe, device or socket)"
 
 
 def _compare_schemes(doc: dict, quant: QuantizationSpec, data: DataSpec, file: str, at, problems: list) -> list[str]:

@@ -96,6 +96,7 @@ class Requirement:
     text: str
     expression: Expression
     line: int | None = None
+    file: str | None = None
 
 
 @dataclass

@@ -26,7 +26,7 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
             ("cer_float", "cer_quant", "accuracy_float", "accuracy_quant")),
     "segmentation": (("threshold", "class_axis"), ("iou", "pixel_agreement"), ()),
     "regression": (("peak",), ("max_abs", "mean_abs", "relative", "psnr"), ()),
-    "python": (("function", "values"), (), ()),
+    "python": (("function", "values", "timeout"), (), ()),
 }
 
 # which way each value is better, and its ideal value: policy/metric_names.py (TASK_VALUES)

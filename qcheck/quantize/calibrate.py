@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import io
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import onnx
 from qcheck.data.readers import DataSet
 from qcheck.errors import ModelError, Problem, first_line
 from qcheck.policy.spec import QuantizationSpec
+from qcheck.scratch import temp_folder
 
 QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -142,7 +142,7 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
     if method == "percentile":
         options["percentile"] = q.percentile
     reader = _Reader(data, progress)
-    with tempfile.TemporaryDirectory(prefix="qcheck-calib-") as tmp:
+    with temp_folder("calib") as tmp:
         try:
             calibrator = create_calibrator(
                 float_model, [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),

@@ -11,14 +11,18 @@ the recipe, and the versions of qcheck, ONNX Runtime and onnx that built it.
 from __future__ import annotations
 
 import hashlib
-import tempfile
+import json
 from pathlib import Path
 
 import yaml
 
 from qcheck.errors import Problem, QcheckError
 from qcheck.model.prepare import file_sha256, load_onnx, prepare_model
+from qcheck.policy.schema_messages import schema_problems
+from qcheck.policy.yaml_spans import load_yaml, to_plain
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
+from qcheck.resources import schema_path
+from qcheck.scratch import temp_folder
 
 LOCK_NAME = "policy.lock.yaml"
 LOCK_VERSION = 1
@@ -61,16 +65,18 @@ def write_lock(doc: dict, path: Path) -> None:
 
 
 def read_lock(path: Path) -> dict:
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QcheckError(Problem("lock file not found", file=str(path))) from None
-    except yaml.YAMLError as exc:
-        raise QcheckError(Problem(f"not a qcheck lock file (invalid YAML: {exc})", file=str(path))) from None
-    if not isinstance(doc, dict) or doc.get("lock_version") != LOCK_VERSION or "recipe" not in doc:
-        raise QcheckError(Problem("not a qcheck lock file (no lock_version 1 / recipe)", file=str(path),
+    """The lock file, checked against `schema/lock.schema.json`: every problem with its line."""
+    doc = load_yaml(path, what="lock file")
+    if not isinstance(doc, dict) or doc.get("lock_version") != LOCK_VERSION:
+        raise QcheckError(Problem(f"not a qcheck lock file (no lock_version: {LOCK_VERSION})", file=str(path),
                                   hint="`qcheck run` writes policy.lock.yaml into its output folder"))
-    return doc
+    problems = schema_problems(doc, json.loads(schema_path("lock.schema.json").read_text(encoding="utf-8")),
+                               str(path))
+    if problems:
+        for p in problems:
+            p.hint = p.hint or "the lock was edited by hand; run `qcheck run` again to write a new one"
+        raise QcheckError(problems)
+    return to_plain(doc)
 
 
 def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = None) -> dict:
@@ -95,7 +101,11 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
     if not ranges_path.is_file():
         raise QcheckError(Problem(f"the locked calibration ranges are not there: {ranges_path}", file=where,
                                   hint="keep the lock file in its output folder, next to its ranges file"))
-    ranges = Ranges.load(ranges_path)
+    try:
+        ranges = Ranges.load(ranges_path)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError) as exc:
+        raise QcheckError(Problem(f"the locked calibration ranges cannot be read ({type(exc).__name__}: {exc})",
+                                  file=str(ranges_path), hint="run `qcheck run` again to write them")) from None
     if ranges.sha256() != doc["ranges"]["sha256"]:
         raise QcheckError(Problem(f"the calibration ranges changed since the lock was written ({ranges_path})",
                                   file=where, hint="the calibration data or method differ: run `qcheck run` again"))
@@ -107,7 +117,7 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
         notes.append(f"the lock was written with ONNX Runtime {doc['versions'].get('onnxruntime')}, this is "
                      f"{onnxruntime.__version__}: the bytes may differ")
     out = Path(out) if out else folder / "model.applied.onnx"
-    with tempfile.TemporaryDirectory(prefix="qcheck-apply-") as tmp:
+    with temp_folder("apply") as tmp:
         prepared = prepare_model(load_onnx(model_path), model_path, dict(doc["model"].get("input_shapes") or {}),
                                  Path(tmp))
         _check_data(doc, prepared, where, notes)

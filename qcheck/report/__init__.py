@@ -4,6 +4,6 @@ This layer reads results only; it never runs a model. `qcheck report
 results.json` re-renders a report from a previous run.
 """
 
-from qcheck.report.render import render_report
+from qcheck.report.render import check_template_dirs, render_report
 
-__all__ = ["render_report"]
+__all__ = ["check_template_dirs", "render_report"]

@@ -9,10 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 from qcheck.errors import Problem, QcheckError
 from qcheck.report import plots
 from qcheck.report.analysis_plots import analysis_plots
+from qcheck.report.template_check import check_templates, from_user_template, template_problem
 from qcheck.resources import templates_dir
 
 
@@ -70,17 +73,46 @@ def svg_data_uri(svg: str | None) -> str | None:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
 
 
+MAX_SEQUENCE = 1_000_000  # items or characters `*` may build in a template
+MAX_EXPONENT = 1000
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox (no attributes starting with `_`, no unsafe calls), plus bounded `*` and `**`."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_SEQUENCE:
+                    raise SecurityError(f"repeating a sequence to more than {MAX_SEQUENCE:,} items is not allowed")
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"an exponent over {MAX_EXPONENT} is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
 def environment(extra_templates: list[Path] | None = None) -> jinja2.Environment:
-    """Jinja environment; a team's template folder comes first, so it can override any block."""
+    """Jinja environment; a team's template folder comes first, so it can override any block.
+
+    Sandboxed: a template can read the results and format them, never reach Python objects' internals.
+    """
     loaders = [jinja2.FileSystemLoader(str(p)) for p in (extra_templates or [])]
     loaders.append(jinja2.FileSystemLoader(str(templates_dir())))
     # "qcheck/<name>" is always the built-in template, so a team's own report.html.j2 can
     # {% extends "qcheck/report.html.j2" %} and replace only the blocks it names.
     loaders.append(jinja2.PrefixLoader({"qcheck": jinja2.FileSystemLoader(str(templates_dir()))}))
-    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=jinja2.select_autoescape(["html", "j2"]),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = _Sandbox(loader=jinja2.ChoiceLoader(loaders), autoescape=jinja2.select_autoescape(["html", "j2"]),
+                   undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=_num, db=_db, pct=_pct, size=_size, cos=_cosine)
     return env
+
+
+def check_template_dirs(dirs: list[Path]) -> None:
+    """Compile a team's templates now (syntax, undefined names): exit 2 before any model runs."""
+    problems = check_templates(dirs, environment(dirs), templates_dir())
+    if problems:
+        raise QcheckError(problems)
 
 
 def build_context(results: dict) -> dict:
@@ -114,10 +146,17 @@ def render_html(results: dict, template_dirs: list[Path] | None = None) -> str:
     from qcheck.report import toc
 
     env = environment(template_dirs)
-    css, _, _ = env.loader.get_source(env, "report.css")  # a team folder may bring its own stylesheet
-    extra = _optional_source(env, "extra.css")  # ... or only additions to ours
-    page = env.get_template("report.html.j2").render(css=css + ("\n" + extra if extra else ""),
-                                                       **build_context(results))
+    try:
+        css, _, _ = env.loader.get_source(env, "report.css")  # a team folder may bring its own stylesheet
+        extra = _optional_source(env, "extra.css")  # ... or only additions to ours
+        page = env.get_template("report.html.j2").render(css=css + ("\n" + extra if extra else ""),
+                                                           **build_context(results))
+    except (jinja2.TemplateError, UnicodeDecodeError) as exc:
+        raise template_problem(exc, template_dirs or []) from None
+    except (ArithmeticError, TypeError, ValueError, RecursionError) as exc:  # `{{ 1 / 0 }}`, sandbox's range limit
+        if not from_user_template(exc, template_dirs or []):
+            raise
+        raise template_problem(exc, template_dirs or []) from None
     return toc.fill(page)
 
 
@@ -156,6 +195,21 @@ def write_pdf(html: str, path: Path) -> Path:
             f"cannot make the PDF: WeasyPrint is not usable here ({exc})",
             hint="install Pango (Debian/Ubuntu: apt-get install libpango-1.0-0 libpangoft2-1.0-0), "
                  "or set report.formats: [html]")) from None
-    pdf = weasyprint.HTML(string=html, base_url=str(path.parent)).write_pdf()
+    pdf = weasyprint.HTML(string=html, base_url=str(path.parent), url_fetcher=_embedded_only()).write_pdf()
     write_atomic(path, pdf)
     return path
+
+
+
+def _embedded_only():
+    """The report embeds everything as data: URIs; a template cannot make the PDF read a local file or the network."""
+    from weasyprint import urls
+
+    if hasattr(urls, "URLFetcher"):  # WeasyPrint >= 68
+        return urls.URLFetcher(allowed_protocols=["data"])
+
+    def fetch(url, *args, **kwargs):
+        if not url.startswith("data:"):
+            raise ValueError(f"the report may only embed data: URIs, not {url[:80]}")
+        return urls.default_url_fetcher(url, *args, **kwargs)
+    return fetch

@@ -65,9 +65,14 @@ def write_layer_stats(rows: list[dict], path: Path) -> None:
             writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(v: Any) -> Any:
     if v is None:
         return ""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v  # a node named =HYPERLINK(...) must stay text in a spreadsheet, not become a formula
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"

@@ -129,6 +129,8 @@ def read_results(path: Path) -> dict:
         raise QcheckError(Problem(f"not a qcheck results file (invalid JSON: {exc})", file=str(path))) from None
     except IsADirectoryError:
         raise QcheckError(Problem("a folder, not a results file", file=str(path))) from None
+    except RecursionError:
+        raise QcheckError(Problem("not a qcheck results file (nested too deeply)", file=str(path))) from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if not isinstance(data, dict) or "tensors" not in data or type(version) is not int or version < 1:
         raise QcheckError(Problem("not a qcheck results file (no schema_version/tensors)", file=str(path)))

@@ -37,6 +37,7 @@ from qcheck.rules.model_row import MODEL_STATISTICS, remedies_for
 
 SEVERITIES = ("error", "warning", "info")
 SCOPES = ("tensor", "node", "output", "model")
+MAX_FORMAT_WIDTH = 64  # `{rmse:>3000000000}` would build a 3 GB message
 _FORMAT_SPEC = re.compile(r"^[<>^=+\- #0-9,._%a-zA-Z]*$")
 _INPUT_NODE = "(input)"  # measure's producer name for graph inputs
 
@@ -190,6 +191,10 @@ def _build_rule(raw: dict, pack: str, source: str) -> Rule:
     clash = sorted(set(params) & set(stats))
     if clash:
         raise _FieldError("params", f"parameter name(s) {', '.join(clash)} clash with statistics of the same name")
+    nan = sorted(k for k, v in params.items() if _is_nan(v))
+    if nan:
+        raise _FieldError("params", f"parameter(s) {', '.join(nan)} are NaN: every comparison with NaN is false, so "
+                                    "the rule would never fire", "give a number")
     known = set(stats) | set(params)
     when = _expression(raw, "when", known)
     rank = _expression(raw, "rank", known) if raw.get("rank") else None
@@ -229,6 +234,9 @@ def _check_template(template: str, known: set[str]) -> None:
             raise ValueError(f"message template names unknown value '{field_name}'")
         if conversion or (spec and (not _FORMAT_SPEC.match(spec) or "{" in spec)):
             raise ValueError(f"message template: format '{{{field_name}:{spec}}}' is not allowed")
+        if any(int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"[0-9]+", spec or "")):
+            raise ValueError(f"message template: format '{{{field_name}:{spec}}}' asks for a width or precision over "
+                             f"{MAX_FORMAT_WIDTH}")
 
 
 def load_rules(spec: RulesSpec, policy_file: str | None = None) -> list[Rule]:
@@ -277,6 +285,10 @@ def load_rules(spec: RulesSpec, policy_file: str | None = None) -> list[Rule]:
                 problems.append(Problem(f"rules.params.{key}: rule {rule.code} has no parameter '{p}' "
                                         f"(it has: {', '.join(rule.params) or 'none'})", policy_file,
                                         at("params", key, p)))
+            elif _is_nan(v):
+                problems.append(Problem(f"rules.params.{key}.{p} is NaN: every comparison with NaN is false, so rule "
+                                        f"{rule.code} would never fire", policy_file, at("params", key, p),
+                                        hint=f"give a number like its default {rule.params[p]!r}"))
             elif not _same_kind(rule.params[p], v):
                 problems.append(Problem(f"rules.params.{key}.{p} must be {_kind_word(rule.params[p])} like its "
                                         f"default {rule.params[p]!r}, got {v!r}", policy_file, at("params", key, p)))
@@ -286,6 +298,10 @@ def load_rules(spec: RulesSpec, policy_file: str | None = None) -> list[Rule]:
         raise PolicyError(problems)
     disabled = {by_key[k].code for k in spec.disable}
     return [r for r in rules if r.code not in disabled]
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _same_kind(default: Any, value: Any) -> bool:

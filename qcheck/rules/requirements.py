@@ -6,7 +6,8 @@ import itertools
 import math
 from typing import Any
 
-from qcheck.policy.expr import NotApplicable
+from qcheck.errors import Problem, QcheckError
+from qcheck.policy.expr import EvalError, NotApplicable
 from qcheck.policy.spec import Requirement
 
 
@@ -70,6 +71,11 @@ def judge(requirements: list[Requirement], env: dict[str, Any], intervals: dict 
             holds = False
             note = f"{exc.name} has no value for this model" + (
                 " (no output looks like class scores)" if exc.name in ("model.top1", "model.top5") else "")
+        except (EvalError, ArithmeticError, TypeError, ValueError) as exc:
+            shown = ", ".join(f"{n} = {v}" for n, v in values.items())
+            raise QcheckError(Problem(f"require: '{req.text}' cannot be evaluated: {exc} (with {shown})", req.file,
+                                      req.line, hint="rewrite the line so it cannot divide by zero, e.g. multiply "
+                                      "instead of dividing")) from None
         sure, how_sure = sureness(req, env, holds, intervals or {}) if note is None else (None, None)
         lines.append({"text": req.text, "holds": holds, "values": values, "line": req.line, "note": note,
                       "sure": sure, "how_sure": how_sure})

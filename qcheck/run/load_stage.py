@@ -28,6 +28,7 @@ from qcheck.model.diagnose import check_runtime_loads
 from qcheck.model.fetch import fetch_model
 from qcheck.model.prepare import InputInfo, PreparedModel, check_not_quantized, graph_inputs, load_onnx, prepare_model
 from qcheck.policy.spec import Policy
+from qcheck.report import check_template_dirs
 from qcheck.rules.engine import Rule, load_rules
 
 
@@ -48,6 +49,7 @@ class Loaded:
 def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = lambda msg: None) -> Loaded:
     """Load and check everything a run needs; with `work`, prepare the model there. Raises QcheckError."""
     rules = load_rules(policy.rules, str(policy.path))  # pack and inline-rule errors before any model runs
+    check_template_dirs(policy.report.templates)  # a team's templates compile (syntax, names) before anything runs
     model = _model(policy, fetch=work is not None, log=log)
     inputs = graph_inputs(model)
     check_policy_inputs(policy, inputs)

@@ -2,7 +2,7 @@
 
 Each stage is timed (wall time, peak memory); results are plain data that the
 report renders. Nothing is written to the destination until the run is
-complete (see `outputs.OutputDir`).
+complete (see `output_folder.OutputDir`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import datetime as _dt
 import platform
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -23,11 +22,14 @@ import onnx
 from qcheck import __version__
 from qcheck.analyses.run_all import attach_node_statistics, node_statistics, run_analyses
 from qcheck.data.finite import check_ranges_finite
+from qcheck.data.readers import DataSet
 from qcheck.errors import Problem
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.prepare import file_sha256
+from qcheck.model.runtime import run_failure
 from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
+from qcheck.policy.yaml_spans import line_of
 from qcheck.quantize.calibrate import Ranges, Recipe, calibrate
 from qcheck.quantize.schemes import size_bytes
 from qcheck.results.files import write_json, write_layer_stats, write_sensitivity
@@ -46,7 +48,8 @@ from qcheck.results.schema import (
 from qcheck.rules.engine import needed_statistics
 from qcheck.rules.scheme_run import SchemeRun, build_for, judge_built, measure_built, node_split
 from qcheck.run.load_stage import Loaded, load
-from qcheck.run.output_folder import OutputDir
+from qcheck.run.output_folder import Origin, OutputDir
+from qcheck.scratch import sweep_temp, temp_folder
 
 QUANTIZED_MODEL_NAME = "model.quant.onnx"
 
@@ -94,7 +97,8 @@ def run(policy: Policy, out: Path | None = None, console: Console | None = None)
     """Run the whole check; returns the results (also written, with the report, to the output folder)."""
     console = console or Console()
     stages = Stages()
-    out_dir = OutputDir(out or policy.report.out)
+    out_dir = output_dir(policy, out)
+    sweep_temp()  # temporary folders of killed runs
     try:
         typed = _run(policy, out_dir, stages, console)
         # The report renders from exactly what results.json holds, so it can be rendered again
@@ -112,13 +116,36 @@ def run(policy: Policy, out: Path | None = None, console: Console | None = None)
         results["output_folder"] = str(final)
         results["render_seconds"] = round(stages.timings["render"], 3)
         return results
+    except OSError as exc:
+        out_dir.discard()
+        problem = out_dir.disk_problem(exc)
+        if problem is None:
+            raise
+        raise problem from None
+    except Exception as exc:  # noqa: BLE001 - only ORT failing on a sample becomes the user's problem; the rest re-raised
+        out_dir.discard()
+        problem = run_failure(exc, DataSet.last_read)
+        if problem is None:
+            raise
+        raise problem from None
     except BaseException:
         out_dir.discard()
         raise
 
 
+def output_dir(policy: Policy, out: Path | None) -> OutputDir:
+    """The run's output folder, refused when replacing it could delete something of the user's."""
+    origin = Origin(flag="--out") if out else Origin(file=str(policy.path), line=line_of(policy._doc, ["report", "out"]))
+    data = [(f"{k} data folder", s.path) for k, s in (("calibration", policy.data.calibration),
+                                                      ("evaluation", policy.data.evaluation)) if s is not None]
+    protected = [("policy file", policy.path), ("model", policy.model.path), *data]
+    protected += [("report template folder", t) for t in policy.report.templates]
+    protected += [("rule pack", Path(p)) for p in policy.rules.packs if p != "builtin"]
+    return OutputDir(out or policy.report.out, origin, protected, inside_forbidden=data)
+
+
 def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -> Results:
-    with tempfile.TemporaryDirectory(prefix="qcheck-") as tmp:
+    with temp_folder("run") as tmp:
         work = Path(tmp)
         with stages.stage("load", console):
             loaded = load(policy, work, log=console.log)

@@ -95,5 +95,5 @@ def test_function_file_next_to_the_policy_and_its_problems(tmp_path):
     with pytest.raises(QcheckError, match="no entry point in group qcheck.metrics has that name"):
         pymetric.resolve("absent:fn", tmp_path, WHERE)
     bad = pymetric.PythonMetric("t", {"function": "m:text"}, pymetric.resolve("m:text", tmp_path, WHERE), WHERE)
-    with pytest.raises(QcheckError, match="returned 'high' for 'value' on sample s0; expected a number"):
+    with pytest.raises(QcheckError, match="returned 'high' for 'value' on sample s0; expected a finite number"):
         bad.update("s0", {}, {})

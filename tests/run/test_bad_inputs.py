@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from bad_models import MODELS
 from helpers import TESTS, write_policy
 
 from qcheck.cli.main import main
+from qcheck.run.output_folder import write_manifest
 
 CORPUS = TESTS / "bad_inputs"
 CASES = sorted(CORPUS.glob("*.yaml"))
@@ -34,7 +37,7 @@ def build(tmp: Path, name: str, spec) -> None:
             data = path.read_bytes()
             path.write_bytes(data[: int(len(data) * spec["truncate"])])
     elif "text" in spec:
-        path.write_text(spec["text"])
+        path.write_text(spec["text"].replace("{tmp}", str(tmp)))
     elif "folder" in spec:
         path.mkdir()
     elif "npy" in spec:
@@ -68,10 +71,23 @@ def build(tmp: Path, name: str, spec) -> None:
                 (path / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a picture")
             else:
                 Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path / f"{i}.png")
+    elif "int64" in spec:  # one sample per value, each an int64 array of shape [1]
+        path.mkdir()
+        for i, v in enumerate(spec["int64"]):
+            np.save(path / f"{i}.npy", np.array([v], dtype=np.int64))
+    elif "fifo" in spec:
+        os.mkfifo(path)
+    elif "png_header" in spec:  # a PNG whose header claims a size its data never holds (a decompression bomb)
+        w, h = spec["png_header"]
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+        chunk = b"IHDR" + ihdr
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+                         + struct.pack(">I", zlib.crc32(chunk)) + b"\0\0\0\0IEND\xaeB`\x82")
     elif "previous_run" in spec:
         path.mkdir()
         (path / "results.json").write_text(PREVIOUS)
         (path / "report.html").write_text("<p>previous</p>")
+        write_manifest(path)
     else:
         raise ValueError(f"unknown file spec {spec}")
     if "mode" in spec:
@@ -96,6 +112,8 @@ def test_bad_input(case, tmp_path, capsys):
         pass  # the mistake is that there is no policy
     elif isinstance(spec["policy"], str):
         policy.write_text(spec["policy"])
+    elif "{tmp}" in json.dumps(spec["policy"]):  # a path that must be absolute
+        policy.write_text(yaml.safe_dump(spec["policy"]).replace("{tmp}", str(tmp_path)))
     else:
         write_policy(policy, spec["policy"])
     command = spec.get("command", "run")
@@ -114,6 +132,13 @@ def test_bad_input(case, tmp_path, capsys):
         assert fragment.replace("{tmp}", str(tmp_path)) in err, f"{fragment!r} not in:\n{err}"
     for name in expect.get("kept", []):  # a previous run survives the failed one, untouched
         assert (tmp_path / name / "results.json").read_text() == PREVIOUS
+    for name, text in (spec.get("files") or {}).items():  # the user's own files are never deleted or changed
+        if "text" in text:
+            assert (tmp_path / name).read_text() == text["text"].replace("{tmp}", str(tmp_path)), name
+    for name in expect.get("kept_files", []):
+        assert (tmp_path / name).is_file(), name
+    for name in expect.get("not_created", []):  # code named by a policy, model or template never ran
+        assert not (tmp_path / name).exists(), f"{name} was created: code from the input ran"
     if "results" in expect:  # the run went through: check what it says about the problem
         results = json.loads((tmp_path / "out" / "results.json").read_text())
         text = json.dumps(results[expect["results"]["key"]])
@@ -121,7 +146,7 @@ def test_bad_input(case, tmp_path, capsys):
             assert fragment in text, f"{fragment!r} not in results[{expect['results']['key']!r}]: {text[:2000]}"
     for fragment in expect.get("report_mentions", []):
         assert fragment in (tmp_path / "out" / "report.html").read_text(), fragment
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # no staging left behind
+    assert not [p for p in tmp_path.iterdir() if ".qcheck-" in p.name]  # no staging left behind
 
 
 def test_previous_run_stays_in_place_while_the_new_one_works(tmp_path):
@@ -141,5 +166,5 @@ def test_previous_run_stays_in_place_while_the_new_one_works(tmp_path):
 
     results = run(policy, console=Console(progress=progress))
     assert {"calibrate", "measure"} <= {s for s, _, _ in seen}
-    assert all(kept and names == ["report.html", "results.json"] for _, kept, names in seen)
+    assert all(kept and names == [".qcheck-manifest.json", "report.html", "results.json"] for _, kept, names in seen)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["verdict"] == results["verdict"]

@@ -15,7 +15,7 @@ from qcheck.measure.tasks.base import TaskMetric, load_labels
 from qcheck.measure.tasks.classification import Classification
 from qcheck.measure.tasks.ctc import CTC, load_charset
 from qcheck.measure.tasks.detection import Detection
-from qcheck.measure.tasks.python import PythonMetric, resolve
+from qcheck.measure.tasks.python import DEFAULT_TIMEOUT, PythonMetric, resolve
 from qcheck.measure.tasks.regression import Regression
 from qcheck.measure.tasks.segmentation import Segmentation
 from qcheck.policy.task_options import TASKS, outputs_used
@@ -59,7 +59,8 @@ def build(policy, model_outputs: list[str]) -> list[TaskMetric]:
                 metrics.append(Regression(name, opts))
             elif spec.task == "python":
                 where = policy.problem_at(("metrics", name, "function"), "")
-                metrics.append(PythonMetric(name, opts, resolve(opts["function"], policy.folder, where), where))
+                fn = resolve(opts["function"], policy.folder, where, float(opts.get("timeout", DEFAULT_TIMEOUT)))
+                metrics.append(PythonMetric(name, opts, fn, where))
         except QcheckError as exc:
             problems.extend(exc.problems)
     if problems:
