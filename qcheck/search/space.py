@@ -110,9 +110,9 @@ class Graph:
         return self.units.tensors(subject)
 
     def wider_ranges(self, subject: str, base: Recipe) -> dict[str, tuple[float, float]]:
-        """widen_range: the subject's tensors whose evaluation data reach beyond the calibrated range."""
+        """widen_range: the tensors a subject touches whose evaluation data reach beyond the calibrated range."""
         out = {}
-        for t in self.tensors_of(subject):
+        for t in self.units.touching(subject):
             if t not in self.reach or {"rmin", "rmax"} & set(base.overrides.get(t, {})):
                 continue
             lo, hi = self.reach[t]

@@ -6,7 +6,7 @@ Concat/Split (one grid for all the joined values). So a fix is often a set of no
 
 - a *tensor group* `group:<tensor>`: the tensor, its producer and all its consumers;
 - a *shared-scale chain* `chain:<tensor>`: tensors on one scale in the QDQ model ORT actually builds, joined
-  through Concat and Split, with every node touching them (named after its first tensor in graph order);
+  through Concat and Split, with the nodes linking them (named after its first tensor in graph order);
 - a *region* `tail:<node>` (that node and everything after it in topological order) or `stem:<node>`
   (everything up to it).
 
@@ -52,7 +52,7 @@ class Units:
         if subject.startswith("group:"):
             return self._group_nodes([name])
         if subject.startswith("chain:"):
-            return self._group_nodes(self.chains.get(subject, []))
+            return self._links(set(self.chains.get(subject, [])))
         if subject.startswith("tail:") and name in self.index:
             return self.order[self.index[name]:]
         if subject.startswith("stem:") and name in self.index:
@@ -66,6 +66,20 @@ class Units:
         if subject.startswith("chain:"):
             return list(self.chains.get(subject, []))
         return list(dict.fromkeys(t for n in self.nodes(subject) for t in self.node_outputs.get(n, [])))
+
+    def touching(self, subject: str) -> list[str]:
+        """The activation tensors a subject reads or writes (a node's or region's inputs too: what floating it
+        leaves in float, and what an integer remedy must widen in its place)."""
+        if subject.startswith("chain:"):
+            return self.tensors(subject)
+        nodes = self.nodes(subject)
+        return list(dict.fromkeys(t for n in nodes for t in self.node_inputs.get(n, []) + self.node_outputs.get(n, [])))
+
+    def _links(self, tensors: set[str]) -> list[str]:
+        """The nodes that put a chain on one grid: those reading and writing its tensors (floating them leaves the
+        chain's tensors between them in float, each joined value on its own producer's grid)."""
+        return [n for n in self.order if tensors & set(self.node_inputs.get(n, [])) and
+                tensors & set(self.node_outputs.get(n, []))]
 
     def _group_nodes(self, tensors: list[str]) -> list[str]:
         nodes = []

@@ -1,0 +1,115 @@
+"""The default search (`strategy: auto`) on small real models whose fix is known.
+
+- `two_head_concat`: class scores (0-1) and box pixels (0-300) joined at three Concats; the fix is the
+  shared-scale chain (all three Concats), not one node.
+- `one_matmul` evaluated on inputs 4x wider than calibrated: clipping; int16 alone changes nothing, a range
+  widened to what the evaluation data reach passes (and replaces keeping the node in float).
+- `matmul_stack`: error spread over eight layers; only scheme a16w8 passes within the budget, and QAT is never
+  recommended.
+Every figure the tests check is recomputed independently with ONNX Runtime and numpy.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from helpers import matmul_stack, one_matmul, two_head_concat, write_npy_samples, write_policy
+
+from qcheck.policy.loader import load_policy
+from qcheck.run.pipeline import run
+
+ALL_REMEDIES = ["keep_float", "int16_activations", "widen_range", "explicit_range", "scheme", "calibration_method",
+                "per_channel", "symmetric"]
+
+
+def _policy(folder, build, metric, require, budget, eval_scale=1.0, shape=(1, 4), remedies=ALL_REMEDIES):
+    folder.mkdir(parents=True, exist_ok=True)
+    build(folder / "model.onnx")
+    write_npy_samples(folder / "calib", 16, shape=shape)
+    write_npy_samples(folder / "eval", 8, shape=shape, seed=7, scale=eval_scale)
+    doc = {"model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+           "metrics": metric, "require": require, "report": {"out": "out", "formats": ["html"]},
+           "search": {"remedies": remedies, "budget": budget}}
+    return write_policy(folder / "qcheck.yaml", doc)
+
+
+def _max_error(model, fixed, folder, output, index=...):
+    f = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    q = ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for p in sorted((folder / "eval").glob("*.npy")):
+        x = {"x": np.load(p)}
+        worst = max(worst, float(np.abs(f.run([output], x)[0][index] - q.run([output], x)[0][index]).max()))
+    return worst
+
+
+def _subjects(cand):
+    return {c["subject"] for c in cand["changes"]}
+
+
+@pytest.fixture(scope="module")
+def concat_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("concat")
+    policy = _policy(folder, two_head_concat, {"scores": {"output": "out", "slice": "[:, 0::2]", "metric": "max_abs"}},
+                     ["scores <= 0.05"], {"max_float_nodes": 6, "max_int16_tensors": 10, "max_trials": 60})
+    return folder, run(load_policy(policy))
+
+
+def test_mixed_concat_is_fixed_on_its_shared_scale_chain_not_one_node(concat_run):
+    folder, results = concat_run
+    s = results["search"]
+    assert s["strategy"] == "auto" and s["status"] == "found"
+    chosen = s["candidates"][s["chosen"]]
+    assert all(subject.startswith("chain:") for subject in _subjects(chosen)), chosen["label"]
+    # no single Concat kept in float passes (each leaves the scores on another Concat's 0-300 grid)
+    singles = [c for c in s["candidates"] if c["n_changes"] == 1 and c["changes"][0]["remedy"] == "keep_float"
+               and c["changes"][0]["subject"] in ("concat1", "concat2", "concat")]
+    assert all(not c["passes"] for c in singles)
+    # judged independently: the fixed model's scores on the evaluation data
+    base = _max_error(folder / "model.onnx", folder / "out" / "model.quant.onnx", folder, "out", (slice(None), [0, 2]))
+    fixed = _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "out",
+                       (slice(None), [0, 2]))
+    assert base > 0.3 and fixed <= 0.05
+    assert "" not in s["ranking"]
+    assert len({c["recipe_key"] for c in s["candidates"]}) == len(s["candidates"])  # no recipe judged twice
+
+
+@pytest.fixture(scope="module")
+def clipping_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    policy = _policy(folder, one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.15"],
+                     {"max_float_nodes": 2, "max_int16_tensors": 4}, eval_scale=4.0, shape=(1, 16))
+    return folder, run(load_policy(policy))
+
+
+def test_clipping_needs_a_wider_range_and_int16_alone_fails(clipping_run):
+    folder, results = clipping_run
+    s = results["search"]
+    assert s["status"] == "found"
+    chosen = s["candidates"][s["chosen"]]
+    assert "widen_range" in {c["remedy"] for c in chosen["changes"]} and chosen["float_nodes"] == 0
+    int16_alone = [c for c in s["candidates"] if [ch["remedy"] for ch in c["changes"]] == ["int16_activations"]]
+    assert int16_alone and not any(c["passes"] for c in int16_alone)
+    a16w8 = [c for c in s["candidates"] if c["label"] == "scheme a16w8"]
+    assert a16w8 and not a16w8[0]["passes"]  # more bits over the same clipped range: still clipped
+    assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.15
+    assert any("evaluation data" in n and "widen_range" in n for n in s["notes"])  # the fit-to-eval caveat
+
+
+@pytest.fixture(scope="module")
+def stack_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stack")
+    policy = _policy(folder, matmul_stack, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.03"],
+                     {"max_float_nodes": 1, "max_int16_tensors": 1, "max_trials": 40}, eval_scale=0.5, shape=(1, 32))
+    return folder, run(load_policy(policy))
+
+
+def test_only_a16w8_passes_and_the_search_finds_it_without_recommending_qat(stack_run):
+    folder, results = stack_run
+    s = results["search"]
+    assert s["status"] == "found" and s["recommendation"] is None
+    chosen = s["candidates"][s["chosen"]]
+    assert chosen["label"] == "scheme a16w8"
+    within = [c for c in s["candidates"] if c["passes"] and c["within_budget"]]
+    assert [c["id"] for c in within] == [chosen["id"]]
+    assert _max_error(folder / "model.onnx", folder / "out" / "model.quant.onnx", folder, "y") > 0.03
+    assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.03
