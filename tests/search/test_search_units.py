@@ -113,3 +113,23 @@ def test_only_a16w8_passes_and_the_search_finds_it_without_recommending_qat(stac
     assert [c["id"] for c in within] == [chosen["id"]]
     assert _max_error(folder / "model.onnx", folder / "out" / "model.quant.onnx", folder, "y") > 0.03
     assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.03
+
+
+def test_every_prepared_node_has_a_unique_printable_name(tmp_path):
+    """Nodes without a name are named after the tensor they write, so rankings never hold ''."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qcheck.model.prepare import prepare_model
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"], name="n"),
+                           helper.make_node("Relu", ["b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    prepared = prepare_model(model, tmp_path / "m.onnx", {}, tmp_path / "work")
+    names = [n.name for n in onnx.load(str(prepared.path)).graph.node]
+    assert "" not in names and len(set(names)) == len(names) == 3
+    assert "Relu:a" in names and "n" in names and "Relu:y" in names
