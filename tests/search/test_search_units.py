@@ -133,3 +133,32 @@ def test_every_prepared_node_has_a_unique_printable_name(tmp_path):
     names = [n.name for n in onnx.load(str(prepared.path)).graph.node]
     assert "" not in names and len(set(names)) == len(names) == 3
     assert "Relu:a" in names and "n" in names and "Relu:y" in names
+
+
+def test_a_candidate_ort_cannot_build_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    """The evaluation-data reach of `x` is made NaN (what a broken range would give): ONNX Runtime's quantizer then
+    refuses every widened-range candidate ("scale issue"). Each is recorded with its error, in results.json and the
+    report, and the search still finds a fix (the node in float), exit code untouched by the failures."""
+    import qcheck.search.stage as stage
+
+    real = stage.calibrate
+
+    def broken_reach(path, data, q, method=None, progress=None):
+        ranges = real(path, data, q, method=method, progress=progress)
+        if method == "minmax" and data is not None and len(data) == 8:  # the evaluation data's reach
+            ranges.ranges["x"] = (float("nan"), 1e6)
+        return ranges
+
+    monkeypatch.setattr(stage, "calibrate", broken_reach)
+    folder = tmp_path / "clip"
+    policy = _policy(folder, one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.15"],
+                     {"max_float_nodes": 2, "max_int16_tensors": 4}, eval_scale=4.0, shape=(1, 16))
+    results = run(load_policy(policy))
+    s = results["search"]
+    failed = [c for c in s["candidates"] if c["error"]]
+    assert failed and all("widened range" in c["label"] and "scale issue" in c["error"] for c in failed)
+    assert all(not c["passes"] and c["shortfall"] == float("inf") for c in failed)
+    assert s["status"] == "found" and s["candidates"][s["chosen"]]["error"] is None
+    html = (folder / "out" / "report.html").read_text(encoding="utf-8")
+    assert "could not be built or run" in html and "scale issue" in html
+    assert str(tmp_path) not in "".join(c["error"] for c in failed)  # no temporary file named
