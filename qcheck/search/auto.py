@@ -4,7 +4,8 @@
 2. find: bisection over the ranked units (the chain or tensor group of each ranked node, keep the first k) and
    over regions (the tail of the topological order from a node on), until some set passes;
 3. prune the passing set to a 1-minimal one by delta debugging: removing any one remaining change breaks a
-   requirement (a tail region is first split into its units: chains where nodes share a scale, else nodes);
+   requirement (a tail region is first split into its units: chains where nodes share a scale, else nodes, and
+   cut to the shortest prefix of them in ranking order that passes);
 4. replace each float remedy by an integer one (int16, a widened range, both) where that still passes and
    costs less on the target.
 
@@ -77,9 +78,17 @@ class Auto(Strategy):
                              f"not meet the requirements")
             return None
         tail = shortest[-1]
+        units = split_region(tail, g, remedy)
+        # before delta debugging, the shortest prefix of the region's units in ranking order that still passes
+        # (a few bisection steps that usually leave a handful of units out of a region of hundreds of nodes)
+        rank = {n: i for i, n in enumerate(ctx.ranking)}
+        by_rank = sorted(units, key=lambda c: min((rank.get(n, 1 << 30) for n in g.units.nodes(c.subject)),
+                                                  default=1 << 30))
+        prefix = bisect_prefix(by_rank, lambda s: ev.evaluate(start + tuple(s))["passes"]) or units
         ctx.notes.append(f"auto: bisection found the region {tail.subject} ({len(g.float_nodes_of(tail.subject))} "
-                         f"quantizable node(s)); it was then pruned")
-        return start + tuple(split_region(tail, g, remedy))
+                         f"quantizable node(s)); its {len(prefix)} highest-ranked unit(s) of {len(units)} still pass; "
+                         f"they were then pruned")
+        return start + tuple(prefix)
 
     # ------------------------------------------------------------------ 4. integer remedies
 
