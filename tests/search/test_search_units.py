@@ -108,6 +108,15 @@ def stack_run(tmp_path_factory):
     return folder, run(load_policy(policy))
 
 
+def test_the_scheme_switch_and_the_widened_range_are_rebuilt_from_the_lock(stack_run, clipping_run, tmp_path):
+    from qcheck.cli.main import main
+
+    for i, (folder, _) in enumerate((stack_run, clipping_run)):
+        out = tmp_path / f"again{i}.onnx"
+        assert main(["apply", str(folder / "out" / "policy.lock.yaml"), "--out", str(out)]) == 0
+        assert out.read_bytes() == (folder / "out" / "model.fixed.onnx").read_bytes()
+
+
 def test_only_a16w8_passes_and_the_search_finds_it_without_recommending_qat(stack_run):
     folder, results = stack_run
     s = results["search"]
