@@ -117,7 +117,7 @@ class AnalysesSpec:
     samples: int = 8
     memory_mb: int = 1024  # float activations kept in memory; beyond, on disk (qcheck.analyses.activation_store)
     sensitivity: bool = True
-    metric: str = "cosine"  # a policy's default is auto: the metric its `require:` lines name (see the loader)
+    metric: str = "auto"  # auto: the metric the `require:` lines name (resolved by the loader); unresolved: cosine
     detail: int = 20
     curves: bool = True
     top_k: int = 3
