@@ -13,6 +13,7 @@ found, before pruning) when there is one. Asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,11 @@ def main() -> None:
     ap.add_argument("--policy-search", action="store_true", help="keep the policy's own search: section")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--results", type=Path, help="print the figures of an earlier run's results.json; run nothing")
     args = ap.parse_args()
+    if args.results:
+        print_figures(json.loads(args.results.read_text(encoding="utf-8")))
+        return
     policy = load_policy(args.policy)
     if not args.policy_search or policy.search is None:
         policy.search = SearchSpec(strategy=args.strategy, remedies=["keep_float", "int16_activations"], width=args.width,
@@ -42,6 +47,10 @@ def main() -> None:
     policy.report.formats = ["html"]
     with tempfile.TemporaryDirectory() as tmp:
         results = run(policy, out=Path(tmp) / "out")
+    print_figures(results)
+
+
+def print_figures(results: dict) -> None:
     s = results["search"]
     secs = results["timings"]["search"]
     print(f"model: {results['model']['name']} ({results['model']['nodes']} nodes), evaluation "

@@ -66,7 +66,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
 
     chosen = select(ev.candidates)
     baseline = ev.candidates[0] if ev.candidates else None
-    finalists = sorted((c for c in ev.candidates if c["passes"]),
+    finalists = sorted((c for c in ev.candidates if c["passes"] and c.get("within_budget", True)),
                        key=lambda c: (c["cost"], c["n_changes"], c["id"]))[:spec.finalists]
     if baseline is not None and baseline not in finalists:
         finalists.append(baseline)

@@ -125,6 +125,7 @@ def test_only_a16w8_passes_and_the_search_finds_it_without_recommending_qat(stac
     assert chosen["label"] == "scheme a16w8"
     within = [c for c in s["candidates"] if c["passes"] and c["within_budget"]]
     assert [c["id"] for c in within] == [chosen["id"]]
+    assert set(s["finalists"]) <= {chosen["id"], 0}  # over-budget regions judged on the way are no finalists
     assert _max_error(folder / "model.onnx", folder / "out" / "model.quant.onnx", folder, "y") > 0.03
     assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.03
 
