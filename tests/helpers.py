@@ -270,3 +270,55 @@ def gain_conv(path: Path, channels: int = 256, gain: float = 1000.0) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 1, 1])],
         initializer=[numpy_helper.from_array(w, "w")])
     return _save(graph, path)
+
+
+def two_head_concat(path: Path, factor: float = 300.0, seed: int = 0) -> Path:
+    """A detector head in miniature: two heads each join class scores (Sigmoid, 0-1) and box pixels (0-factor)
+    in a Concat, both joined again and reshaped into out[1, 4, 8] (rows: scores 1, boxes 1, scores 2, boxes 2).
+    The scores end up on the boxes' grid at three Concats; fixing one of them leaves the others crushing them."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], [numpy_helper.from_array(np.array(factor, np.float32), "k"),
+                        numpy_helper.from_array(np.array([1, 4, 8], np.int64), "shape")]
+    for h in (1, 2):
+        for part in ("s", "b"):
+            w = f"w_{part}{h}"
+            inits.append(numpy_helper.from_array(rng.normal(size=(4, 8)).astype(np.float32), w))
+            nodes += [helper.make_node("MatMul", ["x", w], [f"{part}{h}_logits"], name=f"mm_{part}{h}"),
+                      helper.make_node("Sigmoid", [f"{part}{h}_logits"], [f"{part}{h}_sig"], name=f"sig_{part}{h}")]
+        nodes += [helper.make_node("Mul", [f"b{h}_sig", "k"], [f"box{h}"], name=f"pixels{h}"),
+                  helper.make_node("Concat", [f"s{h}_sig", f"box{h}"], [f"cat{h}"], name=f"concat{h}", axis=1)]
+    nodes += [helper.make_node("Concat", ["cat1", "cat2"], ["cat"], name="concat", axis=1),
+              helper.make_node("Reshape", ["cat", "shape"], ["out"], name="reshape")]
+    graph = helper.make_graph(nodes, "two_head_concat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8])], initializer=inits)
+    return _save(graph, path)
+
+
+def matmul_stack(path: Path, layers: int = 8, width: int = 32, seed: int = 0) -> Path:
+    """x[1, width] -> `layers` MatMuls with signed Hadamard weights (exact on the int8 weight grid) -> y: every
+    layer adds a little int8 activation rounding error, none dominates, so no single node (or tensor) fixed in
+    int16 or float meets a tight requirement, while int16 activations everywhere (scheme a16w8) do."""
+    rng = np.random.default_rng(seed)
+    h = np.ones((1, 1))
+    while h.shape[0] < width:
+        h = np.block([[h, h], [h, -h]])
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        q = h * rng.choice([-1.0, 1.0], size=width) / np.sqrt(width)
+        inits.append(numpy_helper.from_array(q.astype(np.float32), f"w{i}"))
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [out], name=f"mm{i}"))
+        prev = out
+    graph = helper.make_graph(nodes, "matmul_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], initializer=inits)
+    return _save(graph, path)
+
+
+def one_matmul(path: Path, width: int = 16, seed: int = 0) -> Path:
+    """x[1, width] -> MatMul -> y: what clips when evaluation inputs reach beyond the calibrated range."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array((rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "one_matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], initializer=[w])
+    return _save(graph, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -43,6 +44,8 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
                  make_tasks: Callable[[], list] | None = None) -> dict:
     """`metrics`: the policy's metrics; `make_tasks`: fresh task-metric accumulators every configuration is
     scored with (the pipeline gives the one `spec.metric` names, when it is a task metric)."""
+    if spec.metric == "auto":  # a policy's loader resolves auto to the required metric; unresolved: cosine
+        spec = replace(spec, metric="cosine")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

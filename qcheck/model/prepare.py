@@ -314,6 +314,8 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     prepared = workdir / "float.onnx"
     label = run_preprocess(fixed, prepared, source)
     final = onnx.load(str(prepared), load_external_data=False)
+    if name_nodes(final):  # external data (large models) stay where they are: only the graph is written again
+        onnx.save_model(final, str(prepared))
     op_counts: dict[str, int] = {}
     for n in final.graph.node:
         op_counts[n.op_type] = op_counts.get(n.op_type, 0) + 1
@@ -330,6 +332,25 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
         preprocess=label,
         notes=notes,
     )
+
+
+def name_nodes(model: onnx.ModelProto) -> bool:
+    """Give every node a stable, unique, printable name: a node without one (exporters leave them empty; ORT's
+    pre-processing adds some, e.g. a Flatten) or sharing one is named after what it writes, `op:first_output`.
+    Returns whether anything was renamed."""
+    seen: set[str] = set()
+    changed = False
+    for n in model.graph.node:
+        name = n.name
+        if not name or name in seen:
+            base = f"{n.op_type}:{n.output[0] if n.output else 'node'}"
+            name, k = base, 1
+            while name in seen:
+                k += 1
+                name = f"{base}#{k}"
+            n.name, changed = name, True
+        seen.add(name)
+    return changed
 
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:

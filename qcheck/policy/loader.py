@@ -131,6 +131,8 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     rules = _rules(s, doc.get("rules") or {})
     measure = MeasureSpec(**_given(doc.get("measure") or {}, {"modes": list, "weights": _same}))
     analyses = _analyses(doc.get("analyses", True))
+    if analyses.metric == "auto":
+        analyses.metric = required_metric(require, metrics)
     _check_analyses_metric(s, analyses, metrics)
     report = _report(s, doc.get("report") or {})
     inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
@@ -337,6 +339,16 @@ def _compare_schemes(doc: dict, quant: QuantizationSpec, data: DataSpec, file: s
     return compare
 
 
+def required_metric(require: list, metrics: dict) -> str:
+    """`analyses.sensitivity.metric: auto`: the first declared metric a `require:` line names (a task metric or
+    an output metric), so nodes are ranked by what the requirements judge; cosine when they name none."""
+    for q in require:
+        for name in sorted(q.expression.names):
+            if name.split(".")[0] in metrics:
+                return name.split(".")[0]
+    return "cosine"
+
+
 def _analyses(value: Any) -> AnalysesSpec:
     """`analyses:` as written (true/false, or a mapping of sections that are each true/false/a mapping)."""
     if value is False:
@@ -353,7 +365,7 @@ def _analyses(value: Any) -> AnalysesSpec:
     spec.memory_mb = int(value.get("memory_mb", spec.memory_mb))
     s, c, d, k = section("sensitivity"), section("curves"), section("distributions"), section("confirm")
     spec.sensitivity, spec.curves, spec.distributions, spec.confirm = (x is not None for x in (s, c, d, k))
-    spec.metric = (s or {}).get("metric", spec.metric)
+    spec.metric = (s or {}).get("metric", "auto")
     spec.detail = int((s or {}).get("detail", spec.detail))
     spec.top_k = int((c or {}).get("top_k", spec.top_k))
     spec.focus_nodes = int((d or {}).get("nodes", spec.focus_nodes))

@@ -119,7 +119,7 @@ class AnalysesSpec:
     samples: int = 8
     memory_mb: int = 1024  # float activations kept in memory; beyond, on disk (qcheck.analyses.activation_store)
     sensitivity: bool = True
-    metric: str = "cosine"
+    metric: str = "auto"  # auto: the metric the `require:` lines name (resolved by the loader); unresolved: cosine
     detail: int = 20
     curves: bool = True
     top_k: int = 3
@@ -141,9 +141,9 @@ class ReportSpec:
     templates: list[Path] = field(default_factory=list)  # a team's template folders, searched first
 
 
-SEARCH_STRATEGIES = ("greedy", "bisect", "exhaustive")
-SEARCH_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "skip_first", "keep_float_flagged",
-                   "per_channel", "calibration_method", "symmetric", "reduced_range")
+SEARCH_STRATEGIES = ("auto", "greedy", "bisect", "exhaustive")
+SEARCH_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "widen_range", "skip_first",
+                   "keep_float_flagged", "scheme", "per_channel", "calibration_method", "symmetric", "reduced_range")
 SEARCH_COSTS = ("profile", "latency")
 
 
@@ -159,7 +159,7 @@ class SearchBudget:
 class SearchSpec:
     """The fallback search (`search:`): how to look for a recipe that meets `require:` (qcheck.search)."""
 
-    strategy: str = "greedy"
+    strategy: str = "auto"
     remedies: list[str] = field(default_factory=lambda: ["keep_float", "int16_activations"])
     candidates: int = 20
     width: int = 8

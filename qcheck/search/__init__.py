@@ -19,11 +19,11 @@ import onnx
 from qcheck.policy.spec import MetricSpec, Requirement, SearchSpec
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe
-from qcheck.search import bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
+from qcheck.search import auto, bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
 from qcheck.search.base import STRATEGIES, Context, closest, select
 from qcheck.search.evaluate import Evaluator
 from qcheck.search.ranking import rank_nodes
-from qcheck.search.space import Graph, build_pool
+from qcheck.search.space import Graph, allowed, build_pool
 
 
 def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges,
@@ -34,7 +34,8 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                labels: list[str] | None = None,
                findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None,
                proposed: dict[str, list[str]] | None = None,
-               flagged: list[str] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+               flagged: list[str] | None = None,
+               reach_of: Callable[[], Ranges] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
     by_method = {ranges.method: ranges}
 
@@ -48,17 +49,24 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     graph.calibrated = dict(ranges_for(base.calibration).ranges)
     graph.flagged = [n for n in flagged or [] if n in graph.outputs and n not in base.exclude_nodes]
     range_notes = _explicit_ranges(spec, graph, base, target, ranges_for)
+    if "widen_range" in spec.remedies and reach_of is not None:
+        graph.reach = dict(reach_of().ranges)
+        range_notes.append("widen_range: ranges widened to what the evaluation data reach are set from the data the "
+                           "candidates are judged on; confirm such a fix on data it has not seen")
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
                    spec.budget, workdir, log, make_tasks, labels, findings_of)
+    _find_chains(ev, graph, float_model, base)
     model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates,
                                                     spec.budget.max_float_nodes, proposed)
     notes += range_notes
-    ctx = Context(ev, spec, model_changes, node_changes, notes)
+    ctx = Context(ev, spec, model_changes, node_changes, notes, ranking=list(ranking),
+                  usable=[r for r in spec.remedies if allowed(r, target)])
     STRATEGIES[spec.strategy]().run(ctx)
+    ctx.notes += untried_remedies(spec.remedies, ev.candidates, ctx.notes, ev.stopped_by)
 
     chosen = select(ev.candidates)
     baseline = ev.candidates[0] if ev.candidates else None
-    finalists = sorted((c for c in ev.candidates if c["passes"]),
+    finalists = sorted((c for c in ev.candidates if c["passes"] and c.get("within_budget", True)),
                        key=lambda c: (c["cost"], c["n_changes"], c["id"]))[:spec.finalists]
     if baseline is not None and baseline not in finalists:
         finalists.append(baseline)
@@ -96,6 +104,38 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     return result, recipe, ranges_for(recipe.calibration)
 
 
+def _find_chains(ev: Evaluator, graph: Graph, float_model: onnx.ModelProto, base: Recipe) -> None:
+    """Shared-scale chains as ORT builds them: read from the policy's own recipe's QDQ model."""
+    path = ev.workdir / "search-chains.onnx"
+    try:
+        ev.build(base, path)
+        graph.units.find_chains(onnx.load(str(path)), float_model)
+    except Exception:  # the baseline trial records the build error; the search then goes on without chains
+        pass
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def untried_remedies(remedies: list[str], candidates: list[dict], notes: list[str], stopped_by: str | None) -> list[str]:
+    """Why an allowed remedy never appears in a trial (unless a note already says so)."""
+    tried = {ch["remedy"] for c in candidates for ch in c["changes"]}
+    passed = any(c["passes"] for c in candidates)
+    out = []
+    for r in remedies:
+        if r in tried or any(n.startswith((f"{r}:", f"{r} ")) for n in notes):
+            continue
+        if stopped_by:
+            why = f"the search stopped at {stopped_by} before reaching it"
+        elif passed and candidates[0]["passes"]:
+            why = "the policy's own recipe already meets the requirements"
+        elif passed:
+            why = "a passing set was found and minimized without it (it changes nothing cheaper on what remained)"
+        else:
+            why = "it changes nothing on the units the search reached"
+        out.append(f"{r}: allowed but never tried: {why}")
+    return out
+
+
 def select_by_latency(finalists: list[dict]) -> dict | None:
     """`search.cost: latency`: the passing finalist with the lowest measured latency (ties: profile cost, fewer
     changes, tried first)."""
@@ -105,8 +145,6 @@ def select_by_latency(finalists: list[dict]) -> dict | None:
 
 def _explicit_ranges(spec: SearchSpec, graph: Graph, base: Recipe, target: TargetProfile, ranges_for) -> list[str]:
     """explicit_range: take the tighter ranges from `spec.explicit_range_from`, calibrated once (not per candidate)."""
-    from qcheck.search.space import allowed
-
     if "explicit_range" not in spec.remedies or not allowed("explicit_range", target):
         return []
     method = spec.explicit_range_from
@@ -164,7 +202,9 @@ def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfil
         c = near[0]
         misses = [f"`{q['text']}` ({', '.join(f'{k} = {v:.6g}' if isinstance(v, float) else f'{k} = {v}' for k, v in q['values'].items())}, "
                   f"{100 * q['shortfall']:.3g}% short)" for q in c["requirements"] if not q["holds"]]
-        reason += f". Closest: {c['label']}, which misses {'; '.join(misses)}"
+        reason += (f". Closest: {c['label']} (cost {c['cost']:g}: {c['float_nodes']} float node(s), "
+                   f"{c['int16_tensors']} int16 tensor(s), {c['explicit_ranges']} re-ranged tensor(s)), which misses "
+                   f"{'; '.join(misses) or c.get('error') or 'the requirements'}")
     reason += (". Post-training remedies keep part of the model out of int8 at a cost; quantization-aware training "
                "instead trains the weights to the int8 grid so every layer can stay integer")
     if target.integer_only:

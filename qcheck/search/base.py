@@ -25,6 +25,8 @@ class Context:
     model_changes: list[Change]  # whole-model remedies, in the policy's order
     node_changes: list[Change]  # per-node remedies: nodes in ranking order, each with the remedies in policy order
     notes: list[str] = field(default_factory=list)
+    ranking: list[str] = field(default_factory=list)  # node names, worst first
+    usable: list[str] = field(default_factory=list)  # the policy's remedies the target allows, in policy order
 
     def fits(self, changes: tuple[Change, ...], new: Change) -> bool:
         return compatible(changes, new) and within_budget(changes + (new,), self.evaluator.graph, self.spec.budget)
@@ -48,7 +50,9 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def select(candidates: list[dict]) -> dict | None:
-    passing = [c for c in candidates if c["passes"]]
+    """The cheapest candidate that meets the requirements within the budget (bisection over regions may judge
+    larger sets on the way; those are never chosen)."""
+    passing = [c for c in candidates if c["passes"] and c.get("within_budget", True)]
     if not passing:
         return None
     return min(passing, key=lambda c: (c["cost"], c["n_changes"], c["id"]))
@@ -70,4 +74,6 @@ def prune(ctx: Context, changes: tuple[Change, ...]) -> tuple[Change, ...]:
 
 
 def closest(candidates: list[dict], n: int = 3) -> list[dict]:
-    return sorted(candidates, key=lambda c: (*sort_key(c), c["cost"], c["id"]))[:n]
+    """The candidates within the budget that come closest to the requirements."""
+    inside = [c for c in candidates if c.get("within_budget", True)] or candidates
+    return sorted(inside, key=lambda c: (*sort_key(c), c["cost"], c["id"]))[:n]

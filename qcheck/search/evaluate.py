@@ -9,6 +9,7 @@ counted here.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.rules.requirements import judge, requirement_env
-from qcheck.search.space import Change, Graph, apply_changes, cost, counts
+from qcheck.search.space import Change, Graph, apply_changes, cost, counts, within_budget
 
 
 def shortfall(expression: Expression | str, values: dict) -> float:
@@ -80,6 +81,7 @@ class Evaluator:
         self.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
         self.candidates: list[dict] = []
         self.by_key: dict[str, dict] = {}
+        self.by_model: dict[str, dict] = {}  # sha256 of the built model -> its candidate
         self._changes: dict[int, tuple[Change, ...]] = {}
         self.start = time.perf_counter()
         self.stopped_by: str | None = None
@@ -109,15 +111,7 @@ class Evaluator:
             return self.by_key[key]
         if self.exhausted():
             raise BudgetExhausted(self.stopped_by)
-        path = self.build(recipe, self.workdir / f"candidate-{key}.onnx")
-        # the policy's own recipe is the pipeline's main run: its findings (with the analyses' node statistics)
-        # are already counted; every other candidate is measured per tensor when findings_of is given
-        finding_counts = (self.findings_of(path, recipe, self.ranges_for(recipe.calibration))
-                          if self.findings_of and changes else self.finding_counts)
-        env, outputs = self._measure(path, finding_counts)
-        verdict = judge(self.require, env)
-        gaps = [shortfall(r.expression, q["values"]) if not q["holds"] else 0.0
-                for r, q in zip(self.require, verdict["requirements"])]
+        path = self.workdir / f"candidate-{key}.onnx"
         cand = {
             "id": len(self.candidates),
             "changes": [c.to_dict() for c in changes],
@@ -126,6 +120,43 @@ class Evaluator:
             **counts(changes, self.graph),
             "n_changes": len(changes),
             "cost": cost(changes, self.graph, self.target),
+            "within_budget": within_budget(changes, self.graph, self.budget),
+            "latency_ms": None,
+            "error": None,
+        }
+        try:
+            self.build(recipe, path)
+            same = self.by_model.get(hashlib.sha256(path.read_bytes()).hexdigest())
+            if same is not None:  # another recipe that builds the very same model: judged once
+                self.by_key[key] = same
+                self.log(f"  ({cand['label']} builds the same model as trial {same['id']}; not run again)")
+                return same
+            self.by_model[hashlib.sha256(path.read_bytes()).hexdigest()] = cand
+            cand.update(self._judge(path, recipe, changes))
+        except Exception as exc:  # a candidate ORT cannot build or run is recorded; the search goes on
+            cand.update(_failed_build(exc, len(self.require)))
+            cand["error"] = cand["error"].replace(str(path), "the candidate model").replace(str(self.workdir), "")
+        finally:
+            path.unlink(missing_ok=True)
+        self.candidates.append(cand)
+        self.by_key[key] = cand
+        self._changes[cand["id"]] = changes
+        outcome = f"could not be built or run ({cand['error']})" if cand["error"] else \
+            ("meets" if cand["passes"] else "misses") + " the requirements"
+        self.log(f"  trial {cand['id']}: {cand['label']} -> {outcome}")
+        return cand
+
+    def _judge(self, path: Path, recipe: Recipe, changes: tuple[Change, ...]) -> dict:
+        """Run the built candidate on the evaluation data and judge the requirements."""
+        # the policy's own recipe is the pipeline's main run: its findings (with the analyses' node statistics)
+        # are already counted; every other candidate is measured per tensor when findings_of is given
+        finding_counts = (self.findings_of(path, recipe, self.ranges_for(recipe.calibration))
+                          if self.findings_of and changes else self.finding_counts)
+        env, outputs = self._measure(path, finding_counts)
+        verdict = judge(self.require, env)
+        gaps = [shortfall(r.expression, q["values"]) if not q["holds"] else 0.0
+                for r, q in zip(self.require, verdict["requirements"])]
+        return {
             "passes": verdict["status"] != "fail",
             "failed": verdict["failed"],
             "shortfall": sum(gaps),
@@ -136,14 +167,7 @@ class Evaluator:
             "finding_counts": dict(finding_counts),
             "findings_measured": self.findings_of is not None,
             "size_bytes": path.stat().st_size,
-            "latency_ms": None,
         }
-        path.unlink()
-        self.candidates.append(cand)
-        self.by_key[key] = cand
-        self._changes[cand["id"]] = changes
-        self.log(f"  trial {cand['id']}: {cand['label']} -> {'meets' if cand['passes'] else 'misses'} the requirements")
-        return cand
 
     def changes_of(self, cand: dict) -> tuple[Change, ...]:
         return self._changes[cand["id"]]
@@ -169,6 +193,14 @@ class Evaluator:
         figures = measure_latency(path, self.samples[0], runs=repeats, warmup=1, what="quantized candidate")
         path.unlink()
         return float(figures["median_ms"])
+
+
+def _failed_build(exc: Exception, n_require: int) -> dict:
+    """The record of a candidate ONNX Runtime could not build or run: it fails every line, infinitely far."""
+    problems = getattr(exc, "problems", None)
+    text = problems[0].message if problems else f"{type(exc).__name__}: {exc}"
+    return {"passes": False, "failed": max(n_require, 1), "shortfall": math.inf, "requirements": [], "metrics": {},
+            "finding_counts": {}, "findings_measured": False, "size_bytes": None, "error": text.splitlines()[0][:300]}
 
 
 def sort_key(cand: dict) -> tuple:

@@ -19,22 +19,28 @@ from qcheck.model.graph import GraphIndex
 from qcheck.policy.spec import SearchBudget
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import METHODS, Recipe, quantizable_op_types
+from qcheck.quantize.schemes import scheme_recipe
+from qcheck.search.units import Units
 
-NODE_REMEDIES = ("keep_float", "int16_activations", "explicit_range")
-MODEL_REMEDIES = ("per_channel", "calibration_method", "symmetric", "reduced_range", "skip_first", "keep_float_flagged")
+NODE_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "widen_range")
+MODEL_REMEDIES = ("scheme", "per_channel", "calibration_method", "symmetric", "reduced_range", "skip_first",
+                  "keep_float_flagged")
 FLOAT_NODE_REMEDIES = ("keep_float", "skip_first", "keep_float_flagged")  # costed and budgeted as float nodes
 # remedy -> the target profile's cost key (None: no cost entry, always allowed)
 COST_KEY = {"keep_float": "float_node", "int16_activations": "int16_tensor", "per_channel": "per_channel",
             "calibration_method": "calibration_method", "symmetric": None, "reduced_range": None,
-            "skip_first": "float_node", "explicit_range": "explicit_range", "keep_float_flagged": "float_node"}
+            "skip_first": "float_node", "explicit_range": "explicit_range", "keep_float_flagged": "float_node",
+            "widen_range": "explicit_range", "scheme": "int16_tensor"}
+SCHEME_SWITCHES = ("a16w8",)  # whole-model scheme switches the search tries (the target must run them)
 MODEL = "(model)"
 
 
 @dataclass(frozen=True, order=True)
 class Change:
     remedy: str
-    subject: str  # a node name, or MODEL
-    value: str | None = None  # calibration_method: the method; skip_first: N; explicit_range: the range's method
+    subject: str  # a node name, a unit (group:/chain:/tail:/stem:, see units.py), or MODEL
+    value: str | None = None  # calibration_method: the method; skip_first: N; explicit_range: the range's method;
+    # scheme: the scheme
 
     def label(self) -> str:
         if self.remedy == "keep_float":
@@ -43,6 +49,10 @@ class Change:
             return f"int16 {self.subject}"
         if self.remedy == "explicit_range":
             return f"{self.value} range {self.subject}"
+        if self.remedy == "widen_range":
+            return f"widened range {self.subject}"
+        if self.remedy == "scheme":
+            return f"scheme {self.value}"
         if self.remedy == "skip_first":
             return f"float first {self.value} node(s)"
         if self.remedy == "keep_float_flagged":
@@ -73,6 +83,10 @@ class Graph:
         self.explicit_method = ""
         self.calibrated: dict[str, tuple[float, float]] = {}  # the base recipe's calibrated ranges
         self.flagged: list[str] = []  # keep_float_flagged: nodes error/warning findings propose to keep in float
+        # widen_range: tensor -> the calibrated range joined with what the evaluation data reach (set by run_search)
+        self.reach: dict[str, tuple[float, float]] = {}
+        self.units = Units(model, activations, self.order)
+        self.quantizable = set(quantizable_op_types(self.base.exclude_op_types))
         self.neighbours: dict[str, set[str]] = {n: set() for n in self.outputs}
         for n in model.graph.node:
             for i in n.input:
@@ -86,11 +100,32 @@ class Graph:
         ops = set(quantizable_op_types(base.exclude_op_types))
         return [m for m in self.order if self.op_types[m] in ops and m not in base.exclude_nodes][:n]
 
+    def float_nodes_of(self, subject: str, base: Recipe | None = None) -> list[str]:
+        """keep_float on a subject: its nodes ORT would quantize and the policy does not already keep in float
+        (excluding a node that computes in float anyway changes nothing)."""
+        return [n for n in self.units.nodes(subject)
+                if self.op_types.get(n) in self.quantizable and n not in (base or self.base).exclude_nodes]
+
+    def tensors_of(self, subject: str) -> list[str]:
+        return self.units.tensors(subject)
+
+    def wider_ranges(self, subject: str, base: Recipe) -> dict[str, tuple[float, float]]:
+        """widen_range: the tensors a subject touches whose evaluation data reach beyond the calibrated range."""
+        out = {}
+        for t in self.units.touching(subject):
+            if t not in self.reach or {"rmin", "rmax"} & set(base.overrides.get(t, {})):
+                continue
+            lo, hi = self.reach[t]
+            clo, chi = self.calibrated.get(t, (lo, hi))
+            if lo < clo or hi > chi:
+                out[t] = (min(lo, clo), max(hi, chi))
+        return out
+
     def tighter_ranges(self, node: str, base: Recipe) -> dict[str, tuple[float, float]]:
-        """explicit_range: the node's output tensors whose explicit range is narrower than the calibrated one
+        """explicit_range: the subject's tensors whose explicit range is narrower than the calibrated one
         (and that the policy does not already give an rmin/rmax)."""
         out = {}
-        for t in self.outputs.get(node, []):
+        for t in self.tensors_of(node):
             if t not in self.explicit_ranges or {"rmin", "rmax"} & set(base.overrides.get(t, {})):
                 continue
             lo, hi = self.explicit_ranges[t]
@@ -117,7 +152,7 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
     r = copy.deepcopy(base)
     for c in changes:
         if c.remedy == "keep_float":
-            r.exclude_nodes.append(c.subject)
+            r.exclude_nodes += graph.float_nodes_of(c.subject)
         elif c.remedy == "skip_first":
             r.exclude_nodes += graph.first_quantizable(base, int(c.value))
         elif c.remedy == "keep_float_flagged":
@@ -125,8 +160,11 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
         elif c.remedy == "explicit_range":
             for t, (lo, hi) in graph.tighter_ranges(c.subject, base).items():
                 r.overrides[t] = {**r.overrides.get(t, {}), "rmin": float(lo), "rmax": float(hi)}
+        elif c.remedy == "widen_range":
+            for t, (lo, hi) in graph.wider_ranges(c.subject, base).items():
+                r.overrides[t] = {**r.overrides.get(t, {}), "rmin": float(lo), "rmax": float(hi)}
         elif c.remedy == "int16_activations":
-            for t in graph.outputs.get(c.subject, []):
+            for t in graph.tensors_of(c.subject):
                 r.overrides[t] = {**r.overrides.get(t, {}), "quant_type": "int16"}
         elif c.remedy == "per_channel":
             r.per_channel = not base.per_channel
@@ -136,6 +174,9 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
             r.symmetric_activations = True
         elif c.remedy == "reduced_range":
             r.reduce_range = True
+    for c in changes:  # a scheme switch last: it sets every activation's type (int16 overrides are then moot)
+        if c.remedy == "scheme":
+            r = scheme_recipe(c.value, r)
     r.exclude_nodes = sorted(set(r.exclude_nodes))
     r.overrides = dict(sorted(r.overrides.items()))
     return r
@@ -143,7 +184,7 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
 
 def float_nodes(changes: tuple[Change, ...], graph: Graph, base: Recipe | None = None) -> list[str]:
     """Nodes the changes keep in float: keep_float's, skip_first's first N quantizable nodes, the flagged nodes."""
-    nodes = [c.subject for c in changes if c.remedy == "keep_float"]
+    nodes = [n for c in changes if c.remedy == "keep_float" for n in graph.float_nodes_of(c.subject)]
     for c in changes:
         if c.remedy == "skip_first":
             nodes += graph.first_quantizable(base or graph.base, int(c.value))
@@ -154,8 +195,12 @@ def float_nodes(changes: tuple[Change, ...], graph: Graph, base: Recipe | None =
 
 def counts(changes: tuple[Change, ...], graph: Graph) -> dict[str, int]:
     floats = float_nodes(changes, graph)
-    int16 = {t for c in changes if c.remedy == "int16_activations" for t in graph.outputs.get(c.subject, [])}
+    int16 = {t for c in changes if c.remedy == "int16_activations" for t in graph.tensors_of(c.subject)}
     ranged = {t for c in changes if c.remedy == "explicit_range" for t in graph.tighter_ranges(c.subject, graph.base)}
+    ranged |= {t for c in changes if c.remedy == "widen_range" for t in graph.wider_ranges(c.subject, graph.base)}
+    scheme = {c.value for c in changes if c.remedy == "scheme"}
+    if scheme:  # a16w8: every activation in int16
+        int16 = set(graph.calibrated)
     return {"float_nodes": len(floats), "float_islands": graph.islands(floats), "int16_tensors": len(int16),
             "explicit_ranges": len(ranged)}
 
@@ -172,7 +217,7 @@ def cost(changes: tuple[Change, ...], graph: Graph, target: TargetProfile) -> fl
         total += target.cost("explicit_range", n["explicit_ranges"])
     for c in changes:
         key = COST_KEY[c.remedy]
-        if c.remedy in MODEL_REMEDIES and key is not None and c.remedy not in FLOAT_NODE_REMEDIES:  # counted above
+        if c.remedy in MODEL_REMEDIES and key is not None and c.remedy not in FLOAT_NODE_REMEDIES + ("scheme",):
             total += target.cost(key, 1)
     return total
 
@@ -183,15 +228,22 @@ def allowed(remedy: str, target: TargetProfile) -> bool:
 
 
 def within_budget(changes: tuple[Change, ...], graph: Graph, budget: SearchBudget) -> bool:
+    """Float nodes and int16 tensors within the budget (a scheme switch the target runs is a whole-model
+    alternative: its int16 activations are costed, not counted against max_int16_tensors)."""
     n = counts(changes, graph)
-    return n["float_nodes"] <= budget.max_float_nodes and n["int16_tensors"] <= budget.max_int16_tensors
+    int16_ok = n["int16_tensors"] <= budget.max_int16_tensors or any(c.remedy == "scheme" for c in changes)
+    return n["float_nodes"] <= budget.max_float_nodes and int16_ok
+
+
+COMBINABLE = {frozenset({"int16_activations", "widen_range"})}  # more bits over a wider range
 
 
 def compatible(changes: tuple[Change, ...], new: Change) -> bool:
-    """One remedy per node, one of each whole-model remedy."""
+    """One remedy per subject (int16 with a widened range excepted), one of each whole-model remedy."""
     for c in changes:
         if c.subject == new.subject and (c.subject != MODEL or c.remedy == new.remedy):
-            return False
+            if frozenset({c.remedy, new.remedy}) not in COMBINABLE:
+                return False
     return True
 
 
@@ -229,6 +281,12 @@ def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, g
             continue
         elif remedy == "skip_first":
             model_changes += [Change(remedy, MODEL, str(n)) for n in skip_first_counts(graph, base, max_float_nodes)]
+        elif remedy == "scheme":
+            switches = [s for s in SCHEME_SWITCHES if target.can_run(s) and base.activations not in ("int16", "uint16")]
+            model_changes += [Change(remedy, MODEL, s) for s in switches]
+            if not switches:
+                notes.append(f"scheme: target '{target.name}' runs no scheme other than the policy's "
+                             f"({', '.join(target.schemes)})")
         elif remedy == "keep_float_flagged":
             if graph.flagged:
                 model_changes.append(Change(remedy, MODEL))
@@ -244,13 +302,20 @@ def build_pool(ranking: list[str], remedies: list[str], target: TargetProfile, g
     return model_changes, node_changes, notes
 
 
+def unit_changes(subject: str, remedies: list[str], graph: Graph, base: Recipe) -> list[Change]:
+    """The changes these remedies make on one subject (node or unit); a remedy that changes nothing is left out."""
+    return _node_changes(subject, remedies, graph, base)
+
+
 def _node_changes(node: str, remedies: list[str], graph: Graph, base: Recipe) -> list[Change]:
     """The changes these remedies make on one node (a remedy that changes nothing there is left out)."""
     out = []
     for remedy in remedies:
-        if remedy == "keep_float" and node not in base.exclude_nodes:
+        if remedy == "keep_float" and graph.float_nodes_of(node, base):
             out.append(Change(remedy, node))
-        elif remedy == "int16_activations" and graph.outputs.get(node):
+        elif remedy == "int16_activations" and graph.tensors_of(node):
+            out.append(Change(remedy, node))
+        elif remedy == "widen_range" and graph.wider_ranges(node, base):
             out.append(Change(remedy, node))
         elif remedy == "explicit_range" and graph.tighter_ranges(node, base):
             out.append(Change(remedy, node, graph.explicit_method))

@@ -20,6 +20,13 @@ def names_findings(require) -> bool:
     return any(n == "findings" or n.startswith("findings.") for q in require for n in q.expression.names)
 
 
+def judged_on(data) -> str:
+    """Which data the candidates are judged on: `evaluation` (held out), or `calibration` when the policy has no
+    evaluation data or names the calibration data again."""
+    same = data.evaluation is None or (data.calibration is not None and data.evaluation == data.calibration)
+    return "calibration" if same else "evaluation"
+
+
 def candidate_findings(policy, rules, float_model, evaluation):
     """(candidate model, its recipe, its ranges) -> its finding counts: the pipeline's own per-tensor measurement
     (`scheme_run.measure_built`) and rule evaluation (`scheme_run.judge_built`), run on the candidate."""
@@ -57,8 +64,14 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
         finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
         make_tasks=lambda: build_tasks(policy, prepared.outputs),
         labels=[evaluation.samples[i].label for i in range(len(evaluation))], findings_of=findings_of,
-        proposed=proposed_remedies(findings), flagged=flagged_nodes(findings))
+        proposed=proposed_remedies(findings), flagged=flagged_nodes(findings),
+        reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax"))
     result["ranking_source"] = source
+    result["judged_on"] = judged_on(policy.data)
+    if result["judged_on"] == "calibration":
+        result["notes"].append("the candidates were judged on the calibration data (the policy has no separate "
+                               "data.evaluation): a fix may only fit the data it was calibrated on; add held-out "
+                               "evaluation data to judge it independently")
     if chosen is None or chosen.key() == recipe.key():
         return result, None, "", recipe, ranges
     build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME), source=prepared.source)
@@ -66,7 +79,8 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     env = dict(cand["metrics"])
     env.update({f"findings.{k}": v for k, v in cand.get("finding_counts", finding_counts).items()})
     verdict = judge(policy.require, env)
-    verdict["source"] = {"search_candidate": cand["id"], "label": cand["label"], "model": FIXED_MODEL_NAME}
+    verdict["source"] = {"search_candidate": cand["id"], "label": cand["label"], "model": FIXED_MODEL_NAME,
+                         "judged_on": result["judged_on"]}
     return result, verdict, FIXED_MODEL_NAME, chosen, chosen_ranges
 
 

@@ -20,6 +20,17 @@ class StubGraph:
     def islands(self, float_nodes):
         return len(float_nodes)
 
+    def float_nodes_of(self, subject, base=None):
+        return [subject]
+
+    def tensors_of(self, subject):
+        return self.outputs.get(subject, [])
+
+    def tighter_ranges(self, subject, base):
+        return {}
+
+    wider_ranges = tighter_ranges
+
 
 class StubEvaluator:
     def __init__(self, nodes, needed, shortfall, max_trials=100):
@@ -101,3 +112,33 @@ def test_exhaustive_tries_cheapest_first_and_chooses_the_cheapest_passing():
     sizes = [len(c["subjects"]) for c in ev.candidates]
     assert sizes == sorted(sizes) and len(ev.candidates) == 1 + 3 + 3  # every set of at most 2 float nodes
     assert select(ev.candidates)["subjects"] == {"b"}
+
+
+def test_ddmin_returns_a_one_minimal_set():
+    from qcheck.search.auto import ddmin
+
+    calls = []
+
+    def passes(s):  # passes when it holds 3 and 7 together, or 11 alone
+        calls.append(list(s))
+        return {3, 7} <= set(s) or 11 in s
+
+    assert ddmin(list(range(10)), passes) == [3, 7]
+    found = ddmin(list(range(16)), passes)
+    assert found == [11]  # a single element that passes alone is found, not a larger set
+    # 1-minimal: removing any one element of the result fails
+    assert all(not passes([x for x in [3, 7] if x != y]) for y in [3, 7])
+
+
+def test_bisect_prefix_finds_the_shortest_passing_prefix():
+    from qcheck.search.auto import bisect_prefix
+
+    tried = []
+
+    def passes(s):
+        tried.append(len(s))
+        return len(s) >= 6
+
+    assert bisect_prefix(list("abcdefghijklmnop"), passes) == list("abcdef")
+    assert len(tried) <= 1 + 4  # the whole list, then log2(16) halvings
+    assert bisect_prefix(list("abc"), passes) is None  # even all of them fail

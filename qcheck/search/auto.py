@@ -1,0 +1,160 @@
+"""auto (the default): find a passing candidate, then minimize it.
+
+1. whole-model candidates: each scheme switch, calibration method, per-channel, symmetric ... alone;
+2. find: bisection over the ranked units (the chain or tensor group of each ranked node, keep the first k) and
+   over regions (the tail of the topological order from a node on), until some set passes;
+3. prune the passing set to a 1-minimal one by delta debugging: removing any one remaining change breaks a
+   requirement (a tail region is first split into its units: chains where nodes share a scale, else nodes, and
+   cut to the shortest prefix of them in ranking order that passes);
+4. replace each float remedy by an integer one (int16, a widened range, both) where that still passes and
+   costs less on the target.
+
+Regions on the way may exceed the budget; `select` only chooses candidates within it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qcheck.search.base import Context, Strategy, register
+from qcheck.search.evaluate import BudgetExhausted, sort_key
+from qcheck.search.space import Change, unit_changes
+
+FIND_REMEDIES = ("keep_float", "int16_activations", "widen_range")  # what a region or ranked unit gets to find a fix
+INTEGER_REMEDIES = (("int16_activations",), ("widen_range",), ("int16_activations", "widen_range"))
+
+
+@register
+class Auto(Strategy):
+    name = "auto"
+
+    def run(self, ctx: Context) -> None:
+        ev = ctx.evaluator
+        try:
+            base = ev.evaluate(())
+            if base["passes"]:
+                return
+            start = self._whole_model(ctx, base)
+            found = self._find(ctx, start)
+            if found is None:
+                return
+            minimal = ddmin(list(found), lambda s: ev.evaluate(tuple(s))["passes"])
+            self._integer(ctx, tuple(minimal))
+        except BudgetExhausted:
+            pass
+
+    # ------------------------------------------------------------------ 1. whole model
+
+    def _whole_model(self, ctx: Context, base: dict) -> tuple[Change, ...]:
+        """Try each whole-model change alone; the closest one that improves on the policy's recipe is kept as the
+        start of the search (it is pruned with the rest if not needed)."""
+        ev, best, start = ctx.evaluator, base, ()
+        for c in ctx.model_changes:
+            cand = ev.evaluate((c,))
+            if not cand["passes"] and cand["within_budget"] and sort_key(cand) < sort_key(best):
+                best, start = cand, (c,)
+        return start
+
+    # ------------------------------------------------------------------ 2. find
+
+    def _find(self, ctx: Context, start: tuple[Change, ...]) -> tuple[Change, ...] | None:
+        ev, g = ctx.evaluator, ctx.evaluator.graph
+        remedy = next((r for r in FIND_REMEDIES if r in ctx.usable), None)
+        if remedy is None:
+            ctx.notes.append("auto: no per-unit remedy (keep_float, int16_activations, widen_range) is allowed; "
+                             "only whole-model candidates were tried")
+            return None
+        units = [u for u in g.units.ranked_units(ctx.ranking, ctx.spec.candidates)
+                 if unit_changes(u, [remedy], g, g.base)]
+        ranked = [Change(remedy, u) for u in units]
+        found = bisect_prefix(ranked, lambda s: ev.evaluate(start + tuple(s))["passes"])
+        if found is not None:
+            return start + tuple(found)
+        tails = [Change(remedy, f"tail:{n}") for n in g.order if unit_changes(f"tail:{n}", [remedy], g, g.base)]
+        # tails[i] covers tails[i+1:]: the largest tail first; find the shortest tail that passes
+        shortest = bisect_prefix(tails[::-1], lambda s: ev.evaluate(start + (s[-1],))["passes"])
+        if shortest is None:
+            ctx.notes.append(f"auto: even {remedy} on the whole graph (and the top {len(units)} ranked units) does "
+                             f"not meet the requirements")
+            return None
+        tail = shortest[-1]
+        units = split_region(tail, g, remedy)
+        # before delta debugging, the shortest prefix of the region's units in ranking order that still passes
+        # (a few bisection steps that usually leave a handful of units out of a region of hundreds of nodes)
+        rank = {n: i for i, n in enumerate(ctx.ranking)}
+        by_rank = sorted(units, key=lambda c: min((rank.get(n, 1 << 30) for n in g.units.nodes(c.subject)),
+                                                  default=1 << 30))
+        prefix = bisect_prefix(by_rank, lambda s: ev.evaluate(start + tuple(s))["passes"]) or units
+        ctx.notes.append(f"auto: bisection found the region {tail.subject} ({len(g.float_nodes_of(tail.subject))} "
+                         f"quantizable node(s)); its {len(prefix)} highest-ranked unit(s) of {len(units)} still pass; "
+                         f"they were then pruned")
+        return start + tuple(prefix)
+
+    # ------------------------------------------------------------------ 4. integer remedies
+
+    def _integer(self, ctx: Context, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+        ev, g = ctx.evaluator, ctx.evaluator.graph
+        current = ev.evaluate(changes)
+        for c in [c for c in changes if c.remedy == "keep_float"]:
+            for combo in INTEGER_REMEDIES:
+                if not set(combo) <= set(ctx.usable):
+                    continue
+                alts = [a for r in combo for a in unit_changes(c.subject, [r], g, g.base)]
+                if len(alts) != len(combo):
+                    continue  # one of them changes nothing on this unit
+                trial = tuple(x for x in changes if x != c) + tuple(alts)
+                cand = ev.evaluate(trial)
+                if cand["passes"] and cand["within_budget"] and cand["cost"] < current["cost"]:
+                    changes, current = trial, cand
+                    break
+        return changes
+
+
+def split_region(region: Change, g, remedy: str) -> list[Change]:
+    """A region's units: each node's shared-scale chain where it has one, else the node itself."""
+    out: list[Change] = []
+    for n in g.float_nodes_of(region.subject) if remedy == "keep_float" else g.units.nodes(region.subject):
+        unit = g.units.chain_of(n) or n
+        change = Change(remedy, unit)
+        if change not in out and unit_changes(unit, [remedy], g, g.base):
+            out.append(change)
+    return out
+
+
+def bisect_prefix(items: list, passes: Callable[[list], bool]) -> list | None:
+    """The shortest prefix of `items` that passes (assuming longer prefixes pass when shorter ones do), or None."""
+    if not items or not passes(items):
+        return None
+    lo, hi = 0, len(items)  # items[:lo] fails (or is empty), items[:hi] passes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(items[:mid]):
+            hi = mid
+        else:
+            lo = mid
+    return items[:hi]
+
+
+def ddmin(items: list, passes: Callable[[list], bool]) -> list:
+    """Delta debugging (Zeller): a 1-minimal subset of a passing `items` (removing any one element fails)."""
+    n = 2
+    while len(items) >= 2:
+        size = -(-len(items) // n)
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        for chunk in chunks:
+            if len(chunks) > 2 and passes(chunk):  # (with two chunks, a chunk is the other's complement)
+                items, n = chunk, 2
+                break
+        else:
+            for chunk in chunks:
+                rest = [x for x in items if x not in chunk]
+                if rest and passes(rest):
+                    items, n = rest, max(n - 1, 2)
+                    break
+            else:
+                if n >= len(items):
+                    break
+                n = min(len(items), 2 * n)
+    if len(items) == 1 and passes([]):
+        return []
+    return items

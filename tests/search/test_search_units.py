@@ -1,0 +1,179 @@
+"""The default search (`strategy: auto`) on small real models whose fix is known.
+
+- `two_head_concat`: class scores (0-1) and box pixels (0-300) joined at three Concats; the fix is the
+  shared-scale chain (all three Concats), not one node.
+- `one_matmul` evaluated on inputs 4x wider than calibrated: clipping; int16 alone changes nothing, a range
+  widened to what the evaluation data reach passes (and replaces keeping the node in float).
+- `matmul_stack`: error spread over eight layers; only scheme a16w8 passes within the budget, and QAT is never
+  recommended.
+Every figure the tests check is recomputed independently with ONNX Runtime and numpy.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from helpers import matmul_stack, one_matmul, two_head_concat, write_npy_samples, write_policy
+
+from qcheck.policy.loader import load_policy
+from qcheck.run.pipeline import run
+
+ALL_REMEDIES = ["keep_float", "int16_activations", "widen_range", "explicit_range", "scheme", "calibration_method",
+                "per_channel", "symmetric"]
+
+
+def _policy(folder, build, metric, require, budget, eval_scale=1.0, shape=(1, 4), remedies=ALL_REMEDIES):
+    folder.mkdir(parents=True, exist_ok=True)
+    build(folder / "model.onnx")
+    write_npy_samples(folder / "calib", 16, shape=shape)
+    write_npy_samples(folder / "eval", 8, shape=shape, seed=7, scale=eval_scale)
+    doc = {"model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+           "metrics": metric, "require": require, "report": {"out": "out", "formats": ["html"]},
+           "search": {"remedies": remedies, "budget": budget}}
+    return write_policy(folder / "qcheck.yaml", doc)
+
+
+def _max_error(model, fixed, folder, output, index=...):
+    f = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    q = ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for p in sorted((folder / "eval").glob("*.npy")):
+        x = {"x": np.load(p)}
+        worst = max(worst, float(np.abs(f.run([output], x)[0][index] - q.run([output], x)[0][index]).max()))
+    return worst
+
+
+def _subjects(cand):
+    return {c["subject"] for c in cand["changes"]}
+
+
+@pytest.fixture(scope="module")
+def concat_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("concat")
+    policy = _policy(folder, two_head_concat, {"scores": {"output": "out", "slice": "[:, 0::2]", "metric": "max_abs"}},
+                     ["scores <= 0.05"], {"max_float_nodes": 6, "max_int16_tensors": 10, "max_trials": 60})
+    return folder, run(load_policy(policy))
+
+
+def test_mixed_concat_is_fixed_on_its_shared_scale_chain_not_one_node(concat_run):
+    folder, results = concat_run
+    s = results["search"]
+    assert s["strategy"] == "auto" and s["status"] == "found"
+    chosen = s["candidates"][s["chosen"]]
+    assert all(subject.startswith("chain:") for subject in _subjects(chosen)), chosen["label"]
+    # no single Concat kept in float passes (each leaves the scores on another Concat's 0-300 grid)
+    singles = [c for c in s["candidates"] if c["n_changes"] == 1 and c["changes"][0]["remedy"] == "keep_float"
+               and c["changes"][0]["subject"] in ("concat1", "concat2", "concat")]
+    assert all(not c["passes"] for c in singles)
+    # judged independently: the fixed model's scores on the evaluation data
+    base = _max_error(folder / "model.onnx", folder / "out" / "model.quant.onnx", folder, "out", (slice(None), [0, 2]))
+    fixed = _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "out",
+                       (slice(None), [0, 2]))
+    assert base > 0.3 and fixed <= 0.05
+    assert "" not in s["ranking"]
+    assert len({c["recipe_key"] for c in s["candidates"]}) == len(s["candidates"])  # no recipe judged twice
+    # no no-op: every candidate after the policy's recipe changes something (float nodes, int16, ranges, or a
+    # whole-model setting): keeping float a node ORT would not quantize anyway is never a change
+    for c in s["candidates"][1:]:
+        assert c["float_nodes"] or c["int16_tensors"] or c["explicit_ranges"] or \
+            any(ch["subject"] == "(model)" for ch in c["changes"]), c["label"]
+
+
+@pytest.fixture(scope="module")
+def clipping_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    policy = _policy(folder, one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.15"],
+                     {"max_float_nodes": 2, "max_int16_tensors": 4}, eval_scale=4.0, shape=(1, 16))
+    return folder, run(load_policy(policy))
+
+
+def test_clipping_needs_a_wider_range_and_int16_alone_fails(clipping_run):
+    folder, results = clipping_run
+    s = results["search"]
+    assert s["status"] == "found"
+    chosen = s["candidates"][s["chosen"]]
+    assert "widen_range" in {c["remedy"] for c in chosen["changes"]} and chosen["float_nodes"] == 0
+    int16_alone = [c for c in s["candidates"] if [ch["remedy"] for ch in c["changes"]] == ["int16_activations"]]
+    assert int16_alone and not any(c["passes"] for c in int16_alone)
+    a16w8 = [c for c in s["candidates"] if c["label"] == "scheme a16w8"]
+    assert a16w8 and not a16w8[0]["passes"]  # more bits over the same clipped range: still clipped
+    assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.15
+    assert any("evaluation data" in n and "widen_range" in n for n in s["notes"])  # the fit-to-eval caveat
+
+
+@pytest.fixture(scope="module")
+def stack_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stack")
+    policy = _policy(folder, matmul_stack, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.03"],
+                     {"max_float_nodes": 1, "max_int16_tensors": 1, "max_trials": 40}, eval_scale=0.5, shape=(1, 32))
+    return folder, run(load_policy(policy))
+
+
+def test_the_scheme_switch_and_the_widened_range_are_rebuilt_from_the_lock(stack_run, clipping_run, tmp_path):
+    from qcheck.cli.main import main
+
+    for i, (folder, _) in enumerate((stack_run, clipping_run)):
+        out = tmp_path / f"again{i}.onnx"
+        assert main(["apply", str(folder / "out" / "policy.lock.yaml"), "--out", str(out)]) == 0
+        assert out.read_bytes() == (folder / "out" / "model.fixed.onnx").read_bytes()
+
+
+def test_only_a16w8_passes_and_the_search_finds_it_without_recommending_qat(stack_run):
+    folder, results = stack_run
+    s = results["search"]
+    assert s["status"] == "found" and s["recommendation"] is None
+    chosen = s["candidates"][s["chosen"]]
+    assert chosen["label"] == "scheme a16w8"
+    within = [c for c in s["candidates"] if c["passes"] and c["within_budget"]]
+    assert [c["id"] for c in within] == [chosen["id"]]
+    assert set(s["finalists"]) <= {chosen["id"], 0}  # over-budget regions judged on the way are no finalists
+    assert _max_error(folder / "model.onnx", folder / "out" / "model.quant.onnx", folder, "y") > 0.03
+    assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.03
+
+
+def test_every_prepared_node_has_a_unique_printable_name(tmp_path):
+    """Nodes without a name are named after the tensor they write, so rankings never hold ''."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qcheck.model.prepare import prepare_model
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"], name="n"),
+                           helper.make_node("Relu", ["b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    prepared = prepare_model(model, tmp_path / "m.onnx", {}, tmp_path / "work")
+    names = [n.name for n in onnx.load(str(prepared.path)).graph.node]
+    assert "" not in names and len(set(names)) == len(names) == 3
+    assert "Relu:a" in names and "n" in names and "Relu:y" in names
+
+
+def test_a_candidate_ort_cannot_build_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    """The evaluation-data reach of `x` is made NaN (what a broken range would give): ONNX Runtime's quantizer then
+    refuses every widened-range candidate ("scale issue"). Each is recorded with its error, in results.json and the
+    report, and the search still finds a fix (the node in float), exit code untouched by the failures."""
+    import qcheck.search.stage as stage
+
+    real = stage.calibrate
+
+    def broken_reach(path, data, q, method=None, progress=None):
+        ranges = real(path, data, q, method=method, progress=progress)
+        if method == "minmax" and data is not None and len(data) == 8:  # the evaluation data's reach
+            ranges.ranges["x"] = (float("nan"), 1e6)
+        return ranges
+
+    monkeypatch.setattr(stage, "calibrate", broken_reach)
+    folder = tmp_path / "clip"
+    policy = _policy(folder, one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.15"],
+                     {"max_float_nodes": 2, "max_int16_tensors": 4}, eval_scale=4.0, shape=(1, 16))
+    results = run(load_policy(policy))
+    s = results["search"]
+    failed = [c for c in s["candidates"] if c["error"]]
+    assert failed and all("widened range" in c["label"] and "scale issue" in c["error"] for c in failed)
+    assert all(not c["passes"] and c["shortfall"] == float("inf") for c in failed)
+    assert s["status"] == "found" and s["candidates"][s["chosen"]]["error"] is None
+    html = (folder / "out" / "report.html").read_text(encoding="utf-8")
+    assert "could not be built or run" in html and "scale issue" in html
+    assert str(tmp_path) not in "".join(c["error"] for c in failed)  # no temporary file named
