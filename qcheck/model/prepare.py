@@ -300,6 +300,12 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     prepared = workdir / "float.onnx"
     label = run_preprocess(fixed, prepared, source)
     final = onnx.load(str(prepared), load_external_data=False)
+    external = any(i.data_location == TensorProto.EXTERNAL for i in final.graph.initializer)
+    flat = [] if external else flatten_row_biases(final)  # a model with external data is left as it is
+    if flat:
+        save_model(final, prepared)
+        notes.append(f"{len(flat)} Gemm bias(es) of shape [1, N] made [N] (same numbers), so that ONNX Runtime "
+                     f"can quantize their weights per channel: {', '.join(flat)}")
     op_counts: dict[str, int] = {}
     for n in final.graph.node:
         op_counts[n.op_type] = op_counts.get(n.op_type, 0) + 1
@@ -316,6 +322,27 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
         preprocess=label,
         notes=notes,
     )
+
+
+def flatten_row_biases(model: onnx.ModelProto) -> list[str]:
+    """Reshape [1, N] Gemm biases that feed nothing else to [N], in place; returns their names.
+
+    ORT's MatMul+Add fusion keeps the Add's [1, N] shape; ORT's per-channel quantizer then fails on it
+    (see quantize.calibrate.per_tensor_fallbacks). [1, N] and [N] broadcast alike in Gemm.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    done = []
+    for node in model.graph.node:
+        bias = inits.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 else None
+        if bias is None or len(bias.dims) != 2 or bias.dims[0] != 1 or uses[bias.name] != 1:
+            continue
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias).reshape(-1), bias.name))
+        done.append(bias.name)
+    return done
 
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
