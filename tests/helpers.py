@@ -262,11 +262,12 @@ def gain_conv(path: Path, channels: int = 256, gain: float = 1000.0) -> Path:
 
 
 def byte_classifier(path: Path, seed: int = 0, vocab: int = 64, length: int = 8, dim: int = 16, hidden: int = 32,
-                    classes: int = 4, row_bias: bool = True) -> Path:
+                    classes: int = 4, row_bias: bool = True, named: bool = True) -> Path:
     """ids int32[1, length] -> Gather embedding -> LayerNorm -> MatMul+Add -> ReduceMean -> MatMul+Add -> Softmax.
 
     With `row_bias` the classifier's Add adds a [1, classes] bias, as exporters often write it; ORT's
-    pre-processing fuses that MatMul+Add into a Gemm with a [1, classes] bias.
+    pre-processing fuses that MatMul+Add into a Gemm with a [1, classes] bias. `named=False` leaves the
+    nodes unnamed, as some exporters do.
     """
     rng = np.random.default_rng(seed)
     arrays = {
@@ -285,6 +286,8 @@ def byte_classifier(path: Path, seed: int = 0, vocab: int = 64, length: int = 8,
         helper.make_node("Add", ["m2", "b2"], ["logits"], name="cls_bias"),
         helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
     ]
+    for node in nodes if not named else []:
+        node.name = ""
     graph = helper.make_graph(
         nodes, "byte_classifier", [helper.make_tensor_value_info("ids", TensorProto.INT32, [1, length])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, classes])],
