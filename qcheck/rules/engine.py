@@ -458,8 +458,27 @@ def _finding(rule: Rule, row: dict, target: str | None) -> Finding:
     return Finding(
         code=rule.code, rule=rule.name, severity=rule.severity, scope=rule.scope,
         message=render_message(rule.message, env), evidence=evidence, params=dict(rule.params),
-        remedies=remedies_for(rule.remedies, target), score=_score(rule, row, env, evidence), **where,
+        remedies=applicable_remedies(remedies_for(rule.remedies, target), row), score=_score(rule, row, env, evidence), **where,
     )
+
+
+# ops whose weights ONNX Runtime can quantize per channel: per_channel changes nothing on any other node
+PER_CHANNEL_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def applicable_remedies(remedies: list[str], row: dict) -> list[str]:
+    """The remedies that can change something where the finding is: no per_channel for a node without
+    weights (Relu, GlobalAveragePool ...) or for a weight already per channel; no int16 activations for a weight.
+    Model-scope rows (no op_type) keep them all."""
+    out = []
+    for remedy in remedies:
+        if remedy == "per_channel" and "op_type" in row and (row["op_type"] not in PER_CHANNEL_OPS
+                                        or (row.get("kind") == "weight" and row.get("per_channel"))):
+            continue
+        if remedy == "int16_activations" and row.get("kind") in ("weight", "bias"):
+            continue
+        out.append(remedy)
+    return out
 
 
 class _Values(dict):
