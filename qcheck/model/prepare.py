@@ -286,6 +286,10 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
                                  f"the model's inputs are: {', '.join(sorted(names))}", file=str(source)))
     fix_input_shapes(model, shapes)
     notes = []
+    named = name_unnamed_nodes(model)
+    if named:
+        notes.append(f"{named} unnamed node(s) named after their op type and position (e.g. Conv_3), so that "
+                     f"findings, per-layer statistics and exclusions can name them")
     model, note = upgrade_opset(model, source)
     if note:
         notes.append(note)
@@ -322,6 +326,22 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
         preprocess=label,
         notes=notes,
     )
+
+
+def name_unnamed_nodes(model: onnx.ModelProto) -> int:
+    """Give every unnamed node of the main graph a unique name, `<op_type>_<index>`; returns how many."""
+    taken = {n.name for n in model.graph.node if n.name}
+    count = 0
+    for i, node in enumerate(model.graph.node):
+        if node.name:
+            continue
+        name, k = f"{node.op_type}_{i}", 1
+        while name in taken:
+            name, k = f"{node.op_type}_{i}_{k}", k + 1
+        node.name = name
+        taken.add(name)
+        count += 1
+    return count
 
 
 def flatten_row_biases(model: onnx.ModelProto) -> list[str]:
