@@ -20,7 +20,7 @@ def _names(items: list[str]) -> str:
 
 
 def _value(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def _failing(results: dict) -> list[str]:
