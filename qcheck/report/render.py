@@ -11,10 +11,10 @@ from pathlib import Path
 import jinja2
 
 from qcheck.errors import Problem, QcheckError
-from qcheck.results.next_step import next_step, partial_float_rows
 from qcheck.report import plots
 from qcheck.report.analysis_plots import analysis_plots
 from qcheck.resources import templates_dir
+from qcheck.results.next_step import next_step, partial_float_rows
 
 
 def _num(value, digits: int = 3) -> str:
