@@ -14,14 +14,7 @@ from pathlib import Path
 
 from qcheck.errors import Problem, QcheckError
 from qcheck.results.next_step import next_step
-
-
-def _value(v) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-def _values(values: dict) -> str:
-    return ", ".join(f"{k} = {_value(v)}" for k, v in values.items())
+from qcheck.results.values_text import value_text, values_text
 
 
 def _case(suite: ET.Element, classname: str, name: str, failure: str | None, detail: str = "") -> None:
@@ -48,7 +41,7 @@ def run_junit(results: dict) -> str:
     for q in results["verdict"]["requirements"]:
         failure = None
         if not q["holds"]:
-            failure = f"{_values(q['values'])}; requires {q['text']}" + (f" ({q['note']})" if q.get("note") else "")
+            failure = f"{values_text(q['values'])}; requires {q['text']}" + (f" ({q['note']})" if q.get("note") else "")
         cases.append(("qcheck.requirements", q["text"], failure, ""))
     for f in results.get("findings", []):
         if f["severity"] == "error":
@@ -61,7 +54,7 @@ def run_junit(results: dict) -> str:
 
 def diff_junit(d: dict) -> str:
     cases = [("qcheck.diff.metrics", m["name"],
-              f"{_value(m['a'])} -> {_value(m['b'])} (worse by more than the tolerance {d['tolerance']:g})"
+              f"{value_text(m['a'])} -> {value_text(m['b'])} (worse by more than the tolerance {d['tolerance']:g})"
               if m["regression"] else None, "") for m in d["metrics"]]
     for f in d["findings_appeared"]:
         if f.get("severity") == "error":
@@ -80,7 +73,7 @@ def run_markdown(results: dict, report: str | None = None) -> str:
     if v["requirements"]:
         lines += ["| requirement | values | result |", "|---|---|---|"]
         for q in v["requirements"]:
-            lines.append(f"| `{q['text']}` | {_values(q['values'])} | {'holds' if q['holds'] else '**FAILS**'} |")
+            lines.append(f"| `{q['text']}` | {values_text(q['values'])} | {'holds' if q['holds'] else '**FAILS**'} |")
         lines.append("")
     step = next_step(results)
     lines.append(f"**Next step:** {step['action']}")
@@ -98,7 +91,7 @@ def diff_markdown(d: dict) -> str:
              f"Verdict: {d['a']['verdict']} → {d['b']['verdict']}", "",
              "| metric | A | B | |", "|---|---|---|---|"]
     for m in d["metrics"]:
-        lines.append(f"| `{m['name']}` | {_value(m['a'])} | {_value(m['b'])} | {'**regression**' if m['regression'] else ''} |")
+        lines.append(f"| `{m['name']}` | {value_text(m['a'])} | {value_text(m['b'])} | {'**regression**' if m['regression'] else ''} |")
     lines += ["", f"Findings appeared: {len(d['findings_appeared'])}, gone: {len(d['findings_gone'])}; "
                   f"recipe changes: {len(d['recipe_changes'])}."]
     if d["fails"]:

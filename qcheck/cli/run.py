@@ -20,7 +20,7 @@ def cmd_run(args) -> int:
     try:
         results = run(policy, out=args.out, console=Console(log=term.log, progress=term.progress))
     finally:
-        term.finish()
+        term.close()
     if args.junit or args.summary_md:
         from qcheck.cli.ci_outputs import run_junit, run_markdown, write_outputs
 

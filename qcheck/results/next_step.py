@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from qcheck.results.values_text import value_text, values_text
+
 MAX_NAMES = 3  # tensors or nodes named in one sentence; the rest are counted
 
 
@@ -19,12 +21,8 @@ def _names(items: list[str]) -> str:
     return shown + (f" and {len(items) - MAX_NAMES} more" if len(items) > MAX_NAMES else "")
 
 
-def _value(v) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
 def _failing(results: dict) -> list[str]:
-    return [f"`{q['text']}` ({', '.join(f'{k} = {_value(v)}' for k, v in q['values'].items())})"
+    return [f"`{q['text']}` ({values_text(q['values'])})"
             for q in results["verdict"]["requirements"] if not q["holds"]]
 
 
@@ -75,12 +73,12 @@ def next_step(results: dict) -> dict:
     if better:
         best = max(better, key=lambda r: r["real"]) if metric != "mse" else min(better, key=lambda r: r["real"])
         return {"action": f"Keep {_names(best['keep_float'])} in float (quantization.exclude.nodes).",
-                "evidence": evidence + [f"measured on real int8: {metric} {_value(base['real'])} with everything "
-                                        f"quantized, {_value(best['real'])} with {len(best['keep_float'])} node(s) "
+                "evidence": evidence + [f"measured on real int8: {metric} {value_text(base['real'])} with everything "
+                                        f"quantized, {value_text(best['real'])} with {len(best['keep_float'])} node(s) "
                                         f"float"], "source": "analyses"}
     if worse:
         evidence.append(f"keeping the most sensitive nodes float measured worse on real int8 ({metric} "
-                        f"{', '.join(_value(r['real']) for r in worse[:3])} vs {_value(base['real'])} all "
+                        f"{', '.join(value_text(r['real']) for r in worse[:3])} vs {value_text(base['real'])} all "
                         f"quantized): not recommended")
     clipped = [f for f in results.get("findings", []) if f.get("rule") == "range.clipping" and f.get("tensor")]
     if clipped:
