@@ -98,8 +98,10 @@ def detect_format(path: Path, inputs: list[InputInfo]) -> str:
                             file=str(path), hint="use .npy, .npz or image files, or set `format:`"))
 
 
-def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preprocess) -> DataSet:
-    """The samples of a data source; checks the layout and the first sample before anything runs."""
+def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preprocess,
+              check_first: bool = True) -> DataSet:
+    """The samples of a data source; checks the layout and (unless told not to: `qcheck validate`
+    checks every sample itself) the first sample before anything runs."""
     path = source.path
     if not path.exists():
         raise DataError(Problem("data not found", file=str(path)))
@@ -116,7 +118,8 @@ def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preproces
     if source.limit:
         samples = samples[: source.limit]
     data = DataSet(path, fmt, samples, inputs)
-    data[0]  # fail early, before any model runs, if the first sample does not fit
+    if check_first:
+        data[0]  # fail early, before any model runs, if the first sample does not fit
     return data
 
 
