@@ -227,8 +227,7 @@ def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputIn
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if pre.color == "GRAY" else "RGB")
-            img = img.resize((size[1], size[0]), Image.BILINEAR)
+            img = fit_image(img.convert("L" if pre.color == "GRAY" else "RGB"), size, pre)
             a = np.asarray(img, dtype=np.float32)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(Problem(f"cannot decode image: {exc}", file=str(path))) from None
@@ -244,6 +243,33 @@ def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputIn
         a = a / _per_channel(pre.std, channels, "std", path)
     a = a.transpose(2, 0, 1) if pre.layout == "NCHW" else a
     return np.ascontiguousarray(a[None]).astype(info.dtype if info.dtype.startswith("float") else np.float32)
+
+
+SHORT_SIDE_RATIO = 256 / 224  # torchvision's ImageNet recipe: resize to 256, crop 224
+
+
+def fit_image(img, size: tuple[int, int], pre: Preprocess):
+    """Bring a PIL image to `size` (height, width) the way `pre.resize` says (bilinear throughout)."""
+    from PIL import Image
+
+    h, w = size
+    if pre.resize == "stretch":
+        return img.resize((w, h), Image.BILINEAR)
+    iw, ih = img.size
+    if pre.resize == "short_side_crop":
+        short = pre.resize_short or round(max(h, w) * SHORT_SIDE_RATIO)
+        k = short / min(iw, ih)
+        rw, rh = max(w, round(iw * k)), max(h, round(ih * k))
+        img = img.resize((rw, rh), Image.BILINEAR)
+        left, top = (rw - w) // 2, (rh - h) // 2
+        return img.crop((left, top, left + w, top + h))
+    # letterbox: fit inside, keep the aspect ratio, pad around the centre
+    k = min(w / iw, h / ih)
+    rw, rh = max(1, round(iw * k)), max(1, round(ih * k))
+    fill = round(pre.pad_value)
+    canvas = Image.new(img.mode, (w, h), fill if img.mode == "L" else (fill,) * 3)
+    canvas.paste(img.resize((rw, rh), Image.BILINEAR), ((w - rw) // 2, (h - rh) // 2))
+    return canvas
 
 
 def _per_channel(values: list[float], channels: int, what: str, path: Path) -> np.ndarray:

@@ -160,8 +160,8 @@ def _data(s: _Section, d: dict) -> DataSpec:
         return src
 
     pre = d.get("preprocess") or {}
-    preprocess = Preprocess(**_given(pre, {"size": tuple, "layout": _same, "color": _same, "scale": float,
-                                           "mean": list, "std": list}))
+    preprocess = Preprocess(**_given(pre, {"size": tuple, "resize": _same, "resize_short": int, "pad_value": float,
+                                           "layout": _same, "color": _same, "scale": float, "mean": list, "std": list}))
     return DataSpec(source("calibration"), source("evaluation"), preprocess)
 
 
