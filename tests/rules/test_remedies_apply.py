@@ -19,5 +19,10 @@ def test_weights_get_no_int16_activations_and_no_per_channel_when_already_per_ch
         ["keep_float", "per_channel", "calibration_method"]
 
 
+def test_no_per_channel_when_the_recipe_already_has_it():
+    row = {"op_type": "Conv", "kind": "activation"}
+    assert "per_channel" not in applicable_remedies(ALL, row, weights_per_channel=True)
+
+
 def test_model_scope_rows_keep_every_remedy():
     assert applicable_remedies(ALL, {"verdict_failed": 1}) == ALL
