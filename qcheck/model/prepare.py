@@ -288,8 +288,8 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     notes = []
     named = name_unnamed_nodes(model)
     if named:
-        notes.append(f"{named} unnamed node(s) named after their op type and position (e.g. Conv_3), so that "
-                     f"findings, per-layer statistics and exclusions can name them")
+        notes.append(f"{len(named)} unnamed node(s) named after their op type and position (e.g. {named[0]}), so "
+                     f"that findings, per-layer statistics and exclusions can name them")
     model, note = upgrade_opset(model, source)
     if note:
         notes.append(note)
@@ -328,20 +328,21 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     )
 
 
-def name_unnamed_nodes(model: onnx.ModelProto) -> int:
-    """Give every unnamed node of the main graph a unique name, `<op_type>_<index>`; returns how many."""
+def name_unnamed_nodes(model: onnx.ModelProto) -> list[str]:
+    """Give every unnamed node of the main graph that computes (not Constant) a unique name,
+    `<op_type>_<index>`; returns the names given."""
     taken = {n.name for n in model.graph.node if n.name}
-    count = 0
+    given = []
     for i, node in enumerate(model.graph.node):
-        if node.name:
+        if node.name or node.op_type == "Constant":
             continue
         name, k = f"{node.op_type}_{i}", 1
         while name in taken:
             name, k = f"{node.op_type}_{i}_{k}", k + 1
         node.name = name
         taken.add(name)
-        count += 1
-    return count
+        given.append(name)
+    return given
 
 
 def flatten_row_biases(model: onnx.ModelProto) -> list[str]:
