@@ -286,10 +286,6 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
                                  f"the model's inputs are: {', '.join(sorted(names))}", file=str(source)))
     fix_input_shapes(model, shapes)
     notes = []
-    named = name_unnamed_nodes(model)
-    if named:
-        notes.append(f"{len(named)} unnamed node(s) named after their op type and position (e.g. {named[0]}), so "
-                     f"that findings, per-layer statistics and exclusions can name them")
     model, note = upgrade_opset(model, source)
     if note:
         notes.append(note)
@@ -305,9 +301,16 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     label = run_preprocess(fixed, prepared, source)
     final = onnx.load(str(prepared), load_external_data=False)
     external = any(i.data_location == TensorProto.EXTERNAL for i in final.graph.initializer)
-    flat = [] if external else flatten_row_biases(final)  # a model with external data is left as it is
-    if flat:
+    # a model with external data is left as it is; others: named nodes (ORT's optimizer adds unnamed ones too)
+    # and 1-D Gemm biases
+    named = [] if external else name_unnamed_nodes(final)
+    flat = [] if external else flatten_row_biases(final)
+    if named or flat:
         save_model(final, prepared)
+    if named:
+        notes.append(f"{len(named)} unnamed node(s) named after their op type and position (e.g. {named[0]}), so "
+                     f"that findings, per-layer statistics and exclusions can name them")
+    if flat:
         notes.append(f"{len(flat)} Gemm bias(es) of shape [1, N] made [N] (same numbers), so that ONNX Runtime "
                      f"can quantize their weights per channel: {', '.join(flat)}")
     op_counts: dict[str, int] = {}
