@@ -69,7 +69,9 @@ def diff_junit(d: dict) -> str:
 
 def run_markdown(results: dict, report: str | None = None) -> str:
     v = results["verdict"]
-    lines = [f"## qcheck: {results.get('title', '')} — {v['status'].upper()}", ""]
+    title = results.get("title", "")
+    title = title if title.startswith("qcheck") else f"qcheck: {title}"  # the default title says qcheck already
+    lines = [f"## {title} — {v['status'].upper()}", ""]
     if v["requirements"]:
         lines += ["| requirement | values | result |", "|---|---|---|"]
         for q in v["requirements"]:
