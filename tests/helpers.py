@@ -322,3 +322,46 @@ def one_matmul(path: Path, width: int = 16, seed: int = 0) -> Path:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], initializer=[w])
     return _save(graph, path)
+
+
+def byte_classifier(path: Path, seed: int = 0, vocab: int = 64, length: int = 8, dim: int = 16, hidden: int = 32,
+                    classes: int = 4, row_bias: bool = True, named: bool = True) -> Path:
+    """ids int32[1, length] -> Gather embedding -> LayerNorm -> MatMul+Add -> ReduceMean -> MatMul+Add -> Softmax.
+
+    With `row_bias` the classifier's Add adds a [1, classes] bias, as exporters often write it; ORT's
+    pre-processing fuses that MatMul+Add into a Gemm with a [1, classes] bias. `named=False` leaves the
+    nodes unnamed, as some exporters do.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "emb": rng.standard_normal((vocab, dim)), "ln_g": 1 + 0.1 * rng.standard_normal(dim), "ln_b": np.zeros(dim),
+        "w1": rng.standard_normal((dim, hidden)) * 0.3, "b1": rng.standard_normal(hidden) * 0.1,
+        "w2": rng.standard_normal((hidden, classes)) * 0.3,
+        "b2": rng.standard_normal((1, classes) if row_bias else classes) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+        helper.make_node("LayerNormalization", ["e", "ln_g", "ln_b"], ["n"], name="norm", axis=-1),
+        helper.make_node("MatMul", ["n", "w1"], ["m1"], name="proj"),
+        helper.make_node("Add", ["m1", "b1"], ["h"], name="proj_bias"),
+        helper.make_node("ReduceMean", ["h"], ["pooled"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w2"], ["m2"], name="cls"),
+        helper.make_node("Add", ["m2", "b2"], ["logits"], name="cls_bias"),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
+    ]
+    for node in nodes if not named else []:
+        node.name = ""
+    graph = helper.make_graph(
+        nodes, "byte_classifier", [helper.make_tensor_value_info("ids", TensorProto.INT32, [1, length])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, classes])],
+        initializer=[numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()])
+    return _save(graph, path, opset=17)
+
+
+def write_token_samples(folder: Path, n: int, length: int = 8, vocab: int = 64, seed: int = 1) -> Path:
+    """n samples of token ids, int32 [1, length]."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        np.save(folder / f"{i}.npy", rng.integers(0, vocab, (1, length)).astype(np.int32))
+    return folder

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,8 +98,8 @@ class ConfigRunner:
         n = min(max_batch, len(self.samples))
         if n < 2 or any(self.data[self.samples[0]][k].shape[0] != 1 for k in self.data[self.samples[0]]):
             return single, 1
-        try:
-            batched = self.sw.session(batched=True)
+        try:  # a probe: ORT's errors are expected on some models, so it runs quietly and the outcome is noted
+            batched = self.sw.session(batched=True, quiet=True)
             mask = self.sw.mask(default=True)
             chosen = [self.data[i] for i in self.samples[:n]]
             feed = stack(chosen)
@@ -110,11 +111,15 @@ class ConfigRunner:
             start = time.perf_counter()
             apart = [single.run(None, {**x, SWITCH_INPUT: mask}) for x in chosen]
             t_apart = time.perf_counter() - start
-        except Exception:  # ORT refuses a batch this model cannot take (a Reshape to batch 1, ...)
+        except Exception as exc:  # noqa: BLE001 -- ORT refuses a batch this model cannot take (a Reshape to batch 1, ...)
+            self._note(f"samples ran one at a time: the model does not take a batch of {n} "
+                       f"(ONNX Runtime: {_ort_reason(exc)}); the results are the same, only slower")
             return single, 1
         for o, value in enumerate(together):
             expect = np.concatenate([a[o] for a in apart], axis=0)
             if value.shape != expect.shape or not np.allclose(value, expect, rtol=1e-4, atol=1e-5 * (np.abs(expect).max() + 1)):
+                self._note(f"samples ran one at a time: a batch of {n} gave other values than the same samples "
+                           "one by one; the results are the same, only slower")
                 return single, 1
         # Batching is not always faster on a CPU (fixed-shape kernels and layouts are lost): keep what measured faster.
         return (batched, n) if t_batch < 0.9 * t_apart or self.batch_if_slower else (single, 1)
@@ -176,7 +181,7 @@ class ConfigRunner:
         needed = sorted({n for s in suffixes.values() for n in s.inputs if n not in self.feeds[0]})
         wanted = self.outputs + [n for n in needed if n not in self.outputs]
         try:
-            base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model")
+            base = make_session(self._maybe_batched(base_model(self.sw.model, needed)), "float base model", quiet=True)
             for b, feed in enumerate(self.feeds):
                 values = dict(zip(wanted, base.run(wanted, feed)))
                 if not all(isinstance(v, np.ndarray) for v in values.values()):
@@ -197,7 +202,7 @@ class ConfigRunner:
         """One session per worker on the group's suffix; None (the group runs on the full model) when ORT refuses it."""
         try:
             model = typed(suffix, values, self.batch > 1)
-            return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0)
+            return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0, quiet=True)
                     for _ in range(self.workers)]
         except Exception as exc:  # noqa: BLE001 -- as above: slower, not wrong
             self._note(f"a suffix copy could not be built ({first_line(exc)}); "
@@ -234,6 +239,13 @@ class ConfigRunner:
         if self.batch > 1:
             free_batch_dimension(model)
         return model
+
+
+def _ort_reason(exc: Exception) -> str:
+    """ORT's run error without its source path: "Reshape node 'r': The input tensor cannot be reshaped ..."."""
+    text = first_line(exc)
+    m = re.search(r"running (\w+) node\. Name:'([^']*)' Status Message: (?:\S+:\d+ .*? was false\. )?(.*)", text)
+    return f"{m[1]} node '{m[2]}': {m[3]}" if m else text
 
 
 def sample_labels(data: DataSet, samples: list[int]) -> list[str]:

@@ -84,8 +84,9 @@ class SwitchableModel:
         off += [k for k, who in users.items() if who <= keep]
         return self.mask(off=off, default=True)
 
-    def session(self, extra_outputs: list[str] | None = None, batched: bool = False):
-        """A session on the model; `batched`: the inputs' first dimension is free, to run several samples at once."""
+    def session(self, extra_outputs: list[str] | None = None, batched: bool = False, quiet: bool = False):
+        """A session on the model; `batched`: the inputs' first dimension is free, to run several samples at once;
+        `quiet`: ORT logs nothing (a probe whose failure the caller records)."""
         model = self.model
         if extra_outputs or batched:
             model = onnx.ModelProto()
@@ -98,7 +99,7 @@ class SwitchableModel:
                 if name not in present:
                     model.graph.output.append(onnx.ValueInfoProto(name=name))
                     present.add(name)
-        return make_session(model, "switchable emulation model")
+        return make_session(model, "switchable emulation model", quiet=quiet)
 
 
 def free_batch_dimension(model: onnx.ModelProto) -> None:

@@ -16,4 +16,8 @@ def cmd_diff(args) -> int:
         raise QcheckError("--tolerance must be >= 0")
     d = diff_runs(load_run(args.a), load_run(args.b), args.tolerance)
     print(json.dumps(encode(d), indent=1) if args.json else format_diff(d))
+    if args.junit or args.summary_md:
+        from qcheck.cli.ci_outputs import diff_junit, diff_markdown, write_outputs
+
+        write_outputs(args.junit, diff_junit(d), args.summary_md, diff_markdown(d))
     return exit_codes.FAIL if d["fails"] else exit_codes.PASS

@@ -166,6 +166,7 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
         size = shape[2:4] if layout == "NCHW" else shape[1:3]
         add("  preprocess:                    # must match the training / deployment pipeline")
         add(f"    size: [{size[0]}, {size[1]}]                # [height, width] to resize to")
+        add("    resize: stretch                # or short_side_crop (classifiers), letterbox (detectors)")
         add(f"    layout: {layout}")
         add(f"    color: {'GRAY' if channels == 1 else 'RGB'}                   # or BGR (OpenCV-based pipelines)")
         add("    scale: 0.00392156862745098     # 1/255: pixels to [0, 1]")

@@ -12,6 +12,7 @@ from qcheck.cli import exit_codes
 EPILOG_RUN = """example:
   qcheck run examples/ppocr-det/qcheck.yaml
   qcheck run policy.yaml --out reports/today --quiet
+  qcheck run policy.yaml --junit qcheck.junit.xml --summary-md qcheck.md   # in CI
 
 exit codes: 0 requirements hold, 1 they do not, 2 policy/model/data error, 3 qcheck bug"""
 
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     run.add_argument("--json", action="store_true",
                      help="print the verdict and summary as JSON on stdout, and progress as JSON lines on stderr")
+    run.add_argument("--junit", type=Path, metavar="FILE",
+                     help="also write a JUnit XML file: one test case per require: line and per error-severity "
+                          "finding (for CI test reporters)")
+    run.add_argument("--summary-md", type=Path, metavar="FILE",
+                     help="also write a Markdown summary for a PR comment; appended to $GITHUB_STEP_SUMMARY when set")
 
     rep = sub.add_parser("report", help="re-render a report from results.json",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -127,4 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allowed worsening: absolute for cosine and top-k agreement, relative to A's value for the "
                          "others (default 0.001)")
     df.add_argument("--json", action="store_true", help="print the diff as JSON")
+    df.add_argument("--junit", type=Path, metavar="FILE",
+                    help="also write a JUnit XML file: one test case per metric, per new error finding and for "
+                         "the verdict (for CI test reporters)")
+    df.add_argument("--summary-md", type=Path, metavar="FILE",
+                    help="also write a Markdown summary for a PR comment; appended to $GITHUB_STEP_SUMMARY when set")
     return p

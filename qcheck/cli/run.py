@@ -7,7 +7,7 @@ import json
 from qcheck import __version__
 from qcheck.cli import exit_codes
 from qcheck.cli.progress import Reporter
-from qcheck.cli.summary import json_summary, text_summary
+from qcheck.cli.summary import json_summary, report_path, text_summary
 
 
 def cmd_run(args) -> int:
@@ -20,7 +20,12 @@ def cmd_run(args) -> int:
     try:
         results = run(policy, out=args.out, console=Console(log=term.log, progress=term.progress))
     finally:
-        term.finish()
+        term.close()
+    if args.junit or args.summary_md:
+        from qcheck.cli.ci_outputs import run_junit, run_markdown, write_outputs
+
+        write_outputs(args.junit, run_junit(results), args.summary_md,
+                      run_markdown(results, report_path(results.get("output_folder"))))
     status = results["verdict"]["status"]
     if args.json:
         print(json.dumps(json_summary(results), indent=1, default=str))

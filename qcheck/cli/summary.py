@@ -68,12 +68,23 @@ def text_summary(results: dict) -> str:
         elif search["status"] == "failed":
             lines.append(f"search ({search['strategy']}, {search['trials']} trials): nothing meets the requirements "
                          f"within the budget; recommended: {search['recommendation']['action']}")
+    from qcheck.results.next_step import next_step
+
+    lines.append(f"next step: {next_step(results)['action']}")
     folder = results.get("output_folder")
     if folder:
         names = sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
         report = [n for n in ("report.pdf", "report.html") if n in names]
         lines.append(f"report: {Path(folder) / report[0] if report else folder}  (in that folder: {', '.join(names)})")
     return "\n".join(lines)
+
+
+def report_path(folder: str | None) -> str | None:
+    """The run's report (HTML first: it opens anywhere), or None."""
+    if not folder:
+        return None
+    found = [Path(folder) / n for n in ("report.html", "report.pdf") if (Path(folder) / n).exists()]
+    return str(found[0]) if found else None
 
 
 def fmt(value) -> str:

@@ -15,7 +15,7 @@ def cmd_validate(args) -> int:
     try:
         summary = validate(args.policy, progress=term.progress)
     finally:
-        term.finish()
+        term.close()
     if args.json:
         print(json.dumps({"valid": True, **summary}, indent=1))
     elif not args.quiet:

@@ -106,8 +106,10 @@ def detect_format(path: Path, inputs: list[InputInfo]) -> str:
                             file=str(path), hint="use .npy, .npz or image files, or set `format:`"))
 
 
-def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preprocess) -> DataSet:
-    """The samples of a data source; checks the layout and the first sample before anything runs."""
+def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preprocess,
+              check_first: bool = True) -> DataSet:
+    """The samples of a data source; checks the layout and (unless told not to: `qcheck validate`
+    checks every sample itself) the first sample before anything runs."""
     path = source.path
     try:
         mode = path.stat().st_mode
@@ -131,7 +133,8 @@ def open_data(source: DataSource, inputs: list[InputInfo], preprocess: Preproces
     if source.limit:
         samples = samples[: source.limit]
     data = DataSet(path, fmt, samples, inputs)
-    data[0]  # fail early, before any model runs, if the first sample does not fit
+    if check_first:
+        data[0]  # fail early, before any model runs, if the first sample does not fit
     return data
 
 
@@ -273,7 +276,7 @@ def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputIn
                 if img.width * img.height > limit:
                     raise Image.DecompressionBombError(f"{img.width}x{img.height}")
                 img = img.convert("L" if pre.color == "GRAY" else "RGB")
-            img = img.resize((size[1], size[0]), Image.BILINEAR)
+            img = fit_image(img, size, pre)
             a = np.asarray(img, dtype=np.float32)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(Problem(f"the image is larger than {limit:,} pixels (the limit guards against decompression "
@@ -293,6 +296,33 @@ def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputIn
         a = a / _per_channel(pre.std, channels, "std", path)
     a = a.transpose(2, 0, 1) if pre.layout == "NCHW" else a
     return np.ascontiguousarray(a[None]).astype(info.dtype if info.dtype.startswith("float") else np.float32)
+
+
+SHORT_SIDE_RATIO = 256 / 224  # torchvision's ImageNet recipe: resize to 256, crop 224
+
+
+def fit_image(img, size: tuple[int, int], pre: Preprocess):
+    """Bring a PIL image to `size` (height, width) the way `pre.resize` says (bilinear throughout)."""
+    from PIL import Image
+
+    h, w = size
+    if pre.resize == "stretch":
+        return img.resize((w, h), Image.BILINEAR)
+    iw, ih = img.size
+    if pre.resize == "short_side_crop":
+        short = pre.resize_short or round(max(h, w) * SHORT_SIDE_RATIO)
+        k = short / min(iw, ih)
+        rw, rh = max(w, round(iw * k)), max(h, round(ih * k))
+        img = img.resize((rw, rh), Image.BILINEAR)
+        left, top = (rw - w) // 2, (rh - h) // 2
+        return img.crop((left, top, left + w, top + h))
+    # letterbox: fit inside, keep the aspect ratio, pad around the centre
+    k = min(w / iw, h / ih)
+    rw, rh = max(1, round(iw * k)), max(1, round(ih * k))
+    fill = round(pre.pad_value)
+    canvas = Image.new(img.mode, (w, h), fill if img.mode == "L" else (fill,) * 3)
+    canvas.paste(img.resize((rw, rh), Image.BILINEAR), ((w - rw) // 2, (h - rh) // 2))
+    return canvas
 
 
 def _per_channel(values: list[float], channels: int, what: str, path: Path) -> np.ndarray:

@@ -137,6 +137,7 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
         producer = producer_of[n]
         rec = _record(n, "activation", producer.name, producer.op_type, order.get(n, -1), dtype)
         rec.whole = whole[n].result()
+        rec.per_layer_missing = f"the {scheme} model is compared by tensor name: whole-model errors only"
         rec.distribution = dist[n].result()
         records.append(rec)
     for index, rec in enumerate(sorted(records, key=lambda r: r.order)):
@@ -153,7 +154,7 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
             wdtype = "float16" if scheme == "float16" else "int8"
             rec = _record(name, kind, node.name if node else "", node.op_type if node else "",
                           order.get(node.output[0], -1) if node else -1, wdtype)
-            rec.whole = acc.result()
+            rec.local = rec.whole = acc.result()  # a weight is compared directly: its own error either way
             records.append(rec)
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
     notes = [f"{scheme} model: {len(names)} intermediate tensor(s) matched to the float model by name; whole-model "

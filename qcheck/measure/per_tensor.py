@@ -71,16 +71,20 @@ class TensorRecord:
     is_output: bool = False
     input_range_ratio: float | None = None  # widest / narrowest calibrated range among the producer's inputs
     weight_error_share: float | None = None  # share of the per-layer error the weights alone cause
+    per_layer_missing: str | None = None  # why the per-layer columns are empty (null), when they are
 
     def row(self) -> dict:
-        """Flat dict: plain names for the local (per-layer) statistics, whole_* for whole-model ones."""
+        """Flat dict: plain names for the local (per-layer) statistics, whole_* for whole-model ones.
+
+        A per-layer column holds a per-layer value or null (`per_layer_missing` says why), never a
+        whole-model value: rules read them and must not fire on something else."""
         out = {k: getattr(self, k) for k in ("name", "kind", "node", "op_type", "order", "dtype", "scale",
                                               "zero_point", "per_channel", "range", "calib_min", "calib_max")}
         local = asdict(self.local) if self.local else {}
         whole = asdict(self.whole) if self.whole else {}
         for key in ("num_elements", "mean_error", "stddev", "max_abs_error", "mean_abs_error", "mean_squared_error",
                     "rmse", "rmse_scale", "cosine", "sqnr"):
-            out[key] = local.get(key, whole.get(key))
+            out[key] = local.get(key)
         # distribution facts come from the true float model's tensor
         for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
             out[key] = whole.get(key, local.get(key))
@@ -89,7 +93,7 @@ class TensorRecord:
         dist = asdict(self.distribution) if self.distribution else {}
         for key in ("skewness", "kurtosis", "bimodality", "channels", "channel_range_ratio", "worst_channel"):
             out[key] = dist.get(key)
-        for key in ("layer_index", "is_output", "input_range_ratio", "weight_error_share"):
+        for key in ("layer_index", "is_output", "input_range_ratio", "weight_error_share", "per_layer_missing"):
             out[key] = getattr(self, key)
         return out
 
@@ -161,7 +165,8 @@ def measure(
                    if t.name not in sessions.twin.outputs and index.producer.get(t.name) is not None]
         if missing:
             notes.append(f"per-layer statistics are not available for {len(missing)} tensor(s) whose producer could not "
-                         f"be replayed in float (e.g. {missing[0]}); their whole-model statistics are reported")
+                         f"be replayed in float (e.g. {missing[0]}); their per-layer columns are empty and no rule "
+                         f"reads them; their whole-model columns are measured")
     acc = _accumulators(activations, float_model, index, sessions.twin, want_dist)
     compared = compare_outputs(outputs, metrics, tasks)  # task metrics come as `tasks`
     for i in range(len(data)):
@@ -251,12 +256,17 @@ def _activation_records(activations: list[QuantizedTensor], acc: _Accumulators, 
         if "local" in modes:
             # graph inputs have no producer: their local error is their own rounding
             rec.local = acc.local[t.name].result() if local_has else (whole if producer is None else None)
+            if rec.local is None:
+                rec.per_layer_missing = (f"its producer ({producer.op_type} '{producer.name}') could not be replayed "
+                                         "in float with the quantized run's inputs")
             if rec.local is not None and rec.whole is None:
                 for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
                     setattr(rec.local, key, getattr(whole, key))
             if t.name in acc.weight_err and rec.local is not None and rec.local.mean_squared_error > 0:
                 rec.weight_error_share = (acc.weight_err[t.name].result().mean_squared_error
                                           / rec.local.mean_squared_error)
+        else:
+            rec.per_layer_missing = "per-layer mode is off (measure.modes)"
         if producer is not None:
             rec.input_range_ratio = _input_range_ratio(producer, ranges)
         records.append(rec)

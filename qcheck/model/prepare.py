@@ -314,8 +314,20 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     prepared = workdir / "float.onnx"
     label = run_preprocess(fixed, prepared, source)
     final = onnx.load(str(prepared), load_external_data=False)
-    if name_nodes(final):  # external data (large models) stay where they are: only the graph is written again
-        onnx.save_model(final, str(prepared))
+    external = any(i.data_location == TensorProto.EXTERNAL for i in final.graph.initializer)
+    named = name_nodes(final)
+    flat = [] if external else flatten_row_biases(final)  # external data stay where they are
+    if named or flat:  # with external data, only the graph is written again
+        if external:
+            onnx.save_model(final, str(prepared))
+        else:
+            save_model(final, prepared)
+    if named:
+        notes.append(f"{len(named)} unnamed node(s) named after their op type and the tensor they write (e.g. "
+                     f"{named[0]}), so that findings, per-layer statistics and exclusions can name them")
+    if flat:
+        notes.append(f"{len(flat)} Gemm bias(es) of shape [1, N] made [N] (same numbers), so that ONNX Runtime "
+                     f"can quantize their weights per channel: {', '.join(flat)}")
     op_counts: dict[str, int] = {}
     for n in final.graph.node:
         op_counts[n.op_type] = op_counts.get(n.op_type, 0) + 1
@@ -334,12 +346,12 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     )
 
 
-def name_nodes(model: onnx.ModelProto) -> bool:
+def name_nodes(model: onnx.ModelProto) -> list[str]:
     """Give every node a stable, unique, printable name: a node without one (exporters leave them empty; ORT's
     pre-processing adds some, e.g. a Flatten) or sharing one is named after what it writes, `op:first_output`.
-    Returns whether anything was renamed."""
+    Returns the names given."""
     seen: set[str] = set()
-    changed = False
+    given = []
     for n in model.graph.node:
         name = n.name
         if not name or name in seen:
@@ -348,9 +360,31 @@ def name_nodes(model: onnx.ModelProto) -> bool:
             while name in seen:
                 k += 1
                 name = f"{base}#{k}"
-            n.name, changed = name, True
+            n.name = name
+            given.append(name)
         seen.add(name)
-    return changed
+    return given
+
+
+def flatten_row_biases(model: onnx.ModelProto) -> list[str]:
+    """Reshape [1, N] Gemm biases that feed nothing else to [N], in place; returns their names.
+
+    ORT's MatMul+Add fusion keeps the Add's [1, N] shape; ORT's per-channel quantizer then fails on it
+    (see quantize.calibrate.per_tensor_fallbacks). [1, N] and [N] broadcast alike in Gemm.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    done = []
+    for node in model.graph.node:
+        bias = inits.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 else None
+        if bias is None or len(bias.dims) != 2 or bias.dims[0] != 1 or uses[bias.name] != 1:
+            continue
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias).reshape(-1), bias.name))
+        done.append(bias.name)
+    return done
 
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:

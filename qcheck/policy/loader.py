@@ -186,8 +186,8 @@ def _data(s: _Section, d: dict) -> DataSpec:
         return src
 
     pre = d.get("preprocess") or {}
-    preprocess = Preprocess(**_given(pre, {"size": tuple, "layout": _same, "color": _same, "scale": float,
-                                           "mean": list, "std": list}))
+    preprocess = Preprocess(**_given(pre, {"size": tuple, "resize": _same, "resize_short": int, "pad_value": float,
+                                           "layout": _same, "color": _same, "scale": float, "mean": list, "std": list}))
     return DataSpec(source("calibration"), source("evaluation"), preprocess)
 
 
@@ -248,10 +248,7 @@ def _require(s: _Section, lines: list, metrics: dict[str, MetricSpec]) -> list[R
             require.append(Requirement(text, Expression(text, known_names=known, requirement=True), s.at("require", i),
                                        s.file))
         except ExprError as exc:
-            hint = None
-            if len(exc.args) > 1:
-                guess = difflib.get_close_matches(exc.args[1], sorted(known), n=1)
-                hint = f"did you mean '{guess[0]}'?" if guess else f"known names: {', '.join(sorted(known))}"
+            hint = _unknown_name_hint(exc.args[1], known) if len(exc.args) > 1 else None
             s.problem(f"require: {exc.args[0]}", ("require", i), hint=hint)
     return require
 
@@ -371,3 +368,15 @@ def _analyses(value: Any) -> AnalysesSpec:
     spec.focus_nodes = int((d or {}).get("nodes", spec.focus_nodes))
     spec.tolerance = float((k or {}).get("tolerance", spec.tolerance))
     return spec
+
+
+def _unknown_name_hint(name: str, known: set[str]) -> str:
+    """A `require:` name that is not known: a built-in misspelt gets a did-you-mean; any other name most
+    likely is a metric the policy has not declared yet."""
+    guess = difflib.get_close_matches(name, sorted(known), n=1)
+    if name.split(".")[0] in ("model", "findings"):
+        return f"did you mean '{guess[0]}'?" if guess else f"known names: {', '.join(sorted(known))}"
+    base = name.split(".")[0]
+    hint = (f"declare '{base}' under `metrics:` first, e.g. `{base}: {{output: <output name>, metric: top1}}` or "
+            f"a task metric (`task: classification`, ...; docs/policy.md)")
+    return hint + (f"; or did you mean '{guess[0]}'?" if guess else "")

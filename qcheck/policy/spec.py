@@ -41,6 +41,9 @@ class DataSource:
 @dataclass
 class Preprocess:
     size: tuple[int, int] | None = None
+    resize: str = "stretch"  # stretch, short_side_crop, letterbox
+    resize_short: int | None = None
+    pad_value: float = 114.0
     layout: str = "NCHW"
     color: str = "RGB"
     scale: float = 1.0 / 255.0

@@ -14,20 +14,24 @@ COMMON = ("task", "output", "slice")
 
 # task -> (accepted keys besides COMMON, value names (primary first), value names that need labels)
 TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "classification": (("k", "class_axis", "labels"),
+    "classification": (("k", "class_axis", "labels", "batch_axis"),
                        ("top1", "topk", "accuracy_float", "accuracy_quant", "accuracy_drop"),
                        ("accuracy_float", "accuracy_quant", "accuracy_drop")),
     "detection": (("axis", "boxes", "scores", "boxes_output", "scores_output", "box_format", "score_threshold",
-                   "nms_iou", "match_iou", "max_detections"),
+                   "nms_iou", "match_iou", "max_detections", "batch_axis"),
                   ("f1", "precision", "recall", "score_max_error", "score_mean_error"), ()),
-    "ctc": (("blank", "time_axis", "class_axis", "charset", "labels"),
+    "ctc": (("blank", "time_axis", "class_axis", "charset", "labels", "batch_axis"),
             ("string_agreement", "step_agreement", "cer", "cer_float", "cer_quant", "accuracy_float",
              "accuracy_quant"),
             ("cer_float", "cer_quant", "accuracy_float", "accuracy_quant")),
-    "segmentation": (("threshold", "class_axis"), ("iou", "pixel_agreement"), ()),
-    "regression": (("peak",), ("max_abs", "mean_abs", "relative", "psnr"), ()),
+    "segmentation": (("threshold", "class_axis", "batch_axis"), ("iou", "pixel_agreement"), ()),
+    "regression": (("peak", "batch_axis"), ("max_abs", "mean_abs", "relative", "psnr"), ()),
     "python": (("function", "values", "timeout"), (), ()),
 }
+
+# options that name an axis of the output; with `batch_axis`, they count axes on the output as the model
+# returns it (measure.tasks.base moves the batch axis first and renumbers them)
+AXIS_OPTIONS = ("time_axis", "class_axis", "axis")
 
 # which way each value is better, and its ideal value: policy/metric_names.py (TASK_VALUES)
 

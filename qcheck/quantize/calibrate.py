@@ -176,6 +176,31 @@ def quantizable_op_types(exclude_op_types=()) -> list[str]:
     return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - set(exclude_op_types))
 
 
+# ONNX Runtime's per-channel bias check (QDQQuantizer._adjust_weight_scale_for_int32_bias) reads the
+# bias of a Gemm or Conv as 1-D, one value per output channel; any other bias ends in "The truth value
+# of an array with more than one element is ambiguous". model.prepare flattens the [1, N] biases that
+# ORT's own MatMul+Add fusion makes; the weight of any other such node is quantized per tensor.
+_BIAS_INPUT = {"Gemm": 2, "Conv": 2, "ConvTranspose": 2}
+
+
+def per_tensor_fallbacks(model: onnx.ModelProto, recipe: Recipe) -> dict[str, str]:
+    """Weights ONNX Runtime cannot quantize per channel in this model -> why (they are quantized per tensor)."""
+    if not recipe.per_channel:
+        return {}
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        b = _BIAS_INPUT.get(node.op_type)
+        if b is None or len(node.input) <= b or node.input[b] not in inits or node.input[1] not in inits:
+            continue
+        dims = list(inits[node.input[b]].dims)
+        if len(dims) != 1:
+            out[node.input[1]] = (f"weight {node.input[1]} of {node.op_type} {node.name or '(unnamed)'} is quantized "
+                                  f"per tensor: its bias is {dims}, and ONNX Runtime quantizes a weight per channel "
+                                  f"only with a 1-D bias")
+    return out
+
+
 def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path: Path,
                     keep_removable_activations: bool = False, source: Path | None = None) -> Path:
     """Quantize `float_model` with ORT's QDQ quantizer using precomputed ranges.
@@ -206,6 +231,8 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
             if bound in entry:
                 entry[bound] = np.float32(entry[bound])
         overrides[tensor] = [entry]
+    for weight in per_tensor_fallbacks(model, recipe):  # an override without "axis" makes ORT go per tensor
+        overrides.setdefault(weight, [{"symmetric": True}])
     extra = {
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
@@ -230,7 +257,10 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
     except Exception as exc:
         raise ModelError(Problem(f"ONNX Runtime could not quantize the model: {type(exc).__name__}: "
                                  f"{first_line(exc, {float_model: source or 'the model'})}",
-                                 file=str(source) if source else None)) from exc
+                                 file=str(source) if source else None,
+                                 hint="try quantization.per_channel: false, or exclude the node named in the "
+                                      "error (quantization.exclude)" if recipe.per_channel else
+                                      "exclude the node named in the error (quantization.exclude)")) from exc
     out_path.parent.mkdir(parents=True, exist_ok=True)
     quantizer.model.save_model_to_file(str(out_path), quantizer.model.model.ByteSize() > 2**31 - 2**21)
     return out_path

@@ -33,7 +33,14 @@ from onnx import TensorProto, numpy_helper
 from qcheck.errors import ModelError, PolicyError, Problem, first_line
 from qcheck.model.graph import GraphIndex
 from qcheck.policy.schemes import CALIBRATED, SCHEMES
-from qcheck.quantize.calibrate import QUANT_TYPES, Ranges, Recipe, build_quantized, quantizable_op_types
+from qcheck.quantize.calibrate import (
+    QUANT_TYPES,
+    Ranges,
+    Recipe,
+    build_quantized,
+    per_tensor_fallbacks,
+    quantizable_op_types,
+)
 
 # Ops that only read a tensor's shape or produce integers: never "float compute".
 _SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "NonZero", "ArgMax", "ArgMin"}
@@ -151,7 +158,7 @@ def _build_calibrated(scheme: str, float_model: Path, out_path: Path, recipe: Re
         raise ModelError(_float_island_problem(float_ops))
     if scheme != "int8-only":
         qpath = build_quantized(float_model, ranges, recipe, out_path, source=source)
-        notes = []
+        notes = list(per_tensor_fallbacks(model, recipe).values())
         if scheme == "a16w8":
             notes.append("ONNX Runtime's CPU has no int16 kernels: the int16 Q/DQ pairs are run as float ops, so the "
                          "accuracy is that of 16x8 hardware but the latency here is not")

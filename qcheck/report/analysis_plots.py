@@ -81,7 +81,7 @@ def distribution(dist: dict) -> str | None:
     a.set_yscale("log")
     a.set_xlabel(f"value of {dist['tensor'][:40]}")
     a.set_ylabel("count (log)")
-    a.legend(frameon=False, fontsize=6.5)
+    a.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False, fontsize=6.5)  # above: never on the lines
     e_edges = np.asarray(dist["error_edges"])
     b.bar((e_edges[:-1] + e_edges[1:]) / 2, dist["error_counts"], width=e_edges[1] - e_edges[0], color=INK, linewidth=0)
     b.set_yscale("log")

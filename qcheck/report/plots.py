@@ -132,6 +132,10 @@ def search_tradeoff(results: dict) -> str | None:
     if chosen is not None:
         ax.scatter([chosen[axis]], [gap[chosen["id"]]], marker="*", color=ACCENT, s=90, zorder=5, label="chosen")
     ax.set_yscale("symlog", linthresh=1e-3)
+    # symlog leaves the axis bare when the values span little: put 0 and the powers of ten they reach
+    top = max(gap.values(), default=1.0)
+    ticks = [0.0] + [10.0 ** k for k in range(-3, math.ceil(math.log10(max(top, 1e-3))) + 1)]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel("median latency on this machine (ms; finalists only)" if axis == "latency_ms"
                   else f"cost on target '{search['target']}' (profile units)")
     ax.set_ylabel("shortfall from the requirements\n(0 = all hold)")

@@ -17,6 +17,7 @@ from qcheck.report import plots
 from qcheck.report.analysis_plots import analysis_plots
 from qcheck.report.template_check import check_templates, from_user_template, template_problem
 from qcheck.resources import templates_dir
+from qcheck.results.next_step import next_step, partial_float_rows
 
 
 def _num(value, digits: int = 3) -> str:
@@ -128,9 +129,31 @@ def build_context(results: dict) -> dict:
     worst = sorted((t for t in acts if isinstance(t.get("rmse_scale"), float) and math.isfinite(t["rmse_scale"])),
                    key=lambda t: -t["rmse_scale"])[:25]
     figures = {k: svg_data_uri(v) for k, v in plots.all_plots(results).items()}
+    _, _, measured_worse = partial_float_rows(results)
     return {"r": results, "groups": groups, "worst": worst, "figures": figures,
+            "next_step": next_step(results), "worst_sample": worst_sample(results),
+            "measured_worse": {r["label"] for r in measured_worse},
+            "odd_values": odd_values(results["tensors"]),
             "analysis_figures": _uris(analysis_plots(results)),
             "n_activations": len(acts), "n_weights": len(results["tensors"]) - len(acts)}
+
+
+def worst_sample(results: dict) -> dict | None:
+    """The lowest per-sample output cosine: {cosine, output, sample (0-based evaluation index)}."""
+    best = None
+    for o in results["model_metrics"]["outputs"]:
+        for i, c in enumerate(o.get("per_sample_cosine") or []):
+            if isinstance(c, float) and math.isfinite(c) and (best is None or c < best["cosine"]):
+                best = {"cosine": c, "output": o["name"], "sample": i}
+    return best
+
+
+def odd_values(tensors: list[dict]) -> dict[str, int]:
+    """How many tensors show rmse/scale = inf (zero scale) and cosine = NaN (a zero tensor): the report explains them."""
+    def count(key, test):
+        return sum(1 for t in tensors for k in (key, "whole_" + key)
+                   if isinstance(t.get(k), float) and test(t[k]))
+    return {"inf_rmse_scale": count("rmse_scale", math.isinf), "nan_cosine": count("cosine", math.isnan)}
 
 
 def _uris(value):

@@ -51,6 +51,7 @@ TENSOR_STATISTICS: dict[str, str] = {
     "layer_index": "rank of the producing layer among quantized layers in graph order (0 = first)",
     "is_output": "true for a model output",
     "input_range_ratio": "widest / narrowest calibrated range among the producing node's inputs (Concat, Add ...)",
+    "per_layer_missing": "why the per-layer columns are empty (null) for this tensor, when they are",
     # node sensitivity (analyses): the node this tensor belongs to, quantized alone on the emulation model
     "sensitivity_rank": "rank of the node in the sensitivity ranking (1 = quantizing it alone hurts the outputs most)",
     "sensitivity_cosine": "worst output cosine with only this node quantized",

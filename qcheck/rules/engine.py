@@ -393,8 +393,10 @@ def applies_to_scheme(rule: Rule, scheme: str | None) -> bool:
     return not (scheme and rule.schemes and scheme not in rule.schemes)
 
 
-def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | None = None) -> list[Finding]:
-    """Findings of every tensor-, node- and output-scope rule; see `sort_findings` for the order."""
+def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | None = None,
+             weights_per_channel: bool = False) -> list[Finding]:
+    """Findings of every tensor-, node- and output-scope rule; see `sort_findings` for the order.
+    `weights_per_channel`: the recipe already quantizes weights per channel (so no finding proposes it)."""
     findings = []
     for rule in rules:
         if rule.scope == "model" or not applies_to_scheme(rule, scheme):
@@ -409,7 +411,7 @@ def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | Non
                 continue
             if not fires:
                 continue
-            f = _finding(rule, row, target)
+            f = _finding(rule, row, target, weights_per_channel)
             if rule.scope == "node":
                 best = per_node.get(row["node"])
                 if best is None or f.score > best.score:
@@ -473,7 +475,7 @@ def _score(rule: Rule, row: dict, env: dict, evidence: dict) -> float:
     return 0.0
 
 
-def _finding(rule: Rule, row: dict, target: str | None) -> Finding:
+def _finding(rule: Rule, row: dict, target: str | None, weights_per_channel: bool = False) -> Finding:
     env = {**row, **rule.params}
     # declared evidence first (the first one orders findings within a rule by default), then what `when` reads
     evidence = {n: row.get(n) for n in dict.fromkeys(rule.evidence + sorted(rule.when.names - set(rule.params)))}
@@ -485,8 +487,29 @@ def _finding(rule: Rule, row: dict, target: str | None) -> Finding:
     return Finding(
         code=rule.code, rule=rule.name, severity=rule.severity, scope=rule.scope,
         message=render_message(rule.message, env), evidence=evidence, params=dict(rule.params),
-        remedies=remedies_for(rule.remedies, target), score=_score(rule, row, env, evidence), **where,
+        remedies=applicable_remedies(remedies_for(rule.remedies, target), row, weights_per_channel), score=_score(rule, row, env, evidence), **where,
     )
+
+
+# ops whose weights ONNX Runtime can quantize per channel: per_channel changes nothing on any other node
+PER_CHANNEL_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def applicable_remedies(remedies: list[str], row: dict, weights_per_channel: bool = False) -> list[str]:
+    """The remedies that can change something where the finding is: no per_channel for a node without
+    weights (Relu, GlobalAveragePool ...), for a weight already per channel or when the recipe already
+    quantizes weights per channel; no int16 activations for a weight. Model-scope rows (no op_type) keep
+    them all."""
+    out = []
+    for remedy in remedies:
+        if remedy == "per_channel" and "op_type" in row and (
+                weights_per_channel or row["op_type"] not in PER_CHANNEL_OPS
+                or (row.get("kind") == "weight" and row.get("per_channel"))):
+            continue
+        if remedy == "int16_activations" and row.get("kind") in ("weight", "bias"):
+            continue
+        out.append(remedy)
+    return out
 
 
 class _Values(dict):

@@ -93,7 +93,8 @@ def judge_built(built: BuiltScheme, m: Measurement, policy: Policy, rules: list[
                 qmap: QDQMap | None = None, kinds: dict | None = None, rows: list[dict] | None = None) -> SchemeRun:
     """Rules and requirements on a measured scheme; `rows` when the caller added statistics to them."""
     rows = rows if rows is not None else [t.row() for t in m.tensors]
-    findings = evaluate(rules, rows, policy.target, scheme=built.scheme)
+    findings = evaluate(rules, rows, policy.target, scheme=built.scheme,
+                        weights_per_channel=bool(built.recipe is not None and built.recipe.per_channel))
     aggregate = aggregate_model_metrics(m.outputs)
     env = requirement_env(aggregate, m.user_metrics, count_by_severity(findings), m.tasks)
     # model-scope rules (QC111, QC112) read whether the requirements hold on the other findings

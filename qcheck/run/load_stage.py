@@ -60,9 +60,11 @@ def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = 
             info.shape = list(policy.inputs[info.name])
     shapes = input_shapes(policy, inputs)
     static = [InputInfo(i.name, list(shapes[i.name]), i.dtype) for i in inputs]
-    calibration = open_data(policy.data.calibration, static, policy.data.preprocess) if policy.data.calibration else None
-    evaluation = (open_data(policy.data.evaluation, static, policy.data.preprocess) if policy.data.evaluation
-                  else calibration)
+    first = work is not None  # a run checks each set's first sample now; validate reads every sample itself
+    calibration = (open_data(policy.data.calibration, static, policy.data.preprocess, check_first=first)
+                   if policy.data.calibration else None)
+    evaluation = (open_data(policy.data.evaluation, static, policy.data.preprocess, check_first=first)
+                  if policy.data.evaluation else calibration)
     tasks = build_tasks(policy, outputs)
     prepared = None
     if work is not None:  # the slow part last: pre-processing a large model takes a while

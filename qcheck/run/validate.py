@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from qcheck.errors import DataError, Problem
 from qcheck.policy.loader import load_policy
 from qcheck.run.load_stage import load
+
+MAX_SAMPLE_PROBLEMS = 20  # bad samples listed one by one; the rest are counted
 
 
 def validate(policy_path: Path, progress: Callable[[str, int, int], None] = lambda s, i, n: None) -> dict:
@@ -27,14 +30,25 @@ def validate(policy_path: Path, progress: Callable[[str, int, int], None] = lamb
     sets = [("calibration", loaded.calibration)]
     if policy.data.evaluation:
         sets.append(("evaluation", loaded.evaluation))
+    problems = []
+    bad = 0
     for what, data in sets:
         if data is None:  # no calibration data: the scheme needs none (dynamic, float16)
             continue
         for i in range(len(data)):
-            data[i]  # loads and checks shape, dtype and finiteness
+            try:
+                data[i]  # loads and checks shape, dtype and finiteness
+            except DataError as exc:  # every bad sample is listed (up to a cap), not only the first
+                bad += 1
+                if len(problems) < MAX_SAMPLE_PROBLEMS:
+                    problems.extend(exc.problems)
             progress(f"check {what} data", i + 1, len(data))
         if what == "calibration" and len(data) < 20:
             summary["warnings"].append(f"only {len(data)} calibration sample(s) in {data.source}; ranges from so few "
                                        f"rarely hold on new inputs (use 100-500)")
         summary["data"][what] = data.describe()
+    if problems:
+        if bad > MAX_SAMPLE_PROBLEMS:
+            problems.append(Problem(f"... and {bad - MAX_SAMPLE_PROBLEMS} more bad sample(s), {bad} in all"))
+        raise DataError(problems)
     return summary

@@ -19,6 +19,7 @@ import onnx
 from qcheck.policy.spec import MetricSpec, Requirement, SearchSpec
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe
+from qcheck.results.values_text import values_text
 from qcheck.search import auto, bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
 from qcheck.search.base import STRATEGIES, Context, closest, select
 from qcheck.search.evaluate import Evaluator
@@ -200,7 +201,7 @@ def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfil
         reason += f" (the search stopped at {stopped_by})"
     if near:
         c = near[0]
-        misses = [f"`{q['text']}` ({', '.join(f'{k} = {v:.6g}' if isinstance(v, float) else f'{k} = {v}' for k, v in q['values'].items())}, "
+        misses = [f"`{q['text']}` ({values_text(q['values'])}, "
                   f"{100 * q['shortfall']:.3g}% short)" for q in c["requirements"] if not q["holds"]]
         reason += (f". Closest: {c['label']} (cost {c['cost']:g}: {c['float_nodes']} float node(s), "
                    f"{c['int16_tensors']} int16 tensor(s), {c['explicit_ranges']} re-ranged tensor(s)), which misses "

@@ -24,6 +24,7 @@ from qcheck.policy.expr import ExprError, Expression, NotApplicable
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
+from qcheck.results.values_text import values_text
 from qcheck.rules.requirements import judge, requirement_env
 from qcheck.search.space import Change, Graph, apply_changes, cost, counts, within_budget
 
@@ -141,9 +142,7 @@ class Evaluator:
         self.candidates.append(cand)
         self.by_key[key] = cand
         self._changes[cand["id"]] = changes
-        outcome = f"could not be built or run ({cand['error']})" if cand["error"] else \
-            ("meets" if cand["passes"] else "misses") + " the requirements"
-        self.log(f"  trial {cand['id']}: {cand['label']} -> {outcome}")
+        self.log(trial_line(cand))
         return cand
 
     def _judge(self, path: Path, recipe: Recipe, changes: tuple[Change, ...]) -> dict:
@@ -207,3 +206,16 @@ def sort_key(cand: dict) -> tuple:
     """How close a candidate is to meeting the requirements: fewer failing lines, then smaller shortfall."""
     s = cand["shortfall"]
     return (cand["failed"], s if not (isinstance(s, float) and np.isnan(s)) else math.inf)
+
+
+def trial_line(cand: dict) -> str:
+    """One search trial for the log, with the values that decide it: "trial 3: fc in float -> misses
+    `model.cosine >= 0.99` (model.cosine = 0.9812)"."""
+    if cand.get("error"):
+        return f"  trial {cand['id']}: {cand['label']} -> could not be built or run ({cand['error']})"
+    failing = [q for q in cand["requirements"] if not q["holds"]]
+    if not failing:
+        shown = "; ".join(values_text(q["values"]) for q in cand["requirements"])
+        return f"  trial {cand['id']}: {cand['label']} -> meets the requirements" + (f" ({shown})" if shown else "")
+    return (f"  trial {cand['id']}: {cand['label']} -> misses "
+            + "; ".join(f"{q['text']} ({values_text(q['values'])})" for q in failing))

@@ -115,3 +115,43 @@ def test_a_bar_cut_short_is_ended_before_anything_else_is_printed():
     rep.finish()
     rep.log("next")
     assert out.getvalue().endswith("\x1b[K\n  next\n")
+
+
+def test_plain_prints_progress_with_time_left_at_a_steady_interval():
+    text = drive("plain", total=10, step=20.0)  # 20 s a sample: 3 minutes in all
+    lines = text.splitlines()
+    assert lines[0] == "  calibrate ..."
+    # a line once PLAIN_INTERVAL (30 s) has passed since the last: after samples 3, 5, 7, 9
+    assert lines[1] == "    calibrate: 3/10 samples, 0:40 so far, ~2:20 left"  # 40 s for 2 samples, 7 left
+    assert [line.split(":")[1].split()[0] for line in lines[1:5]] == ["3/10", "5/10", "7/10", "9/10"]
+    assert lines[-1] == "    calibrate: 10 samples in 3:00"
+
+
+def test_plain_heartbeat_names_the_running_stage_when_nothing_reports():
+    import time
+
+    out = io.StringIO()
+    rep = Reporter("plain", out)
+    rep.log("quantize ...")
+    rep.start_heartbeat(0.05)
+    try:
+        for _ in range(500):  # wait for the thread (at most 5 s)
+            if "still working: quantize (" in out.getvalue():
+                break
+            time.sleep(0.01)
+    finally:
+        rep.close()
+    assert "    still working: quantize (" in out.getvalue()
+
+
+def test_non_tty_run_prints_plain_progress_lines(tmp_path, capsys, monkeypatch):
+    import re
+
+    from qcheck.cli import progress
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)  # every report is "an interval later"
+    policy = basic_policy(tmp_path)
+    assert main(["run", str(policy)]) == 0  # capsys: stderr is not a terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err  # no bar redraws in a log
+    assert re.search(r"^    measure: [2-7]/8 samples, \d+:\d\d so far, ~\d+:\d\d left$", err, re.M), err

@@ -112,6 +112,39 @@ def test_images_are_resized_normalized_and_laid_out(tmp_path):
     assert nhwc[0, 0, 0].tolist() == [255.0, 0.0, 0.0]
 
 
+def _bands(path, width=60, height=30):
+    """A wide image in three vertical bands: red | green | blue, 20 px each."""
+    a = np.zeros((height, width, 3), np.uint8)
+    a[:, : width // 3, 0] = a[:, width // 3: 2 * width // 3, 1] = a[:, 2 * width // 3:, 2] = 255
+    Image.fromarray(a).save(path)
+
+
+def test_short_side_resize_then_centre_crop(tmp_path):
+    # 60x30 -> short side to 12: 24x12 (bands 8 px wide), centre 12 columns: 2 red, 8 green, 2 blue
+    _bands(tmp_path / "a.png")
+    inputs = [InputInfo("x", [1, 3, 12, 12], "float32")]
+    x = open_data(DataSource(tmp_path), inputs, Preprocess(resize="short_side_crop", resize_short=12, scale=1.0))[0]["x"]
+    stretched = open_data(DataSource(tmp_path), inputs, Preprocess(scale=1.0))[0]["x"]  # bands 4 px wide
+
+    def green_columns(a):
+        return int((a[0, 1, 6] > 128).sum())
+
+    assert x.shape == (1, 3, 12, 12) and green_columns(x) == 8 and green_columns(stretched) == 4
+    assert x[0, 1, :, 3:9].min() > 250 and x[0, 0, :, 3:9].max() < 5  # the centre is green, the sides are cut
+    default = open_data(DataSource(tmp_path), inputs, Preprocess(resize="short_side_crop", scale=1.0))[0]["x"]
+    # short side round(12 * 256/224) = 14: 28x14, bands 9.3 px wide, 12 centre columns: wider green
+    assert green_columns(default) in (9, 10)
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_centred(tmp_path):
+    # 60x30 into 20x20: scaled to 20x10, rows 5..14 the image, 5 rows of padding (114) above and below
+    _bands(tmp_path / "a.png")
+    x = open_data(DataSource(tmp_path), [InputInfo("x", [1, 3, 20, 20], "float32")],
+                  Preprocess(resize="letterbox", scale=1.0))[0]["x"]
+    assert (x[0, :, :5, :] == 114).all() and (x[0, :, 15:, :] == 114).all()
+    assert x[0, 0, 5:15, 0].min() == 255 and x[0, 2, 5:15, 19].min() == 255  # red left, blue right
+
+
 def test_undecodable_image_names_the_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
     with pytest.raises(DataError) as info:

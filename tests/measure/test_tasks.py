@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from qcheck.errors import DataError
 from qcheck.measure.tasks.base import Stat, bootstrap_weights, evaluate_stat, ratio
 from qcheck.measure.tasks.classification import Classification
 from qcheck.measure.tasks.ctc import CTC, edit_distance, greedy_decode
@@ -237,3 +238,22 @@ def test_a_requirement_near_its_interval_is_not_sure():
     sure, text = sureness(req, env, True, {"ocr.string_agreement": {"ci": [0.955, 0.97], "n": 400, "confidence": 0.95}})
     assert sure is True and text.startswith("sure: holds")
     assert verdict["failing_metrics"] == []
+
+
+def test_batch_axis_reads_time_major_outputs_like_batch_first_ones():
+    """[time, batch, classes] with batch_axis 1 and time_axis 0 gives what [batch, time, classes] gives."""
+    charset = list("abcdxy")
+    steps = {"abcd": [1, 1, 0, 2, 3, 0, 4], "abd": [1, 1, 0, 2, 2, 0, 4], "xy": [5, 0, 6, 6, 0, 0, 0]}
+    f = np.concatenate([one_hot_steps(steps["abcd"], 7), one_hot_steps(steps["xy"], 7)])  # [2, 7, 7]
+    q = np.concatenate([one_hot_steps(steps["abd"], 7), one_hot_steps(steps["xy"], 7)])
+    batch_first = CTC("ocr", {"output": "y"}, charset=charset)
+    batch_first.update("s", {"y": f}, {"y": q})
+    time_major = CTC("ocr", {"output": "y", "time_axis": 0, "batch_axis": 1, "class_axis": -1}, charset=charset)
+    time_major.update("s", {"y": f.transpose(1, 0, 2)}, {"y": q.transpose(1, 0, 2)})
+    tm, bf = time_major.result(), batch_first.result()
+    assert tm["options"]["time_axis"] == 0  # reported as the policy gives it
+    assert {k: v for k, v in tm.items() if k != "options"} == {k: v for k, v in bf.items() if k != "options"}
+    assert time_major.result()["values"]["cer"]["value"] == pytest.approx(1 / 6)
+    bad = CTC("ocr", {"output": "y", "time_axis": 1, "batch_axis": 1}, charset=charset)
+    with pytest.raises(DataError, match="time_axis 1 is the batch axis"):
+        bad.update("s", {"y": f.transpose(1, 0, 2)}, {"y": q.transpose(1, 0, 2)})

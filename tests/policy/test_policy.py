@@ -61,6 +61,13 @@ def test_bad_require_expression_points_at_its_line(tmp_path):
     assert "unknown name 'model.cosin'" in msg and "did you mean 'model.cosine'?" in msg
 
 
+def test_require_naming_an_undeclared_metric_says_to_declare_it(tmp_path):
+    p = write(tmp_path, "model: model.onnx\ndata: {calibration: calib}\nrequire:\n  - accuracy >= 0.98\n")
+    (msg,) = messages(p)
+    assert msg.startswith(f"{p}:4:") and "unknown name 'accuracy'" in msg
+    assert "declare 'accuracy' under `metrics:`" in msg and "model.top1" not in msg
+
+
 def test_unsafe_require_is_refused(tmp_path):
     p = write(tmp_path, "model: model.onnx\ndata: {calibration: calib}\nrequire: ['__import__(\"os\").system(\"x\") == 0']\n")
     (msg,) = messages(p)
@@ -140,4 +147,4 @@ def test_the_schemas_documented_defaults_are_the_spec_defaults():
             walk(alt, (section,), cls)
     assert default_of(spec.MetricSpec, "metric") == defs["metric"]["properties"]["metric"]["default"]
     assert policy_schema()["properties"]["target"]["default"] == DEFAULT_TARGET
-    assert checked == 41  # every documented default of these sections
+    assert checked == 43  # every documented default of these sections

@@ -41,7 +41,7 @@ def test_keys_that_do_not_apply_to_the_task_point_at_their_line(tmp_path):
                         "  seg: {task: segmentation, output: logits, metric: cosine}\n")
     msgs = messages(p)
     assert msgs[0].startswith(f"{p}:8: metric 'ocr': 'threshold' does not apply to task ctc")
-    assert "task ctc takes: blank, charset, class_axis, labels, output, slice, time_axis" in msgs[0]
+    assert "task ctc takes: batch_axis, blank, charset, class_axis, labels, output, slice, time_axis" in msgs[0]
     assert msgs[1].startswith(f"{p}:9: metric 'seg': 'metric' does not apply to task segmentation")
 
 

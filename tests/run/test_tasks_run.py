@@ -207,3 +207,23 @@ def test_a_task_metric_as_the_ranking_metric_scores_each_node(tmp_path):
     (old / "results.json").write_text(json.dumps(r))
     assert main(["report", str(old / "results.json")]) == 0
     assert "Which nodes hurt" in (old / "report.html").read_text()
+
+
+def test_time_major_ctc_output_with_batch_axis(tmp_path):
+    """PyTorch's CTC layout [time, batch, classes]: the same logits as above, transposed, give the same values."""
+    passthrough_model(tmp_path / "rec.onnx", [6, 1, 4], out_name="probs")
+    calib = np.full((1, 6, 4), -10.0, dtype=np.float32)
+    calib[0, 0, 0] = 10.0
+    write_arrays(tmp_path / "calib", [calib.transpose(1, 0, 2)])
+    write_arrays(tmp_path / "eval", [ctc_logits([1, 0, 3, 0, 2, 2], {2: (3, 2)}).transpose(1, 0, 2),
+                                     ctc_logits([1, 1, 0, 2, 0, 3], {}).transpose(1, 0, 2)])
+    (tmp_path / "keys.txt").write_text("a\nb\nc\n")
+    doc = {"model": "rec.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+           "metrics": {"ocr": {"task": "ctc", "output": "probs", "time_axis": 0, "batch_axis": 1, "class_axis": 2,
+                               "charset": "keys.txt"}},
+           "require": ["ocr.step_agreement >= 0.9"], "report": {"out": "out", "formats": ["html"]}}
+    assert main(["run", str(write_policy(tmp_path / "qcheck.yaml", doc)), "--quiet"]) == 0
+    t = json.loads((tmp_path / "out" / "results.json").read_text())["model_metrics"]["tasks"]["ocr"]
+    v = {k: x["value"] for k, x in t["values"].items()}
+    assert v["step_agreement"] == pytest.approx(11 / 12) and v["string_agreement"] == 0.5
+    assert t["worst"][0]["float_text"] == "acb" and t["worst"][0]["quant_text"] == "abb"

@@ -23,6 +23,7 @@ from qcheck.errors import DataError, Problem
 from qcheck.measure.outputs import apply_slice
 from qcheck.policy.metric_names import task_value
 from qcheck.policy.slices import SliceError, parse_slice
+from qcheck.policy.task_options import AXIS_OPTIONS
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -96,10 +97,12 @@ class TaskMetric:
     def __init__(self, name: str, options: dict, labels: list | None = None):
         self.name = name
         self.options = options
+        self.declared = dict(options)  # as the policy gives them (options may be renumbered for batch_axis)
         self.labels = labels
         self.items: list[str] = []
         self.rows: list[list[float]] = []
         self.details: list[dict] = []
+        self._renumbered = False  # axis options renumbered for batch_axis (batch_first)
 
     # ---- subclasses
     def stats(self) -> list[Stat]:
@@ -114,7 +117,40 @@ class TaskMetric:
         return int(np.shape(f[out])[0]) if out and np.ndim(f[out]) > 0 else 1
 
     # ---- shared
+    def batch_first(self, f: dict, q: dict) -> tuple[dict, dict]:
+        """With `batch_axis` (an output whose batch is not first, e.g. PyTorch's [time, batch, classes]): the
+        outputs this metric reads with that axis moved first, and its axis options renumbered to match."""
+        axis = int(self.options.get("batch_axis", 0))
+        if not axis:
+            return f, q
+        names = [self.options[k] for k in ("output", "boxes_output", "scores_output") if self.options.get(k)]
+        ndim = np.ndim(f[names[0]])
+        if axis >= ndim:
+            raise shape_error(self.name, f"batch_axis {axis} is not an axis of output '{names[0]}' "
+                                         f"(shape {list(np.shape(f[names[0]]))})")
+        if self.options.get("slice"):  # the slice counts axes as the model returns them too: apply it first
+            sliced = {n: take(f, n, self.options["slice"], self.name) for n in names}
+            if any(np.ndim(v) != ndim for v in sliced.values()):
+                raise shape_error(self.name, f"with batch_axis, the slice {self.options['slice']} must keep every "
+                                             f"axis (use ranges like 0:1, not single indices)")
+            f = {**f, **sliced}
+            q = {**q, **{n: take(q, n, self.options["slice"], self.name) for n in names}}
+        if not self._renumbered:
+            opts = dict(self.options)
+            opts.pop("slice", None)
+            for key in AXIS_OPTIONS:
+                if key in opts:
+                    a = int(opts[key]) % ndim
+                    if a == axis:
+                        raise shape_error(self.name, f"{key} {opts[key]} is the batch axis (batch_axis {axis})")
+                    opts[key] = a + 1 if a < axis else a
+            self.options, self._renumbered = opts, True
+        move = {n: np.moveaxis(np.asarray(f[n]), axis, 0) for n in names}
+        moved_q = {n: np.moveaxis(np.asarray(q[n]), axis, 0) for n in names}
+        return {**f, **move}, {**q, **moved_q}
+
     def update(self, sample: str, f: dict, q: dict) -> None:
+        f, q = self.batch_first(f, q)
         n = self.batch_size(f)
         for b in range(n):
             item = sample if n == 1 else f"{sample}[{b}]"
@@ -146,7 +182,7 @@ class TaskMetric:
         primary = next(iter(values)) if values else None
         return {
             "task": self.task,
-            "options": {k: v for k, v in self.options.items() if k != "task"},
+            "options": {k: v for k, v in self.declared.items() if k != "task"},
             "primary": primary,
             "value": values[primary]["value"] if primary else None,
             "values": values,

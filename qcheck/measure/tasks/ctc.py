@@ -79,8 +79,10 @@ class CTC(TaskMetric):
         t_axis, c_axis = int(self.options.get("time_axis", 1)), int(self.options.get("class_axis", 2))
         t_axis, c_axis = (t_axis % a.ndim, c_axis % a.ndim) if a.ndim else (t_axis, c_axis)
         if a.ndim != 3 or 0 in (t_axis, c_axis) or t_axis == c_axis:
-            raise shape_error(self.name, f"CTC needs a [batch, time, classes] output (axes declared with time_axis and "
-                              f"class_axis, neither 0); got shape {list(a.shape)}, time_axis {t_axis}, class_axis {c_axis}")
+            raise shape_error(self.name, f"CTC needs a 3-D output with batch, time and class axes (declared with "
+                              f"batch_axis, time_axis and class_axis; all different); got shape {list(a.shape)}, "
+                              f"time_axis {t_axis}, class_axis {c_axis}",
+                              hint="for PyTorch's [time, batch, classes] give time_axis: 0, batch_axis: 1")
         if not 0 <= self.blank < a.shape[c_axis]:
             raise shape_error(self.name, f"blank index {self.blank} is outside the {a.shape[c_axis]} classes")
         return np.moveaxis(a[b], (t_axis - 1, c_axis - 1), (0, 1))

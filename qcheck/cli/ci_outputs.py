@@ -1,0 +1,124 @@
+"""CI-native outputs of `qcheck run` and `qcheck diff`: JUnit XML and a Markdown summary.
+
+JUnit: one test case per `require:` line (its failure message: the values and the line) and one per
+error-severity finding, so Jenkins, GitLab and GitHub test reporters show them natively. Markdown:
+verdict, requirements, the next step and where the report is, for a PR comment; appended to
+$GITHUB_STEP_SUMMARY when that is set.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from qcheck.errors import Problem, QcheckError
+from qcheck.results.next_step import next_step
+from qcheck.results.values_text import value_text, values_text
+
+
+def _case(suite: ET.Element, classname: str, name: str, failure: str | None, detail: str = "") -> None:
+    case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
+    if failure is not None:
+        ET.SubElement(case, "failure", message=failure, type="qcheck").text = detail or failure
+
+
+def _document(name: str, cases: list[tuple[str, str, str | None, str]], seconds: float = 0.0,
+              timestamp: str | None = None) -> str:
+    failures = sum(1 for c in cases if c[2] is not None)
+    root = ET.Element("testsuites", name="qcheck", tests=str(len(cases)), failures=str(failures), errors="0",
+                      time=f"{seconds:.3f}")
+    suite = ET.SubElement(root, "testsuite", name=name, tests=str(len(cases)), failures=str(failures), errors="0",
+                          skipped="0", time=f"{seconds:.3f}", **({"timestamp": timestamp} if timestamp else {}))
+    for c in cases:
+        _case(suite, *c)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def run_junit(results: dict) -> str:
+    cases = []
+    for q in results["verdict"]["requirements"]:
+        failure = None
+        if not q["holds"]:
+            failure = f"{values_text(q['values'])}; requires {q['text']}" + (f" ({q['note']})" if q.get("note") else "")
+        cases.append(("qcheck.requirements", q["text"], failure, ""))
+    for f in results.get("findings", []):
+        if f["severity"] == "error":
+            where = f.get("tensor") or f.get("node") or "model"
+            cases.append(("qcheck.findings", f"{f['code']} {f['rule']}: {where}", f["message"],
+                          f"{f['message']}\nremedies: {', '.join(f.get('remedies') or []) or 'none'}"))
+    seconds = sum((results.get("timings") or {}).values())
+    return _document(f"qcheck run: {results.get('title', '')}", cases, seconds, results.get("created"))
+
+
+def diff_junit(d: dict) -> str:
+    cases = [("qcheck.diff.metrics", m["name"],
+              f"{value_text(m['a'])} -> {value_text(m['b'])} (worse by more than the tolerance {d['tolerance']:g})"
+              if m["regression"] else None, "") for m in d["metrics"]]
+    for f in d["findings_appeared"]:
+        if f.get("severity") == "error":
+            cases.append(("qcheck.diff.findings", f"new {f['code']} {f.get('rule', '')}: {f.get('tensor') or 'model'}",
+                          f["message"], ""))
+    if d["a"]["verdict"] == "pass" and d["b"]["verdict"] == "fail":
+        cases.append(("qcheck.diff.verdict", "verdict", "the verdict went from pass to fail", ""))
+    else:
+        cases.append(("qcheck.diff.verdict", "verdict", None, ""))
+    return _document("qcheck diff", cases)
+
+
+def run_markdown(results: dict, report: str | None = None) -> str:
+    v = results["verdict"]
+    title = results.get("title", "")
+    title = title if title.startswith("qcheck") else f"qcheck: {title}"  # the default title says qcheck already
+    lines = [f"## {title} — {v['status'].upper()}", ""]
+    if v["requirements"]:
+        lines += ["| requirement | values | result |", "|---|---|---|"]
+        for q in v["requirements"]:
+            lines.append(f"| `{q['text']}` | {values_text(q['values'])} | {'holds' if q['holds'] else '**FAILS**'} |")
+        lines.append("")
+    step = next_step(results)
+    lines.append(f"**Next step:** {step['action']}")
+    lines += [f"- {e}" for e in step["evidence"] if e]
+    counts = results.get("finding_counts") or {}
+    lines += ["", f"Findings: {counts.get('error', 0)} errors, {counts.get('warning', 0)} warnings, "
+                  f"{counts.get('info', 0)} info."]
+    if report:
+        lines.append(f"Report: [{Path(report).name}]({report})")
+    return "\n".join(lines) + "\n"
+
+
+def diff_markdown(d: dict) -> str:
+    lines = [f"## qcheck diff — {'FAIL' if d['fails'] else 'ok'}", "",
+             f"Verdict: {d['a']['verdict']} → {d['b']['verdict']}", "",
+             "| metric | A | B | |", "|---|---|---|---|"]
+    for m in d["metrics"]:
+        lines.append(f"| `{m['name']}` | {value_text(m['a'])} | {value_text(m['b'])} | {'**regression**' if m['regression'] else ''} |")
+    lines += ["", f"Findings appeared: {len(d['findings_appeared'])}, gone: {len(d['findings_gone'])}; "
+                  f"recipe changes: {len(d['recipe_changes'])}."]
+    if d["fails"]:
+        lines += ["", "**Why it fails:** " + "; ".join(d["reasons"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(junit: Path | None, junit_text: str, summary: Path | None, summary_text: str) -> None:
+    """Write the files asked for (each replaced whole, never half-written); with a summary asked for,
+    append it to $GITHUB_STEP_SUMMARY too when that is set (GitHub Actions shows it on the run's page)."""
+    for path, text in ((junit, junit_text), (summary, summary_text)):
+        if path is None:
+            continue
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise QcheckError(Problem(f"cannot write {path}: {exc.strerror}", hint="choose a writable path")) from None
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and summary is not None:
+        try:
+            with open(step_summary, "a", encoding="utf-8") as fh:
+                fh.write(summary_text + "\n")
+        except OSError as exc:
+            raise QcheckError(Problem(f"cannot append to $GITHUB_STEP_SUMMARY ({step_summary}): {exc.strerror}")) from None
