@@ -99,7 +99,7 @@ def load_sweep(path: Path, out: Path | None = None) -> SweepSpec:
     if problems:
         raise PolicyError(problems)
     folder = path.resolve().parent
-    policies = [p for p in _policy_files(doc, folder, str(path)) if p != path.resolve()]  # a glob may match itself
+    policies = _policy_files(doc, folder, str(path))
     out = Path(out) if out else folder / doc.get("out", "sweep-out")
     names = _policy_names(policies, folder)
     jobs = [Job(policy=str(p), policy_name=names[p], combination=combination_name(combo), overrides=combo,
@@ -120,10 +120,19 @@ def _policy_files(doc: dict, folder: Path, file: str) -> list[Path]:
         if not matches or not all(m.is_file() for m in matches):
             problems.append(Problem(f"no policy file {'matches' if glob.has_magic(entry) else 'at'} '{entry}'", file,
                                     line_of(doc, keys), hint="paths and globs start at the sweep file's folder"))
+        if glob.has_magic(entry):  # a glob like *.yaml also matches sweep files, this one included
+            matches = [m for m in matches if not _is_sweep_file(m)]
         found += [m for m in matches if m not in found]
     if problems:
         raise PolicyError(problems)
     return found
+
+
+def _is_sweep_file(path: Path) -> bool:
+    try:
+        return is_sweep_document(load_yaml(path))
+    except QcheckError:  # not YAML: the policy loader reports it for the run
+        return False
 
 
 def _policy_names(policies: list[Path], folder: Path) -> dict[Path, str]:

@@ -37,7 +37,7 @@ def row_from_results(job: Job, results: dict, target_order: list[str]) -> dict:
     search = results.get("search") or {}
     chosen = next((c for c in search.get("candidates", []) if c["id"] == search.get("chosen")), None)
     code = 1 if v["status"] == "fail" else 0
-    return {**_base_row(job), "status": STATUS_BY_CODE[code], "exit_code": code,
+    return {**_base_row(job), "status": v["status"], "exit_code": code,  # pass, fail or no-requirements
             "model": results["model"]["name"], "scheme": results["quantization"]["scheme"],
             "target": results["target"]["name"], "target_order": target_order,
             "cosine": agg.get("cosine"), "sqnr": agg.get("sqnr"), "max_abs": agg.get("max_abs"),
@@ -68,7 +68,7 @@ def recommend(rows: list[dict]) -> None:
     order of preference that passed for the same policy and target in this sweep."""
     passing: dict[tuple, set] = {}
     for r in rows:
-        if r["status"] == "pass":
+        if r["exit_code"] == 0:  # passed, or has no requirements (as compare mode counts it)
             passing.setdefault((r["policy"], r["target"]), set()).add(r["scheme"])
     for r in rows:
         ok = passing.get((r["policy"], r["target"]), set())
@@ -81,7 +81,7 @@ def build_summary(rows: list[dict], sweep_file: Path, out: Path, executor: dict,
     for r in rows:
         report = Path(r["folder"]) / "report.html"
         r["report"] = os.path.relpath(report, folder) if report.is_file() and r["exit_code"] in (0, 1) else None
-    counts = {s: sum(r["status"] == s for r in rows) for s in STATUS_BY_CODE.values()}
+    counts = {s: sum(r["status"] == s for r in rows) for s in [*STATUS_BY_CODE.values(), "no-requirements"]}
     return {"summary_version": SUMMARY_VERSION, "qcheck": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "sweep": str(sweep_file), "out": str(out), "executor": executor, "seconds": round(seconds, 3),
