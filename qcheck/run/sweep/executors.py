@@ -76,9 +76,11 @@ def run_ray(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        try:  # no address: a local cluster sized like the local executor
-            ray.init(address=spec.address, num_cpus=None if spec.address else (spec.workers or default_workers()),
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # no address: a local cluster sized like the local executor, listening on loopback only
+        local = {} if spec.address else {"num_cpus": spec.workers or default_workers(), "_node_ip_address": "127.0.0.1"}
+        try:
+            ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     **local)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise QcheckError(Problem(f"cannot reach the Ray cluster at {spec.address or 'a new local cluster'}: "
                                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
