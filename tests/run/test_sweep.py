@@ -206,3 +206,24 @@ def test_a_worker_killed_mid_sweep_does_not_lose_a_run(zoo, local_sweep, kind, r
     assert len(rows) == 6 and all(r["exit_code"] in (0, 1) for r in rows)  # every run has its result
     assert all(not r["worker"].endswith(f":{pid}") for r in rows)  # none came from the killed process
     assert comparable(summary) == comparable(local_sweep[1])
+
+
+def test_interrupting_a_sweep_loses_only_the_runs_in_flight(zoo):
+    """SIGINT to the driver (as `kill -INT` sends it; Ctrl-C reaches the workers too): exit 130, every finished run
+    recorded, the run in flight gone without a trace, nothing started after."""
+    import subprocess
+    import sys
+
+    out = zoo / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "qcheck", "sweep", str(zoo / "sweep.yaml"), "--workers", "1",
+                             "--out", str(out), "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("state/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    recorded = {p.stem for p in out.glob("state/*.json")}
+    folders = {f"{p.parent.name}__{p.name}" for p in out.glob("runs/*/*")}
+    assert recorded and folders == recorded and len(recorded) < 6
+    assert not list(out.glob("runs/*/.*"))  # no staging folder left behind

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from qcheck.errors import QcheckError
 from qcheck.run.sweep.fingerprint import run_fingerprint
-from qcheck.run.sweep.spec import ExecutorSpec, Job, SweepSpec, is_sweep_document, job_policy, load_sweep
+from qcheck.run.sweep.spec import ExecutorSpec, Job, SweepSpec, is_sweep_file, job_policy, load_sweep
 from qcheck.run.sweep.summary import build_summary, error_row, summary_csv
 
-__all__ = ["run_sweep", "validate_sweep", "load_sweep", "is_sweep_document", "ExecutorSpec"]
+__all__ = ["run_sweep", "validate_sweep", "load_sweep", "is_sweep_file", "ExecutorSpec"]
 
 
 def run_sweep(spec: SweepSpec, executor: ExecutorSpec, force: bool = False,

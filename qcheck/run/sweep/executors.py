@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -43,22 +44,53 @@ def run_local(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
     pending, tries = list(jobs), dict.fromkeys((j.run_id for j in jobs), 0)
     while pending:
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
-            futures = {pool.submit(run_job, job): job for job in pending}
+            futures = {pool.submit(_run_in_pool, job): job for job in pending}
             pending = []
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    row = future.result()
-                except BrokenProcessPool:  # a worker died: every unfinished run of this pool is started again
-                    tries[job.run_id] += 1
-                    if tries[job.run_id] <= spec.max_retries:
-                        pending.append(job)
-                        continue
-                    row = error_row(job, 3, f"the run's worker process died {tries[job.run_id]} times "
-                                            "(killed, or out of memory?)")
-                row["attempts"] = tries[job.run_id] + 1
-                on_result(job, row)
+            try:
+                pending += _collect_local(futures, tries, spec.max_retries, on_result)
+            except KeyboardInterrupt:  # what finished is recorded already; the runs in flight stop, nothing new starts
+                _interrupt_workers(pool)
+                raise
     return {"kind": "local", "workers": workers, "max_retries": spec.max_retries}
+
+
+def _run_in_pool(job: Job) -> dict:
+    try:
+        return run_job(job)
+    except KeyboardInterrupt:  # the run has discarded its staging folder; end the worker, or it takes the next run
+        os._exit(130)
+
+
+def _interrupt_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGINT to each worker (a Ctrl-C in a terminal reaches them anyway; `kill -INT` on the driver does not), so
+    its run discards its staging folder; the pool's queued runs are cancelled. `_processes` is the pool's own map
+    of worker pids: the public API has no way to stop a running call."""
+    pids = list((pool._processes or {}).keys())  # before shutdown, which forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def _collect_local(futures: dict, tries: dict, max_retries: int, on_result: OnResult) -> list[Job]:
+    """Hand each finished run's row on; returns the runs to start again because their pool broke."""
+    again = []
+    for future in as_completed(futures):
+        job = futures[future]
+        try:
+            row = future.result()
+        except BrokenProcessPool:  # a worker died: every unfinished run of this pool is started again
+            tries[job.run_id] += 1
+            if tries[job.run_id] <= max_retries:
+                again.append(job)
+                continue
+            row = error_row(job, 3, f"the run's worker process died {tries[job.run_id]} times "
+                                    "(killed, or out of memory?)")
+        row["attempts"] = tries[job.run_id] + 1
+        on_result(job, row)
+    return again
 
 
 def import_ray():
@@ -88,17 +120,26 @@ def run_ray(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
     try:
         task = ray.remote(run_job).options(num_cpus=spec.num_cpus, max_retries=spec.max_retries)
         refs = {task.remote(job): job for job in jobs}
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1)
-            job = refs.pop(done[0])
-            try:
-                row = ray.get(done[0])
-            except ray.exceptions.RayError as exc:  # the worker died more than max_retries times
-                row = error_row(job, 3, f"the run's Ray task failed: {str(exc).splitlines()[0]}")
-            on_result(job, row)
+        try:
+            _collect_ray(ray, refs, on_result)
+        except KeyboardInterrupt:  # on a cluster that outlives this sweep, stop its runs too
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
         resources = ray.cluster_resources()
     finally:
         if started:
             ray.shutdown()
     return {"kind": "ray", "address": spec.address or "local", "num_cpus": spec.num_cpus,
             "max_retries": spec.max_retries, "cluster_cpus": resources.get("CPU")}
+
+
+def _collect_ray(ray, refs: dict, on_result: OnResult) -> None:
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        job = refs.pop(done[0])
+        try:
+            row = ray.get(done[0])
+        except ray.exceptions.RayError as exc:  # the worker died more than max_retries times
+            row = error_row(job, 3, f"the run's Ray task failed: {str(exc).splitlines()[0]}")
+        on_result(job, row)

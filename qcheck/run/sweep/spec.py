@@ -121,17 +121,18 @@ def _policy_files(doc: dict, folder: Path, file: str) -> list[Path]:
             problems.append(Problem(f"no policy file {'matches' if glob.has_magic(entry) else 'at'} '{entry}'", file,
                                     line_of(doc, keys), hint="paths and globs start at the sweep file's folder"))
         if glob.has_magic(entry):  # a glob like *.yaml also matches sweep files, this one included
-            matches = [m for m in matches if not _is_sweep_file(m)]
+            matches = [m for m in matches if not is_sweep_file(m)]
         found += [m for m in matches if m not in found]
     if problems:
         raise PolicyError(problems)
     return found
 
 
-def _is_sweep_file(path: Path) -> bool:
+def is_sweep_file(path: Path) -> bool:
+    """Whether the file at `path` is a sweep file (False when it is unreadable: its loader says why, with the line)."""
     try:
         return is_sweep_document(load_yaml(path))
-    except QcheckError:  # not YAML: the policy loader reports it for the run
+    except QcheckError:
         return False
 
 
