@@ -1,7 +1,8 @@
 """`qcheck sweep`: policies × overrides as ordinary runs, on a local process pool and on a real local Ray cluster.
 
 Three tiny policies (tests/helpers.py models), two schemes each. The Ray tests start a real
-cluster on 127.0.0.1 (no mock) and kill a worker process in the middle of a sweep.
+cluster on this machine (no mock; Ray puts it on the machine's own address, never loopback, by design) and kill a worker
+process in the middle of a sweep.
 """
 
 import json
@@ -162,7 +163,7 @@ def test_ray_executor_without_ray_says_how_to_install_it(zoo, monkeypatch, capsy
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -108,8 +108,8 @@ def run_ray(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        # no address: a local cluster sized like the local executor, listening on loopback only
-        local = {} if spec.address else {"num_cpus": spec.workers or default_workers(), "_node_ip_address": "127.0.0.1"}
+        # no address: a local cluster on this machine, sized like the local executor
+        local = {} if spec.address else {"num_cpus": spec.workers or default_workers()}
         try:
             ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                      **local)
