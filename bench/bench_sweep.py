@@ -83,7 +83,7 @@ def main() -> None:
         import ray
 
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         started = time.perf_counter() - start
         per = overhead(args.overhead_tasks, ExecutorSpec("ray", workers=2), tmp)
         print(f"overhead per task, ray (running local cluster of 2 CPUs, {args.overhead_tasks} tasks): "

@@ -163,7 +163,7 @@ def test_ray_executor_without_ray_says_how_to_install_it(zoo, monkeypatch, capsy
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new cluster, ours
     yield ray
     ray.shutdown()
 

@@ -108,11 +108,12 @@ def run_ray(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        # no address: a local cluster on this machine, sized like the local executor
+        # no address: a new cluster on this machine, sized like the local executor ("local": never one that
+        # happens to run here already, which ray.init() without an address would join)
         local = {} if spec.address else {"num_cpus": spec.workers or default_workers()}
         try:
-            ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **local)
+            ray.init(address=spec.address or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **local)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise QcheckError(Problem(f"cannot reach the Ray cluster at {spec.address or 'a new local cluster'}: "
                                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
