@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +23,7 @@ from qcheck.run.sweep.task import run_job
 
 OnResult = Callable[[Job, dict], None]
 RAY_INSTALL = 'pip install "qcheck[ray]"'
+INTERRUPT_GRACE_SECONDS = 10
 
 
 def execute(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
@@ -63,15 +65,24 @@ def _run_in_pool(job: Job) -> dict:
 
 def _interrupt_workers(pool: ProcessPoolExecutor) -> None:
     """SIGINT to each worker (a Ctrl-C in a terminal reaches them anyway; `kill -INT` on the driver does not), so
-    its run discards its staging folder; the pool's queued runs are cancelled. `_processes` is the pool's own map
-    of worker pids: the public API has no way to stop a running call."""
-    pids = list((pool._processes or {}).keys())  # before shutdown, which forgets them
+    its run discards its staging folder and the worker ends (`_run_in_pool`); the pool's queued runs are cancelled.
+    A SIGINT that lands in a finalizer is swallowed ("Exception ignored"), so it is sent again until the worker
+    ends, and SIGTERM ends one still there after a grace period. `_processes` is the pool's own map of its
+    workers: the public API cannot stop a running call."""
+    processes = list((pool._processes or {}).values())  # before shutdown, which forgets them
     pool.shutdown(wait=False, cancel_futures=True)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+    deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+    while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+        for p in processes:
+            if p.is_alive():
+                try:
+                    os.kill(p.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.2)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
 
 
 def _collect_local(futures: dict, tries: dict, max_retries: int, on_result: OnResult) -> list[Job]:
