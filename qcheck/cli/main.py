@@ -1,5 +1,5 @@
 """The command line's entry point: `qcheck init`, `qcheck validate`, `qcheck run`, `qcheck report`, `qcheck rules`, `qcheck docs`,
-`qcheck apply`, `qcheck diff`.
+`qcheck apply`, `qcheck diff`, `qcheck sweep`.
 
 Exit codes, for CI:
   0  the policy's requirements hold (or it has none)
@@ -19,12 +19,13 @@ from contextlib import contextmanager
 
 from threadpoolctl import threadpool_limits
 
-from qcheck.cli import apply, diff, docs, exit_codes, init, report, rules, run, validate
+from qcheck.cli import apply, diff, docs, exit_codes, init, report, rules, run, sweep, validate
 from qcheck.cli.parser import build_parser
 from qcheck.errors import QcheckError
 
 COMMANDS = {"run": run.cmd_run, "report": report.cmd_report, "rules": rules.cmd_rules, "init": init.cmd_init,
-            "validate": validate.cmd_validate, "docs": docs.cmd_docs, "apply": apply.cmd_apply, "diff": diff.cmd_diff}
+            "validate": validate.cmd_validate, "docs": docs.cmd_docs, "apply": apply.cmd_apply, "diff": diff.cmd_diff,
+            "sweep": sweep.cmd_sweep}
 
 
 # numpy's BLAS (OpenBLAS) splits every dot product over its own threads, which spin-wait for

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "  rules    list the rules, or show one rule's documentation\n"
                        "  docs     write the policy and rule references (docs/*.md)\n"
                        "  apply    rebuild the quantized model a lock file describes\n"
-                       "  diff     compare two runs; the exit code gates a merge\n\n"
+                       "  diff     compare two runs; the exit code gates a merge\n"
+                       "  sweep    many runs (policies x overrides) locally or on Ray, one summary\n\n"
                        "example:\n  qcheck init model.onnx -o qcheck.yaml\n  qcheck validate qcheck.yaml\n"
                        "  qcheck run qcheck.yaml")
     p.add_argument("--version", action="version", version=f"qcheck {__version__}")
@@ -138,4 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
                          "the verdict (for CI test reporters)")
     df.add_argument("--summary-md", type=Path, metavar="FILE",
                     help="also write a Markdown summary for a PR comment; appended to $GITHUB_STEP_SUMMARY when set")
+
+    _add_sweep(sub)
     return p
+
+
+def _add_sweep(sub) -> None:
+    sw = sub.add_parser("sweep", help="run many policies x overrides, locally or on Ray; one summary",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Run every policy the sweep file names under every combination of its `matrix:` "
+                                    "overrides, each an ordinary run in its own folder (runs/<policy>/<combination>/), "
+                                    "and write summary/summary.{html,pdf,csv,json}. A run whose fingerprint (policy "
+                                    "with overrides, model, data, qcheck version) matches a finished run of the sweep "
+                                    "folder is reused. A run that fails does not stop the others.",
+                        epilog="examples:\n  qcheck sweep examples/zoo/sweep.yaml\n"
+                               "  qcheck sweep sweep.yaml --workers 4\n"
+                               "  qcheck sweep sweep.yaml --executor ray --address auto\n\n"
+                               "exit codes: the worst run's: 0 all pass, 1 a run fails its requirements, 2 a policy/"
+                               "model/data error in a run (the others still ran), 3 a qcheck bug")
+    sw.add_argument("sweep", type=Path, help="the sweep file (YAML: policies, matrix, out, executor)")
+    sw.add_argument("--out", type=Path, help="sweep folder (default: the sweep file's out:, else sweep-out)")
+    sw.add_argument("--executor", choices=["local", "ray"], help="where runs execute (default: the sweep file's "
+                                                                 "executor:, else local)")
+    sw.add_argument("--workers", type=int, help="local: processes at once (default: the number of cores); ray "
+                                                "without --address: CPUs of the local cluster it starts")
+    sw.add_argument("--address", help="ray: auto (a running cluster) or ray://host:port (default: start a local "
+                                      "cluster)")
+    sw.add_argument("--force", action="store_true", help="run every combination again, even finished ones")
+    sw.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -61,6 +61,11 @@ def policy_schema() -> dict:
 def load_policy(path: str | Path) -> Policy:
     """Read, validate and type a policy file. Raises PolicyError listing every problem."""
     path = Path(path)
+    return policy_from_document(path, read_policy_document(path))
+
+
+def read_policy_document(path: Path) -> LineDict:
+    """The policy file as a YAML mapping with lines, before any validation (a sweep overrides keys in it)."""
     try:
         doc = load_yaml(path, what="policy file")
     except QcheckError as exc:
@@ -69,6 +74,11 @@ def load_policy(path: str | Path) -> Policy:
         doc = LineDict()
     if not isinstance(doc, dict):
         raise PolicyError(Problem("a policy must be a YAML mapping (key: value lines)", file=str(path), line=1))
+    return doc
+
+
+def policy_from_document(path: Path, doc: dict) -> Policy:
+    """Validate and type a policy document read from `path` (relative paths start at its folder)."""
     problems = schema_problems(doc, policy_schema(), str(path)) + _not_a_number(doc, str(path))
     if problems:
         raise PolicyError(problems)
@@ -105,6 +115,8 @@ def _given(section: dict, convert: dict[str, Callable[[Any], Any]]) -> dict:
 
 def _same(value: Any) -> Any:
     return value
+
+
 def _not_a_number(doc: Any, file: str, keys: tuple = ()) -> list[Problem]:
     """NaN passes every JSON Schema bound (each comparison with it is false) and means nothing in a policy."""
     if isinstance(doc, float) and math.isnan(doc):

@@ -21,7 +21,11 @@ MAX_SAMPLE_PROBLEMS = 20  # bad samples listed one by one; the rest are counted
 
 def validate(policy_path: Path, progress: Callable[[str, int, int], None] = lambda s, i, n: None) -> dict:
     """Check a policy and its data; returns a summary of what was checked. Raises QcheckError."""
-    policy = load_policy(policy_path)
+    return validate_policy(load_policy(policy_path), progress)
+
+
+def validate_policy(policy, progress: Callable[[str, int, int], None] = lambda s, i, n: None) -> dict:
+    """`validate` of a loaded policy (a sweep's combination: a policy file with overrides)."""
     loaded = load(policy)
     summary = {"policy": str(policy.path), "model": str(policy.model.path),
                "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.dtype} for i in loaded.inputs],

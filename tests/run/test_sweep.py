@@ -1,0 +1,232 @@
+"""`qcheck sweep`: policies × overrides as ordinary runs, on a local process pool and on a real local Ray cluster.
+
+Three tiny policies (tests/helpers.py models), two schemes each. The Ray tests start a real
+cluster on this machine (no mock; Ray puts it on the machine's own address, never loopback, by design) and kill a worker
+process in the middle of a sweep.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import residual_cnn, small_cnn, write_npy_samples, write_policy
+from pypdf import PdfReader
+
+from qcheck.cli.main import main
+from qcheck.errors import PolicyError
+from qcheck.run.sweep import ExecutorSpec, load_sweep, run_sweep
+from qcheck.run.sweep.spec import job_policy
+from qcheck.run.sweep.summary import comparable
+
+SWEEP = """policies: [small.yaml, "models/*.yaml"]
+matrix:
+  quantization.scheme: [int8, float16]
+out: out
+"""
+
+
+def _policy(path: Path, model: str, require: str, calib: str = "calib") -> Path:
+    return write_policy(path, {"model": model, "data": {"calibration": calib}, "require": [require],
+                               "analyses": False, "report": {"out": "ignored", "formats": ["html"]}})
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Path:
+    """small.yaml passes; models/wide.yaml fails int8 against its strict requirement, float16 passes it; models/residual.yaml passes."""
+    tmp = tmp_path_factory.mktemp("zoo")
+    small_cnn(tmp / "small.onnx")
+    small_cnn(tmp / "wide.onnx", seed=3, classes=20)
+    residual_cnn(tmp / "residual.onnx", seed=1)
+    write_npy_samples(tmp / "calib", 6)
+    (tmp / "models").mkdir()
+    _policy(tmp / "small.yaml", "small.onnx", "model.cosine >= 0.99")
+    _policy(tmp / "models" / "wide.yaml", "../wide.onnx", "model.cosine >= 0.999999", calib="../calib")
+    write_policy(tmp / "models" / "residual.yaml", {"model": "../residual.onnx", "data": {"calibration": "../calib"},
+                                                    "analyses": False, "report": {"formats": ["html"]}})
+    (tmp / "sweep.yaml").write_text(SWEEP)
+    return tmp
+
+
+def _summary(folder: Path) -> dict:
+    return json.loads((folder / "summary" / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def local_sweep(zoo):
+    code = main(["sweep", str(zoo / "sweep.yaml"), "--workers", "2", "--quiet"])
+    return code, _summary(zoo / "out")
+
+
+def test_local_sweep_runs_every_combination_as_an_ordinary_run(zoo, local_sweep):
+    code, summary = local_sweep
+    rows = {r["run"]: r for r in summary["runs"]}
+    assert sorted(rows) == sorted(f"{p}/scheme-{s}" for p in ("small", "wide", "residual") for s in ("int8", "float16"))
+    for r in rows.values():  # each row is what its own run's results.json says
+        results = json.loads((Path(r["folder"]) / "results.json").read_text())
+        assert results["quantization"]["scheme"] == r["scheme"] == r["settings"]["quantization.scheme"]
+        assert r["cosine"] == results["model_metrics"]["aggregate"]["cosine"]
+        assert r["status"] == results["verdict"]["status"]
+        assert (Path(r["folder"]) / "report.html").is_file()
+    assert rows["wide/scheme-int8"]["status"] == "fail" and rows["small/scheme-int8"]["status"] == "pass"
+    assert code == 1 == summary["exit_code"]  # the worst run: a failed requirement
+    # float16 is far closer to float than int8 on the same model
+    assert 1 - rows["small/scheme-float16"]["cosine"] < 1 - rows["small/scheme-int8"]["cosine"]
+    # recommended for cpu: the first scheme in cpu's order of preference whose run passed
+    assert rows["small/scheme-float16"]["recommended"] == "int8"
+    assert rows["wide/scheme-int8"]["recommended"] == "float16"  # int8 failed there, float16 passed
+
+
+def test_summary_files_agree(zoo, local_sweep):
+    _, summary = local_sweep
+    folder = zoo / "out" / "summary"
+    csv_rows = (folder / "summary.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + len(summary["runs"]) and csv_rows[0].startswith("run,policy,model")
+    html = (folder / "summary.html").read_text()
+    assert html.count('href="../runs/') == 6 and "FAIL (model.cosine)" in html
+    text = " ".join(p.extract_text() for p in PdfReader(folder / "summary.pdf").pages)
+    assert "wide" in text and "residual" in text and "FAIL" in text
+
+
+def test_second_sweep_reuses_finished_runs_and_reruns_what_changed(zoo, local_sweep):
+    first = {r["run"]: r for r in local_sweep[1]["runs"]}
+    stamp = (zoo / "out/runs/small/scheme-int8/results.json").stat().st_mtime_ns
+    write_npy_samples(zoo / "calib", 6)  # same files, same bytes: same fingerprint
+    small_cnn(zoo / "wide.onnx", seed=4, classes=20)  # the wide model changed: its two runs are redone
+    try:
+        assert main(["sweep", str(zoo / "sweep.yaml"), "--workers", "1", "--quiet"]) == 1
+        again = {r["run"]: r for r in _summary(zoo / "out")["runs"]}
+        assert {k for k, r in again.items() if not r["reused"]} == {"wide/scheme-int8", "wide/scheme-float16"}
+        assert again["wide/scheme-int8"]["fingerprint"] != first["wide/scheme-int8"]["fingerprint"]
+        assert again["small/scheme-int8"]["cosine"] == first["small/scheme-int8"]["cosine"]
+        assert (zoo / "out/runs/small/scheme-int8/results.json").stat().st_mtime_ns == stamp  # not redone
+        # a run with no record (interrupted before it finished) is the only one run again
+        (zoo / "out/state/residual__scheme-float16.json").unlink()
+        assert main(["sweep", str(zoo / "sweep.yaml"), "--workers", "1", "--quiet"]) == 1
+        assert [r["run"] for r in _summary(zoo / "out")["runs"] if not r["reused"]] == ["residual/scheme-float16"]
+    finally:  # the same bytes as before, for the tests that compare with the first sweep
+        small_cnn(zoo / "wide.onnx", seed=3, classes=20)
+
+
+def test_bad_override_is_an_error_at_the_sweep_line(zoo, capsys):
+    (zoo / "bad.sweep.yaml").write_text("policies: [small.yaml]\nmatrix:\n  quantization.scheme:\n"
+                                        "    - int8\n    - int9\n  quantization.calibraton: [minmax]\n")
+    spec = load_sweep(zoo / "bad.sweep.yaml")
+    with pytest.raises(PolicyError) as exc:
+        job_policy(next(j for j in spec.jobs if j.settings["quantization.scheme"] == "int9"))
+    lines = {p.line: p.message for p in exc.value.problems}
+    assert all(p.file == str(zoo / "bad.sweep.yaml") for p in exc.value.problems)
+    assert "got 'int9'" in lines[5] and "unknown key 'calibraton'" in lines[6]
+    assert main(["validate", str(zoo / "bad.sweep.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.sweep.yaml:5:" in err and "Traceback" not in err
+
+
+def test_validate_checks_every_combination_with_its_model_and_data(zoo, capsys):
+    assert main(["validate", str(zoo / "sweep.yaml")]) == 0
+    assert "6 runs: 3 policies x 2 combinations" in capsys.readouterr().out
+
+
+def test_a_policy_error_is_exit_2_and_the_other_runs_still_run(tmp_path):
+    small_cnn(tmp_path / "m.onnx")
+    write_npy_samples(tmp_path / "calib", 4)
+    _policy(tmp_path / "good.yaml", "m.onnx", "model.cosine >= 0.9")
+    write_policy(tmp_path / "broken.yaml", {"model": "m.onnx", "data": {"calibration": "missing"}})
+    (tmp_path / "s.yaml").write_text("policies: '*.yaml'\nout: o\n")
+    summary = run_sweep(load_sweep(tmp_path / "s.yaml"), ExecutorSpec(workers=1), formats=("html",))
+    rows = {r["policy_name"]: r for r in summary["runs"]}
+    assert summary["exit_code"] == 2 and rows["broken"]["exit_code"] == 2 and rows["good"]["status"] == "pass"
+    assert "broken.yaml:3: calibration data not found" in rows["broken"]["message"]
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(zoo, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):  # Ray not installed: its import fails, as on a machine without the extra
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    assert main(["sweep", str(zoo / "sweep.yaml"), "--executor", "ray", "--out", str(zoo / "noray")]) == 2
+    assert 'pip install "qcheck[ray]"' in capsys.readouterr().err
+    assert not (zoo / "noray").exists()
+
+
+# ---- a real local Ray cluster --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new cluster, ours
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_sweep_gives_the_local_summary(zoo, local_sweep, ray_cluster):
+    code = main(["sweep", str(zoo / "sweep.yaml"), "--executor", "ray", "--out", str(zoo / "ray-out"), "--quiet"])
+    summary = _summary(zoo / "ray-out")
+    assert code == 1 and summary["executor"]["kind"] == "ray" and summary["executor"]["cluster_cpus"] == 2
+    assert not any(r["reused"] for r in summary["runs"])
+    assert comparable(summary) == comparable(local_sweep[1])  # same rows, same numbers
+
+
+def _kill_first_running_worker(runs: Path, killed: list, stop: threading.Event) -> None:
+    """A run stages its outputs in `.<combination>.tmp-<pid>` (qcheck/run/output_folder.py): that pid is the worker
+    running it. Kill it with SIGKILL, as the OOM killer would."""
+    while not stop.is_set() and not killed:
+        for staging in runs.glob("*/.*.tmp-*"):
+            pid = int(staging.name.rsplit("-", 1)[1])
+            os.kill(pid, signal.SIGKILL)
+            killed.append((pid, staging.name))
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["ray", "local"])
+def test_a_worker_killed_mid_sweep_does_not_lose_a_run(zoo, local_sweep, kind, request):
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    spec = load_sweep(zoo / "sweep.yaml", out=zoo / f"killed-{kind}")
+    killed, stop = [], threading.Event()
+    watcher = threading.Thread(target=_kill_first_running_worker, args=(spec.out / "runs", killed, stop))
+    watcher.start()
+    try:
+        summary = run_sweep(spec, ExecutorSpec(kind=kind, workers=2), formats=("html",))
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no run was seen running"
+    pid, staging = killed[0]
+    rows = summary["runs"]
+    assert len(rows) == 6 and all(r["exit_code"] in (0, 1) for r in rows)  # every run has its result
+    assert all(not r["worker"].endswith(f":{pid}") for r in rows)  # none came from the killed process
+    assert comparable(summary) == comparable(local_sweep[1])
+
+
+def test_interrupting_a_sweep_loses_only_the_runs_in_flight(zoo):
+    """SIGINT to the driver (as `kill -INT` sends it; Ctrl-C reaches the workers too): exit 130, every finished run
+    recorded, nothing started after the interrupt."""
+    import subprocess
+    import sys
+
+    out = zoo / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "qcheck", "sweep", str(zoo / "sweep.yaml"), "--workers", "1",
+                             "--out", str(out), "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("state/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "qcheck: interrupted" in err and "internal error" not in err
+    recorded = {p.stem for p in out.glob("state/*.json")}
+    folders = {f"{p.parent.name}__{p.name}" for p in out.glob("runs/*/*") if not p.name.startswith(".")}
+    assert recorded and recorded <= folders and len(recorded) < 6  # every finished run kept, with its record
+    # at most the one run in flight (one worker) got further (finished, or its staging folder left when a signal
+    # landed in its clean-up), and no run started after the interrupt
+    assert len(folders - recorded) + len(list(out.glob("runs/*/.*"))) <= 1
