@@ -8,7 +8,8 @@ from qcheck.report.plots import search_tradeoff
 
 def _search(chosen):
     cands = [{"id": i, "cost": float(i), "shortfall": s, "passes": s == 0} for i, s in enumerate([0.02, 0.004, 0.0])]
-    return {"search": {"candidates": cands, "pareto": [0, 1, 2], "chosen": chosen, "target": "cpu"}}
+    return {"search": {"candidates": cands, "pareto": [0, 1, 2], "chosen": chosen, "target": "cpu",
+                       "cost": "profile"}}  # the keys results.json always has (results/load.py)
 
 
 def test_search_plot_y_axis_has_tick_values_and_the_star_only_when_chosen():
