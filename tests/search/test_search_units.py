@@ -158,8 +158,8 @@ def test_a_candidate_ort_cannot_build_is_recorded_and_the_search_goes_on(tmp_pat
 
     real = stage.calibrate
 
-    def broken_reach(path, data, q, method=None, progress=None):
-        ranges = real(path, data, q, method=method, progress=progress)
+    def broken_reach(path, data, q, method=None, **kwargs):
+        ranges = real(path, data, q, method=method, **kwargs)
         if method == "minmax" and data is not None and len(data) == 8:  # the evaluation data's reach
             ranges.ranges["x"] = (float("nan"), 1e6)
         return ranges
