@@ -87,8 +87,10 @@ def _main(argv: list[str] | None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
-        print(f"qcheck: stopped by {signal.Signals(signum).name}; the previous output folder is unchanged and the "
-              "unfinished one was removed", file=sys.stderr)
+        kept = ("finished runs are kept in the sweep folder (a new sweep reuses them); the runs in flight were stopped"
+                if args.command == "sweep" else
+                "the previous output folder is unchanged and the unfinished one was removed")
+        print(f"qcheck: stopped by {signal.Signals(signum).name}; {kept}", file=sys.stderr)
         return 128 + signum
     except Exception:
         traceback.print_exc()
