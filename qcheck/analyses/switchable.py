@@ -120,7 +120,9 @@ def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap) -> SwitchableModel:
-    """Replace every Q/DQ chain by an If on one entry of a boolean switch input."""
+    """Replace every Q/DQ chain by an If on one entry of a boolean switch input.
+
+    One pass over the graph that rewires as it goes; splitting it would hand half-rewired graphs around."""
     model = onnx.ModelProto()
     model.CopyFrom(qmodel)
     graph = model.graph

@@ -126,7 +126,7 @@ def policy_markdown(schema: dict | None = None) -> str:
 
 def rules_markdown(pack_dir: Path | None = None) -> str:
     from qcheck.results.layer_columns import TENSOR_STATISTICS
-    from qcheck.rules.engine import load_pack
+    from qcheck.rules.packs import load_pack
 
     pack_dir = pack_dir or rules_dir()
     packs = sorted(pack_dir.glob("*.yaml"), key=lambda p: (p.stem != "builtin", p.name))

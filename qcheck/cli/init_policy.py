@@ -110,7 +110,9 @@ def _c(text: str) -> str:
 
 
 def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, today: str | None = None) -> str:
-    """The starter policy for `facts`, to be written at `policy_path` (paths are made relative to it)."""
+    """The starter policy for `facts`, to be written at `policy_path` (paths are made relative to it).
+
+    Long on purpose: it reads top to bottom like the file it writes, one section after another."""
     today = today or _dt.date.today().isoformat()
     folder = policy_path.resolve().parent
     model_rel = os.path.relpath(facts.path.resolve(), folder)

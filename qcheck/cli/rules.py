@@ -10,7 +10,8 @@ def cmd_rules(args) -> int:
     from qcheck.policy.loader import load_policy
     from qcheck.policy.spec import RulesSpec
     from qcheck.results.layer_columns import TENSOR_STATISTICS
-    from qcheck.rules.engine import format_doc, load_rules
+    from qcheck.rules.engine import format_doc
+    from qcheck.rules.packs import load_rules
 
     if args.stats:
         from qcheck.rules.model_row import MODEL_STATISTICS

@@ -29,7 +29,8 @@ from qcheck.model.fetch import fetch_model
 from qcheck.model.prepare import InputInfo, PreparedModel, check_not_quantized, graph_inputs, load_onnx, prepare_model
 from qcheck.policy.spec import Policy
 from qcheck.report import check_template_dirs
-from qcheck.rules.engine import Rule, load_rules
+from qcheck.rules.engine import Rule
+from qcheck.rules.packs import load_rules
 
 
 @dataclass

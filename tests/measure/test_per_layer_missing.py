@@ -15,7 +15,8 @@ from qcheck.model.prepare import load_onnx, prepare_model
 from qcheck.policy.spec import DataSource, Preprocess, QuantizationSpec, RulesSpec
 from qcheck.quantize.calibrate import Recipe, build_quantized, calibrate
 from qcheck.quantize.qdq import read_qdq
-from qcheck.rules.engine import evaluate, load_rules
+from qcheck.rules.engine import evaluate
+from qcheck.rules.packs import load_rules
 
 
 def test_missing_per_layer_values_are_null_with_a_reason_and_fire_no_rule(tmp_path):

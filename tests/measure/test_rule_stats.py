@@ -29,7 +29,7 @@ from qcheck.cli.main import main
 from qcheck.cli.summary import text_summary
 from qcheck.measure.error_stats import DistributionAccumulator
 from qcheck.resources import builtin_pack_path
-from qcheck.rules.engine import load_pack
+from qcheck.rules.packs import load_pack
 
 
 def run(tmp, name: str, doc: dict, analyses: bool = False) -> dict:

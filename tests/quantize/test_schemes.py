@@ -20,7 +20,8 @@ from qcheck.policy.spec import DataSource, Preprocess, QuantizationSpec
 from qcheck.policy.targets import builtin_names, builtin_profile
 from qcheck.quantize.calibrate import Recipe, calibrate
 from qcheck.quantize.schemes import build_scheme, size_bytes
-from qcheck.rules.engine import evaluate, load_pack
+from qcheck.rules.engine import evaluate
+from qcheck.rules.packs import load_pack
 from qcheck.run.compare import preference, recommend
 
 

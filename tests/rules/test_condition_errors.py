@@ -10,7 +10,8 @@ from helpers import basic_policy
 
 from qcheck.cli.main import main
 from qcheck.policy.loader import load_policy
-from qcheck.rules.engine import evaluate, evaluate_model, load_rules
+from qcheck.rules.engine import evaluate, evaluate_model
+from qcheck.rules.packs import load_rules
 
 INLINE = {"code": "IN001", "name": "inline.op_count", "scope": "tensor", "severity": "warning",
           "when": "op_type > limit", "params": {"limit": 3}, "message": "{op_type}",
