@@ -24,12 +24,11 @@ from qcheck.rules.engine import (
     check,
     evaluate,
     evaluate_model,
-    load_pack,
-    load_rules,
     needed_statistics,
     rows_in_scope,
 )
 from qcheck.rules.model_row import MODEL_STATISTICS, model_row, remedies_for, target_allows
+from qcheck.rules.packs import load_pack, load_rules
 
 CASES = TESTS / "rules"
 BUILTIN = {r.code: r for r in load_pack(builtin_pack_path())}
