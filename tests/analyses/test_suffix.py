@@ -106,7 +106,7 @@ def test_batched_suffixes_equal_sample_by_sample(setup, monkeypatch):
     monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 1)
     configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
     one = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1)
-    many = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=3, batch_if_slower=True)
+    many = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=3)
     assert one.batch == 1 and many.batch == 3 and len(many.batches) == 2
     for a, b in zip(many.evaluate(configs), one.evaluate(configs)):
         assert a["cosine"] == pytest.approx(b["cosine"], abs=1e-6)
