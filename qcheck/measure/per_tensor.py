@@ -134,7 +134,8 @@ class _Accumulators:
     local: dict[str, ErrorAccumulator]
     whole: dict[str, ErrorAccumulator]
     dist: dict[str, DistributionAccumulator]
-    weight_err: dict[str, ErrorAccumulator]
+    weight_err: dict[str, ErrorAccumulator]  # float twin vs twin with dequantized weights: the weights' part
+    rest_err: dict[str, ErrorAccumulator]  # twin with dequantized weights vs the quantized node: the rest
 
 
 def measure(
@@ -205,7 +206,8 @@ def _accumulators(activations: list[QuantizedTensor], float_model: onnx.ModelPro
         whole=whole,
         dist={t.name: DistributionAccumulator(_activation_channel_axis(t.name, shapes, index.producer))
               for t in activations} if want_dist else {},
-        weight_err={name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})})
+        weight_err={name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})},
+        rest_err={name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})})
 
 
 def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: list[QuantizedTensor],
@@ -237,6 +239,7 @@ def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: 
             acc.local[name].update(t_vals[twin_out], deq[name])
         for name, twin_out in twin.weight_outputs.items():
             acc.weight_err[name].update(t_vals[twin.outputs[name]], t_vals[twin_out])
+            acc.rest_err[name].update(t_vals[twin_out], deq[name])
     compared.update(label, f_vals, q_vals)
 
 
@@ -262,9 +265,9 @@ def _activation_records(activations: list[QuantizedTensor], acc: _Accumulators, 
             if rec.local is not None and rec.whole is None:
                 for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
                     setattr(rec.local, key, getattr(whole, key))
-            if t.name in acc.weight_err and rec.local is not None and rec.local.mean_squared_error > 0:
-                rec.weight_error_share = (acc.weight_err[t.name].result().mean_squared_error
-                                          / rec.local.mean_squared_error)
+            if t.name in acc.weight_err and rec.local is not None:
+                rec.weight_error_share = _share(acc.weight_err[t.name].result().mean_squared_error,
+                                                acc.rest_err[t.name].result().mean_squared_error)
         else:
             rec.per_layer_missing = "per-layer mode is off (measure.modes)"
         if producer is not None:
@@ -273,6 +276,13 @@ def _activation_records(activations: list[QuantizedTensor], acc: _Accumulators, 
     for layer, rec in enumerate(sorted((r for r in records if r.node != "(input)"), key=lambda r: r.order)):
         rec.layer_index = layer
     return records
+
+
+def _share(weights: float, rest: float) -> float | None:
+    """The weights' part of a node's error, in 0..1. The node's error is the weights' part plus the rest (its
+    output's rounding); the two can partly cancel, so a ratio to the node's whole error could pass 100 %."""
+    total = weights + rest
+    return weights / total if total > 0 else None
 
 
 def _weight_records(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: QDQMap, index: GraphIndex,

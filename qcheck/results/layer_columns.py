@@ -39,7 +39,7 @@ TENSOR_STATISTICS: dict[str, str] = {
     "float_min": "lowest float value seen in evaluation",
     "float_max": "highest float value seen in evaluation",
     "spread_steps": "median over samples of (max - min) / scale: grid steps one sample uses",
-    "weight_error_share": "share of the per-layer error the quantized weights alone cause (0..1; ~1: weight-dominated)",
+    "weight_error_share": "the quantized weights' part of the node's error, W / (W + R): W from the weights, R the rest (output rounding); 0..1, ~1: weight-dominated",
     # distribution of the float values
     "skewness": "skewness of the float values",
     "kurtosis": "excess kurtosis of the float values: 0 for a normal distribution, large for heavy tails",

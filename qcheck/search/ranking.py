@@ -20,21 +20,28 @@ def _finite(v) -> bool:
 
 
 def rank_nodes(rows: list[dict]) -> list[dict]:
-    """[{node, op_type, cosine, rmse_scale, order}] for every node with a measured tensor, worst first."""
+    """[{node, op_type, cosine, rmse_scale, order}] for every node with a measured tensor, worst first;
+    cosine and rmse_scale are None for a node none of whose tensors has the statistic."""
     worst: dict[str, dict] = {}
     for row in rows:
         node = row.get("node")
         if not node or node == "(input)":
             continue
-        w = worst.setdefault(node, {"node": node, "op_type": row.get("op_type"), "cosine": 1.0, "rmse_scale": 0.0,
+        w = worst.setdefault(node, {"node": node, "op_type": row.get("op_type"), "cosine": None, "rmse_scale": None,
                                     "order": row.get("order", -1)})
         if _finite(row.get("cosine")):
-            w["cosine"] = min(w["cosine"], float(row["cosine"]))
+            w["cosine"] = min(_or(w["cosine"], 1.0), float(row["cosine"]))
         if _finite(row.get("rmse_scale")):
-            w["rmse_scale"] = max(w["rmse_scale"], float(row["rmse_scale"]))
+            w["rmse_scale"] = max(_or(w["rmse_scale"], 0.0), float(row["rmse_scale"]))
         if row.get("kind") == "activation":
             w["order"] = row.get("order", w["order"])
-    return sorted(worst.values(), key=lambda w: (w["cosine"], -w["rmse_scale"], w["order"], w["node"]))
+    return sorted(worst.values(), key=lambda w: (w["cosine"] is None and w["rmse_scale"] is None,
+                                                 _or(w["cosine"], 1.0), -_or(w["rmse_scale"], 0.0),
+                                                 w["order"], w["node"]))
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}

@@ -77,7 +77,8 @@ def test_outlier_channel_ratio_is_the_one_built_in(conv_runs):
 
 @pytest.mark.parametrize("variant", ["per_tensor", "per_channel"])
 def test_weight_error_share_matches_plain_onnxruntime(conv_runs, variant):
-    """share = |conv(x^, w) - conv(x^, w^)|^2 / |conv(x^, w) - y_q|^2, with x^ the dequantized input, w^ the
+    """share = W / (W + R), W = |conv(x^, w) - conv(x^, w^)|^2 (the weights' part of the node's error) and
+    R = |conv(x^, w^) - y_q|^2 (the rest: the output's rounding), with x^ the dequantized input, w^ the
     dequantized weights and y_q the quantized model's output: the per-layer twin, rebuilt with plain ORT."""
     tmp, *runs = conv_runs
     results = dict(zip(["per_tensor", "per_channel"], runs))[variant]
@@ -93,7 +94,7 @@ def test_weight_error_share_matches_plain_onnxruntime(conv_runs, variant):
     f_sess = ort.InferenceSession(float_model.SerializeToString())
     w_sess = ort.InferenceSession(twin_w.SerializeToString())
     q_sess = ort.InferenceSession(qmodel.SerializeToString())
-    sum_w = sum_all = n = 0.0
+    sum_w = sum_rest = sum_all = n = 0.0
     for i in range(8):
         x = np.load(tmp / "calib" / f"{i}.npy")
         x_hat = ((np.clip(np.rint(x / sx) + zx, 0, 255) - zx) * sx).astype(np.float32)
@@ -101,10 +102,12 @@ def test_weight_error_share_matches_plain_onnxruntime(conv_runs, variant):
         y_w = w_sess.run(None, {"x": x_hat})[0].astype(np.float64)
         y_q = q_sess.run(None, {"x": x})[0].astype(np.float64)
         sum_w += float(((y_f - y_w) ** 2).sum())
+        sum_rest += float(((y_w - y_q) ** 2).sum())
         sum_all += float(((y_f - y_q) ** 2).sum())
         n += y_f.size
     y = row(results, "y")
-    assert y["weight_error_share"] == pytest.approx(sum_w / sum_all, rel=1e-3)
+    assert y["weight_error_share"] == pytest.approx(sum_w / (sum_w + sum_rest), rel=1e-3)
+    assert 0.0 <= y["weight_error_share"] <= 1.0
     assert y["rmse_scale"] == pytest.approx(math.sqrt(sum_all / n) / float(init["y_scale"]), rel=1e-3)
     if variant == "per_tensor":
         # one step of 20/127 on weights of +-0.5: the weights cause nearly all of the error
@@ -112,16 +115,17 @@ def test_weight_error_share_matches_plain_onnxruntime(conv_runs, variant):
         assert {"QC101", "QC108"} <= codes_on(results, "tensor", "y")
 
 
-def test_per_channel_weights_take_the_weight_error_down(conv_runs):
+def test_per_channel_weights_take_the_weight_share_down(conv_runs):
     """Per channel, seven channels get steps of 0.5/127 instead of 20/127: their weight error vanishes and
-    only the outlier channel's remains (still most of what is left, so the share stays high)."""
+    only the outlier channel's remains. The rest (the output's rounding, on a scale the outlier channel sets
+    either way) stays, so the odds W/R = share / (1 - share) must fall, by well over half."""
     _, per_tensor, per_channel = conv_runs
 
-    def weight_mse(results):
-        y = row(results, "y")
-        return y["weight_error_share"] * y["mean_squared_error"]
+    def odds(results):
+        share = row(results, "y")["weight_error_share"]
+        return share / (1.0 - share)
 
-    assert weight_mse(per_channel) < 0.5 * weight_mse(per_tensor)
+    assert odds(per_channel) < 0.5 * odds(per_tensor)
 
 
 def test_graph_position_of_a_single_conv(conv_runs):

@@ -236,11 +236,17 @@ def test_ranking_puts_rule_findings_first_then_the_worst_local_statistics():
         {"name": "w", "kind": "weight", "node": "n3", "op_type": "Conv", "order": 3, "cosine": 0.999, "rmse_scale": 2.0},
         {"name": "c", "kind": "activation", "node": "n3", "op_type": "Conv", "order": 3, "cosine": 0.999, "rmse_scale": 0.3},
         {"name": "x", "kind": "activation", "node": "(input)", "op_type": "Input", "order": -1, "cosine": 0.5},
+        # per-layer statistics missing (null in results.json): not a perfect node, an unmeasured one
+        {"name": "d", "kind": "activation", "node": "n0", "op_type": "HardSigmoid", "order": 0, "cosine": None,
+         "rmse_scale": None},
     ]
-    # lowest cosine first; equal cosine: highest rmse/scale (over the node's weights too); graph inputs are no node
-    assert [w["node"] for w in rank_nodes(rows)] == ["n2", "n3", "n1"]
+    # lowest cosine first; equal cosine: highest rmse/scale (over the node's weights too); graph inputs are no node;
+    # unmeasured nodes last, with their values left empty
+    ranked = rank_nodes(rows)
+    assert [w["node"] for w in ranked] == ["n2", "n3", "n1", "n0"]
+    assert ranked[-1]["cosine"] is None and ranked[-1]["rmse_scale"] is None
     findings = [{"severity": "warning", "node": "n3"}, {"severity": "error", "node": "n1"}, {"severity": "info", "node": None}]
-    assert candidate_ranking(rows, findings)[0] == ["n1", "n3", "n2"]
+    assert candidate_ranking(rows, findings)[0] == ["n1", "n3", "n2", "n0"]
     assert candidate_ranking(rows, findings, sensitivity=["n3", "n2", "n3"])[0] == ["n3", "n2"]
 
 
