@@ -1,10 +1,11 @@
 """`--junit` and `--summary-md` on `qcheck run` and `qcheck diff`: standard JUnit XML that parses with
-xml.etree, one test case per require: line and per error-severity finding; a Markdown summary, also
+xml.etree and with junitparser, one test case per require: line and per error-severity finding; a Markdown summary, also
 appended to $GITHUB_STEP_SUMMARY."""
 
 import json
 import xml.etree.ElementTree as ET
 
+import junitparser
 import pytest
 from helpers import basic_policy
 
@@ -69,6 +70,22 @@ def test_junit_has_one_case_per_requirement_and_error_finding(ci_run):
     found = [c for c in cases if c.get("classname") == "qcheck.findings"]
     assert errors and len(found) == len(errors)  # one per weight: the inline rule fires on each
     assert all(c.find("failure") is not None and c.get("name").startswith("IN001") for c in found)
+
+
+def test_junit_reads_the_same_in_a_ci_result_parser(ci_run):
+    """junitparser (the reader CI result publishers such as GitHub's publish-unit-test-result action use) sees
+    the same suites, counts and failure messages as the structure check above."""
+    tmp, _, results = ci_run
+    xml = junitparser.JUnitXml.fromfile(str(tmp / "junit.xml"))
+    suites = list(xml)
+    assert [s.name for s in suites] == [s.get("name") for s in ET.parse(tmp / "junit.xml").getroot()]
+    cases = [c for s in suites for c in s]
+    assert sum(s.tests for s in suites) == len(cases) and sum(s.errors for s in suites) == 0
+    failed = [c for c in cases if any(isinstance(r, junitparser.Failure) for r in c.result)]
+    assert sum(s.failures for s in suites) == len(failed)
+    errors = [f for f in results["findings"] if f["severity"] == "error"]
+    assert len(failed) == len(errors) + 1  # every error finding and the one failing requirement
+    assert all(r.message for c in failed for r in c.result)
 
 
 def test_summary_markdown_has_verdict_requirements_next_step_and_report_link(ci_run):
