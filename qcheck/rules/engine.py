@@ -93,7 +93,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # the thresholds the evidence was held against
     remedies: list[str] = field(default_factory=list)
-    score: float = 0.0  # larger is worse, within one rule
+    score: float | None = 0.0  # larger is worse, within one rule; None: the rule's `rank:` cannot be computed here
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,7 +190,7 @@ def evaluate(rules: list[Rule], rows: list[dict], target=None, scheme: str | Non
             f = _finding(rule, row, target, weights_per_channel)
             if rule.scope == "node":
                 best = per_node.get(row["node"])
-                if best is None or f.score > best.score:
+                if best is None or _rank_key(f) > _rank_key(best):
                     per_node[row["node"]] = f
             else:
                 findings.append(f)
@@ -217,7 +217,11 @@ def evaluate_model(rules: list[Rule], model_row: dict, target: str | None = None
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Errors first, then warnings, then info; within a severity by rule; within a rule the worst first."""
     order = {s: i for i, s in enumerate(SEVERITIES)}
-    return sorted(findings, key=lambda f: (order[f.severity], f.code, -f.score, f.tensor or ""))
+    return sorted(findings, key=lambda f: (order[f.severity], f.code, -_rank_key(f), f.tensor or ""))
+
+
+def _rank_key(finding: Finding) -> float:
+    return -math.inf if finding.score is None else finding.score
 
 
 def by_effect(findings: list[Finding], rows: list[dict]) -> list[Finding]:
@@ -237,13 +241,14 @@ def _number(v: Any) -> float | None:
     return float(v) if math.isfinite(v) else (math.copysign(1e300, v) if not math.isnan(v) else None)
 
 
-def _score(rule: Rule, row: dict, env: dict, evidence: dict) -> float:
+def _score(rule: Rule, row: dict, env: dict, evidence: dict) -> float | None:
+    """How bad the finding is within its rule. A `rank:` that cannot be computed on this row (a statistic it
+    reads is missing) gives None, not 0: the finding then comes after every ranked one of its rule."""
     if rule.rank is not None:
         try:
-            value = _number(rule.rank.evaluate(env))
+            return _number(rule.rank.evaluate(env))
         except (NotApplicable, TypeError, ValueError, ZeroDivisionError, OverflowError):
-            value = None
-        return value if value is not None else 0.0
+            return None
     for v in evidence.values():
         value = _number(v)
         if value is not None:

@@ -262,6 +262,17 @@ def test_node_scope_gives_one_finding_per_node_worst_first():
     assert findings[0].score == pytest.approx(0.10)
 
 
+def test_a_rank_that_cannot_be_computed_sorts_last_not_as_zero(tmp_path):
+    """`rank: -weight_error_share` on rows where the share is missing: no score (None), after every ranked
+    finding of the rule, even those with negative scores (a 0 would have put it first)."""
+    path = write_pack(tmp_path, RULE.format(n=1, when="rmse_scale > limit", message="m") + "    rank: -weight_error_share\n")
+    rule = load_pack(path)[0]
+    rows = [{"name": n, "kind": "activation", "node": n, "op_type": "Conv", "rmse_scale": 2.0, "weight_error_share": w}
+            for n, w in (("a", 0.9), ("b", None), ("c", 0.1))]
+    findings = evaluate([rule], rows)
+    assert [(f.tensor, f.score) for f in findings] == [("c", -0.1), ("a", -0.9), ("b", None)]
+
+
 def test_remedies_follow_what_the_target_allows():
     assert target_allows("cpu", "float_fallback") and target_allows(None, "float_fallback")
     assert not target_allows("npu", "float_fallback") and target_allows("npu", "int16")
