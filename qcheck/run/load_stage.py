@@ -31,6 +31,7 @@ from qcheck.policy.spec import Policy
 from qcheck.report import check_template_dirs
 from qcheck.rules.engine import Rule
 from qcheck.rules.packs import load_rules
+from qcheck.run.policy_names import check_policy_names
 
 
 @dataclass
@@ -56,6 +57,7 @@ def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = 
     check_policy_inputs(policy, inputs)
     outputs = [o.name for o in model.graph.output]
     check_policy_outputs(policy, outputs)
+    check_policy_names(policy, model)
     for info in inputs:  # policy shapes first, so images know their size
         if policy.inputs.get(info.name):
             info.shape = list(policy.inputs[info.name])
@@ -70,6 +72,7 @@ def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = 
     prepared = None
     if work is not None:  # the slow part last: pre-processing a large model takes a while
         prepared = prepare_model(model, policy.model.path, shapes, work)
+        check_policy_names(policy, onnx.load(str(prepared.path), load_external_data=False), after_preprocessing=True)
     else:
         check_runtime_loads(policy.model.path, model, policy.model.path)
     return Loaded(rules, inputs, shapes, outputs, calibration, evaluation, tasks, prepared)
