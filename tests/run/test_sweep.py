@@ -125,6 +125,30 @@ def test_bad_override_is_an_error_at_the_sweep_line(zoo, capsys):
     assert "bad.sweep.yaml:5:" in err and "Traceback" not in err
 
 
+def test_matrix_mistakes_are_refused_at_their_line_before_any_run(zoo):
+    """A repeated value would give two runs one folder; a matrix that multiplies out to 4**8 runs is a typo, not a
+    plan: both refused at the sweep file's line, in well under a second (nothing is expanded first)."""
+    (zoo / "dup.sweep.yaml").write_text("policies: [small.yaml]\nmatrix:\n  quantization.scheme: [int8, a16w8, int8]\n")
+    with pytest.raises(PolicyError) as info:
+        load_sweep(zoo / "dup.sweep.yaml")
+    assert "dup.sweep.yaml:3:" in str(info.value) and "non-unique" in str(info.value)
+    keys = "".join(f"  k{i}.x: [1, 2, 3, 4]\n" for i in range(8))
+    (zoo / "big.sweep.yaml").write_text("policies: [small.yaml]\nmatrix:\n" + keys)
+    with pytest.raises(PolicyError) as info:
+        load_sweep(zoo / "big.sweep.yaml")
+    assert "big.sweep.yaml:2:" in str(info.value) and f"{4 ** 8:,} runs" in str(info.value)  # line 2: matrix:
+
+
+def test_values_whose_folder_names_would_collide_get_distinct_folders(zoo):
+    """'a b', 'a-b' and 'a/b' all slug to 'a-b': each gets a short hash of its overrides; 'a_b' keeps its name."""
+    (zoo / "names.sweep.yaml").write_text('policies: [small.yaml]\nmatrix:\n  report.title: ["a b", "a-b", "a/b", a_b]\n')
+    jobs = load_sweep(zoo / "names.sweep.yaml").jobs
+    outs = [j.out for j in jobs]
+    assert len(set(outs)) == 4
+    assert [Path(o).name for o in outs][3] == "title-a_b"
+    assert all(Path(o).name.startswith("title-a-b-") and len(Path(o).name) == len("title-a-b-") + 8 for o in outs[:3])
+
+
 def test_validate_checks_every_combination_with_its_model_and_data(zoo, capsys):
     assert main(["validate", str(zoo / "sweep.yaml")]) == 0
     assert "6 runs: 3 policies x 2 combinations" in capsys.readouterr().out

@@ -7,10 +7,13 @@ reported like any policy problem, but at the sweep file's line that wrote it.
 
 from __future__ import annotations
 
+import collections
 import copy
 import glob
+import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +38,9 @@ def sweep_schema() -> dict:
 def is_sweep_document(doc: Any) -> bool:
     """A sweep file names policies; a policy names a model."""
     return isinstance(doc, dict) and "policies" in doc and "model" not in doc
+
+
+MAX_RUNS = 5000  # runs one sweep file may expand to: a matrix typo must not queue a million runs
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,17 @@ def load_sweep(path: Path, out: Path | None = None) -> SweepSpec:
     policies = _policy_files(doc, folder, str(path))
     out = Path(out) if out else folder / doc.get("out", "sweep-out")
     names = _policy_names(policies, folder)
-    jobs = [Job(policy=str(p), policy_name=names[p], combination=combination_name(combo), overrides=combo,
-                out=str(out / "runs" / names[p] / combination_name(combo)), sweep_file=str(path))
-            for p in policies for combo in combinations(doc)]
+    count = math.prod(len(values) for values in (doc.get("matrix") or {}).values())  # before building them
+    if len(policies) * count > MAX_RUNS:
+        raise PolicyError(Problem(f"the sweep expands to {len(policies) * count:,} runs ({len(policies)} "
+                                  f"polic{'y' if len(policies) == 1 else 'ies'} x {count:,} combinations); "
+                                  f"at most {MAX_RUNS:,}", str(path), line_of(doc, ["matrix"]),
+                                  hint="split it into several sweep files, or drop values from the matrix"))
+    combos = combinations(doc)
+    combo_names = unique_names(combos)
+    jobs = [Job(policy=str(p), policy_name=names[p], combination=name, overrides=combo,
+                out=str(out / "runs" / names[p] / name), sweep_file=str(path))
+            for p in policies for combo, name in zip(combos, combo_names)]
     return SweepSpec(path=path, out=out.resolve(), executor=_executor(doc.get("executor", "local")), jobs=jobs)
 
 
@@ -166,6 +180,19 @@ def combination_name(combo: list[Override]) -> str:
         value = o.value if isinstance(o.value, (str, int, float, bool)) else json.dumps(o.value, sort_keys=True)
         parts.append(f"{o.keys[-1]}-{value}")
     return _slug("_".join(parts))
+
+
+def unique_names(combos: list[list[Override]]) -> list[str]:
+    """combination_name for each, with a short hash of the overrides added where two names would be one folder
+    (values that differ only in punctuation, keys with the same last part, names cut at 120 characters)."""
+    names = [combination_name(c) for c in combos]
+    counts = collections.Counter(names)
+    return [name if counts[name] == 1 else f"{name[:110]}-{_digest(combo)}" for name, combo in zip(names, combos)]
+
+
+def _digest(combo: list[Override]) -> str:
+    text = json.dumps([[list(o.keys), o.value] for o in combo], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _slug(text: str) -> str:
