@@ -77,8 +77,18 @@ def control_flow(path: Path) -> Path:
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])], inits, path)
 
 
+def dynamic_cnn(path: Path) -> Path:
+    """small_cnn whose input height and width are symbolic (H, W): the policy's shape decides the image size."""
+    small_cnn(path)
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.save(model, str(path))
+    return path
+
+
 MODELS = {"small_cnn": small_cnn, "custom_op": custom_op, "two_inputs": two_inputs, "log_output": log_output,
-          "control_flow": control_flow}
+          "control_flow": control_flow, "dynamic_cnn": dynamic_cnn}
 
 
 def op_too_new(path: Path) -> Path:

@@ -268,6 +268,11 @@ def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputIn
     from PIL import Image, UnidentifiedImageError
 
     limit = max_image_pixels()
+    if size[0] * size[1] > limit:  # the target, not the file: a typo in the policy's shape must not fill the memory
+        raise DataError(Problem(f"input '{info.name}': images would be resized to {size[0]}x{size[1]} = "
+                                f"{size[0] * size[1]:,} pixels, more than the limit of {limit:,}", file=str(path),
+                                hint=f"check the input's shape (policy `inputs:`), or raise the limit with the "
+                                     f"environment variable {PIXELS_VARIABLE}"))
     Image.MAX_IMAGE_PIXELS = limit  # PIL refuses twice this when it opens the file, and warns above it
     try:
         with warnings.catch_warnings():
