@@ -17,10 +17,12 @@ problem names the file and the input.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,8 +192,43 @@ def _npy_per_input(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> lis
     ]
 
 
+def _check_npz_sizes(f: Path) -> None:
+    """A compressed .npz can declare far more than its file size (a zip bomb: 40 GB of zeros in 40 MB). Each
+    array's size is read from its header and refused above half this machine's memory, before anything is
+    decompressed."""
+    limit = _physical_memory() // 2
+    try:
+        with zipfile.ZipFile(f) as zf:
+            for member in zf.infolist():
+                if not member.filename.endswith(".npy"):
+                    continue
+                with zf.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version not in ((1, 0), (2, 0)):  # 3.0 (utf-8 field names): np.load reads it
+                        continue
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = header(fh)
+                size = math.prod(shape) * dtype.itemsize
+                if size > limit:
+                    raise DataError(Problem(
+                        f"array '{member.filename[:-4]}' declares shape {list(shape)} of {dtype}: "
+                        f"{size / 2**30:.1f} GiB, more than half of this machine's {limit * 2 / 2**30:.1f} GiB of memory",
+                        file=str(f), hint="store the samples as separate files, or check how this file was written"))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return  # not readable as a zip of .npy: np.load gives the message
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
 def _npz(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> list[Sample]:
     def read(f: Path) -> dict[str, np.ndarray]:
+        _check_npz_sizes(f)
         try:
             with np.load(f, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}

@@ -67,6 +67,29 @@ def test_npz_missing_key_names_the_file(tmp_path):
     assert "0.npz" in str(info.value) and "input(s) b" in str(info.value)
 
 
+@pytest.mark.parametrize("stacked", [False, True])
+def test_npz_bomb_is_refused_from_its_header_before_decompressing(tmp_path, stacked):
+    """A .npz member whose header declares 12 TiB (its data left out: only the header is read). Loading it
+    would allocate the declared size; the header check refuses it first, naming the array and its size."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1, 3, 2**20, 2**20) if not stacked else (8, 3, 2**19, 2**20)})
+    target = tmp_path / ("all.npz" if stacked else "f")
+    if not stacked:
+        target.mkdir()
+    path = target if stacked else target / "0.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.npy", header.getvalue())
+    with pytest.raises(DataError) as info:
+        data = open_data(DataSource(target), ONE_INPUT, Preprocess())
+        data[0]
+    text = str(info.value)
+    assert path.name in text and "array 'x' declares shape" in text and "12288.0 GiB" in text  # 3 * 2**40 float32 values
+
+
 def test_wrong_shape_names_sample_input_and_shapes(tmp_path):
     np.save(tmp_path / "0.npy", np.zeros((1, 3, 5, 5), np.float32))
     with pytest.raises(DataError) as info:
