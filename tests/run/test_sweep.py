@@ -200,6 +200,58 @@ def test_ray_sweep_gives_the_local_summary(zoo, local_sweep, ray_cluster):
     assert comparable(summary) == comparable(local_sweep[1])  # same rows, same numbers
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process, seconds: float = 180.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"the Ray Client server did not listen on {port} in {seconds:.0f} s")
+
+
+def test_ray_client_address_runs_the_sweep_on_a_started_cluster(zoo, local_sweep, tmp_path):
+    """`ray start --head` with a Ray Client server, as a team runs a cluster; the sweep goes to it through
+    --address ray://127.0.0.1:port. Ray turns token authentication on when a token exists (any earlier local
+    cluster writes ~/.ray/auth_token), and the client must then send it: the same summary as the local run."""
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
+    import subprocess
+    import sys
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    client_port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    # --block: this process owns the cluster; ending it ends the cluster (`ray stop` would end every Ray
+    # cluster on the machine, the other tests' included)
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(_free_port()), "--num-cpus", "2",
+                             "--ray-client-server-port", str(client_port), "--include-dashboard", "false",
+                             "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    mp = pytest.MonkeyPatch()
+    mp.delenv("RAY_AUTH_MODE", raising=False)
+    try:
+        _wait_for_port(client_port, head)
+        code = main(["sweep", str(zoo / "sweep.yaml"), "--executor", "ray", "--address",
+                     f"ray://127.0.0.1:{client_port}", "--out", str(tmp_path / "client-out"), "--quiet"])
+    finally:
+        mp.undo()
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=120)
+    summary = _summary(tmp_path / "client-out")
+    assert code == 1 and summary["executor"]["address"] == f"ray://127.0.0.1:{client_port}"
+    assert comparable(summary) == comparable(local_sweep[1])
+
+
 def _kill_first_running_worker(runs: Path, killed: list, stop: threading.Event) -> None:
     """A run stages its outputs in a marked staging folder (qcheck/run/output_folder.py, qcheck/scratch.py) whose
     mark names the worker process running it. Kill it with SIGKILL, as the OOM killer would."""
