@@ -40,7 +40,7 @@ from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel, free_batch
 from qcheck.data.readers import DataSet
 from qcheck.errors import first_line
 from qcheck.measure.outputs import OutputMetrics, compare_outputs, metric_value
-from qcheck.model.runtime import make_session
+from qcheck.model.runtime import make_session, ort_errors
 from qcheck.policy.metric_names import output_metric, task_value, worst_of
 from qcheck.policy.spec import MetricSpec
 from qcheck.policy.task_options import value_names
@@ -105,7 +105,7 @@ class ConfigRunner:
             feed = stack(chosen)
             together = batched.run(None, {**feed, SWITCH_INPUT: mask})
             apart = [single.run(None, {**x, SWITCH_INPUT: mask}) for x in chosen]
-        except Exception as exc:  # noqa: BLE001 -- ORT refuses a batch this model cannot take (a Reshape to batch 1, ...)
+        except ort_errors() as exc:  # ORT refuses a batch this model cannot take (a Reshape to batch 1, ...)
             self._note(f"samples ran one at a time: the model does not take a batch of {n} "
                        f"(ONNX Runtime: {_ort_reason(exc)}); the results are the same, only slower")
             return single, 1
@@ -180,9 +180,9 @@ class ConfigRunner:
             for b, feed in enumerate(self.feeds):
                 values = dict(zip(wanted, base.run(wanted, feed)))
                 if not all(isinstance(v, np.ndarray) for v in values.values()):
-                    raise TypeError("a tensor at a cut is not an array (a sequence or map)")
+                    raise NotAnArray("a tensor at a cut is not an array (a sequence or map)")
                 store.put(b, values)
-        except Exception as exc:  # noqa: BLE001 -- any failure here only costs speed: say so and go on
+        except (*ort_errors(), NotAnArray) as exc:  # ORT refusing the float base model only costs speed
             self._note(f"suffix copies not used ({first_line(exc)}); "
                        "every configuration ran on the full switchable model")
             return False
@@ -199,7 +199,7 @@ class ConfigRunner:
             model = typed(suffix, values, self.batch > 1)
             return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0, quiet=True)
                     for _ in range(self.workers)]
-        except Exception as exc:  # noqa: BLE001 -- as above: slower, not wrong
+        except ort_errors() as exc:  # as above: slower, not wrong
             self._note(f"a suffix copy could not be built ({first_line(exc)}); "
                        "its configurations ran on the full switchable model")
             return None
@@ -234,6 +234,10 @@ class ConfigRunner:
         if self.batch > 1:
             free_batch_dimension(model)
         return model
+
+
+class NotAnArray(TypeError):
+    """A tensor at a cut is a sequence or a map: suffix copies cannot be fed with it."""
 
 
 def _ort_reason(exc: Exception) -> str:

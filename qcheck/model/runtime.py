@@ -46,6 +46,16 @@ class ModelBuildError(RuntimeError):
     """ONNX Runtime refuses a model qcheck built: a bug to report, not a problem with the user's input."""
 
 
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """What ONNX Runtime raises when it refuses a model or a run (its pybind error types, plain Exception
+    subclasses, plus ModelBuildError): for the fallbacks that may catch ORT's refusals and nothing else, so a
+    bug of qcheck's in the same block still ends the run with exit 3."""
+    import onnxruntime.capi.onnxruntime_pybind11_state as state
+
+    found = tuple(c for c in vars(state).values() if isinstance(c, type) and issubclass(c, Exception))
+    return (*found, ModelBuildError)
+
+
 def run_failure(exc: BaseException, sample: tuple[Path, str] | None) -> ModelError | None:
     """ONNX Runtime failing while it runs a model on a sample (not while loading it): the sample's fault.
 

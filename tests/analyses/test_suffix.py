@@ -6,6 +6,7 @@ read early and late), and a model output produced before most cuts.
 """
 
 import numpy as np
+import onnx
 import pytest
 from helpers import residual_cnn, write_npy_samples
 
@@ -135,11 +136,26 @@ def test_a_suffix_onnx_runtime_refuses_falls_back_to_the_full_model_and_says_so(
     monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 10**9)
     reference = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1).evaluate(configs)
 
-    def refuse(*args, **kwargs):
-        raise ValueError("not this model")
+    def refused(*args, **kwargs):  # a model ONNX Runtime really refuses: no graph, no opset
+        return onnx.ModelProto(ir_version=8)
 
     monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 1)
-    monkeypatch.setattr(sensitivity, broken, refuse)
+    monkeypatch.setattr(sensitivity, broken, refused)
     runner = ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1)
     assert runner.evaluate(configs) == reference  # the same session, the same runs: equal, not close
-    assert len(runner.notes) == 1 and "not this model" in runner.notes[0] and "full switchable model" in runner.notes[0]
+    assert len(runner.notes) == 1 and "ONNX Runtime" in runner.notes[0] and "full switchable model" in runner.notes[0]
+
+
+@pytest.mark.parametrize("broken", ["typed", "base_model"])
+def test_a_bug_while_building_a_suffix_is_not_taken_for_onnx_runtime_refusing_it(setup, monkeypatch, broken):
+    """Only ONNX Runtime's refusals fall back to the full model; a bug of qcheck's in the same step ends the run."""
+    sw, data, _ = setup
+    configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
+
+    def bug(*args, **kwargs):
+        raise KeyError("a tensor qcheck lost track of")
+
+    monkeypatch.setattr(sensitivity, "RUNS_PER_GROUP", 1)
+    monkeypatch.setattr(sensitivity, broken, bug)
+    with pytest.raises(KeyError):
+        ConfigRunner(sw, data, list(range(len(data))), {}, max_batch=1).evaluate(configs)
