@@ -5,8 +5,11 @@ appended to $GITHUB_STEP_SUMMARY."""
 import json
 import xml.etree.ElementTree as ET
 
+from pathlib import Path
+
 import junitparser
 import pytest
+import xmlschema
 from helpers import basic_policy
 
 from qcheck.cli.main import main
@@ -70,6 +73,18 @@ def test_junit_has_one_case_per_requirement_and_error_finding(ci_run):
     found = [c for c in cases if c.get("classname") == "qcheck.findings"]
     assert errors and len(found) == len(errors)  # one per weight: the inline rule fires on each
     assert all(c.find("failure") is not None and c.get("name").startswith("IN001") for c in found)
+
+
+JUNIT_SCHEMA = Path(__file__).with_name("junit-10.xsd")  # Jenkins' JUnit schema, as pytest validates with it
+
+
+def test_junit_files_validate_against_the_jenkins_junit_schema(ci_run, tmp_path):
+    tmp, _, _ = ci_run
+    schema = xmlschema.XMLSchema(str(JUNIT_SCHEMA))
+    schema.validate(str(tmp / "junit.xml"))  # raises with the offending element and rule
+    out = tmp / "out"
+    assert main(["diff", str(out), str(out), "--junit", str(tmp_path / "d.xml")]) == 0
+    schema.validate(str(tmp_path / "d.xml"))
 
 
 def test_junit_reads_the_same_in_a_ci_result_parser(ci_run):
