@@ -148,8 +148,8 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
                 float_model, [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=options,
             )
-            calibrator.collect_data(reader)
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print their settings
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print as they go
+                calibrator.collect_data(reader)
                 tensors = calibrator.compute_data()
         except Exception as exc:
             if reader.failure is not None:  # not ORT's: a bad sample (DataError) or a bug in qcheck, as raised

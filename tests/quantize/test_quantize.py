@@ -106,3 +106,13 @@ def test_already_quantized_model_is_refused_with_a_reason(prepared, tmp_path):
     q = build_quantized(pm.path, ranges, Recipe(), tmp_path / "q.onnx")
     with pytest.raises(ModelError, match="already quantized"):
         prepare_model(load_onnx(q), q, {}, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibrators_print_nothing(prepared, capfd, method):
+    """ORT's histogram calibrators print ("Collecting tensor data and making histogram ...") on stdout, which a
+    user pipes into JSON or a CI log: qcheck keeps stdout for its own output."""
+    _, pm, data = prepared
+    calibrate(pm.path, data, QuantizationSpec(calibration=method))
+    out, _ = capfd.readouterr()
+    assert out == ""
