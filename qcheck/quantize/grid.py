@@ -27,4 +27,5 @@ def quantize(x: np.ndarray, scale: float | np.ndarray, zero_point: int | np.ndar
 def dequantize(q: np.ndarray, scale: float | np.ndarray, zero_point: int | np.ndarray) -> np.ndarray:
     """ONNX DequantizeLinear: (q - zero_point) * scale, in float32 as ONNX Runtime computes it."""
     steps = q.astype(np.int32) - np.asarray(zero_point, dtype=np.int32)
-    return steps.astype(np.float32) * np.asarray(scale, dtype=np.float32)
+    # asarray: a scalar tensor (0-d) must stay an array, or ORT refuses it as a feed
+    return np.asarray(steps.astype(np.float32) * np.asarray(scale, dtype=np.float32))

@@ -4,7 +4,6 @@ appended to $GITHUB_STEP_SUMMARY."""
 
 import json
 import xml.etree.ElementTree as ET
-
 from pathlib import Path
 
 import junitparser
