@@ -96,7 +96,8 @@ class ConfigRunner:
     def _batched_session(self, max_batch: int):
         single = self.sw.session()
         n = min(max_batch, len(self.samples))
-        if n < 2 or any(self.data[self.samples[0]][k].shape[0] != 1 for k in self.data[self.samples[0]]):
+        first = self.data[self.samples[0]]
+        if n < 2 or any(v.ndim == 0 or v.shape[0] != 1 for v in first.values()):  # a scalar input has no batch axis
             return single, 1
         try:  # a probe: ORT's errors are expected on some models, so it runs quietly and the outcome is noted
             batched = self.sw.session(batched=True, quiet=True)

@@ -115,7 +115,10 @@ def free_batch_dimension(model: onnx.ModelProto) -> None:
 
 
 def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Samples (each with batch dimension 1) -> one feed with the samples along dimension 0."""
+    """Samples (each with batch dimension 1) -> one feed with the samples along dimension 0; one sample is its
+    own feed (it may hold a scalar, which has no axis to join along)."""
+    if len(samples) == 1:
+        return dict(samples[0])
     return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
 
 
