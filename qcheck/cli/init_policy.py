@@ -125,7 +125,8 @@ def policy_text(facts: ModelFacts, policy_path: Path, data: str | None = None, t
     L: list[str] = []
     add = L.append
     add(f"# qcheck policy for {_c(facts.path.name)}, written by `qcheck init` on {today}.")
-    add(f"# It looks like {'an' if kind[0] in 'aeiou' else 'a'} {kind}; the defaults below follow from that.")
+    if kind != "model":  # nothing recognised: no claim to make
+        add(f"# It looks like {'an' if kind[0] in 'aeiou' else 'a'} {kind}; the defaults below follow from that.")
     add("# Next: point data.calibration at real samples, adjust the requirements, then")
     add(f"#   qcheck validate {_c(policy_path.name)}    (checks policy and data, runs nothing)")
     add(f"#   qcheck run {_c(policy_path.name)}")

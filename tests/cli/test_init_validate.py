@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 from bad_models import two_inputs
-from helpers import small_cnn, write_npy_samples
+from helpers import passthrough_model, small_cnn, write_npy_samples
 
 from qcheck.cli.main import main
 from qcheck.policy.loader import load_policy
@@ -33,6 +33,7 @@ def test_init_for_an_image_classifier_validates_and_runs(tmp_path, capsys):
     assert doc["metrics"] == {"logits_top1": {"output": "logits", "metric": "top1"}}
     assert "logits_top1 >= 0.98" in doc["require"]
     assert "x: float32 [1, 3, 16, 16]" in policy.read_text()  # the inputs, as comments
+    assert "It looks like an image classifier" in policy.read_text()
     load_policy(policy)
     capsys.readouterr()
     assert main(["validate", str(policy), "--json"]) == 0
@@ -55,6 +56,7 @@ def test_init_for_a_two_input_model_asks_for_npy_per_input(tmp_path, capsys):
     assert "preprocess" not in doc["data"]  # not images
     assert doc["metrics"] == {"y_top1": {"output": "y", "metric": "top1"}}  # y [1, 3] may be class scores
     assert "One sub-folder per input (a, b)" in text
+    assert "It looks like a classifier" in text  # y [1, 3]
     # without data the policy points at the placeholder, and says so
     assert main(["validate", str(policy)]) == 2
     assert "calibration data not found" in capsys.readouterr().err
@@ -63,6 +65,13 @@ def test_init_for_a_two_input_model_asks_for_npy_per_input(tmp_path, capsys):
     assert main(["validate", str(policy)]) == 0
     out = capsys.readouterr().out
     assert "valid" in out and "3 samples (npy-per-input)" in out and "warning: only 3 calibration" in out
+
+
+def test_init_claims_no_kind_for_a_model_it_does_not_recognise(tmp_path):
+    passthrough_model(tmp_path / "m.onnx", [1, 1, 64])  # a signal in, a signal out: no image, no class scores
+    policy = tmp_path / "qcheck.yaml"
+    assert main(["init", str(tmp_path / "m.onnx"), "-o", str(policy)]) == 0
+    assert "It looks like" not in policy.read_text()
 
 
 def test_init_gives_dynamic_image_sizes_a_guess_and_says_so(tmp_path):
