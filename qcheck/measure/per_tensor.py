@@ -38,6 +38,7 @@ from qcheck.measure.error_stats import (
     ErrorAccumulator,
     ErrorStats,
 )
+from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.outputs import OutputMetrics, compare_outputs
 from qcheck.measure.twin import Twin, build_twin
 from qcheck.model.graph import GraphIndex
@@ -72,6 +73,7 @@ class TensorRecord:
     input_range_ratio: float | None = None  # widest / narrowest calibrated range among the producer's inputs
     weight_error_share: float | None = None  # share of the per-layer error the weights alone cause
     per_layer_missing: str | None = None  # why the per-layer columns are empty (null), when they are
+    layer_metrics: dict[str, float | None] = field(default_factory=dict)  # the policy's `layer_metrics:`
 
     def row(self) -> dict:
         """Flat dict: plain names for the local (per-layer) statistics, whole_* for whole-model ones.
@@ -95,6 +97,7 @@ class TensorRecord:
             out[key] = dist.get(key)
         for key in ("layer_index", "is_output", "input_range_ratio", "weight_error_share", "per_layer_missing"):
             out[key] = getattr(self, key)
+        out.update(self.layer_metrics)
         return out
 
 
@@ -106,6 +109,7 @@ class Measurement:
     samples: int = 0
     notes: list[str] = field(default_factory=list)
     tasks: dict[str, dict] = field(default_factory=dict)  # task metric name -> qcheck.measure.tasks result
+    layer_metric_seconds: dict[str, float] = field(default_factory=dict)  # time each layer metric took
 
 
 # --------------------------------------------------------------------------- measuring
@@ -136,6 +140,7 @@ class _Accumulators:
     dist: dict[str, DistributionAccumulator]
     weight_err: dict[str, ErrorAccumulator]  # float twin vs twin with dequantized weights: the weights' part
     rest_err: dict[str, ErrorAccumulator]  # twin with dequantized weights vs the quantized node: the rest
+    user: LayerMetrics | None = None  # the policy's layer metrics: the one hook for per-tensor user statistics
 
 
 def measure(
@@ -150,10 +155,12 @@ def measure(
     progress: Callable[[int, int], None] | None = None,
     tasks: list | None = None,
     need: set[str] | None = None,
+    layer_metrics: LayerMetrics | None = None,
 ) -> Measurement:
     """`tasks`: task metrics (qcheck.measure.tasks), each fed every sample's float and quantized model outputs.
     `need`: the statistics the rules read (`rules.needed_statistics`); optional statistics no one
-    needs are not computed (None = compute everything)."""
+    needs are not computed (None = compute everything). `layer_metrics`: the policy's own per-tensor
+    statistics, fed the arrays this pass compares (measure.layer_metrics)."""
     index = GraphIndex(float_model)
     outputs = index.output_names
     activations = [t for t in qmap.tensors.values() if t.kind == "activation"]
@@ -169,6 +176,7 @@ def measure(
                          f"be replayed in float (e.g. {missing[0]}); their per-layer columns are empty and no rule "
                          f"reads them; their whole-model columns are measured")
     acc = _accumulators(activations, float_model, index, sessions.twin, want_dist)
+    acc.user = layer_metrics
     compared = compare_outputs(outputs, metrics, tasks)  # task metrics come as `tasks`
     for i in range(len(data)):
         _measure_sample(data[i], data.samples[i].label, sessions, activations, index, acc, compared, want_dist)
@@ -176,10 +184,13 @@ def measure(
             progress(i + 1, len(data))
     records = _activation_records(activations, acc, index, ranges, modes, sessions.twin, want_dist)
     if include_weights:
-        records += _weight_records(float_model, qmodel, qmap, index, want_dist)
+        records += _weight_records(float_model, qmodel, qmap, index, want_dist, layer_metrics)
+    if layer_metrics is not None:
+        for rec in records:
+            rec.layer_metrics = layer_metrics.values(rec.name)
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
     return Measurement(records, compared.output_results(), compared.user_results(), len(data), notes,
-                       compared.task_results())
+                       compared.task_results(), dict(layer_metrics.seconds) if layer_metrics else {})
 
 
 def _open_sessions(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: QDQMap,
@@ -228,15 +239,22 @@ def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: 
         if ref is None:
             continue
         acc.whole[t.name].update(ref, deq[t.name])
+        if acc.user is not None:
+            acc.user.update("whole", t, ref, deq[t.name], label)
+            if index.producer.get(t.name) is None:  # a graph input's per-layer error is its own rounding
+                acc.user.update("local", t, ref, deq[t.name], label)
         if want_dist:
             acc.dist[t.name].update(ref)
     twin = sessions.twin
     if sessions.twin_sess is not None:
         by_qoutput = {t.q_output: t.name for t in activations}
+        by_name = {t.name: t for t in activations}
         t_vals = run_twin({twin_in: deq[by_qoutput[src]] if src in by_qoutput else q_vals[src]
                            for twin_in, src in twin.inputs.items()})
         for name, twin_out in twin.outputs.items():
             acc.local[name].update(t_vals[twin_out], deq[name])
+            if acc.user is not None:
+                acc.user.update("local", by_name[name], t_vals[twin_out], deq[name], label)
         for name, twin_out in twin.weight_outputs.items():
             acc.weight_err[name].update(t_vals[twin.outputs[name]], t_vals[twin_out])
             acc.rest_err[name].update(t_vals[twin_out], deq[name])
@@ -286,7 +304,7 @@ def _share(weights: float, rest: float) -> float | None:
 
 
 def _weight_records(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: QDQMap, index: GraphIndex,
-                    want_dist: bool) -> list[TensorRecord]:
+                    want_dist: bool, layer_metrics: LayerMetrics | None = None) -> list[TensorRecord]:
     """Weights and biases: the float initializer against the dequantized integer one."""
     f_nodes = {n.name: n for n in index.nodes}  # unnamed nodes too, as the QDQ map names consumers
     q_inits = GraphIndex(qmodel).initializers
@@ -298,6 +316,9 @@ def _weight_records(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap:
         wq = t.dequantize(numpy_helper.to_array(q_inits[t.q_initializer]))
         acc = ErrorAccumulator(scale=t.scale_for(w.shape), qrange=t.real_range(w.shape))
         acc.update(w, wq)
+        if layer_metrics is not None:  # a weight is its own float reference in both modes
+            for mode in ("local", "whole"):
+                layer_metrics.update(mode, t, w, wq, "(weights)")
         consumer = f_nodes.get(t.consumers[0]) if t.consumers else None
         rec = _record(t, consumer.name if consumer else "", consumer.op_type if consumer else "",
                       index.order.get(consumer.output[0], -1) if consumer else -1, None)

@@ -26,6 +26,7 @@ from typing import Any
 
 from qcheck.errors import PolicyError, Problem, QcheckError
 from qcheck.policy.expr import ExprError, Expression
+from qcheck.policy.layer_metrics import check_color_by, read_layer_metrics
 from qcheck.policy.schema_messages import schema_problems
 from qcheck.policy.spec import (
     REQUIRE_NAMES,
@@ -33,6 +34,7 @@ from qcheck.policy.spec import (
     DataSource,
     DataSpec,
     FetchSpec,
+    LayerMetricSpec,
     MeasureSpec,
     MetricSpec,
     ModelSpec,
@@ -139,21 +141,23 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     data = _data(s, doc["data"])
     quant = _quantization(s, doc.get("quantization") or {})
     metrics = _metrics(s, doc.get("metrics") or {})
+    layer_metrics = _layer_metrics(s, doc.get("layer_metrics") or {}, metrics)
     require = _require(s, doc.get("require") or [], metrics)
     rules = _rules(s, doc.get("rules") or {})
+    rules.layer_metrics = list(layer_metrics)
     measure = MeasureSpec(**_given(doc.get("measure") or {}, {"modes": list, "weights": _same}))
     analyses = _analyses(doc.get("analyses", True))
     if analyses.metric == "auto":
         analyses.metric = required_metric(require, metrics)
     _check_analyses_metric(s, analyses, metrics)
-    report = _report(s, doc.get("report") or {})
+    report = _report(s, doc.get("report") or {}, layer_metrics)
     inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
     target = _target(s, doc.get("target", DEFAULT_TARGET))
     compare = _compare_schemes(doc, quant, data, s.file, s.at, s.problems)
     search = _search(doc["search"] or {}) if "search" in doc else None  # `search:` alone: on, with defaults
     policy = Policy(
         path=path, model=model, data=data, inputs=inputs, target=target,
-        quantization=quant, metrics=metrics, require=require, rules=rules, measure=measure,
+        quantization=quant, metrics=metrics, layer_metrics=layer_metrics, require=require, rules=rules, measure=measure,
         analyses=analyses, report=report, compare=compare, search=search, raw=to_plain(doc), _doc=doc,
     )
     return policy, s.problems
@@ -247,6 +251,16 @@ def _metrics(s: _Section, given: dict) -> dict[str, MetricSpec]:
     return metrics
 
 
+def _layer_metrics(s: _Section, given: dict, metrics: dict[str, MetricSpec]) -> dict[str, LayerMetricSpec]:
+    specs, issues = read_layer_metrics(given, s.file, lambda keys: s.at(*keys))
+    for keys, message, hint in issues:
+        s.problem(message, keys, hint=hint)
+    for name in sorted(set(specs) & set(metrics)):
+        s.problem(f"'{name}' is both a model metric (`metrics:`) and a layer metric; give them different names",
+                  ("layer_metrics", name))
+    return specs
+
+
 def _require(s: _Section, lines: list, metrics: dict[str, MetricSpec]) -> list[Requirement]:
     from qcheck.policy.task_options import require_names
 
@@ -283,8 +297,12 @@ def _check_analyses_metric(s: _Section, analyses: AnalysesSpec, metrics: dict[st
                   hint=f"usable metrics: cosine, sqnr, mse{''.join(', ' + g for g in metrics)}")
 
 
-def _report(s: _Section, rp: dict) -> ReportSpec:
+def _report(s: _Section, rp: dict, layer_metrics: dict[str, LayerMetricSpec]) -> ReportSpec:
     report = ReportSpec(**_given(rp, {"formats": list, "title": _same}))
+    report.graph_color_by = (rp.get("graph") or {}).get("color_by", report.graph_color_by)
+    issue = check_color_by(report.graph_color_by, layer_metrics)
+    if issue:
+        s.problem(issue[1], issue[0], hint=issue[2])
     report.out = s.resolve(rp.get("out", report.out))
     tdirs = rp.get("templates") or []
     for i, t in enumerate([tdirs] if isinstance(tdirs, str) else tdirs):

@@ -95,6 +95,26 @@ class MetricSpec:
 
 
 @dataclass
+class LayerMetricSpec:
+    """A per-tensor statistic the policy declares (`layer_metrics:`): an expression over the tensor's float,
+    quantized and difference arrays (policy.array_expr), or a python function; one column per metric."""
+
+    name: str
+    expression: Any = None  # an ArrayExpression, or None for a python function
+    function: str | None = None  # `module:function` or an entry point in group qcheck.metrics
+    over: str = "samples"  # samples: the mean over samples of each sample's value; elements: over all elements
+    mode: str = "local"  # local: the per-layer comparison (float twin); whole: the float model's tensor
+    chart: bool = False  # a chart of it in the report
+    timeout: float = 300.0  # seconds per call of a python function
+    file: str | None = None
+    line: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.expression.text if self.expression is not None else f"function {self.function}"
+
+
+@dataclass
 class Requirement:
     text: str
     expression: Expression
@@ -109,6 +129,7 @@ class RulesSpec:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     inline: list[dict] = field(default_factory=list)  # rules written in the policy (checked by rules.load_inline)
     doc: Any = field(default=None, repr=False)  # the `rules:` mapping with line info, for error lines
+    layer_metrics: list[str] = field(default_factory=list)  # the policy's `layer_metrics:`: names rules may read
 
 
 @dataclass
@@ -142,6 +163,7 @@ class ReportSpec:
     formats: list[str] = field(default_factory=lambda: ["html", "pdf"])
     title: str | None = None
     templates: list[Path] = field(default_factory=list)  # a team's template folders, searched first
+    graph_color_by: str = "rmse_scale"  # the per-tensor statistic the graph view colors nodes by
 
 
 SEARCH_STRATEGIES = ("auto", "greedy", "bisect", "exhaustive")
@@ -182,6 +204,7 @@ class Policy:
     target: TargetProfile = field(default_factory=lambda: builtin_profile(DEFAULT_TARGET))
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)
     metrics: dict[str, MetricSpec] = field(default_factory=dict)
+    layer_metrics: dict[str, LayerMetricSpec] = field(default_factory=dict)
     require: list[Requirement] = field(default_factory=list)
     rules: RulesSpec = field(default_factory=RulesSpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)

@@ -56,13 +56,15 @@ def load_results(path: Path) -> dict:
 CSV_COLUMNS = list(TENSOR_STATISTICS)
 
 
-def write_layer_stats(rows: list[dict], path: Path) -> None:
-    """One row per quantized tensor; readable with pandas.read_csv."""
+def write_layer_stats(rows: list[dict], path: Path, layer_metrics: list[str] | tuple[str, ...] = ()) -> None:
+    """One row per quantized tensor, then one column per layer metric the policy declares; readable with
+    pandas.read_csv."""
+    columns = CSV_COLUMNS + [name for name in layer_metrics if name not in CSV_COLUMNS]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

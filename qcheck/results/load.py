@@ -32,6 +32,7 @@ def _complete(data: dict) -> None:
     data.setdefault("finding_counts", {})
     data.setdefault("timings", {})
     data.setdefault("peak_memory_mb", {})
+    data.setdefault("layer_metrics", [])
     verdict = data.get("verdict")
     if isinstance(verdict, dict):
         verdict.setdefault("failing_metrics", [])

@@ -106,6 +106,19 @@ class MeasureInfo:
 
 
 @dataclass
+class LayerMetricInfo:
+    """A layer metric the policy declares (`layer_metrics:`); its values are a key of every row of `tensors`."""
+
+    name: str
+    expr: str | None
+    function: str | None
+    over: str
+    mode: str
+    chart: bool
+    seconds: float
+
+
+@dataclass
 class LockInfo:
     file: str | None
     quantized_model: str
@@ -140,7 +153,9 @@ class Results:
     model_metrics: ModelMetrics
     model_statistics: dict
     measure: MeasureInfo
-    tensors: list[dict] = _doc("one row per quantized tensor: the statistics of results/layer_columns.py")
+    tensors: list[dict] = _doc("one row per quantized tensor: the statistics of results/layer_columns.py, and one "
+                               "key per layer metric")
+    layer_metrics: list[LayerMetricInfo] = _doc("the policy's layer metrics, in its order (empty when none)")
     analyses: dict | None = _keys(*ANALYSES_KEYS, doc="null when no analysis ran")
     findings: list[dict] = _keys(*FINDING_KEYS)
     finding_counts: dict[str, int]

@@ -34,9 +34,11 @@ FORMAT_SPEC = re.compile(r"^[<>^=+\- #0-9,._%a-zA-Z]*$")
 _INPUT_NODE = "(input)"  # measure's producer name for graph inputs
 
 
-def statistics_for(scope: str) -> dict[str, str]:
-    """The names a condition of this scope may use."""
-    return MODEL_STATISTICS if scope == "model" else TENSOR_STATISTICS
+def statistics_for(scope: str, layer_metrics: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """The names a condition of this scope may use; `layer_metrics`: the policy's own per-tensor statistics."""
+    if scope == "model":
+        return MODEL_STATISTICS
+    return {**TENSOR_STATISTICS, **dict.fromkeys(layer_metrics, "a layer metric the policy declares")}
 
 
 @dataclass

@@ -27,21 +27,22 @@ def _rule_schema() -> dict:
     return json.loads(schema_path("rulepack.schema.json").read_text(encoding="utf-8"))
 
 
-def load_pack(path: Path) -> list[Rule]:
-    """Every rule of one pack file; every problem in it at once, with file:line."""
+def load_pack(path: Path, layer_metrics: tuple[str, ...] | list[str] = ()) -> list[Rule]:
+    """Every rule of one pack file; every problem in it at once, with file:line. `layer_metrics`: the names
+    the policy declares under `layer_metrics:`, which conditions may read too."""
     doc = load_yaml(path, what="rule pack")
     if not isinstance(doc, dict):
         raise PolicyError(Problem("a rule pack must be a YAML mapping with `pack:` and `rules:`", str(path), 1))
     problems = schema_problems(doc, _rule_schema(), str(path))
     if problems:
         raise PolicyError(problems)
-    rules, problems = _build_rules(doc["rules"], doc["pack"], str(path), doc, ["rules"])
+    rules, problems = _build_rules(doc["rules"], doc["pack"], str(path), doc, ["rules"], layer_metrics)
     if problems:
         raise PolicyError(problems)
     return rules
 
 
-def load_inline(spec_doc: LineDict, policy_file: str) -> list[Rule]:
+def load_inline(spec_doc: LineDict, policy_file: str, layer_metrics: tuple[str, ...] | list[str] = ()) -> list[Rule]:
     """The rules written in a policy under `rules.inline`, checked like a pack, lines in the policy."""
     root = LineDict(rules=spec_doc)
     root.line = getattr(spec_doc, "line", None)
@@ -52,13 +53,15 @@ def load_inline(spec_doc: LineDict, policy_file: str) -> list[Rule]:
     problems = schema_problems(root, wrapper, policy_file)
     if problems:
         raise PolicyError(problems)
-    rules, problems = _build_rules(spec_doc.get("inline") or [], "inline", policy_file, root, ["rules", "inline"])
+    rules, problems = _build_rules(spec_doc.get("inline") or [], "inline", policy_file, root, ["rules", "inline"],
+                                   layer_metrics)
     if problems:
         raise PolicyError(problems)
     return rules
 
 
-def _build_rules(raws: list, pack: str, file: str, root: Any, prefix: list) -> tuple[list[Rule], list[Problem]]:
+def _build_rules(raws: list, pack: str, file: str, root: Any, prefix: list,
+                 layer_metrics: tuple[str, ...] | list[str] = ()) -> tuple[list[Rule], list[Problem]]:
     rules, problems = [], []
     seen: dict[str, int | None] = {}
     for i, raw in enumerate(raws):
@@ -68,7 +71,7 @@ def _build_rules(raws: list, pack: str, file: str, root: Any, prefix: list) -> t
             continue
         seen[raw["code"]] = line
         try:
-            rules.append(_build_rule(raw, pack, f"{file}:{line}"))
+            rules.append(_build_rule(raw, pack, f"{file}:{line}", layer_metrics))
         except _FieldError as exc:
             problems.append(Problem(f"rule {raw['code']}: {exc.message}", file, line_of(root, prefix + [i, exc.key]),
                                     hint=exc.hint))
@@ -81,25 +84,24 @@ class _FieldError(Exception):
         self.key, self.message, self.hint = key, message, hint
 
 
-def _names_hint(name: str, known: set[str], scope: str) -> str:
+def _names_hint(name: str, known: set[str], scope: str, stats: dict[str, str]) -> str:
     guess = difflib.get_close_matches(name, sorted(known), n=1)
-    stats = statistics_for(scope)
     return ((f"did you mean '{guess[0]}'? " if guess else "") +
             f"known {'model ' if scope == 'model' else ''}statistics: " + ", ".join(sorted(stats)))
 
 
-def _expression(raw: dict, key: str, known: set[str]) -> Expression:
+def _expression(raw: dict, key: str, known: set[str], stats: dict[str, str]) -> Expression:
     try:
         return Expression(raw[key], known_names=known)
     except ExprError as exc:
         bad = exc.args[1] if len(exc.args) > 1 else None
         what = f"`{key}` names unknown statistic '{bad}'" if bad else f"`{key}`: {exc.args[0]}"
-        raise _FieldError(key, what, _names_hint(bad, known, raw["scope"]) if bad else None) from None
+        raise _FieldError(key, what, _names_hint(bad, known, raw["scope"], stats) if bad else None) from None
 
 
-def _build_rule(raw: dict, pack: str, source: str) -> Rule:
+def _build_rule(raw: dict, pack: str, source: str, layer_metrics: tuple[str, ...] | list[str] = ()) -> Rule:
     scope = raw["scope"]
-    stats = statistics_for(scope)
+    stats = statistics_for(scope, layer_metrics)
     params = dict(raw.get("params") or {})
     clash = sorted(set(params) & set(stats))
     if clash:
@@ -109,11 +111,11 @@ def _build_rule(raw: dict, pack: str, source: str) -> Rule:
         raise _FieldError("params", f"parameter(s) {', '.join(nan)} are NaN: every comparison with NaN is false, so "
                                     "the rule would never fire", "give a number")
     known = set(stats) | set(params)
-    when = _expression(raw, "when", known)
-    rank = _expression(raw, "rank", known) if raw.get("rank") else None
+    when = _expression(raw, "when", known, stats)
+    rank = _expression(raw, "rank", known, stats) if raw.get("rank") else None
     for name in raw.get("evidence") or []:
         if name not in known:
-            raise _FieldError("evidence", f"evidence names unknown statistic '{name}'", _names_hint(name, known, scope))
+            raise _FieldError("evidence", f"evidence names unknown statistic '{name}'", _names_hint(name, known, scope, stats))
     try:
         _check_template(raw["message"], known)
     except ValueError as exc:
@@ -156,10 +158,10 @@ def load_rules(spec: RulesSpec, policy_file: str | None = None) -> list[Rule]:
     """The rules a policy selects: its packs and inline rules, minus disabled rules, with its parameter overrides."""
     rules: list[Rule] = []
     for pack in spec.packs:
-        rules.extend(load_pack(builtin_pack_path() if pack == "builtin" else Path(pack)))
+        rules.extend(load_pack(builtin_pack_path() if pack == "builtin" else Path(pack), spec.layer_metrics))
     if spec.inline:
         rules.extend(load_inline(spec.doc if spec.doc is not None else LineDict(inline=spec.inline),
-                                 policy_file or "policy"))
+                                 policy_file or "policy", spec.layer_metrics))
     problems = []
 
     def at(*keys) -> int | None:

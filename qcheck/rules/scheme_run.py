@@ -17,6 +17,7 @@ import onnx
 
 from qcheck.data.readers import DataSet
 from qcheck.measure.by_name import measure_by_name
+from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.outputs import aggregate_model_metrics
 from qcheck.measure.per_tensor import Measurement, measure
 from qcheck.policy.spec import Policy
@@ -77,8 +78,10 @@ def measure_built(built: BuiltScheme, policy: Policy, float_model: onnx.ModelPro
     if built.has_qdq:
         qmodel = onnx.load(str(built.measure_path))
         qmap = read_qdq(qmodel, float_model)
+        user = LayerMetrics(policy.layer_metrics, policy.folder) if policy.layer_metrics else None
         m = measure(float_model, qmodel, qmap, evaluation, ranges.ranges, policy.metrics, policy.measure.modes,
-                    include_weights=policy.measure.weights, progress=progress, tasks=tasks, need=need)
+                    include_weights=policy.measure.weights, progress=progress, tasks=tasks, need=need,
+                    layer_metrics=user)
         for t in qmap.tensors.values():
             kinds[t.kind] = kinds.get(t.kind, 0) + 1
         return m, qmap, kinds

@@ -22,6 +22,7 @@ import onnx
 
 from qcheck.data.readers import DataSet, open_data
 from qcheck.errors import QcheckError
+from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.tasks import TaskMetric
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.diagnose import check_runtime_loads
@@ -69,6 +70,7 @@ def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = 
     evaluation = (open_data(policy.data.evaluation, static, policy.data.preprocess, check_first=first)
                   if policy.data.evaluation else calibration)
     tasks = build_tasks(policy, outputs)
+    LayerMetrics(policy.layer_metrics, policy.folder)  # python layer metrics are found and imported, or exit 2
     prepared = None
     if work is not None:  # the slow part last: pre-processing a large model takes a while
         prepared = prepare_model(model, policy.model.path, shapes, work)

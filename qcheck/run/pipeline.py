@@ -36,6 +36,7 @@ from qcheck.results.files import write_json, write_layer_stats, write_sensitivit
 from qcheck.results.schema import (
     SCHEMA_VERSION,
     DataInfo,
+    LayerMetricInfo,
     LockInfo,
     MeasureInfo,
     ModelInfo,
@@ -179,7 +180,7 @@ def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stage
     analyses = _analyses(policy, loaded, built, float_model, ranges, rows, stages, console)
     with stages.stage("rules", console):
         main_run = judge_built(built, m, policy, loaded.rules, qmap, kinds, rows=rows)
-        write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"))
+        write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"), list(policy.layer_metrics))
         if analyses:
             write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
     comparison = None
@@ -296,6 +297,10 @@ def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_r
         model_statistics=main_run.model_statistics,
         measure=MeasureInfo(modes=policy.measure.modes, samples=m.samples, notes=m.notes),
         tensors=main_run.rows,
+        layer_metrics=[LayerMetricInfo(name=name, expr=spec.expression.text if spec.expression is not None else None,
+                                       function=spec.function, over=spec.over, mode=spec.mode, chart=spec.chart,
+                                       seconds=round(m.layer_metric_seconds.get(name, 0.0), 4))
+                       for name, spec in policy.layer_metrics.items()],
         analyses=analyses,
         findings=[f.to_dict() for f in main_run.findings],
         finding_counts=main_run.counts,
