@@ -63,7 +63,15 @@ class GraphIndex:
     def output_names(self) -> list[str]:
         return [o.name for o in self.graph.output]
 
+    def outline(self) -> list[dict]:
+        """The nodes as plain data for the report's graph view: name, op_type, and the activations each reads
+        and writes (initializers left out), in graph order."""
+        weights = self.initializers
+        return [{"name": n.name, "op_type": n.op_type, "inputs": [i for i in n.input if i and i not in weights],
+                 "outputs": [o for o in n.output if o]} for n in self.nodes]
+
 
 def topological_order(model: onnx.ModelProto) -> dict[str, int]:
     """Tensor name -> index of its producer in the node list."""
     return GraphIndex(model).order
+

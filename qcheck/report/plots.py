@@ -82,6 +82,23 @@ def rmse_scale_per_layer(results: dict, threshold: float = 0.7) -> str | None:
     return _svg(fig)
 
 
+def layer_metric_per_layer(results: dict, name: str) -> str | None:
+    """A layer metric the policy declares with `chart: true`: its value per activation, in graph order."""
+    acts = [t for t in _activations(results) if _finite(t.get(name))]
+    if not acts:
+        return None
+    values = [t[name] for t in acts]
+    fig, ax = plt.subplots(figsize=(7.2, 2.4))
+    ax.bar(range(len(acts)), values, width=1.0, color=INK, linewidth=0)
+    positive = [v for v in values if v > 0]
+    if positive and min(values) > 0 and max(values) > 100 * min(positive):
+        ax.set_yscale("log")
+    ax.set_xlabel("activation tensors, in graph order")
+    ax.set_ylabel(name)
+    ax.set_xlim(-1, len(acts))
+    return _svg(fig)
+
+
 def cosine_along_depth(results: dict) -> str | None:
     """Whole-model cosine of every activation along the graph: where the accumulated error grows."""
     acts = [t for t in _activations(results) if _finite(t.get("whole_cosine"))]

@@ -15,6 +15,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from qcheck.errors import Problem, QcheckError
 from qcheck.report import plots
 from qcheck.report.analysis_plots import analysis_plots
+from qcheck.report.graph_view import graph_view
 from qcheck.report.template_check import check_templates, from_user_template, template_problem
 from qcheck.resources import templates_dir
 from qcheck.results.next_step import next_step, partial_float_rows
@@ -130,7 +131,13 @@ def build_context(results: dict) -> dict:
                    key=lambda t: -t["rmse_scale"])[:25]
     figures = {k: svg_data_uri(v) for k, v in plots.all_plots(results).items()}
     _, _, measured_worse = partial_float_rows(results)
-    return {"r": results, "groups": groups, "worst": worst, "figures": figures,
+    graph = graph_view(results)
+    for page in (graph or {}).get("pages", []):
+        page["uri"] = svg_data_uri(page.pop("svg"))
+    layer_figures = [{"name": m["name"], "text": m["expr"] or f"function {m['function']}",
+                      "uri": svg_data_uri(plots.layer_metric_per_layer(results, m["name"]))}
+                     for m in results["layer_metrics"] if m["chart"]]
+    return {"r": results, "graph": graph, "layer_figures": layer_figures, "groups": groups, "worst": worst, "figures": figures,
             "next_step": next_step(results), "worst_sample": worst_sample(results),
             "measured_worse": {r["label"] for r in measured_worse},
             "odd_values": odd_values(results["tensors"]),

@@ -33,6 +33,7 @@ def _complete(data: dict) -> None:
     data.setdefault("timings", {})
     data.setdefault("peak_memory_mb", {})
     data.setdefault("layer_metrics", [])
+    data.setdefault("graph", [])
     verdict = data.get("verdict")
     if isinstance(verdict, dict):
         verdict.setdefault("failing_metrics", [])

@@ -106,6 +106,16 @@ class MeasureInfo:
 
 
 @dataclass
+class GraphNode:
+    """One node of the float model, for the report's graph view (report/graph_layout.py lays them out)."""
+
+    name: str
+    op_type: str
+    inputs: list[str] = _doc("activations it reads (weights left out)")
+    outputs: list[str]
+
+
+@dataclass
 class LayerMetricInfo:
     """A layer metric the policy declares (`layer_metrics:`); its values are a key of every row of `tensors`."""
 
@@ -156,6 +166,7 @@ class Results:
     tensors: list[dict] = _doc("one row per quantized tensor: the statistics of results/layer_columns.py, and one "
                                "key per layer metric")
     layer_metrics: list[LayerMetricInfo] = _doc("the policy's layer metrics, in its order (empty when none)")
+    graph: list[GraphNode] = _doc("the float model's nodes in graph order (empty in files of an older qcheck)")
     analyses: dict | None = _keys(*ANALYSES_KEYS, doc="null when no analysis ran")
     findings: list[dict] = _keys(*FINDING_KEYS)
     finding_counts: dict[str, int]

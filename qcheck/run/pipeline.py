@@ -25,6 +25,7 @@ from qcheck.data.finite import check_ranges_finite
 from qcheck.data.readers import DataSet
 from qcheck.errors import Problem
 from qcheck.measure.tasks import build as build_tasks
+from qcheck.model.graph import GraphIndex
 from qcheck.model.prepare import file_sha256
 from qcheck.model.runtime import run_failure
 from qcheck.policy.schemes import CALIBRATED
@@ -36,6 +37,7 @@ from qcheck.results.files import write_json, write_layer_stats, write_sensitivit
 from qcheck.results.schema import (
     SCHEMA_VERSION,
     DataInfo,
+    GraphNode,
     LayerMetricInfo,
     LockInfo,
     MeasureInfo,
@@ -196,7 +198,7 @@ def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stage
     search = _search(policy, loaded, main_run, float_model, analyses, final, work, out_dir, stages, console)
     lock_file = _lock(policy, loaded, final, search, out_dir)
     return _results(policy, loaded, built, m, qmap, kinds, main_run, ranges, analyses, comparison, search, final,
-                    lock_file)
+                    lock_file, GraphIndex(float_model).outline())
 
 
 def _calibrate(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stages, console: Console) -> Ranges | None:
@@ -263,7 +265,7 @@ def _lock(policy: Policy, loaded: Loaded, final: Final, search: dict | None, out
 
 def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_run: SchemeRun, ranges: Ranges | None,
              analyses: dict | None, comparison: dict | None, search: dict | None, final: Final,
-             lock_file: str | None) -> Results:
+             lock_file: str | None, graph: list[dict]) -> Results:
     prepared, calib, evaluation = loaded.prepared, loaded.calibration, loaded.evaluation
     recipe = built.recipe
     quantized, in_float = node_split(built, qmap)  # (runs quantized, computes in float)
@@ -301,6 +303,7 @@ def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_r
                                        function=spec.function, over=spec.over, mode=spec.mode, chart=spec.chart,
                                        seconds=round(m.layer_metric_seconds.get(name, 0.0), 4))
                        for name, spec in policy.layer_metrics.items()],
+        graph=[GraphNode(**n) for n in graph],
         analyses=analyses,
         findings=[f.to_dict() for f in main_run.findings],
         finding_counts=main_run.counts,

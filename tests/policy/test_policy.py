@@ -125,7 +125,7 @@ def test_the_schemas_documented_defaults_are_the_spec_defaults():
                ("quantization", "exclude", "op_types"): "exclude_op_types",
                ("analyses", "sensitivity", "metric"): "metric", ("analyses", "sensitivity", "detail"): "detail",
                ("analyses", "curves", "top_k"): "top_k", ("analyses", "distributions", "nodes"): "focus_nodes",
-               ("analyses", "confirm", "tolerance"): "tolerance"}
+               ("analyses", "confirm", "tolerance"): "tolerance", ("report", "graph", "color_by"): "graph_color_by"}
     checked = 0
 
     def walk(node, keys, cls):
