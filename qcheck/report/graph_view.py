@@ -188,19 +188,29 @@ def pdf_pages(lay: Layout, views: list[NodeView], results: dict) -> tuple[list[d
             b["caption"] = f"Graph, page {i + 1} of {len(bands)}: {b['caption']}"
         return bands, ""
     where = {v.name: (x, y) for v, x, y in zip(views, lay.x, lay.y)}
-    regions, seen = [], set()
+    centres = []  # the nodes the top findings name, then the worst by the color statistic
     for f in results["findings"]:
-        node = next((v.name for v in views if v.name == f.get("node") or f in v.findings), None)
-        if node is None or node in seen:
+        node = f.get("node") if f.get("node") in where else next((v.name for v in views if f in v.findings), None)
+        if node is not None:
+            centres.append((node, f"{f['code']} on node {node}: {f['message'][:160]}"))
+    for v in sorted((v for v in views if v.rank is not None), key=lambda v: -v.rank):
+        centres.append((v.name, f"node {v.name}, among the worst by {color_by_of(results)} ({_fmt(v.value)})"))
+    regions, seen = [], set()
+    for node, what in centres:
+        if node in seen:
             continue
         seen.add(node)
         x, y = where[node]
-        box = (max(x - PAGE_W / 2, -12.0), max(y - PAGE_H / 2, -12.0), PAGE_W, PAGE_H)
-        regions.append({"box": box, "caption": f"Region around {f['code']} on node {node}: {f['message'][:160]}"})
+        regions.append({"box": (max(x - PAGE_W / 2, -12.0), max(y - PAGE_H / 2, -12.0), PAGE_W, PAGE_H),
+                        "caption": f"Region around {what}"})
         if len(regions) == REGIONS:
             break
+    if not regions:  # nothing to centre on: the top of the graph
+        return bands[:MAX_PAGES], (f"At a readable size the whole graph takes {len(bands)} pages; the PDF shows the "
+                                   f"first {MAX_PAGES} (the HTML report has the whole graph).")
     why = (f"At a readable size the whole graph takes {len(bands)} pages; the PDF shows the region around each of "
-           f"the top {len(regions)} finding{'s' if len(regions) != 1 else ''} (the HTML report has the whole graph).")
+           f"the top {len(regions)} finding{'s' if len(regions) != 1 else ''} or worst node{'s' if len(regions) != 1 else ''} "
+           "(the HTML report has the whole graph).")
     return regions, why
 
 

@@ -131,8 +131,10 @@ def test_pdf_shows_all_pages_of_a_small_graph_and_the_worst_region_of_a_large_on
 
     large = _chain_results(400, 250)
     view = graph_view(large)
-    assert "region around each of the top 1 finding" in view["pages_note"]
-    assert len(view["pages"]) == 1 and "n250" in view["pages"][0]["caption"]
+    assert "region around each of the top 3 findings or worst nodes" in view["pages_note"]
+    captions = [p["caption"] for p in view["pages"]]
+    assert len(captions) == 3 and "QC101 on node n250" in captions[0]  # the finding first
+    assert "node n399" in captions[1]  # then the worst by the color statistic (rmse_scale grows along the chain)
     page = ET.fromstring(view["pages"][0]["svg"])
     shown = set(_nodes(page))
     assert "n250" in shown and len(shown) < 40  # the region around the finding, not the whole chain
