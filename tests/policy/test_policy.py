@@ -120,7 +120,7 @@ def test_the_schemas_documented_defaults_are_the_spec_defaults():
 
     sections = {"dataSource": spec.DataSource, "preprocess": spec.Preprocess, "quantization": spec.QuantizationSpec,
                 "rules": spec.RulesSpec, "measure": spec.MeasureSpec, "search": spec.SearchSpec,
-                "analyses": spec.AnalysesSpec, "report": spec.ReportSpec}
+                "analyses": spec.AnalysesSpec, "report": spec.ReportSpec, "layerMetric": spec.LayerMetricSpec}
     renamed = {("quantization", "exclude", "nodes"): "exclude_nodes",
                ("quantization", "exclude", "op_types"): "exclude_op_types",
                ("analyses", "sensitivity", "metric"): "metric", ("analyses", "sensitivity", "detail"): "detail",
@@ -147,4 +147,4 @@ def test_the_schemas_documented_defaults_are_the_spec_defaults():
             walk(alt, (section,), cls)
     assert default_of(spec.MetricSpec, "metric") == defs["metric"]["properties"]["metric"]["default"]
     assert policy_schema()["properties"]["target"]["default"] == DEFAULT_TARGET
-    assert checked == 43  # every documented default of these sections
+    assert checked == 48  # every documented default of these sections

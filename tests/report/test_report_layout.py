@@ -94,6 +94,10 @@ def test_html_is_one_self_contained_file(pdf_run):
     html = (pdf_run / "report.html").read_text()
     sources = re.findall(r'\bsrc="([^"]*)"', html)
     assert sources and all(s.startswith("data:image/svg+xml;base64,") for s in sources)
-    assert "<link" not in html and "<script" not in html and "url(http" not in html
+    assert "<link" not in html and "url(http" not in html
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts  # the graph view's pan and zoom, inline
+    assert all("src" not in attrs and "http" not in code and "fetch(" not in code and "XMLHttpRequest" not in code
+               for attrs, code in scripts)
     hrefs = re.findall(r'\bhref="([^"]*)"', html)
     assert hrefs and all(h.startswith("#") for h in hrefs)  # only the contents' links, inside the page
