@@ -135,21 +135,15 @@ class ArrayExpression(Expression):
                     out = join(out, p(env))
                 return out
             return boolop
-        if isinstance(node, ast.Compare):
-            return self._compile_compare(node)
         return super()._compile(node)
 
     def _limit(self, node: ast.AST) -> None:
         return None  # a layer metric is a number, never a threshold
 
-    def _compile_compare(self, node: ast.Compare) -> Callable[[Mapping[str, Any]], Any]:
-        left = self._compile(node.left)
-        steps = []
-        for op, comparator in zip(node.ops, node.comparators):
-            if type(op) not in _CMPOPS:
-                raise ExprError(f"'{self.text}': operator {type(op).__name__} is not allowed in a layer metric")
-            steps.append((_CMPOPS[type(op)], self._compile(comparator)))
+    comparisons = _CMPOPS
 
+    @staticmethod
+    def _chain(left: Callable, steps: list) -> Callable[[Mapping[str, Any]], Any]:
         def compare(env):  # a < b < c: elementwise (a < b) and (b < c)
             a, out = left(env), None
             for op, right in steps:

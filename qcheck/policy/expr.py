@@ -293,14 +293,20 @@ class Expression:
 
         return lookup
 
+    comparisons = _CMPOPS  # a dialect (policy.array_expr) brings its own, and its own `_chain`
+
     def _compile_compare(self, node: ast.Compare) -> Callable[[Mapping[str, Any]], Any]:
         left = self._compile(node.left)
         steps = []
         for op, comparator in zip(node.ops, node.comparators):
-            if type(op) not in _CMPOPS:
+            if type(op) not in self.comparisons:
                 raise ExprError(f"'{self.text}': operator {type(op).__name__} is not allowed")
-            steps.append((_CMPOPS[type(op)], self._compile(comparator)))
+            steps.append((self.comparisons[type(op)], self._compile(comparator)))
+        return self._chain(left, steps)
 
+    @staticmethod
+    def _chain(left: Callable, steps: list) -> Callable[[Mapping[str, Any]], Any]:
+        """`a < b <= c`: every comparison holds, each side evaluated once."""
         def compare(env: Mapping[str, Any]) -> bool:
             a = left(env)
             for op, right in steps:
