@@ -10,7 +10,7 @@
   of the top findings;
 - the legend: which statistic colors the nodes, its range, the marks.
 
-Marks: a node some finding names (thick red outline, "!"), a node left in
+Marks: a node some finding names (thick black outline, "!"), a node left in
 float (dashed outline, "F"), a node writing an int16 tensor ("16"), a node the
 search's chosen recipe changed ("★"). Constant nodes are not drawn (half the
 nodes of many exported models, and no computation).
@@ -127,7 +127,14 @@ def _node_svg(v: NodeView, x: float, y: float) -> str:
             f'<rect width="{NODE_W:.0f}" height="{NODE_H:.0f}" rx="5" fill="{fill}"/>'
             f'<text x="6" y="15" class="op{" dark" if dark else ""}">{e(v.op_type)}</text>'
             f'<text x="6" y="30" class="nm{" dark" if dark else ""}">{e(label)}</text>'
-            + (f'<text x="{NODE_W - 6:.0f}" y="15" class="badge">{e(badges)}</text>' if badges else "") + "</g>")
+            + (_badge(badges) if badges else "") + "</g>")
+
+
+def _badge(text: str) -> str:
+    """The marks as dark text on a white pill in the node's top-right corner: readable on any fill."""
+    width = 8.0 * len(text) + 8
+    return (f'<rect class="pill" x="{NODE_W - width - 3:.0f}" y="3" width="{width:.0f}" height="15" rx="7"/>'
+            f'<text x="{NODE_W - 7:.0f}" y="15" class="badge">{html.escape(text)}</text>')
 
 
 def _edge_svg(points: list[tuple[float, float]]) -> str:
@@ -142,10 +149,11 @@ def _edge_svg(points: list[tuple[float, float]]) -> str:
 
 STYLE = ("<style>.edge{fill:none;stroke:#6b7785;stroke-width:1.2;marker-end:url(#qg-arrow)}"
          ".node rect{stroke:#44505c;stroke-width:1}.node.float rect{stroke-dasharray:5 3;stroke-width:1.6}"
-         ".node.flagged rect{stroke:#c0392b;stroke-width:3.5}.node.changed rect{stroke:#1f6fb2;stroke-width:3}"
+         ".node.changed rect{stroke:#1f6fb2;stroke-width:3}.node.flagged rect{stroke:#111111;stroke-width:4}"
+         ".node rect.pill{fill:#ffffff;stroke:#c0392b;stroke-width:1;stroke-dasharray:none}"
          "text{font-family:'DejaVu Sans',Arial,sans-serif}.op{font-size:12px;font-weight:bold;fill:#1f2a44}"
          ".nm{font-size:10px;fill:#1f2a44}.dark{fill:#ffffff}.badge{font-size:12px;font-weight:bold;fill:#c0392b;"
-         "text-anchor:end;paint-order:stroke;stroke:#ffffff;stroke-width:3px}</style>"
+         "text-anchor:end}</style>"
          '<defs><marker id="qg-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
          'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#6b7785"/></marker></defs>')
 
