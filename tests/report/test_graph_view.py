@@ -181,3 +181,31 @@ def test_html_graph_runs_in_headless_chromium(run, tmp_path):
     before = [float(v) for v in attrs["before"].split()]
     after = [float(v) for v in attrs["after"].split()]
     assert after[2] == pytest.approx(before[2] / 1.2, rel=1e-6)  # the wheel zoomed in by one step
+
+
+def test_float_int16_and_search_changes_are_marked():
+    results = _chain_results(6, 1)
+    results["quantization"]["float_nodes"] = ["n2"]
+    results["tensors"][3]["dtype"] = "int16"
+    results["lock"] = {"recipe": {"exclude_nodes": ["n4"], "overrides": {"t5": {"quant_type": "int16"}}}}
+    marks = {v.name: v.marks for v in node_views(results, results["graph"], "rmse_scale")}
+    assert marks == {"n0": [], "n1": ["flagged"], "n2": ["float"], "n3": ["int16"], "n4": ["changed"],
+                     "n5": ["changed"]}
+
+
+def test_color_by_must_name_a_numeric_statistic_or_a_layer_metric(tmp_path):
+    from qcheck.errors import PolicyError
+    from qcheck.policy.loader import load_policy
+
+    outlier_head_cnn(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "calib", 1)
+    doc = {"model": "model.onnx", "data": {"calibration": "calib"}, "layer_metrics": {"tail": "max(abs(diff))"},
+           "report": {"graph": {"color_by": "tial"}}}
+    with pytest.raises(PolicyError) as info:
+        load_policy(write_policy(tmp_path / "qcheck.yaml", doc))
+    assert "color_by: 'tial'" in str(info.value) and "did you mean 'tail'" in str(info.value)
+    doc["report"]["graph"]["color_by"] = "op_type"  # text: nothing to color by
+    with pytest.raises(PolicyError):
+        load_policy(write_policy(tmp_path / "qcheck.yaml", doc))
+    doc["report"]["graph"]["color_by"] = "tail"
+    assert load_policy(write_policy(tmp_path / "qcheck.yaml", doc)).report.graph_color_by == "tail"
