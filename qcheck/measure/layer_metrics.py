@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,6 @@ class LayerMetrics:
 
     def update(self, mode: str, t: QuantizedTensor, reference: np.ndarray, test: np.ndarray, sample: str) -> None:
         """One tensor's arrays on one sample, from the comparison `mode` (local or whole)."""
-        import time
-
         env = None
         for name, spec in self.specs.items():
             if spec.mode != mode:
