@@ -86,10 +86,12 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
     along = node_outputs(sw, float_model)
     f_index = GraphIndex(float_model)
     f_nodes = {n.name: n for n in f_index.nodes}
-    focus_nodes = [f_nodes[n] for n in focus if n in f_nodes]
+    present = set(GraphIndex(sw.model).producer) | {i.name for i in sw.model.graph.input}
+    # a node whose output the emulation model lacks (a Relu folded into its producer's grid by the tool that made
+    # a given quantized model) has no quantized values to show
+    focus_nodes = [f_nodes[n] for n in focus if n in f_nodes and f_nodes[n].output[0] in present]
     focus_out = {n.name: n.output[0] for n in focus_nodes}
     focus_quant = {n.name: sw.dq_outputs.get(n.output[0], n.output[0]) for n in focus_nodes}
-    present = set(GraphIndex(sw.model).producer) | {i.name for i in sw.model.graph.input}
     focus_in = {n.name: [i for i in n.input if i in present and i not in f_index.initializers][:1]
                 for n in focus_nodes}
     extra = sorted({t for _, _, t in along} | set(focus_quant.values()) | {i for v in focus_in.values() for i in v})

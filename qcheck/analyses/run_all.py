@@ -41,9 +41,11 @@ def build_emulation(float_path: Path, float_model: onnx.ModelProto, ranges: Rang
 def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges, recipe: Recipe,
                  data: DataSet, metrics: dict[str, MetricSpec],
                  progress: Callable[[str, int, int], None] | None = None,
-                 make_tasks: Callable[[], list] | None = None) -> dict:
+                 make_tasks: Callable[[], list] | None = None, emulation: SwitchableModel | None = None) -> dict:
     """`metrics`: the policy's metrics; `make_tasks`: fresh task-metric accumulators every configuration is
-    scored with (the pipeline gives the one `spec.metric` names, when it is a task metric)."""
+    scored with (the pipeline gives the one `spec.metric` names, when it is a task metric).
+    `emulation`: a switchable model built from a given quantized model (its own scales; `ranges` then are its
+    grids); confirmation, which builds real models from `recipe` and calibrated ranges, is skipped for it."""
     if spec.metric == "auto":  # a policy's loader resolves auto to the required metric; unresolved: cosine
         spec = replace(spec, metric="cosine")
     timings: dict[str, float] = {}
@@ -55,7 +57,7 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
         timings[name] = round(now - clock, 3)
         clock = now
 
-    sw = build_emulation(float_path, float_model, ranges, recipe)
+    sw = emulation or build_emulation(float_path, float_model, ranges, recipe)
     samples = list(range(min(spec.samples, len(data))))
     runner = ConfigRunner(sw, data, samples, metrics, activation_budget=spec.memory_mb << 20, make_tasks=make_tasks)
     lap("build")
@@ -85,7 +87,7 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
             out["distributions"] = result["distributions"]
         lap("curves")
 
-    if spec.confirm:
+    if spec.confirm and emulation is None:
         emulated = runner.evaluate([configs[0]] + partial)
         plans = [("all quantized", [], emulated[0])] + [(c.label, ranking[:k + 1], emulated[k + 1])
                                                         for k, c in enumerate(partial)]
@@ -100,7 +102,9 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
     out["float_runs"] = runner.float_runs
     out["activations"] = runner.activations or None
     out["workers"] = runner.workers
-    out["notes"] = runner.notes
+    out["notes"] = runner.notes + ([] if emulation is None or not spec.confirm else [
+        "confirmation on real quantized models is skipped: it rebuilds models from calibrated ranges, and this model "
+        "was given, not built by qcheck"])
     out["timings"] = timings
     return out
 

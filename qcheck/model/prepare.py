@@ -29,7 +29,8 @@ from qcheck.errors import ModelError, Problem, first_line
 
 ALREADY_QUANTIZED_OPS = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-    "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "MatMulNBits", "DynamicQuantizeMatMul",
+    "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm",
+    "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
 }
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 MIN_OPSET = 13
@@ -214,8 +215,9 @@ def check_not_quantized(model: onnx.ModelProto, path: Path) -> None:
     found = sorted({n.op_type for n in model.graph.node} & ALREADY_QUANTIZED_OPS)
     if found:
         raise ModelError(Problem(
-            f"the model is already quantized (it contains {', '.join(found)}); qcheck needs the float model",
-            file=str(path), hint="point `model:` at the float32 ONNX export"))
+            f"the model is already quantized (it contains {', '.join(found)}); `model:` must be the float model",
+            file=str(path), hint="point `model:` at the float32 ONNX export; to check this quantized model, give it "
+                                 "as `quantized:` and its float original as `model:`"))
 
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
@@ -256,8 +258,11 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def run_preprocess(src: Path, dst: Path, source: Path) -> str:
-    """ORT's quant_pre_process, falling back when symbolic shape inference fails (`source`: the user's file)."""
+def run_preprocess(src: Path, dst: Path, source: Path, optimize: bool = True) -> str:
+    """ORT's quant_pre_process, falling back when symbolic shape inference fails (`source`: the user's file).
+
+    `optimize=False` keeps the graph as given (a quantized model made elsewhere names the float model's
+    tensors as they were; ORT's fusions would rename some)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     large = src.stat().st_size > _PROTO_LIMIT or (src.parent / (src.name + ".data")).exists()
@@ -265,6 +270,11 @@ def run_preprocess(src: Path, dst: Path, source: Path) -> str:
         ("symbolic shape inference + optimization", {}),
         ("ONNX shape inference + optimization (symbolic shape inference failed)", {"skip_symbolic_shape": True}),
         ("ONNX shape inference only (optimization failed)", {"skip_symbolic_shape": True, "skip_optimization": True}),
+    ] if optimize else [
+        ("symbolic shape inference (no optimization: a given quantized model names the float graph as it is)",
+         {"skip_optimization": True}),
+        ("ONNX shape inference only (symbolic shape inference failed)",
+         {"skip_symbolic_shape": True, "skip_optimization": True}),
     ]
     errors = []
     for label, kwargs in attempts:
@@ -288,8 +298,10 @@ def _quiet_ort_logs() -> None:
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 
 
-def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[int]], workdir: Path) -> PreparedModel:
-    """Check, fix shapes, upgrade opset and pre-process a loaded model; returns the float reference model."""
+def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[int]], workdir: Path,
+                  optimize: bool = True) -> PreparedModel:
+    """Check, fix shapes, upgrade opset and pre-process a loaded model; returns the float reference model.
+    `optimize=False`: no graph optimization and no bias reshaping (see run_preprocess)."""
     check_not_quantized(model, source)
     original_opset = default_opset(model)
     inputs = graph_inputs(model)
@@ -312,11 +324,11 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
 
     check_runtime_loads(fixed, model, source)
     prepared = workdir / "float.onnx"
-    label = run_preprocess(fixed, prepared, source)
+    label = run_preprocess(fixed, prepared, source, optimize)
     final = onnx.load(str(prepared), load_external_data=False)
     external = any(i.data_location == TensorProto.EXTERNAL for i in final.graph.initializer)
     named = name_nodes(final)
-    flat = [] if external else flatten_row_biases(final)  # external data stay where they are
+    flat = [] if external or not optimize else flatten_row_biases(final)  # external data stay where they are
     if named or flat:  # with external data, only the graph is written again
         if external:
             onnx.save_model(final, str(prepared))

@@ -138,6 +138,7 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     s = _Section(path, doc)
     # section by section, in the order their problems are listed
     model = _model(s, doc["model"])
+    quantized = _model(s, doc["quantized"], "quantized") if "quantized" in doc else None
     data = _data(s, doc["data"])
     quant = _quantization(s, doc.get("quantization") or {})
     metrics = _metrics(s, doc.get("metrics") or {})
@@ -153,17 +154,20 @@ def _build(path: Path, doc: dict) -> tuple[Policy, list[Problem]]:
     report = _report(s, doc.get("report") or {}, layer_metrics)
     inputs = {name: list(spec.get("shape", [])) for name, spec in (doc.get("inputs") or {}).items()}
     target = _target(s, doc.get("target", DEFAULT_TARGET))
-    compare = _compare_schemes(doc, quant, data, s.file, s.at, s.problems)
+    if quantized is not None:
+        _given_model_limits(s, doc)
+    compare = _compare_schemes(doc, quant, data, s.file, s.at, s.problems, given=quantized is not None)
     search = _search(doc["search"] or {}) if "search" in doc else None  # `search:` alone: on, with defaults
     policy = Policy(
-        path=path, model=model, data=data, inputs=inputs, target=target,
+        path=path, model=model, data=data, quantized=quantized, inputs=inputs, target=target,
         quantization=quant, metrics=metrics, layer_metrics=layer_metrics, require=require, rules=rules, measure=measure,
         analyses=analyses, report=report, compare=compare, search=search, raw=to_plain(doc), _doc=doc,
     )
     return policy, s.problems
 
 
-def _model(s: _Section, m: str | dict) -> ModelSpec:
+def _model(s: _Section, m: str | dict, key: str = "model") -> ModelSpec:
+    """`model:` or `quantized:` (same forms)."""
     if isinstance(m, str):
         model = ModelSpec(s.resolve(m))
     else:
@@ -171,16 +175,25 @@ def _model(s: _Section, m: str | dict) -> ModelSpec:
         model = ModelSpec(s.resolve(m["path"]), FetchSpec(f["pip"], f["member"], f.get("sha256")) if f else None)
     kind = _kind(model.path)
     if kind == "missing" and model.fetch is None:
-        s.problem(f"model file not found: {model.path}", ("model",),
+        s.problem(f"{key} file not found: {model.path}", (key,),
                   hint="check the path (relative paths start at the policy's folder)")
     elif kind == "folder":
-        s.problem(f"model path is a folder, not an .onnx file: {model.path}", ("model",))
+        s.problem(f"{key} path is a folder, not an .onnx file: {model.path}", (key,))
     elif kind not in ("file", "missing"):
-        s.problem(f"model path {model.path}: {kind}", ("model",))
+        s.problem(f"{key} path {model.path}: {kind}", (key,))
     if model.fetch is not None and not PINNED.fullmatch(model.fetch.pip):
-        s.problem(f"model.fetch.pip must be one pinned requirement, name==version; got {model.fetch.pip!r}",
-                  ("model", "fetch", "pip"), hint="e.g. rapidocr-onnxruntime==1.4.4 (never a pip option or a URL)")
+        s.problem(f"{key}.fetch.pip must be one pinned requirement, name==version; got {model.fetch.pip!r}",
+                  (key, "fetch", "pip"), hint="e.g. rapidocr-onnxruntime==1.4.4 (never a pip option or a URL)")
     return model
+
+
+def _given_model_limits(s: _Section, doc: dict) -> None:
+    """With `quantized:` qcheck builds no model: sections that only make sense for models it builds are refused."""
+    for key, what in (("search", "the search builds new quantized models from calibrated ranges"),
+                      ("compare", "the comparison builds qcheck's own schemes")):
+        if key in doc:
+            s.problem(f"`{key}:` cannot be used with `quantized:` ({what}; qcheck does not change a model it was "
+                      "given)", (key,), hint=f"remove `{key}:`, or remove `quantized:` to let qcheck quantize `model:`")
 
 
 def _data(s: _Section, d: dict) -> DataSpec:
@@ -345,7 +358,8 @@ def _kind(path: Path) -> str:
     return "file" if stat.S_ISREG(mode) else "not a regular file or folder (a pipe, device or socket)"
 
 
-def _compare_schemes(doc: dict, quant: QuantizationSpec, data: DataSpec, file: str, at, problems: list) -> list[str]:
+def _compare_schemes(doc: dict, quant: QuantizationSpec, data: DataSpec, file: str, at, problems: list,
+                     given: bool = False) -> list[str]:
     """`compare:` -> the schemes to build, and the data checks the schemes need (scheme list in qcheck.quantize.schemes)."""
     from qcheck.policy.schemes import CALIBRATED, SCHEMES
 
@@ -355,7 +369,7 @@ def _compare_schemes(doc: dict, quant: QuantizationSpec, data: DataSpec, file: s
         problems.append(Problem(f"quantization.io: {quant.io} does not fit scheme int8-only, whose inputs and outputs "
                                 "are integer", file, at("quantization", "io"), hint="use int8 or uint8"))
     needs = [s for s in dict.fromkeys([quant.scheme] + compare) if s in CALIBRATED]
-    if data.calibration is None and needs:
+    if data.calibration is None and needs and not given:  # a given quantized model needs no calibration
         where = ("compare",) if quant.scheme not in CALIBRATED else ("quantization", "scheme")
         problems.append(Problem(f"scheme{'s' if len(needs) > 1 else ''} {', '.join(needs)} need calibration data, and "
                                 "the policy has no data.calibration", file, at(*where) or at("data"),

@@ -200,6 +200,7 @@ class Policy:
     path: Path
     model: ModelSpec
     data: DataSpec
+    quantized: ModelSpec | None = None  # a quantized model made elsewhere, checked against `model` (its float original)
     inputs: dict[str, list[int]] = field(default_factory=dict)
     target: TargetProfile = field(default_factory=lambda: builtin_profile(DEFAULT_TARGET))
     quantization: QuantizationSpec = field(default_factory=QuantizationSpec)

@@ -26,7 +26,7 @@ def _complete(data: dict) -> None:
     Files of version 1 may lack them; it also runs on current files, so a file trimmed by hand (or by a
     tool that drops null parts) reads as an old one would instead of being refused.
     """
-    for section in ("compare", "analyses", "search"):
+    for section in ("compare", "analyses", "search", "given"):
         data.setdefault(section, None)
     data.setdefault("model_statistics", {})
     data.setdefault("finding_counts", {})

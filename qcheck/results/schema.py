@@ -144,6 +144,7 @@ SEARCH_KEYS = ("strategy", "cost", "remedies", "budget", "target", "ranking", "r
                "trials", "findings_measured", "stopped_by", "notes", "candidates", "chosen", "pareto", "recommendation")
 ANALYSES_KEYS = ("samples", "nodes", "switches", "metric", "sensitivity", "curves", "distributions", "confirm", "runs",
                  "float_runs", "activations", "notes", "timings")
+GIVEN_KEYS = ("file", "sha256", "format", "matched", "matched_by", "unmatched", "notes")
 VERDICT_KEYS = ("status", "requirements", "failed", "failing_metrics")
 
 
@@ -173,6 +174,8 @@ class Results:
     rules: list[dict] = _keys(*RULE_KEYS)
     search: dict | None = _keys(*SEARCH_KEYS, doc="null when the policy has no search")
     lock: LockInfo
+    given: dict | None = _keys(*GIVEN_KEYS, doc="null unless the policy gives a quantized model made elsewhere "
+                                               "(`quantized:`): its file, format, and the tensors matched and not")
     timings: dict[str, float] = _doc("wall seconds per stage", default_factory=dict)
     peak_memory_mb: dict[str, float] = _doc("peak resident memory after each stage", default_factory=dict)
 

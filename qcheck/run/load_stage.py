@@ -32,6 +32,7 @@ from qcheck.policy.spec import Policy
 from qcheck.report import check_template_dirs
 from qcheck.rules.engine import Rule
 from qcheck.rules.packs import load_rules
+from qcheck.run.load_given import GivenFile, load_given, prepare_given
 from qcheck.run.policy_names import check_policy_names
 
 
@@ -47,6 +48,7 @@ class Loaded:
     evaluation: DataSet  # the calibration data when the policy names no evaluation data
     tasks: list[TaskMetric]
     prepared: PreparedModel | None = None  # only when loading for a run
+    given: GivenFile | None = None  # the policy's `quantized:` model (a run also gets its measured copy)
 
 
 def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = lambda msg: None) -> Loaded:
@@ -54,6 +56,7 @@ def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = 
     rules = load_rules(policy.rules, str(policy.path))  # pack and inline-rule errors before any model runs
     check_template_dirs(policy.report.templates)  # a team's templates compile (syntax, names) before anything runs
     model = _model(policy, fetch=work is not None, log=log)
+    given = load_given(policy, model, fetch=work is not None, log=log)
     inputs = graph_inputs(model)
     check_policy_inputs(policy, inputs)
     outputs = [o.name for o in model.graph.output]
@@ -73,11 +76,13 @@ def load(policy: Policy, work: Path | None = None, log: Callable[[str], None] = 
     LayerMetrics(policy.layer_metrics, policy.folder)  # python layer metrics are found and imported, or exit 2
     prepared = None
     if work is not None:  # the slow part last: pre-processing a large model takes a while
-        prepared = prepare_model(model, policy.model.path, shapes, work)
+        prepared = prepare_model(model, policy.model.path, shapes, work, optimize=given is None)
         check_policy_names(policy, onnx.load(str(prepared.path), load_external_data=False), after_preprocessing=True)
+        if given is not None:
+            prepare_given(given, shapes, work)
     else:
         check_runtime_loads(policy.model.path, model, policy.model.path)
-    return Loaded(rules, inputs, shapes, outputs, calibration, evaluation, tasks, prepared)
+    return Loaded(rules, inputs, shapes, outputs, calibration, evaluation, tasks, prepared, given)
 
 
 def _model(policy: Policy, fetch: bool, log: Callable[[str], None]) -> onnx.ModelProto:

@@ -21,9 +21,11 @@ import onnx
 
 from qcheck import __version__
 from qcheck.analyses.run_all import attach_node_statistics, node_statistics, run_analyses
+from qcheck.analyses.switchable import build_switchable
 from qcheck.data.finite import check_ranges_finite
 from qcheck.data.readers import DataSet
 from qcheck.errors import Problem
+from qcheck.measure.given import add_range_statistics, measure_given
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.graph import GraphIndex
 from qcheck.model.prepare import file_sha256
@@ -32,6 +34,7 @@ from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
 from qcheck.policy.yaml_spans import line_of
 from qcheck.quantize.calibrate import Ranges, Recipe, calibrate
+from qcheck.quantize.given import given_scheme, read_given
 from qcheck.quantize.schemes import size_bytes
 from qcheck.results.files import write_json, write_layer_stats, write_sensitivity
 from qcheck.results.schema import (
@@ -142,6 +145,7 @@ def output_dir(policy: Policy, out: Path | None) -> OutputDir:
     data = [(f"{k} data folder", s.path) for k, s in (("calibration", policy.data.calibration),
                                                       ("evaluation", policy.data.evaluation)) if s is not None]
     protected = [("policy file", policy.path), ("model", policy.model.path), *data]
+    protected += [("quantized model", policy.quantized.path)] if policy.quantized else []
     protected += [("report template folder", t) for t in policy.report.templates]
     protected += [("rule pack", Path(p)) for p in policy.rules.packs if p != "builtin"]
     return OutputDir(out or policy.report.out, origin, protected, inside_forbidden=data)
@@ -162,12 +166,14 @@ class Final:
     recipe: Recipe
     ranges: Ranges | None
     model: str = QUANTIZED_MODEL_NAME
-    ranges_file: str = "ranges.json"
+    ranges_file: str | None = "ranges.json"  # None: a given quantized model has no ranges file
 
 
 def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stages: Stages,
            console: Console) -> Results:
     """The stages after loading: calibrate, quantize, measure, analyses, rules, compare, search, lock."""
+    if loaded.given is not None:
+        return _check_given(policy, loaded, out_dir, stages, console)
     prepared, evaluation = loaded.prepared, loaded.evaluation
     scheme = policy.quantization.scheme
     ranges = _calibrate(policy, loaded, out_dir, stages, console)
@@ -199,6 +205,44 @@ def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stage
     lock_file = _lock(policy, loaded, final, search, out_dir)
     return _results(policy, loaded, built, m, qmap, kinds, main_run, ranges, analyses, comparison, search, final,
                     lock_file, GraphIndex(float_model).outline())
+
+
+def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stages, console: Console) -> Results:
+    """A quantized model made elsewhere (`quantized:`): read, measure, analyses, rules; nothing is built or searched."""
+    given_file = loaded.given
+    with stages.stage("read quantized model", console):
+        float_model = onnx.load(str(loaded.prepared.path))
+        given = read_given(given_file.model, float_model)
+        built = given_scheme(given, given_file.measure_path, out_dir.path(QUANTIZED_MODEL_NAME))
+    with stages.stage("measure", console):
+        m = measure_given(given, given_file.model, float_model, loaded.evaluation, policy.metrics,
+                          policy.generic_metrics, policy.measure.modes, include_weights=policy.measure.weights,
+                          progress=lambda i, n: console.progress("measure", i, n), tasks=loaded.tasks,
+                          need=needed_statistics(loaded.rules))
+        rows = [t.row() for t in m.tensors]
+        add_range_statistics(rows, given)
+        kinds: dict[str, int] = {}
+        for r in rows:
+            kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    analyses = None
+    if policy.analyses.any and given.format == "qdq":
+        grids = Ranges("given", given.grid_ranges(), 0)
+        with stages.stage("analyses", console):
+            ranked_by = policy.analyses.metric
+            analyses = run_analyses(policy.analyses, loaded.prepared.path, float_model, grids, built.recipe,
+                                    loaded.evaluation, policy.metrics, progress=console.progress,
+                                    make_tasks=lambda: [t for t in build_tasks(policy, loaded.prepared.outputs)
+                                                        if t.name == ranked_by],
+                                    emulation=build_switchable(given_file.model, float_model, given.qmap))
+            attach_node_statistics(rows, node_statistics(analyses))
+    with stages.stage("rules", console):
+        main_run = judge_built(built, m, policy, loaded.rules, given.qmap, kinds, rows=rows)
+        write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"))
+        if analyses:
+            write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
+    summary = {"file": str(given_file.path), "sha256": given_file.sha256, **given.summary()}
+    return _results(policy, loaded, built, m, given.qmap, kinds, main_run, None, analyses, None, None,
+                    Final(recipe=built.recipe, ranges=None, ranges_file=None), None, given=summary)
 
 
 def _calibrate(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stages, console: Console) -> Ranges | None:
@@ -265,7 +309,7 @@ def _lock(policy: Policy, loaded: Loaded, final: Final, search: dict | None, out
 
 def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_run: SchemeRun, ranges: Ranges | None,
              analyses: dict | None, comparison: dict | None, search: dict | None, final: Final,
-             lock_file: str | None, graph: list[dict]) -> Results:
+             lock_file: str | None, graph: list[dict], given: dict | None = None) -> Results:
     prepared, calib, evaluation = loaded.prepared, loaded.calibration, loaded.evaluation
     recipe = built.recipe
     quantized, in_float = node_split(built, qmap)  # (runs quantized, computes in float)
@@ -311,6 +355,7 @@ def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_r
         search=search,
         lock=LockInfo(file=lock_file, quantized_model=final.model, recipe=final.recipe.to_dict(),
                       recipe_key=final.recipe.key(), ranges_file=final.ranges_file),
+        given=given,
     )
 
 

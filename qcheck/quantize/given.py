@@ -1,0 +1,449 @@
+"""Reading a quantized model made elsewhere (`quantized:` in the policy) into the form qcheck measures.
+
+A QAT export or another tool's int8 model comes in one of three formats:
+
+- QDQ: QuantizeLinear/DequantizeLinear pairs around float ops (per-tensor or
+  per-channel, 8 or 16 bit), read by `qdq.read_qdq` as for qcheck's own models;
+- QOperator: integer ops carrying their scales (QLinearConv, QLinearMatMul,
+  QGemm, QLinearAdd, ...): every integer tensor such an op (or a
+  QuantizeLinear, or an int8 MaxPool/Reshape/... reading one) writes stands for
+  a float tensor, on the grid of the op's output scale and zero point;
+- dynamic: DynamicQuantizeLinear + MatMulInteger/ConvInteger: activations get
+  their scale per run, so there is no fixed grid; measured by tensor name.
+
+For QDQ and QOperator the result is a `QDQMap` keyed by the float model's
+tensor names, with `q_output` the integer tensor in the given model: the
+form `measure.per_tensor.measure` already consumes. Tensors are matched to
+the float model by name first (ORT's `X_quantized` suffixes stripped), then by
+structure (`TensorMatch`): a node whose already matched inputs are read, at
+the same positions, by exactly one float node of the corresponding op type is
+that node, and its outputs and weights are matched position by position.
+What cannot be matched is listed with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qcheck.model.graph import GraphIndex
+from qcheck.quantize.calibrate import Recipe
+from qcheck.quantize.qdq import QDQMap, QuantizedTensor, read_qdq
+from qcheck.quantize.schemes import BuiltScheme
+
+DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
+
+
+@dataclass(frozen=True)
+class QOp:
+    """Where a QOperator op keeps its parameters: input positions."""
+
+    float_op: str
+    activations: tuple[tuple[int, int, int], ...]  # (tensor, scale, zero point) of each integer activation input
+    output: tuple[int, int] | None  # (scale, zero point) of the integer output; None: the output is float
+    weights: tuple[tuple[int, int, int], ...] = ()  # (tensor, scale, zero point) positions that may be initializers
+    bias: int | None = None  # int32 bias position (scale = input scale * weight scale)
+
+
+QOPERATOR_OPS: dict[str, QOp] = {
+    "QLinearConv": QOp("Conv", ((0, 1, 2),), (6, 7), ((3, 4, 5),), bias=8),
+    "QLinearMatMul": QOp("MatMul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QGemm": QOp("Gemm", ((0, 1, 2), (3, 4, 5)), (7, 8), bias=6),
+    "QLinearAdd": QOp("Add", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMul": QOp("Mul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearAveragePool": QOp("AveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearGlobalAveragePool": QOp("GlobalAveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearSigmoid": QOp("Sigmoid", ((0, 1, 2),), (3, 4)),
+    "QLinearLeakyRelu": QOp("LeakyRelu", ((0, 1, 2),), (3, 4)),
+    "QLinearSoftmax": QOp("Softmax", ((0, 1, 2),), (3, 4)),
+    "QLinearReduceMean": QOp("ReduceMean", ((0, 1, 2),), (3, 4)),
+}
+# Ops that run on integer tensors unchanged (ORT's QOperator format): their output keeps the input's grid.
+SAME_GRID_OPS = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
+                 "Resize", "Identity", "Pad", "SpaceToDepth", "DepthToSpace", "Relu"}
+# Suffixes tools give a quantized tensor of float tensor X (ORT: X_quantized, X_QuantizeLinear_Output ...).
+NAME_SUFFIXES = ("_quantized", "_QuantizeLinear_Output", "_DequantizeLinear_Output", "_QuantizeLinear_Input",
+                 "_output_quantized")
+FUSED_ACTIVATIONS = {"Relu", "Clip"}
+
+
+def given_format(model: onnx.ModelProto) -> str | None:
+    """qdq | qoperator | dynamic, or None for a model with nothing quantized."""
+    ops = {n.op_type for n in model.graph.node}
+    if ops & DYNAMIC_OPS:
+        return "dynamic"
+    if ops & set(QOPERATOR_OPS):
+        return "qoperator"
+    if ops & {"QuantizeLinear", "DequantizeLinear"}:
+        return "qdq"
+    return None
+
+
+@dataclass
+class Unmatched:
+    """A quantized tensor of the given model that has no float counterpart qcheck could find."""
+
+    tensor: str  # its name in the given model
+    node: str  # the node that writes (or reads) it
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"tensor": self.tensor, "node": self.node, "reason": self.reason}
+
+
+@dataclass
+class GivenModel:
+    """A quantized model made elsewhere, read: its format, what it quantizes and what could not be matched."""
+
+    format: str
+    qmap: QDQMap | None  # qdq and qoperator; None for dynamic (no fixed grids)
+    unmatched: list[Unmatched] = field(default_factory=list)
+    matched_by: dict[str, str] = field(default_factory=dict)  # float tensor -> "name" | "structure"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def activation_bits(self) -> int:
+        if self.qmap is None:
+            return 8
+        acts = [t for t in self.qmap.tensors.values() if t.kind == "activation"]
+        return 16 if acts and all(t.dtype in ("int16", "uint16") for t in acts) else 8
+
+    def recipe(self) -> Recipe:
+        """The recipe as read from the model (for the report and the results' recipe key); it builds nothing."""
+        tensors = list(self.qmap.tensors.values()) if self.qmap else []
+        acts = [t for t in tensors if t.kind == "activation"]
+        weights = [t for t in tensors if t.kind == "weight"]
+
+        def most(ts: list[QuantizedTensor], default: str) -> str:
+            kinds = [t.dtype for t in ts]
+            return max(set(kinds), key=kinds.count) if kinds else default
+
+        return Recipe(activations=most(acts, "dynamic uint8" if self.format == "dynamic" else "uint8"),
+                      weights=most(weights, "int8"), per_channel=any(t.per_channel for t in weights),
+                      calibration=f"none: given {self.format} model",
+                      symmetric_activations=bool(acts) and all(not np.any(t.zero_point) for t in acts))
+
+    def summary(self) -> dict:
+        """results.json's `given` section, without the file facts (the pipeline adds those)."""
+        counts: dict[str, int] = {}
+        for how in self.matched_by.values():
+            counts[how] = counts.get(how, 0) + 1
+        return {"format": self.format, "matched": len(self.matched_by) if self.qmap else None,
+                "matched_by": counts, "unmatched": [u.to_dict() for u in self.unmatched], "notes": self.notes}
+
+    def grid_ranges(self) -> dict[str, tuple[float, float]]:
+        """Per matched activation: the real interval its grid covers (what the exported range is)."""
+        out = {}
+        for t in (self.qmap.tensors.values() if self.qmap else []):
+            if t.kind == "activation" and not t.per_channel:
+                lo, hi = t.real_range(())
+                out[t.name] = (float(lo), float(hi))
+        return out
+
+
+# --------------------------------------------------------------------------- normalizing
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Exporters (PyTorch, NNCF) write scales and zero points as Constant nodes; make them initializers, in place,
+    so every reader finds parameters one way. Returns how many were moved."""
+    keep, moved = [], 0
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and value.HasField("t"):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
+
+
+# --------------------------------------------------------------------------- matching tensors to the float model
+
+
+class TensorMatch:
+    """Given-model tensor name -> float-model tensor name, by name and then by graph structure."""
+
+    def __init__(self, qmodel: onnx.ModelProto, float_model: onnx.ModelProto):
+        self.f, self.q = GraphIndex(float_model), GraphIndex(qmodel)
+        self.f_tensors = ({o for n in float_model.graph.node for o in n.output} | set(self.f.initializers)
+                          | {i.name for i in float_model.graph.input})
+        self.to_float: dict[str, str] = {}
+        self.how: dict[str, str] = {}
+        self.node_twin: dict[str, onnx.NodeProto] = {}  # given node name -> float node
+        q_inits = {i.name for i in qmodel.graph.initializer}
+        for i in qmodel.graph.input:
+            if i.name in self.f_tensors:
+                self._set(i.name, i.name, "name")
+        used: set[int] = set()
+        for node in qmodel.graph.node:
+            self._match_node(node, q_inits, used)
+
+    def _set(self, q: str, f: str, how: str) -> None:
+        if q and q not in self.to_float:
+            self.to_float[q], self.how[q] = f, how
+
+    def by_name(self, q: str) -> str | None:
+        if q in self.f_tensors:
+            return q
+        for suffix in NAME_SUFFIXES:
+            if q.endswith(suffix) and q[: -len(suffix)] in self.f_tensors:
+                return q[: -len(suffix)]
+        return None
+
+    def _match_node(self, node: onnx.NodeProto, q_inits: set[str], used: set[int]) -> None:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            src = self.to_float.get(node.input[0])
+            if src is not None:
+                self._set(node.output[0], src, self.how[node.input[0]])
+            elif (name := self.by_name(node.output[0])) is not None:
+                self._set(node.output[0], name, "name")
+            return
+        spec = QOPERATOR_OPS.get(node.op_type)
+        float_op = spec.float_op if spec else node.op_type
+        positions = [a[0] for a in spec.activations] if spec else list(range(len(node.input)))
+        twin = self._structural_twin(node, float_op, positions, spec, used)
+        if twin is not None:
+            self.node_twin[node.name] = twin
+            used.add(id(twin))
+        for k, out in enumerate(node.output):
+            name = self.by_name(out)
+            if name is not None:
+                self._set(out, self._after_fused_activation(name, node), "name")
+            elif twin is not None and k < len(twin.output):
+                self._set(out, self._after_fused_activation(twin.output[k], node), "structure")
+
+    def _structural_twin(self, node: onnx.NodeProto, float_op: str, positions: list[int], spec: QOp | None,
+                         used: set[int]) -> onnx.NodeProto | None:
+        """The one float node of `float_op` that reads this node's matched inputs at the same positions."""
+        # QOperator inputs are (tensor, scale, zp) triples; the float op's inputs are the tensors alone
+        float_pos = {p: k for k, p in enumerate(positions)} if spec else {p: p for p in positions}
+        mapped = {float_pos[p]: self.to_float[node.input[p]] for p in positions
+                  if p < len(node.input) and node.input[p] in self.to_float}
+        if not mapped:
+            return None
+        first = next(iter(mapped.values()))
+        candidates = [c for c in self.f.consumers.get(first, []) if c.op_type == float_op and id(c) not in used
+                      and all(k < len(c.input) and c.input[k] == v for k, v in mapped.items())]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _after_fused_activation(self, f_out: str, node: onnx.NodeProto) -> str:
+        """QOperator tools fold a Relu/Clip into its producer's output grid (ORT names the result after the
+        producer's float output): the grid then stands for the Relu's output. A QDQ node keeps its float output
+        (its Relu, if any, follows in the given model too)."""
+        if node.op_type not in QOPERATOR_OPS:
+            return f_out
+        readers = self.f.consumers.get(f_out, [])
+        q_readers = self.q.consumers.get(node.output[0], [])
+        if len(readers) == 1 and readers[0].op_type in FUSED_ACTIVATIONS and \
+                not any(r.op_type in FUSED_ACTIVATIONS for r in q_readers):
+            return readers[0].output[0]
+        return f_out
+
+    def float_input(self, node: onnx.NodeProto, position: int) -> str | None:
+        """The float model's tensor at a given node's input position (weights: the float initializer)."""
+        twin = self.node_twin.get(node.name)
+        if twin is None or position >= len(twin.input):
+            return None
+        return twin.input[position]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_given(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> GivenModel:
+    """Read a given quantized model (normalized: `constants_to_initializers` ran on it)."""
+    fmt = given_format(qmodel)
+    if fmt is None:
+        raise ValueError("not a quantized model")  # the load stage refuses such a model before this
+    match = TensorMatch(qmodel, float_model)
+    if fmt == "qdq":
+        return _read_qdq(qmodel, float_model, match)
+    if fmt == "qoperator":
+        return _read_qoperator(qmodel, float_model, match)
+    return GivenModel("dynamic", None, notes=[
+        "dynamically quantized model: activations get their scale at run time, so there is no fixed grid; "
+        "tensors are compared by name in whole-model mode (per-layer statistics, analyses and grid statistics "
+        "such as rmse/scale and the exported-range checks do not apply)"])
+
+
+def _read_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, match: TensorMatch) -> GivenModel:
+    raw = read_qdq(qmodel, float_model, float_input=match.float_input)
+    f_tensors = match.f_tensors
+    tensors, unmatched, how = {}, [], {}
+    q_producer = GraphIndex(qmodel).producer
+    float_nodes = GraphIndex(float_model).by_name
+    for name, t in raw.tensors.items():
+        if t.kind == "activation":
+            src = q_producer[t.q_output].input[0]
+            f_name = name if name in f_tensors else match.to_float.get(src)
+            if f_name is None:
+                made = q_producer.get(src)
+                unmatched.append(Unmatched(src, made.name if made is not None else "(input)",
+                                           "no float tensor has this name, and its producer could not be matched to "
+                                           "a float node of the same op type reading the same inputs"))
+                continue
+            how[f_name] = "name" if f_name == name else "structure"
+            t.name = f_name
+        else:
+            how[name] = "name" if t.consumers and t.consumers[0] in float_nodes else "structure"
+        tensors[t.name] = t
+    unmatched += _unmatched_weights(qmodel, {t.q_initializer for t in tensors.values() if t.q_initializer})
+    return GivenModel("qdq", QDQMap(tensors, raw.quantized_nodes, raw.float_nodes), unmatched, how)
+
+
+def _unmatched_weights(qmodel: onnx.ModelProto, matched: set[str]) -> list[Unmatched]:
+    out = []
+    for node in qmodel.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] not in matched and \
+                node.input[0] in {i.name for i in qmodel.graph.initializer}:
+            out.append(Unmatched(node.input[0], node.name, "an integer initializer whose reader could not be matched "
+                                                           "to a float node, so its float weight is unknown"))
+    return out
+
+
+def _read_qoperator(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, match: TensorMatch) -> GivenModel:
+    index = GraphIndex(qmodel)
+    inits = index.initializers
+    f_inits = GraphIndex(float_model).initializers
+    grids: dict[str, QuantizedTensor] = {}  # given integer tensor -> its grid (float name filled when matched)
+    tensors: dict[str, QuantizedTensor] = {}
+    unmatched: list[Unmatched] = []
+    how: dict[str, str] = {}
+
+    def array(name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    def grid(q_tensor: str, s_name: str, zp_name: str, kind: str, axis: int | None = None) -> QuantizedTensor | None:
+        scale, zp = array(s_name), array(zp_name) if zp_name else None
+        if scale is None:
+            return None
+        if zp is None:
+            zp = np.zeros_like(scale, dtype=np.uint8)
+        return QuantizedTensor(q_tensor, kind, zp.dtype.name, scale.astype(np.float32), zp,
+                               axis if scale.size > 1 else None)
+
+    def add(q_tensor: str, t: QuantizedTensor, node: onnx.NodeProto) -> None:
+        f_name = match.to_float.get(q_tensor)
+        if f_name is None:
+            unmatched.append(Unmatched(q_tensor, node.name, "no float tensor has this name (with or without a "
+                                                            "`_quantized` suffix), and its node could not be matched "
+                                                            "to a float node by structure"))
+            return
+        if f_name in tensors:
+            return
+        t.name = f_name
+        tensors[f_name], how[f_name] = t, match.how.get(q_tensor, "name")
+
+    for node in qmodel.graph.node:
+        spec = QOPERATOR_OPS.get(node.op_type)
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
+            t = grid(node.output[0], node.input[1], node.input[2] if len(node.input) > 2 else "", "activation")
+            if t is not None:
+                t.q_output = node.output[0]
+                grids[node.output[0]] = t
+                add(node.output[0], t, node)
+        elif spec is not None and spec.output is not None and len(node.input) > spec.output[1]:
+            t = grid(node.output[0], node.input[spec.output[0]], node.input[spec.output[1]], "activation")
+            if t is None:
+                unmatched.append(Unmatched(node.output[0], node.name, "its output scale is not a constant"))
+                continue
+            t.q_output = node.output[0]
+            grids[node.output[0]] = t
+            add(node.output[0], t, node)
+            _qoperator_weights(node, spec, match, grid, f_inits, tensors, how, unmatched, inits)
+        elif node.op_type in SAME_GRID_OPS and node.input and node.input[0] in grids:
+            src = grids[node.input[0]]
+            t = QuantizedTensor(node.output[0], "activation", src.dtype, src.scale, src.zero_point, src.axis,
+                                q_output=node.output[0])
+            grids[node.output[0]] = t
+            add(node.output[0], t, node)
+    for t in tensors.values():  # activations: the float nodes that read them (weights have theirs already)
+        if t.kind == "activation":
+            readers = [match.node_twin.get(c.name) for c in index.consumers.get(t.q_output or "", [])]
+            t.consumers = [r.name for r in readers if r is not None]
+    qnodes = [n.name for n in qmodel.graph.node if n.op_type in QOPERATOR_OPS]
+    fnodes = [n.name for n in qmodel.graph.node
+              if n.op_type not in QOPERATOR_OPS and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+              and not any(i in grids for i in n.input)]
+    notes = ["QOperator model: statistics are whole-model (float model against the given model's integer tensors, "
+             "dequantized with their own scales); per-layer statistics and the switchable analyses need Q/DQ pairs "
+             "and are not available for this format"]
+    return GivenModel("qoperator", QDQMap(tensors, qnodes, fnodes), unmatched, how, notes)
+
+
+def _qoperator_weights(node, spec: QOp, match: TensorMatch, grid, f_inits, tensors, how, unmatched, inits) -> None:
+    """A QOperator node's integer weights (and int32 bias) against the float node's initializers."""
+    # the float op reads the tensors of the (tensor, scale, zero point) triples in order, then the bias
+    triples = list(spec.activations) + list(spec.weights)
+    float_pos = {p: k for k, (p, _s, _z) in enumerate(triples)}
+    twin = match.node_twin.get(node.name)
+    for w, s, z in triples:
+        if w >= len(node.input) or node.input[w] not in inits:
+            continue
+        f_name = match.float_input(node, float_pos[w])
+        t = grid(node.input[w], node.input[s], node.input[z], "weight", axis=_weight_axis(spec.float_op, twin))
+        if t is None:
+            continue
+        if f_name is None or f_name not in f_inits:
+            unmatched.append(Unmatched(node.input[w], node.name, "its node could not be matched to a float node, so "
+                                                                 "its float weight is unknown"))
+            continue
+        t.name, t.q_initializer, t.consumers = f_name, node.input[w], [twin.name]
+        tensors.setdefault(f_name, t)
+        how.setdefault(f_name, "name" if node.input[w].startswith(f_name) else "structure")
+        if spec.bias is not None and spec.bias < len(node.input) and node.input[spec.bias] in inits:
+            _qoperator_bias(node, spec, t, match, f_inits, tensors, how, unmatched, inits, len(triples))
+
+
+def _qoperator_bias(node, spec: QOp, weight: QuantizedTensor, match: TensorMatch, f_inits, tensors, how, unmatched,
+                    inits, float_position: int) -> None:
+    """The int32 bias: its scale is the input's scale times the weight's, its zero point 0."""
+    name = node.input[spec.bias]
+    f_name = match.float_input(node, float_position)
+    x_scale = numpy_helper.to_array(inits[node.input[spec.activations[0][1]]]).astype(np.float32)
+    if f_name is None or f_name not in f_inits:
+        unmatched.append(Unmatched(name, node.name, "the float node's bias could not be found"))
+        return
+    scale = (x_scale * weight.scale).astype(np.float32)
+    tensors.setdefault(f_name, QuantizedTensor(f_name, "bias", "int32", scale, np.zeros(scale.shape, np.int32),
+                                               0 if scale.size > 1 else None, q_initializer=name,
+                                               consumers=list(weight.consumers)))
+    how.setdefault(f_name, how.get(weight.name, "structure"))
+
+
+def _weight_axis(float_op: str, twin: onnx.NodeProto | None) -> int:
+    """The output-channel axis per-channel scales run along: Conv [M, C, kh, kw] 0; MatMul [K, N] 1; Gemm by transB."""
+    if float_op == "MatMul":
+        return 1
+    if float_op == "Gemm" and twin is not None:
+        return 0 if next((a.i for a in twin.attribute if a.name == "transB"), 0) else 1
+    return 0
+
+
+# --------------------------------------------------------------------------- the run's "built" model
+
+
+def given_scheme(given: GivenModel, measure_path: Path, out_path: Path) -> BuiltScheme:
+    """The given model in the form the rules and results take for a scheme qcheck built: int8 (8-bit activations),
+    a16w8 (16-bit) or dynamic, so rules written for a scheme apply to a given model of that scheme. The model
+    measured is copied to `out_path`: the output folder holds the model its report is about."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(measure_path, out_path)
+    scheme = "dynamic" if given.format == "dynamic" else ("a16w8" if given.activation_bits == 16 else "int8")
+    notes = [f"quantized model given (`quantized:`), {given.format} format: qcheck measured it as it is"]
+    if given.unmatched:
+        notes.append(f"{len(given.unmatched)} quantized tensor(s) of the given model could not be matched to the "
+                     f"float model and are not measured (e.g. {given.unmatched[0].tensor}: {given.unmatched[0].reason})")
+    return BuiltScheme(scheme, out_path, measure_path, recipe=given.recipe(), notes=notes + given.notes)
