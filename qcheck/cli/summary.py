@@ -37,11 +37,18 @@ def text_summary(results: dict) -> str:
         lines.append(f"task metric {name} ({t['task']}): {t['primary']} {fmt(t['value'])}{interval}")
     quant = results.get("quantization") or {}
     recipe = quant.get("recipe") or {}
+    given = results.get("given")
+    if given:
+        unmatched = f", {len(given['unmatched'])} not matched" if given["unmatched"] else ""
+        lines.append(f"quantized model given: {given['file']} ({given['format']}); "
+                     f"{given['matched'] if given['matched'] is not None else 'its'} tensors matched to the float model"
+                     f"{unmatched}")
     if recipe:
+        nodes = "" if quant.get("quantized_nodes") is None else f"; {quant.get('quantized_nodes')} nodes quantized, " \
+            f"{len(quant.get('float_nodes') or [])} left in float"
+        calibration = "its own scales" if given else f"{recipe.get('calibration')} calibration"
         lines.append(f"recipe: {recipe.get('activations')} activations, {recipe.get('weights')} weights "
-                     f"{'per channel' if recipe.get('per_channel') else 'per tensor'}, {recipe.get('calibration')} "
-                     f"calibration; {quant.get('quantized_nodes')} nodes quantized, "
-                     f"{len(quant.get('float_nodes') or [])} left in float")
+                     f"{'per channel' if recipe.get('per_channel') else 'per tensor'}, {calibration}{nodes}")
         floats = quant.get("float_nodes") or []
         if floats:
             lines.append(f"  in float: {', '.join(floats[:6])}{f' and {len(floats) - 6} more' if len(floats) > 6 else ''}")

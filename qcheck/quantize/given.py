@@ -125,7 +125,7 @@ class GivenModel:
 
         return Recipe(activations=most(acts, "dynamic uint8" if self.format == "dynamic" else "uint8"),
                       weights=most(weights, "int8"), per_channel=any(t.per_channel for t in weights),
-                      calibration=f"none: given {self.format} model",
+                      calibration=f"given {self.format} model",
                       symmetric_activations=bool(acts) and all(not np.any(t.zero_point) for t in acts))
 
     def summary(self) -> dict:

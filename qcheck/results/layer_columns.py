@@ -22,6 +22,11 @@ TENSOR_STATISTICS: dict[str, str] = {
     "range": "real interval the integer grid covers: scale * (qmax - qmin)",
     "calib_min": "lowest value seen in calibration (activations)",
     "calib_max": "highest value seen in calibration (activations)",
+    # a quantized model given to qcheck (`quantized:`): its exported range against what the data reach
+    "range_min": "given model: lowest real value the exported grid represents ((qmin - zero_point) * scale)",
+    "range_max": "given model: highest real value the exported grid represents ((qmax - zero_point) * scale)",
+    "range_over_data": "given model: width of the exported range / width the float tensor reaches on the evaluation "
+                       "data (far above 1: unused steps, e.g. an unconverged QAT estimate; below 1: clipping)",
     # per-layer (local) error: each quantized op sees the same input as its float twin
     "num_elements": "values compared, over all evaluation samples",
     "mean_error": "mean of float - dequantized",
