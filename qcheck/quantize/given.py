@@ -447,3 +447,42 @@ def given_scheme(given: GivenModel, measure_path: Path, out_path: Path) -> Built
         notes.append(f"{len(given.unmatched)} quantized tensor(s) of the given model could not be matched to the "
                      f"float model and are not measured (e.g. {given.unmatched[0].tensor}: {given.unmatched[0].reason})")
     return BuiltScheme(scheme, out_path, measure_path, recipe=given.recipe(), notes=notes + given.notes)
+
+
+def unfold_activations(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> list[str]:
+    """Put back, in place, the Relu/Clip a tool folded into its producer's output grid; returns the tensors.
+
+    ORT's QDQ quantizer (and others) drop a Relu whose output is quantized with a grid starting at 0: the
+    grid's clipping does the Relu's work, and the producer writes the Relu's tensor name directly. The
+    model computes the same; but the switchable emulation model switches a pair off by reading the tensor
+    before its QuantizeLinear, which would then be the producer's raw output, not the float model's. With
+    the Relu back (what qcheck's own emulation model gets from `QDQKeepRemovableActivations`), switched
+    off is float again, and switched on computes what the given model computes."""
+    f_producer, q_producer = GraphIndex(float_model).producer, GraphIndex(qmodel).producer
+    f_inits = GraphIndex(float_model).initializers
+    q_inits = {i.name for i in qmodel.graph.initializer}
+    done, nodes = [], []
+    for node in qmodel.graph.node:
+        nodes.append(node)
+        for k, out in enumerate(node.output):
+            f_node = f_producer.get(out)
+            if f_node is None or f_node.op_type not in FUSED_ACTIVATIONS or node.op_type == f_node.op_type \
+                    or node.op_type in ("QuantizeLinear", "DequantizeLinear") or q_producer.get(out) is not node:
+                continue
+            raw = f"{out}_qcheck_before_{f_node.op_type.lower()}"
+            node.output[k] = raw
+            extra = list(f_node.input[1:])  # Clip's min and max
+            for name in extra:
+                if name and name in f_inits and name not in q_inits:
+                    qmodel.graph.initializer.append(f_inits[name])
+                    q_inits.add(name)
+            act = onnx.NodeProto()
+            act.CopyFrom(f_node)
+            del act.input[:]
+            act.input.extend([raw, *extra])
+            act.name = f"qcheck_unfolded::{f_node.name}"
+            nodes.append(act)
+            done.append(out)
+    del qmodel.graph.node[:]
+    qmodel.graph.node.extend(nodes)
+    return done

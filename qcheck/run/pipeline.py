@@ -34,7 +34,7 @@ from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
 from qcheck.policy.yaml_spans import line_of
 from qcheck.quantize.calibrate import Ranges, Recipe, calibrate
-from qcheck.quantize.given import given_scheme, read_given
+from qcheck.quantize.given import given_scheme, read_given, unfold_activations
 from qcheck.quantize.schemes import size_bytes
 from qcheck.results.files import write_json, write_layer_stats, write_sensitivity
 from qcheck.results.schema import (
@@ -233,7 +233,7 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
                                     loaded.evaluation, policy.metrics, progress=console.progress,
                                     make_tasks=lambda: [t for t in build_tasks(policy, loaded.prepared.outputs)
                                                         if t.name == ranked_by],
-                                    emulation=build_switchable(given_file.model, float_model, given.qmap))
+                                    emulation=_given_emulation(given_file.model, float_model))
             attach_node_statistics(rows, node_statistics(analyses))
     with stages.stage("rules", console):
         main_run = judge_built(built, m, policy, loaded.rules, given.qmap, kinds, rows=rows)
@@ -243,6 +243,14 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
     summary = {"file": str(given_file.path), "sha256": given_file.sha256, **given.summary()}
     return _results(policy, loaded, built, m, given.qmap, kinds, main_run, None, analyses, None, None,
                     Final(recipe=built.recipe, ranges=None, ranges_file=None), None, given=summary)
+
+
+def _given_emulation(qmodel: onnx.ModelProto, float_model: onnx.ModelProto):
+    """The switchable emulation model of a given QDQ model: its own scales, folded activations put back."""
+    model = onnx.ModelProto()
+    model.CopyFrom(qmodel)
+    unfold_activations(model, float_model)
+    return build_switchable(model, float_model, read_given(model, float_model).qmap)
 
 
 def _calibrate(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stages, console: Console) -> Ranges | None:
@@ -331,7 +339,7 @@ def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_r
                       preprocess=policy.raw.get("data", {}).get("preprocess")),
         target=policy.target.to_dict(),
         quantization=QuantizationInfo(
-            scheme=policy.quantization.scheme, recipe=recipe.to_dict(), recipe_key=recipe.key(),
+            scheme=built.scheme, recipe=recipe.to_dict(), recipe_key=recipe.key(),
             ranges_file="ranges.json" if ranges else None, ranges_sha256=ranges.sha256() if ranges else None,
             calibration_samples=ranges.samples if ranges else 0, quantized_model=QUANTIZED_MODEL_NAME,
             size_bytes=size_bytes(built.path), quantized_tensors=kinds,

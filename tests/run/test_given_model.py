@@ -1,0 +1,220 @@
+"""`quantized:`: a quantized model made elsewhere (here by ONNX Runtime's own quantize_static / quantize_dynamic),
+checked against its float original with everything qcheck measures on its own models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from helpers import small_cnn, write_npy_samples, write_policy
+from qcheck.policy.loader import load_policy
+from qcheck.run.pipeline import run
+
+STATISTICS = ("scale", "zero_point", "range", "mean_error", "stddev", "max_abs_error", "mean_squared_error",
+              "rmse_scale", "cosine", "sqnr", "clip_fraction", "max_overshoot", "float_min", "float_max",
+              "whole_mean_error", "whole_max_abs_error", "whole_mean_squared_error", "whole_rmse_scale",
+              "whole_cosine", "whole_sqnr", "skewness", "kurtosis", "channel_range_ratio")
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, folder: Path):
+        self.files = iter(sorted(folder.glob("*.npy"), key=lambda p: int(p.stem)))
+
+    def get_next(self):
+        f = next(self.files, None)
+        return None if f is None else {"x": np.load(f)}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    """small_cnn, its data, and the model pre-processed the way ORT's documentation says to before quantizing."""
+    tmp = tmp_path_factory.mktemp("given")
+    small_cnn(tmp / "model.onnx")
+    write_npy_samples(tmp / "calib", 8)
+    quant_pre_process(str(tmp / "model.onnx"), str(tmp / "pre.onnx"), skip_symbolic_shape=True)
+    return tmp
+
+
+def _static(made: Path, name: str, **kw) -> Path:
+    out = made / name
+    options = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                   weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    options.update(kw)
+    quantize_static(str(made / "pre.onnx"), str(out), _Reader(made / "calib"), **options)
+    return out
+
+
+def _run(made: Path, name: str, **doc) -> dict:
+    policy = write_policy(made / f"{name}.yaml", {"model": "model.onnx", "data": {"calibration": "calib"},
+                                                  "require": ["model.cosine >= 0.9"],
+                                                  "report": {"out": f"out_{name}", "formats": ["html"]}, **doc})
+    return run(load_policy(policy))
+
+
+def _rows(results: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in results["tensors"]}
+
+
+def test_qdq_model_from_quantize_static_measures_as_qchecks_own_run(made):
+    """The same recipe (minmax, uint8 activations, int8 per-channel weights, QDQ) on the same calibration data gives
+    the same scales; then every per-tensor statistic of the given model equals qcheck's own run's."""
+    given_path = _static(made, "qdq.onnx")
+    own = _run(made, "own", analyses=False)
+    given = _run(made, "qdq", quantized="qdq.onnx", analyses=False)
+    assert given["given"]["format"] == "qdq" and given["given"]["unmatched"] == []
+    own_rows, given_rows = _rows(own), _rows(given)
+    assert set(own_rows) == set(given_rows) and len(own_rows) == 12  # 6 activations, 3 weights, 3 biases
+    for name, o in own_rows.items():
+        g = given_rows[name]
+        assert g["kind"] == o["kind"] and g["dtype"] == o["dtype"]
+        for key in STATISTICS:
+            if o[key] is None:
+                assert g[key] is None, (name, key)
+            else:
+                assert g[key] == pytest.approx(o[key], rel=1e-5, abs=1e-9), (name, key)
+    assert given["model_metrics"]["aggregate"]["cosine"] == pytest.approx(own["model_metrics"]["aggregate"]["cosine"])
+    # per-layer statistics are there for the given model too (its QDQ pairs replay like qcheck's own)
+    assert given_rows["r1"]["rmse_scale"] is not None
+    # the output folder holds the model that was checked, byte for byte
+    out = Path(given["output_folder"])
+    assert (out / "model.quant.onnx").read_bytes() == onnx.load(str(given_path)).SerializeToString() or \
+        onnx.load(str(out / "model.quant.onnx")).graph.node == onnx.load(str(given_path)).graph.node
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["given"]["file"] == str(given_path) and saved["quantization"]["ranges_file"] is None
+
+
+def test_analyses_run_on_the_given_models_own_scales(made):
+    """The switchable emulation model is built from the given model's Q/DQ pairs (ORT folded its Relus into the
+    grids; qcheck puts them back so a pair switched off is float again): every switch off is the float model and
+    every switch on computes the given model, so the curve's output cosine is the real model's."""
+    _static(made, "qdq_a.onnx")
+    res = _run(made, "qdq_a", quantized="qdq_a.onnx", analyses={"confirm": True, "samples": 8})
+    a = res["analyses"]
+    assert a["switches"] == 12 and a["confirm"] is None
+    assert any("confirmation" in n for n in a["notes"])
+    assert {n["node"] for n in a["sensitivity"]["nodes"]} == {"conv1", "conv2", "gap", "flatten", "fc"}
+    curve = next(c for c in a["curves"]["curves"] if c["label"] == "all quantized")
+    assert curve["points"][-1]["tensor"] == "logits"
+    assert curve["points"][-1]["cosine"] == pytest.approx(res["model_metrics"]["aggregate"]["cosine"], abs=1e-6)
+
+
+def _dequantized(model: Path, outputs: list[str], sample: dict) -> dict[str, np.ndarray]:
+    m = onnx.load(str(model))
+    for name in outputs:
+        m.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, sample)))
+
+
+def _numpy_stats(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    f = np.concatenate([a.astype(np.float64).ravel() for a, _ in pairs])
+    q = np.concatenate([b.astype(np.float64).ravel() for _, b in pairs])
+    d = f - q
+    return {"mse": float(np.mean(d * d)), "max_abs": float(np.max(np.abs(d))), "mean": float(np.mean(d)),
+            "cosine": float(f @ q / np.sqrt((f @ f) * (q @ q)))}
+
+
+def test_qoperator_model_statistics_agree_with_numpy(made):
+    """QLinearConv/QGemm model: r1 (a Conv output with its Relu folded into the grid) is the float Relu's output
+    against the integer tensor `c1_quantized` dequantized with the QLinearConv's own output scale."""
+    path = _static(made, "qop.onnx", quant_format=QuantFormat.QOperator)
+    res = _run(made, "qop", quantized="qop.onnx")
+    assert res["given"]["format"] == "qoperator" and res["given"]["unmatched"] == []
+    rows = _rows(res)
+    qm = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in qm.graph.initializer}
+    conv2 = next(n for n in qm.graph.node if n.op_type == "QLinearConv" and n.input[3].startswith("w2"))
+    int_name = conv2.input[0]  # the integer tensor QLinearConv 2 reads: conv1's output, Relu folded in
+    scale, zp = float(inits[conv2.input[1]]), int(inits[conv2.input[2]])
+    pairs = []
+    for f in sorted((made / "calib").glob("*.npy"), key=lambda p: int(p.stem)):
+        sample = {"x": np.load(f)}
+        fl = _dequantized(made / "model.onnx", ["r1"], sample)["r1"]
+        q = _dequantized(path, [int_name], sample)[int_name]
+        pairs.append((fl, (q.astype(np.int32) - zp).astype(np.float32) * np.float32(scale)))  # DequantizeLinear
+    ref = _numpy_stats(pairs)
+    r1 = rows["r1"]
+    assert r1["scale"] == pytest.approx(scale) and r1["zero_point"] == zp
+    assert r1["whole_mean_squared_error"] == pytest.approx(ref["mse"], rel=1e-6)
+    assert r1["whole_max_abs_error"] == pytest.approx(ref["max_abs"], rel=1e-6)
+    assert r1["whole_mean_error"] == pytest.approx(ref["mean"], rel=1e-6, abs=1e-12)
+    assert r1["whole_cosine"] == pytest.approx(ref["cosine"], rel=1e-9)
+    assert r1["rmse_scale"] is None and "QOperator" in r1["per_layer_missing"]
+    # the weight: the float initializer against QLinearConv's int8 weight with its per-channel scales
+    w = numpy_helper.to_array(next(i for i in onnx.load(str(made / "model.onnx")).graph.initializer if i.name == "w2"))
+    wq = (inits[conv2.input[3]].astype(np.float64) - inits[conv2.input[5]].reshape(-1, 1, 1, 1)) \
+        * inits[conv2.input[4]].reshape(-1, 1, 1, 1)
+    assert rows["w2"]["mean_squared_error"] == pytest.approx(float(np.mean((w - wq) ** 2)), rel=1e-6)
+    assert rows["b2"]["kind"] == "bias" and rows["w2"]["per_channel"] is True
+
+
+def test_dynamic_model_statistics_agree_with_numpy(made):
+    path = made / "dyn.onnx"
+    quantize_dynamic(str(made / "pre.onnx"), str(path))
+    res = _run(made, "dyn", quantized="dyn.onnx", data={"evaluation": "calib"})
+    assert res["given"]["format"] == "dynamic" and res["quantization"]["scheme"] == "dynamic"
+    rows = _rows(res)
+    pairs = []
+    for f in sorted((made / "calib").glob("*.npy"), key=lambda p: int(p.stem)):
+        sample = {"x": np.load(f)}
+        pairs.append((_dequantized(made / "model.onnx", ["c2"], sample)["c2"], _dequantized(path, ["c2"], sample)["c2"]))
+    ref = _numpy_stats(pairs)
+    assert rows["c2"]["whole_mean_squared_error"] == pytest.approx(ref["mse"], rel=1e-6)
+    assert rows["c2"]["whole_max_abs_error"] == pytest.approx(ref["max_abs"], rel=1e-6)
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    w = numpy_helper.to_array(next(i for i in onnx.load(str(made / "model.onnx")).graph.initializer if i.name == "w1"))
+    wq = (inits["w1_quantized"].astype(np.float64) - inits["w1_zero_point"].astype(np.float64)) * inits["w1_scale"]
+    assert rows["w1"]["mean_squared_error"] == pytest.approx(float(np.mean((w - wq) ** 2)), rel=1e-6)
+
+
+def _edit_scale(src: Path, dst: Path, tensor: str, factor: float) -> float:
+    """Multiply the scale of `tensor`'s QuantizeLinear/DequantizeLinear pair (what an unconverged QAT range looks
+    like); returns the new scale."""
+    m = onnx.load(str(src))
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    init = next(i for i in m.graph.initializer if i.name == q.input[1])
+    value = numpy_helper.to_array(init) * np.float32(factor)
+    init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), init.name))
+    onnx.save(m, str(dst))
+    return float(value)
+
+
+def test_an_unconverged_range_is_a_finding_naming_the_tensor(made):
+    base = _static(made, "qdq_r.onnx", per_channel=False)
+    scale = _edit_scale(base, made / "wide.onnx", "r1", 10.0)
+    res = _run(made, "wide", quantized="wide.onnx", analyses=False)
+    wide = [f for f in res["findings"] if f["code"] == "QC115"]
+    assert [f["tensor"] for f in wide] == ["r1"]
+    row = _rows(res)["r1"]
+    assert row["scale"] == pytest.approx(scale)
+    assert row["range_max"] - row["range_min"] == pytest.approx(255 * scale, rel=1e-6)
+    assert row["range_over_data"] == pytest.approx(255 * scale / (row["float_max"] - row["float_min"]), rel=1e-9)
+    assert row["range_over_data"] > 8  # the calibration data set the original range: ~10x after the edit
+    # the unedited model has no such finding
+    plain = _run(made, "plain", quantized="qdq_r.onnx", analyses=False)
+    assert not [f for f in plain["findings"] if f["code"] in ("QC115", "QC116")]
+
+
+def test_a_range_narrower_than_the_data_is_a_clipping_finding(made):
+    base = _static(made, "qdq_n.onnx", per_channel=False)
+    _edit_scale(base, made / "narrow.onnx", "r2", 0.25)
+    res = _run(made, "narrow", quantized="narrow.onnx", analyses=False)
+    narrow = {f["tensor"]: f for f in res["findings"] if f["code"] == "QC116"}
+    assert "r2" in narrow
+    row = _rows(res)["r2"]
+    assert row["range_over_data"] < 0.5 and row["clip_fraction"] > 0
