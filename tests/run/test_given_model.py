@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import small_cnn, write_npy_samples, write_policy
 from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -21,7 +22,6 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from helpers import small_cnn, write_npy_samples, write_policy
 from qcheck.policy.loader import load_policy
 from qcheck.run.pipeline import run
 
@@ -52,8 +52,8 @@ def made(tmp_path_factory) -> Path:
 
 def _static(made: Path, name: str, **kw) -> Path:
     out = made / name
-    options = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                   weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    options = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
+                   "weight_type": QuantType.QInt8, "calibrate_method": CalibrationMethod.MinMax}
     options.update(kw)
     quantize_static(str(made / "pre.onnx"), str(out), _Reader(made / "calib"), **options)
     return out
