@@ -154,3 +154,30 @@ def gather_table(path: Path) -> Path:
 
 
 MODELS.update(gather_table=gather_table)
+
+
+def quantized_cnn(path: Path, classes: int = 10) -> Path:
+    """small_cnn quantized by ONNX Runtime's quantize_static (QDQ, MinMax on 4 random samples)."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.samples = iter([{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    float_path = path.with_name(path.stem + ".float.onnx")
+    small_cnn(float_path, classes=classes)
+    quantize_static(str(float_path), str(path), _Reader())
+    float_path.unlink()
+    return path
+
+
+def quantized_cnn_5_classes(path: Path) -> Path:
+    """quantized_cnn with 5 classes: its output is [1, 5], small_cnn's [1, 10]."""
+    return quantized_cnn(path, classes=5)
+
+
+MODELS.update(quantized_cnn=quantized_cnn, quantized_cnn_5_classes=quantized_cnn_5_classes)

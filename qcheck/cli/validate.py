@@ -27,7 +27,10 @@ def cmd_validate(args) -> int:
 
 def _policy_text(path, summary: dict) -> str:
     data = "; ".join(f"{k}: {v['samples']} samples ({v['format']})" for k, v in summary["data"].items())
-    lines = [f"{path}: valid", f"  model: {summary['model']}", f"  data: {data}",
+    given = summary.get("quantized")
+    lines = [f"{path}: valid", f"  model: {summary['model']}"]
+    lines += [f"  quantized: {given['path']} ({given['format']})"] if given else []
+    lines += [f"  data: {data}",
              f"  rules: {summary['rules']}; requirements: {len(summary['requirements'])}"]
     return "\n".join(lines + [f"  warning: {w}" for w in summary["warnings"]])
 

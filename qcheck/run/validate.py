@@ -31,6 +31,8 @@ def validate_policy(policy, progress: Callable[[str, int, int], None] = lambda s
                "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.dtype} for i in loaded.inputs],
                "rules": len(loaded.rules), "requirements": [r.text for r in policy.require], "data": {},
                "warnings": []}
+    if loaded.given is not None:
+        summary["quantized"] = {"path": str(loaded.given.path), "format": loaded.given.format}
     sets = [("calibration", loaded.calibration)]
     if policy.data.evaluation:
         sets.append(("evaluation", loaded.evaluation))
