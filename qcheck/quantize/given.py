@@ -105,6 +105,7 @@ class GivenModel:
     unmatched: list[Unmatched] = field(default_factory=list)
     matched_by: dict[str, str] = field(default_factory=dict)  # float tensor -> "name" | "structure"
     notes: list[str] = field(default_factory=list)
+    model: onnx.ModelProto | None = None  # the model to measure (see read_given)
 
     @property
     def activation_bits(self) -> int:
@@ -239,11 +240,10 @@ class TensorMatch:
         return candidates[0] if len(candidates) == 1 else None
 
     def _after_fused_activation(self, f_out: str, node: onnx.NodeProto) -> str:
-        """QOperator tools fold a Relu/Clip into its producer's output grid (ORT names the result after the
-        producer's float output): the grid then stands for the Relu's output. A QDQ node keeps its float output
-        (its Relu, if any, follows in the given model too)."""
-        if node.op_type not in QOPERATOR_OPS:
-            return f_out
+        """Tools fold a Relu/Clip into its producer's output grid (a grid from 0 clips as the Relu would): the
+        producer's output then stands for the Relu's, whatever its name (ORT's QOperator format keeps the
+        producer's, its QDQ format takes the Relu's). Folded: the float output is read by a Relu/Clip alone and the
+        given node's output by none."""
         readers = self.f.consumers.get(f_out, [])
         q_readers = self.q.consumers.get(node.output[0], [])
         if len(readers) == 1 and readers[0].op_type in FUSED_ACTIVATIONS and \
@@ -263,44 +263,81 @@ class TensorMatch:
 
 
 def read_given(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> GivenModel:
-    """Read a given quantized model (normalized: `constants_to_initializers` ran on it)."""
+    """Read a given quantized model (normalized by the load stage: Constants as initializers, every node named).
+
+    `GivenModel.model` is the model to measure: for QDQ a copy whose tensors and nodes matched by structure carry
+    the float model's names (`adopt_float_names`), so the per-layer twin and the emulation model, which pair
+    nodes and tensors by name, work on it as on qcheck's own models; otherwise `qmodel` itself."""
     fmt = given_format(qmodel)
     if fmt is None:
         raise ValueError("not a quantized model")  # the load stage refuses such a model before this
-    match = TensorMatch(qmodel, float_model)
     if fmt == "qdq":
-        return _read_qdq(qmodel, float_model, match)
+        return _read_qdq(qmodel, float_model)
     if fmt == "qoperator":
-        return _read_qoperator(qmodel, float_model, match)
-    return GivenModel("dynamic", None, notes=[
+        return _read_qoperator(qmodel, float_model, TensorMatch(qmodel, float_model))
+    return GivenModel("dynamic", None, model=qmodel, notes=[
         "dynamically quantized model: activations get their scale at run time, so there is no fixed grid; "
         "tensors are compared by name in whole-model mode (per-layer statistics, analyses and grid statistics "
         "such as rmse/scale and the exported-range checks do not apply)"])
 
 
-def _read_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, match: TensorMatch) -> GivenModel:
-    raw = read_qdq(qmodel, float_model, float_input=match.float_input)
-    f_tensors = match.f_tensors
+def adopt_float_names(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str, str]:
+    """Rename, in place, the compute nodes and the tensors they write to the float model's names they were matched
+    to (the model computes the same). Q/DQ outputs keep theirs; a name the graph already uses, or a graph input
+    or output, is never taken. Returns {given tensor name: float tensor name}."""
+    match = TensorMatch(qmodel, float_model)
+    node_names = {n.name for n in qmodel.graph.node}
+    used = {o for n in qmodel.graph.node for o in n.output} | {i.name for i in qmodel.graph.input} | \
+        {i.name for i in qmodel.graph.initializer}
+    outputs = {o.name for o in qmodel.graph.output}
+    fixed = {i.name for i in qmodel.graph.input} | outputs
+    renames: dict[str, str] = {}
+    for node in qmodel.graph.node:
+        twin = match.node_twin.get(node.name)
+        if twin is not None and twin.name != node.name and twin.name not in node_names:
+            node_names.discard(node.name)
+            node.name = twin.name
+            node_names.add(twin.name)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for out in node.output:
+            f = match.to_float.get(out)
+            if f in outputs:  # the graph output is the final DequantizeLinear's: ORT's name for its source
+                f = f + "_QuantizeLinear_Input"
+            if f is not None and f != out and out not in fixed and f not in used:
+                renames[out] = f
+                used.add(f)
+    for node in qmodel.graph.node:
+        for seq in (node.input, node.output):
+            for k, name in enumerate(seq):
+                if name in renames:
+                    seq[k] = renames[name]
+    return renames
+
+
+def _read_qdq(given: onnx.ModelProto, float_model: onnx.ModelProto) -> GivenModel:
+    qmodel = onnx.ModelProto()
+    qmodel.CopyFrom(given)
+    renamed = set(adopt_float_names(qmodel, float_model).values())
+    raw = read_qdq(qmodel, float_model)
+    f_tensors = {o for n in float_model.graph.node for o in n.output} | {i.name for i in float_model.graph.input}
+    f_inits = GraphIndex(float_model).initializers
     tensors, unmatched, how = {}, [], {}
     q_producer = GraphIndex(qmodel).producer
-    float_nodes = GraphIndex(float_model).by_name
     for name, t in raw.tensors.items():
-        if t.kind == "activation":
-            src = q_producer[t.q_output].input[0]
-            f_name = name if name in f_tensors else match.to_float.get(src)
-            if f_name is None:
-                made = q_producer.get(src)
-                unmatched.append(Unmatched(src, made.name if made is not None else "(input)",
-                                           "no float tensor has this name, and its producer could not be matched to "
-                                           "a float node of the same op type reading the same inputs"))
-                continue
-            how[f_name] = "name" if f_name == name else "structure"
-            t.name = f_name
-        else:
-            how[name] = "name" if t.consumers and t.consumers[0] in float_nodes else "structure"
-        tensors[t.name] = t
+        if t.kind == "activation" and name not in f_tensors:
+            made = q_producer.get(name)
+            unmatched.append(Unmatched(name, made.name if made is not None else "(input)",
+                                       "no float tensor has this name, and its producer could not be matched to a "
+                                       "float node of the same op type reading the same inputs"))
+            continue
+        if t.kind != "activation" and name not in f_inits:
+            continue  # reported below with the other unmatched integer initializers
+        by_name = (t.q_initializer or "").startswith(name) if t.kind != "activation" else name not in renamed
+        how[name] = "name" if by_name else "structure"
+        tensors[name] = t
     unmatched += _unmatched_weights(qmodel, {t.q_initializer for t in tensors.values() if t.q_initializer})
-    return GivenModel("qdq", QDQMap(tensors, raw.quantized_nodes, raw.float_nodes), unmatched, how)
+    return GivenModel("qdq", QDQMap(tensors, raw.quantized_nodes, raw.float_nodes), unmatched, how, model=qmodel)
 
 
 def _unmatched_weights(qmodel: onnx.ModelProto, matched: set[str]) -> list[Unmatched]:
@@ -380,7 +417,7 @@ def _read_qoperator(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, match
     notes = ["QOperator model: statistics are whole-model (float model against the given model's integer tensors, "
              "dequantized with their own scales); per-layer statistics and the switchable analyses need Q/DQ pairs "
              "and are not available for this format"]
-    return GivenModel("qoperator", QDQMap(tensors, qnodes, fnodes), unmatched, how, notes)
+    return GivenModel("qoperator", QDQMap(tensors, qnodes, fnodes), unmatched, how, notes, model=qmodel)
 
 
 def _qoperator_weights(node, spec: QOp, match: TensorMatch, grid, f_inits, tensors, how, unmatched, inits) -> None:
@@ -435,12 +472,12 @@ def _weight_axis(float_op: str, twin: onnx.NodeProto | None) -> int:
 # --------------------------------------------------------------------------- the run's "built" model
 
 
-def given_scheme(given: GivenModel, measure_path: Path, out_path: Path) -> BuiltScheme:
+def given_scheme(given: GivenModel, source: Path, measure_path: Path, out_path: Path) -> BuiltScheme:
     """The given model in the form the rules and results take for a scheme qcheck built: int8 (8-bit activations),
-    a16w8 (16-bit) or dynamic, so rules written for a scheme apply to a given model of that scheme. The model
-    measured is copied to `out_path`: the output folder holds the model its report is about."""
+    a16w8 (16-bit) or dynamic, so rules written for a scheme apply to a given model of that scheme. The user's
+    file (`source`) is copied to `out_path`: the output folder holds the model its report is about."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(measure_path, out_path)
+    shutil.copyfile(source, out_path)
     scheme = "dynamic" if given.format == "dynamic" else ("a16w8" if given.activation_bits == 16 else "int8")
     notes = [f"quantized model given (`quantized:`), {given.format} format: qcheck measured it as it is"]
     if given.unmatched:

@@ -213,9 +213,9 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
     with stages.stage("read quantized model", console):
         float_model = onnx.load(str(loaded.prepared.path))
         given = read_given(given_file.model, float_model)
-        built = given_scheme(given, given_file.measure_path, out_dir.path(QUANTIZED_MODEL_NAME))
+        built = given_scheme(given, given_file.path, given_file.measure_path, out_dir.path(QUANTIZED_MODEL_NAME))
     with stages.stage("measure", console):
-        m = measure_given(given, given_file.model, float_model, loaded.evaluation, policy.metrics,
+        m = measure_given(given, given.model, float_model, loaded.evaluation, policy.metrics,
                           policy.generic_metrics, policy.measure.modes, include_weights=policy.measure.weights,
                           progress=lambda i, n: console.progress("measure", i, n), tasks=loaded.tasks,
                           need=needed_statistics(loaded.rules))
@@ -233,7 +233,7 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
                                     loaded.evaluation, policy.metrics, progress=console.progress,
                                     make_tasks=lambda: [t for t in build_tasks(policy, loaded.prepared.outputs)
                                                         if t.name == ranked_by],
-                                    emulation=_given_emulation(given_file.model, float_model))
+                                    emulation=_given_emulation(given.model, float_model))
             attach_node_statistics(rows, node_statistics(analyses))
     with stages.stage("rules", console):
         main_run = judge_built(built, m, policy, loaded.rules, given.qmap, kinds, rows=rows)

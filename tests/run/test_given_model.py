@@ -218,3 +218,60 @@ def test_a_range_narrower_than_the_data_is_a_clipping_finding(made):
     assert "r2" in narrow
     row = _rows(res)["r2"]
     assert row["range_over_data"] < 0.5 and row["clip_fraction"] > 0
+
+
+def _rename_everything(src: Path, dst: Path) -> None:
+    """Every node, intermediate tensor and initializer renamed, as another exporter would name them: only the
+    graph's inputs and outputs keep their names."""
+    m = onnx.load(str(src))
+    keep = {i.name for i in m.graph.input} | {o.name for o in m.graph.output}
+    names: dict[str, str] = {}
+    for init in m.graph.initializer:
+        names[init.name] = f"param_{len(names)}"
+        init.name = names[init.name]
+    for k, node in enumerate(m.graph.node):
+        node.name = f"/block{k}/op"
+        for j, out in enumerate(node.output):
+            if out not in keep:
+                names[out] = f"/block{k}/out{j}"
+                node.output[j] = names[out]
+    for node in m.graph.node:
+        for j, name in enumerate(node.input):
+            node.input[j] = names.get(name, name)
+    onnx.save(m, str(dst))
+
+
+def test_tensors_are_matched_by_structure_when_names_differ(made):
+    """The same QDQ model with every name changed: matched by graph structure, every statistic (per-layer ones
+    included) and the node sensitivity equal those of the model whose names match."""
+    _rename_everything(_static(made, "qdq_s.onnx"), made / "renamed.onnx")
+    by_name = _run(made, "qdq_s", quantized="qdq_s.onnx", analyses={"curves": False, "confirm": False})
+    by_structure = _run(made, "renamed", quantized="renamed.onnx", analyses={"curves": False, "confirm": False})
+    assert by_structure["given"]["unmatched"] == [] and by_structure["given"]["matched"] == 12
+    assert by_structure["given"]["matched_by"]["structure"] == 10  # all but the graph's input and output
+    assert by_structure["tensors"] == by_name["tensors"]
+
+
+def test_what_cannot_be_matched_is_listed_with_the_reason(made):
+    """A node the float model does not have (an extra quantized Mul by 1 after conv1): its tensor is listed as not
+    matched, in results.json and the report; the rest is measured."""
+    m = onnx.load(str(_static(made, "qdq_u.onnx", per_channel=False)))
+    dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "r1_QuantizeLinear_Output")
+    reader = next(n for n in m.graph.node if dq.output[0] in n.input and n.op_type == "Conv")
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r1")
+    m.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
+    extra = [onnx.helper.make_node("Mul", [dq.output[0], "one"], ["extra"], name="extra_mul"),
+             onnx.helper.make_node("QuantizeLinear", ["extra", q.input[1], q.input[2]], ["extra_q"], name="extra_q"),
+             onnx.helper.make_node("DequantizeLinear", ["extra_q", q.input[1], q.input[2]], ["extra_dq"],
+                                   name="extra_dq")]
+    reader.input[0] = "extra_dq"
+    at = list(m.graph.node).index(reader)
+    for k, node in enumerate(extra):
+        m.graph.node.insert(at + k, node)
+    onnx.save(m, str(made / "extra.onnx"))
+    res = _run(made, "extra", quantized="extra.onnx", analyses=False)
+    assert [u["tensor"] for u in res["given"]["unmatched"]] == ["extra"]
+    assert res["given"]["unmatched"][0]["node"] == "extra_mul" and "no float tensor" in res["given"]["unmatched"][0]["reason"]
+    assert "r2" in _rows(res) and "extra" not in _rows(res)
+    html = (Path(res["output_folder"]) / "report.html").read_text()
+    assert "not matched to the float model" in html and "extra_mul" in html
