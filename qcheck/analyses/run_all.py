@@ -59,7 +59,10 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
 
     sw = emulation or build_emulation(float_path, float_model, ranges, recipe)
     samples = list(range(min(spec.samples, len(data))))
-    runner = ConfigRunner(sw, data, samples, metrics, activation_budget=spec.memory_mb << 20, make_tasks=make_tasks)
+    # A given model's emulation runs one sample at a time: batched, ONNX Runtime failed on a real one (PP-OCR's
+    # classifier quantized by quantize_static: "Shape mismatch attempting to re-use buffer" inside a switch).
+    runner = ConfigRunner(sw, data, samples, metrics, max_batch=1 if emulation is not None else 8,
+                          activation_budget=spec.memory_mb << 20, make_tasks=make_tasks)
     lap("build")
     out: dict = {"samples": len(samples), "batch": runner.batch, "switches": len(sw.switches), "nodes": len(sw.nodes),
                  "metric": spec.metric,

@@ -329,7 +329,9 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     external = any(i.data_location == TensorProto.EXTERNAL for i in final.graph.initializer)
     named = name_nodes(final)
     flat = [] if external or not optimize else flatten_row_biases(final)  # external data stay where they are
-    if named or flat:  # with external data, only the graph is written again
+    # without optimization Constant nodes stay: as initializers, weights are found as ORT's fold makes them
+    constants = 0 if external or optimize else constants_to_initializers(final)
+    if named or flat or constants:  # with external data, only the graph is written again
         if external:
             onnx.save_model(final, str(prepared))
         else:
@@ -356,6 +358,26 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
         preprocess=label,
         notes=notes,
     )
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Make Constant nodes initializers, in place (same numbers): exporters (Paddle, PyTorch, NNCF) write weights,
+    scales and zero points as Constant nodes, and readers look for parameters one way. Returns how many."""
+    keep, moved = [], 0
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and value.HasField("t"):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved += 1
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
 
 
 def name_nodes(model: onnx.ModelProto) -> list[str]:

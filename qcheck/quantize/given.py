@@ -150,24 +150,47 @@ class GivenModel:
 # --------------------------------------------------------------------------- normalizing
 
 
-def constants_to_initializers(model: onnx.ModelProto) -> int:
-    """Exporters (PyTorch, NNCF) write scales and zero points as Constant nodes; make them initializers, in place,
-    so every reader finds parameters one way. Returns how many were moved."""
-    keep, moved = [], 0
+def fold_weight_quantizers(model: onnx.ModelProto) -> list[str]:
+    """Quantize, in place, constant weights a model quantizes at run time (QuantizeLinear(initializer) ->
+    DequantizeLinear, what ORT's QDQ quantizer writes for weights that were Constant nodes): the DequantizeLinear
+    then reads an integer initializer, as for every other weight, and the QuantizeLinear goes. Same numbers:
+    QuantizeLinear of a constant is a constant (computed as ONNX Runtime does, in float32, ties to even).
+    Returns the weights folded."""
+    inits = {i.name: i for i in model.graph.initializer}
+    readers: dict[str, int] = {}
     for node in model.graph.node:
-        value = next((a for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and value is not None and value.HasField("t"):
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value.t)
-            tensor.name = node.output[0]
-            model.graph.initializer.append(tensor)
-            moved += 1
-        else:
-            keep.append(node)
-    if moved:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    folded, drop = [], set()
+    for k, node in enumerate(model.graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits or node.input[1] not in inits:
+            continue
+        zp_init = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zp_init is None:
+            continue  # no zero point: uint8 by default; such exports are rare, left as they are
+        w = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zp = numpy_helper.to_array(zp_init)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.size > 1:
+            shape = [1] * w.ndim
+            shape[axis % w.ndim] = scale.size
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        lo, hi = np.iinfo(zp.dtype).min, np.iinfo(zp.dtype).max
+        q = np.clip(np.rint(w / scale) + zp.astype(np.int64), lo, hi).astype(zp.dtype)
+        name = node.output[0]
+        model.graph.initializer.append(numpy_helper.from_array(q, name))
+        drop.add(k)  # by position: protobuf gives no stable identity to the nodes it hands out
+        folded.append(node.input[0])
+    if drop:
+        keep = [n for k, n in enumerate(model.graph.node) if k not in drop]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-    return moved
+        read = {name for n in keep for name in n.input}
+        unused = [i for i in model.graph.initializer if i.name in set(folded) and i.name not in read]
+        for init in unused:  # the float copies of the weights now stored as integers
+            model.graph.initializer.remove(init)
+    return folded
 
 
 # --------------------------------------------------------------------------- matching tensors to the float model
@@ -187,7 +210,7 @@ class TensorMatch:
         for i in qmodel.graph.input:
             if i.name in self.f_tensors:
                 self._set(i.name, i.name, "name")
-        used: set[int] = set()
+        used: set[str] = set()
         for node in qmodel.graph.node:
             self._match_node(node, q_inits, used)
 
@@ -203,7 +226,7 @@ class TensorMatch:
                 return q[: -len(suffix)]
         return None
 
-    def _match_node(self, node: onnx.NodeProto, q_inits: set[str], used: set[int]) -> None:
+    def _match_node(self, node: onnx.NodeProto, q_inits: set[str], used: set[str]) -> None:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             src = self.to_float.get(node.input[0])
             if src is not None:
@@ -217,7 +240,7 @@ class TensorMatch:
         twin = self._structural_twin(node, float_op, positions, spec, used)
         if twin is not None:
             self.node_twin[node.name] = twin
-            used.add(id(twin))
+            used.add(twin.name)  # float nodes are uniquely named (model.prepare.name_nodes)
         for k, out in enumerate(node.output):
             name = self.by_name(out)
             if name is not None:
@@ -226,7 +249,7 @@ class TensorMatch:
                 self._set(out, self._after_fused_activation(twin.output[k], node), "structure")
 
     def _structural_twin(self, node: onnx.NodeProto, float_op: str, positions: list[int], spec: QOp | None,
-                         used: set[int]) -> onnx.NodeProto | None:
+                         used: set[str]) -> onnx.NodeProto | None:
         """The one float node of `float_op` that reads this node's matched inputs at the same positions."""
         # QOperator inputs are (tensor, scale, zp) triples; the float op's inputs are the tensors alone
         float_pos = {p: k for k, p in enumerate(positions)} if spec else {p: p for p in positions}
@@ -235,7 +258,7 @@ class TensorMatch:
         if not mapped:
             return None
         first = next(iter(mapped.values()))
-        candidates = [c for c in self.f.consumers.get(first, []) if c.op_type == float_op and id(c) not in used
+        candidates = [c for c in self.f.consumers.get(first, []) if c.op_type == float_op and c.name not in used
                       and all(k < len(c.input) and c.input[k] == v for k, v in mapped.items())]
         return candidates[0] if len(candidates) == 1 else None
 

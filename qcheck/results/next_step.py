@@ -64,6 +64,8 @@ def next_step(results: dict) -> dict:
                           "or fail.", "evidence": [], "source": "policy"}
     failing = _failing(results)
     evidence = [f"fails {'; '.join(failing)}"] if failing else []
+    if results.get("given"):
+        return _given_next_step(results, evidence)
     rec = (results.get("compare") or {}).get("recommendation") or {}
     if rec.get("scheme") and rec["scheme"] != results["quantization"]["scheme"]:
         return {"action": f"Switch to scheme {rec['scheme']} (quantization.scheme: {rec['scheme']}): "
@@ -98,3 +100,26 @@ def next_step(results: dict) -> dict:
                 "evidence": evidence + [worst["message"]], "source": "findings"}
     return {"action": "Add `search:` to the policy: qcheck then tries float fallback, int16 and calibration "
                       "remedies and keeps the cheapest that passes.", "evidence": evidence, "source": "default"}
+
+
+def _given_next_step(results: dict, evidence: list[str]) -> dict:
+    """A quantized model made elsewhere: qcheck changes nothing in it, so the lead is what to change at export."""
+    by_rule: dict[str, list[dict]] = {}
+    for f in results.get("findings", []):
+        if f.get("tensor"):
+            by_rule.setdefault(f.get("rule"), []).append(f)
+    clipped = by_rule.get("qat.range_too_narrow") or by_rule.get("range.clipping") or []
+    wide = by_rule.get("qat.range_too_wide") or []
+    if clipped:
+        names = [f["tensor"] for f in clipped]
+        return {"action": f"{len(names)} tensor(s) of the given model clip: widen their exported range "
+                          f"({_names(names)}) when you make the model again (range estimates on data that cover "
+                          f"what it will see).", "evidence": evidence + [clipped[0]["message"]], "source": "findings"}
+    if wide:
+        names = [f["tensor"] for f in wide]
+        return {"action": f"{len(names)} tensor(s) of the given model use a fraction of their exported range "
+                          f"({_names(names)}): let their range estimates converge before export.",
+                "evidence": evidence + [wide[0]["message"]], "source": "findings"}
+    return {"action": "Remove `quantized:` to let qcheck quantize the float model and search for a recipe that "
+                      "passes (add `search:`): qcheck does not change a model it was given.",
+            "evidence": evidence, "source": "default"}

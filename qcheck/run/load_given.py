@@ -18,9 +18,17 @@ import onnx
 from qcheck.errors import QcheckError
 from qcheck.model.diagnose import check_runtime_loads
 from qcheck.model.fetch import fetch_model
-from qcheck.model.prepare import dtype_name, file_sha256, fix_input_shapes, load_onnx, name_nodes, save_model
+from qcheck.model.prepare import (
+    constants_to_initializers,
+    dtype_name,
+    file_sha256,
+    fix_input_shapes,
+    load_onnx,
+    name_nodes,
+    save_model,
+)
 from qcheck.policy.spec import Policy
-from qcheck.quantize.given import constants_to_initializers, given_format
+from qcheck.quantize.given import fold_weight_quantizers, given_format
 
 GIVEN_MODEL_NAME = "given.onnx"
 
@@ -66,6 +74,7 @@ def prepare_given(given: GivenFile, shapes: dict[str, list[int]], work: Path) ->
     """The copy a run measures: the run's static input shapes, stale inferred shapes dropped."""
     model = copy.deepcopy(given.model)
     name_nodes(model)  # nodes are matched and reported by name
+    fold_weight_quantizers(model)  # weights quantized at run time become integer initializers, as usual
     fix_input_shapes(model, {k: v for k, v in shapes.items() if k in {i.name for i in model.graph.input}})
     given.measure_path = work / GIVEN_MODEL_NAME
     save_model(model, given.measure_path)
