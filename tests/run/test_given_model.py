@@ -275,3 +275,18 @@ def test_what_cannot_be_matched_is_listed_with_the_reason(made):
     assert "r2" in _rows(res) and "extra" not in _rows(res)
     html = (Path(res["output_folder"]) / "report.html").read_text()
     assert "not matched to the float model" in html and "extra_mul" in html
+
+
+def test_a_16_bit_qdq_model_measures_as_qchecks_own_a16w8_run(made):
+    """int16 activations, int8 per-channel weights: the given model is judged as scheme a16w8, and its statistics
+    equal qcheck's own a16w8 run's (same minmax ranges, same recipe)."""
+    _static(made, "a16.onnx", activation_type=QuantType.QInt16)
+    own = _run(made, "own16", quantization={"scheme": "a16w8"}, analyses=False)
+    given = _run(made, "a16", quantized="a16.onnx", analyses=False)
+    assert given["quantization"]["scheme"] == "a16w8"
+    own_rows, given_rows = _rows(own), _rows(given)
+    assert set(own_rows) == set(given_rows)
+    assert {r["dtype"] for r in given_rows.values() if r["kind"] == "activation"} == {"int16"}
+    for name, o in own_rows.items():
+        for key in ("scale", "zero_point", "whole_mean_squared_error", "whole_max_abs_error", "rmse_scale"):
+            assert given_rows[name][key] == pytest.approx(o[key], rel=1e-5, abs=1e-12), (name, key)
