@@ -63,6 +63,16 @@ QOPERATOR_OPS: dict[str, QOp] = {
     "QLinearSoftmax": QOp("Softmax", ((0, 1, 2),), (3, 4)),
     "QLinearReduceMean": QOp("ReduceMean", ((0, 1, 2),), (3, 4)),
 }
+
+
+def qop_spec(node: onnx.NodeProto) -> QOp | None:
+    """Where a QOperator node keeps its parameters; QLinearConcat has (Y scale, Y zero point, then one triple per
+    input), so its positions depend on the node."""
+    if node.op_type == "QLinearConcat":
+        return QOp("Concat", tuple((i, i + 1, i + 2) for i in range(2, len(node.input) - 2, 3)), (0, 1))
+    return QOPERATOR_OPS.get(node.op_type)
+
+
 # Ops that run on integer tensors unchanged (ORT's QOperator format): their output keeps the input's grid.
 SAME_GRID_OPS = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
                  "Resize", "Identity", "Pad", "SpaceToDepth", "DepthToSpace", "Relu"}
@@ -77,7 +87,7 @@ def given_format(model: onnx.ModelProto) -> str | None:
     ops = {n.op_type for n in model.graph.node}
     if ops & DYNAMIC_OPS:
         return "dynamic"
-    if ops & set(QOPERATOR_OPS):
+    if ops & (set(QOPERATOR_OPS) | {"QLinearConcat"}):
         return "qoperator"
     if ops & {"QuantizeLinear", "DequantizeLinear"}:
         return "qdq"
@@ -234,7 +244,7 @@ class TensorMatch:
             elif (name := self.by_name(node.output[0])) is not None:
                 self._set(node.output[0], name, "name")
             return
-        spec = QOPERATOR_OPS.get(node.op_type)
+        spec = qop_spec(node)
         float_op = spec.float_op if spec else node.op_type
         positions = [a[0] for a in spec.activations] if spec else list(range(len(node.input)))
         twin = self._structural_twin(node, float_op, positions, spec, used)
@@ -260,6 +270,11 @@ class TensorMatch:
         first = next(iter(mapped.values()))
         candidates = [c for c in self.f.consumers.get(first, []) if c.op_type == float_op and c.name not in used
                       and all(k < len(c.input) and c.input[k] == v for k, v in mapped.items())]
+        if len(candidates) > 1:  # several float nodes read the same input: the weights' names tell them apart
+            named = {float_pos[p]: self.by_name(node.input[p]) for p in positions
+                     if p < len(node.input) and node.input[p] in self.q.initializers}
+            candidates = [c for c in candidates
+                          if all(n is None or (k < len(c.input) and c.input[k] == n) for k, n in named.items())]
         return candidates[0] if len(candidates) == 1 else None
 
     def _after_fused_activation(self, f_out: str, node: onnx.NodeProto) -> str:
@@ -407,7 +422,7 @@ def _read_qoperator(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, match
         tensors[f_name], how[f_name] = t, match.how.get(q_tensor, "name")
 
     for node in qmodel.graph.node:
-        spec = QOPERATOR_OPS.get(node.op_type)
+        spec = qop_spec(node)
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
             t = grid(node.output[0], node.input[1], node.input[2] if len(node.input) > 2 else "", "activation")
             if t is not None:
@@ -429,13 +444,17 @@ def _read_qoperator(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, match
                                 q_output=node.output[0])
             grids[node.output[0]] = t
             add(node.output[0], t, node)
+        elif node.op_type != "DequantizeLinear" and any(i in grids for i in node.input):
+            unmatched.append(Unmatched(node.output[0] if node.output else "", node.name,
+                                       f"an op qcheck does not read ({node.domain or 'ai.onnx'} {node.op_type}) "
+                                       "takes integer inputs here: its output's grid is unknown"))
     for t in tensors.values():  # activations: the float nodes that read them (weights have theirs already)
         if t.kind == "activation":
             readers = [match.node_twin.get(c.name) for c in index.consumers.get(t.q_output or "", [])]
             t.consumers = [r.name for r in readers if r is not None]
-    qnodes = [n.name for n in qmodel.graph.node if n.op_type in QOPERATOR_OPS]
+    qnodes = [n.name for n in qmodel.graph.node if qop_spec(n) is not None]
     fnodes = [n.name for n in qmodel.graph.node
-              if n.op_type not in QOPERATOR_OPS and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+              if qop_spec(n) is None and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
               and not any(i in grids for i in n.input)]
     notes = ["QOperator model: statistics are whole-model (float model against the given model's integer tensors, "
              "dequantized with their own scales); per-layer statistics and the switchable analyses need Q/DQ pairs "

@@ -290,3 +290,30 @@ def test_a_16_bit_qdq_model_measures_as_qchecks_own_a16w8_run(made):
     for name, o in own_rows.items():
         for key in ("scale", "zero_point", "whole_mean_squared_error", "whole_max_abs_error", "rmse_scale"):
             assert given_rows[name][key] == pytest.approx(o[key], rel=1e-5, abs=1e-12), (name, key)
+
+
+def test_qoperator_concat_and_matmul_heads_are_matched_like_their_qdq_twin(tmp_path):
+    """two_head_concat in both formats from the same calibration: QLinearConcat, QLinearMatMul (four MatMuls
+    reading one input, told apart by their weights), QLinearSigmoid, QLinearMul and an int8 Reshape are read;
+    both formats name the same float tensors with the same scales, nothing unmatched."""
+    from helpers import two_head_concat
+
+    two_head_concat(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "calib", 6, shape=(1, 4))
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(tmp_path / "model.onnx"), str(pre), skip_symbolic_shape=True)
+    results = {}
+    for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
+        quantize_static(str(pre), str(tmp_path / f"{fmt}.onnx"), _Reader(tmp_path / "calib"), quant_format=fmt)
+        results[fmt] = _run(tmp_path, str(fmt).split(".")[-1], quantized=f"{fmt}.onnx", analyses=False)
+    qdq, qop = results[QuantFormat.QDQ], results[QuantFormat.QOperator]
+    assert qop["given"]["format"] == "qoperator" and qop["given"]["unmatched"] == [] and qdq["given"]["unmatched"] == []
+    ops = {n.op_type for n in onnx.load(str(tmp_path / f"{QuantFormat.QOperator}.onnx")).graph.node}
+    assert {"QLinearConcat", "QLinearMatMul", "QLinearSigmoid"} <= ops
+    a, b = _rows(qdq), _rows(qop)
+    assert set(a) == set(b) and {"cat", "cat1", "cat2", "out", "w_s1", "w_b2"} <= set(a)
+    # the Mul's constant k (300): ORT gives it a uint8 grid [0, 300] in QDQ and a symmetric int8 one [-300, 300]
+    # as QLinearMul's B, so its grid differs between the formats; every other tensor's is the same
+    assert b["k"]["range"] == pytest.approx(2 * a["k"]["range"], rel=1e-5)
+    for name in set(a) - {"k"}:
+        assert b[name]["scale"] == pytest.approx(a[name]["scale"], rel=1e-6), name
