@@ -11,7 +11,6 @@ tensor it stands for, with its scale, zero point, type and channel axis.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,10 +91,7 @@ class QDQMap:
     float_nodes: list[str]  # compute nodes left in float (no dequantized input)
 
 
-def read_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
-             float_input: Callable[[onnx.NodeProto, int], str | None] | None = None) -> QDQMap:
-    """`float_input(node, position)`: the float tensor a quantized node reads at a position, for models whose
-    node names differ from the float model's (a given model, `quantize.given`); qcheck's own keep them."""
+def read_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> QDQMap:
     index, float_index = GraphIndex(qmodel), GraphIndex(float_model)
     inits, float_nodes, consumers = index.initializers, float_index.by_name, index.consumers
     float_outputs = set(float_index.output_names)
@@ -136,7 +132,7 @@ def read_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
             int_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(inits[qinit].data_type)).name
             scale, zp, axis = params(node, int_dtype)
             for reader in compute_consumers(node.output[0]):
-                original = _original_input(reader, node.output[0], float_nodes, float_input)
+                original = _original_input(reader, node.output[0], float_nodes)
                 if original is None or original in tensors:
                     continue
                 kind = "bias" if int_dtype == "int32" else "weight"
@@ -166,14 +162,12 @@ def float_name(name: str, float_outputs: set[str]) -> str:
     return name
 
 
-def _original_input(reader: onnx.NodeProto, dq_output: str, float_nodes: dict,
-                    float_input: Callable[[onnx.NodeProto, int], str | None] | None = None) -> str | None:
+def _original_input(reader: onnx.NodeProto, dq_output: str, float_nodes: dict) -> str | None:
     """The float model's tensor at the position where `reader` reads `dq_output`."""
     twin = float_nodes.get(reader.name)
+    if twin is None:
+        return None
     for pos, name in enumerate(reader.input):
-        if name != dq_output:
-            continue
-        if twin is not None and twin.op_type == reader.op_type:
-            return twin.input[pos] if pos < len(twin.input) else None
-        return float_input(reader, pos) if float_input is not None else None
+        if name == dq_output and pos < len(twin.input):
+            return twin.input[pos]
     return None
