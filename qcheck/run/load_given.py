@@ -28,7 +28,7 @@ from qcheck.model.prepare import (
     save_model,
 )
 from qcheck.policy.spec import Policy
-from qcheck.quantize.given import fold_weight_quantizers, given_format
+from qcheck.quantize.given_formats import fold_weight_quantizers, given_format
 
 GIVEN_MODEL_NAME = "given.onnx"
 

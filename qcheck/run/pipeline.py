@@ -34,7 +34,8 @@ from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
 from qcheck.policy.yaml_spans import line_of
 from qcheck.quantize.calibrate import Ranges, Recipe, calibrate
-from qcheck.quantize.given import given_scheme, read_given, unfold_activations
+from qcheck.quantize.given import given_scheme, read_given
+from qcheck.quantize.given_formats import unfold_activations
 from qcheck.quantize.schemes import size_bytes
 from qcheck.results.files import write_json, write_layer_stats, write_sensitivity
 from qcheck.results.schema import (
