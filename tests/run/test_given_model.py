@@ -317,3 +317,51 @@ def test_qoperator_concat_and_matmul_heads_are_matched_like_their_qdq_twin(tmp_p
     assert b["k"]["range"] == pytest.approx(2 * a["k"]["range"], rel=1e-5)
     for name in set(a) - {"k"}:
         assert b[name]["scale"] == pytest.approx(a[name]["scale"], rel=1e-6), name
+
+
+def _as_constant_nodes(src: Path, dst: Path) -> None:
+    """Every initializer written as a Constant node instead (how PyTorch and Paddle exports keep weights and
+    scales): ORT's QDQ quantizer then quantizes those weights at run time, QuantizeLinear(constant)."""
+    m = onnx.load(str(src))
+    constants = [onnx.helper.make_node("Constant", [], [i.name], name=f"const_{i.name}", value=i)
+                 for i in m.graph.initializer]
+    del m.graph.initializer[:]
+    nodes = constants + list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, str(dst))
+
+
+def test_constant_node_weights_and_scales_read_like_initializers(made):
+    """A float model whose weights are Constant nodes, quantized by ORT: its weights come as
+    QuantizeLinear(Constant) -> DequantizeLinear and its scales as initializers; with the scales also turned into
+    Constant nodes, qcheck reads the same tensors and activation grids as in the initializer version, and measures
+    the weights with the scales this model has."""
+    _as_constant_nodes(made / "pre.onnx", made / "const_float.onnx")
+    quantize_static(str(made / "const_float.onnx"), str(made / "const_q.onnx"), _Reader(made / "calib"),
+                    quant_format=QuantFormat.QDQ, per_channel=False, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    _as_constant_nodes(made / "const_q.onnx", made / "const_q_nodes.onnx")
+    ops = [n.op_type for n in onnx.load(str(made / "const_q_nodes.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") > 6 and "Constant" in ops  # weights quantized at run time
+    _static(made, "plain_q.onnx", per_channel=False)
+    plain = _run(made, "plain_q", quantized="plain_q.onnx", analyses=False)
+    const = _run(made, "const_q", quantized="const_q_nodes.onnx", analyses=False)
+    assert const["given"]["unmatched"] == []
+    a, b = _rows(plain), _rows(const)
+    # ORT quantizes a bias only when it is an initializer ("Expected bias ... to be an initializer"): here they
+    # stay float, so they are not quantized tensors of this model
+    assert set(a) - set(b) == {"b1", "b2", "bf"} and {"w1", "w2", "wf"} <= set(b)
+    for name in (n for n in b if b[n]["kind"] == "activation"):  # same calibration: same activation grids
+        for key in ("scale", "zero_point"):
+            assert b[name][key] == pytest.approx(a[name][key], rel=1e-5, abs=1e-12), (name, key)
+    # weights: ORT chose other scales for run-time quantized weights; qcheck's error is that of those scales
+    q = onnx.load(str(made / "const_q_nodes.onnx"))
+    values = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in q.graph.node if n.op_type == "Constant"}
+    for name in ("w1", "w2", "wf"):
+        node = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name)
+        w, scale, zp = values[name], values[node.input[1]], values[node.input[2]]
+        info = np.iinfo(zp.dtype)  # ORT gives run-time weights the activations' type here
+        deq = (np.clip(np.rint(w / scale) + zp.astype(np.int64), info.min, info.max) - zp).astype(np.float32) * scale
+        assert b[name]["scale"] == pytest.approx(float(scale))
+        assert b[name]["mean_squared_error"] == pytest.approx(float(np.mean((w - deq) ** 2)), rel=1e-6)
