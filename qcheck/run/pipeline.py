@@ -21,7 +21,7 @@ import onnx
 
 from qcheck import __version__
 from qcheck.analyses.run_all import attach_node_statistics, node_statistics, run_analyses
-from qcheck.analyses.switchable import build_switchable
+from qcheck.analyses.switchable import SwitchableModel, build_switchable
 from qcheck.data.finite import check_ranges_finite
 from qcheck.data.readers import DataSet
 from qcheck.errors import Problem
@@ -226,16 +226,9 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
         for r in rows:
             kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     analyses = None
-    if policy.analyses.any and given.format == "qdq":
-        grids = Ranges("given", given.grid_ranges(), 0)
-        with stages.stage("analyses", console):
-            ranked_by = policy.analyses.metric
-            analyses = run_analyses(policy.analyses, loaded.prepared.path, float_model, grids, built.recipe,
-                                    loaded.evaluation, policy.metrics, progress=console.progress,
-                                    make_tasks=lambda: [t for t in build_tasks(policy, loaded.prepared.outputs)
-                                                        if t.name == ranked_by],
-                                    emulation=_given_emulation(given.model, float_model))
-            attach_node_statistics(rows, node_statistics(analyses))
+    if given.format == "qdq":  # the emulation model switches Q/DQ pairs: QOperator and dynamic models have none
+        analyses = _analyses(policy, loaded, built, float_model, Ranges("given", given.grid_ranges(), 0), rows,
+                             stages, console, emulation=lambda: _given_emulation(given.model, float_model))
     with stages.stage("rules", console):
         main_run = judge_built(built, m, policy, loaded.rules, given.qmap, kinds, rows=rows)
         write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"))
@@ -246,7 +239,7 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
                     Final(recipe=built.recipe, ranges=None, ranges_file=None), None, given=summary)
 
 
-def _given_emulation(qmodel: onnx.ModelProto, float_model: onnx.ModelProto):
+def _given_emulation(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> SwitchableModel:
     """The switchable emulation model of a given QDQ model: its own scales, folded activations put back."""
     model = onnx.ModelProto()
     model.CopyFrom(qmodel)
@@ -267,7 +260,9 @@ def _calibrate(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stage
 
 
 def _analyses(policy: Policy, loaded: Loaded, built, float_model: onnx.ModelProto, ranges: Ranges | None,
-              rows: list[dict], stages: Stages, console: Console) -> dict | None:
+              rows: list[dict], stages: Stages, console: Console,
+              emulation: Callable[[], SwitchableModel] | None = None) -> dict | None:
+    """`emulation`: builds the emulation model of a given quantized model (else it is built from `ranges`)."""
     if not (policy.analyses.any and built.has_qdq):  # the emulation model switches Q/DQ pairs: none in dynamic/float16
         return None
     with stages.stage("analyses", console):
@@ -275,7 +270,8 @@ def _analyses(policy: Policy, loaded: Loaded, built, float_model: onnx.ModelProt
         analyses = run_analyses(policy.analyses, loaded.prepared.path, float_model, ranges, built.recipe,
                                 loaded.evaluation, policy.metrics, progress=console.progress,
                                 make_tasks=lambda: [t for t in build_tasks(policy, loaded.prepared.outputs)
-                                                    if t.name == ranked_by])
+                                                    if t.name == ranked_by],
+                                emulation=emulation() if emulation else None)
         attach_node_statistics(rows, node_statistics(analyses))
     return analyses
 
