@@ -22,6 +22,7 @@ import onnx
 
 from qcheck.data.readers import DataSet
 from qcheck.measure.by_name import measure_by_name
+from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.per_tensor import Measurement, measure
 from qcheck.policy.spec import MetricSpec
 from qcheck.quantize.given import GivenModel
@@ -32,15 +33,17 @@ GIVEN_RANGE_STATISTICS = ("range_min", "range_max", "range_over_data")
 def measure_given(given: GivenModel, qmodel: onnx.ModelProto, float_model: onnx.ModelProto, data: DataSet,
                   metrics: dict[str, MetricSpec], generic_metrics: dict[str, MetricSpec], modes: list[str],
                   include_weights: bool = True, progress: Callable[[int, int], None] | None = None,
-                  tasks: list | None = None, need: set[str] | None = None) -> Measurement:
-    """Per-tensor statistics and model outputs of the given model against the float model."""
+                  tasks: list | None = None, need: set[str] | None = None,
+                  layer_metrics: LayerMetrics | None = None) -> Measurement:
+    """Per-tensor statistics and model outputs of the given model against the float model; `layer_metrics`: the
+    policy's own per-tensor metrics (QDQ and QOperator; a dynamic model has no grids to give them)."""
     if given.qmap is None:  # dynamic: no fixed grid
         return measure_by_name(float_model, qmodel, data, generic_metrics, "dynamic", include_weights=include_weights,
                                progress=progress, tasks=tasks)
     if given.format == "qoperator":
         modes = [m for m in modes if m != "local"] or ["whole"]
     m = measure(float_model, qmodel, given.qmap, data, {}, metrics, modes, include_weights=include_weights,
-                progress=progress, tasks=tasks, need=need)
+                progress=progress, tasks=tasks, need=need, layer_metrics=layer_metrics)
     if given.format == "qoperator":
         for t in m.tensors:
             if t.kind == "activation":

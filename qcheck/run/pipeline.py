@@ -26,6 +26,7 @@ from qcheck.data.finite import check_ranges_finite
 from qcheck.data.readers import DataSet
 from qcheck.errors import Problem
 from qcheck.measure.given import add_range_statistics, measure_given
+from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.graph import GraphIndex
 from qcheck.model.prepare import file_sha256
@@ -219,7 +220,8 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
         m = measure_given(given, given.model, float_model, loaded.evaluation, policy.metrics,
                           policy.generic_metrics, policy.measure.modes, include_weights=policy.measure.weights,
                           progress=lambda i, n: console.progress("measure", i, n), tasks=loaded.tasks,
-                          need=needed_statistics(loaded.rules))
+                          need=needed_statistics(loaded.rules),
+                          layer_metrics=LayerMetrics(policy.layer_metrics, policy.folder) if policy.layer_metrics else None)
         rows = [t.row() for t in m.tensors]
         add_range_statistics(rows, given)
         kinds: dict[str, int] = {}
@@ -231,12 +233,13 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
                              stages, console, emulation=lambda: _given_emulation(given.model, float_model))
     with stages.stage("rules", console):
         main_run = judge_built(built, m, policy, loaded.rules, given.qmap, kinds, rows=rows)
-        write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"))
+        write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"), list(policy.layer_metrics))
         if analyses:
             write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
     summary = {"file": str(given_file.path), "sha256": given_file.sha256, **given.summary()}
     return _results(policy, loaded, built, m, given.qmap, kinds, main_run, None, analyses, None, None,
-                    Final(recipe=built.recipe, ranges=None, ranges_file=None), None, given=summary)
+                    Final(recipe=built.recipe, ranges=None, ranges_file=None), None, GraphIndex(float_model).outline(),
+                    given=summary)
 
 
 def _given_emulation(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> SwitchableModel:
