@@ -190,7 +190,9 @@ def _model(s: _Section, m: str | dict, key: str = "model") -> ModelSpec:
 def _given_model_limits(s: _Section, doc: dict) -> None:
     """With `quantized:` qcheck builds no model: sections that only make sense for models it builds are refused."""
     for key, what in (("search", "the search builds new quantized models from calibrated ranges"),
-                      ("compare", "the comparison builds qcheck's own schemes")):
+                      ("compare", "the comparison builds qcheck's own schemes"),
+                      ("quantization", "its settings say how qcheck quantizes `model:`, and the given model "
+                                       "is quantized already")):
         if key in doc:
             s.problem(f"`{key}:` cannot be used with `quantized:` ({what}; qcheck does not change a model it was "
                       "given)", (key,), hint=f"remove `{key}:`, or remove `quantized:` to let qcheck quantize `model:`")
