@@ -60,7 +60,7 @@ class Suffix:
 
 def _switch_of(node: onnx.NodeProto) -> int | None:
     if node.name.startswith(_GATHER):
-        return int(node.name[len(_GATHER):])
+        return int(node.name[len(_GATHER):].split("::")[0])  # the switch's, or one of its grid's (grids=True)
     if node.op_type == "If" and node.input and node.input[0].startswith(_COND):
         return int(node.input[0][len(_COND):])
     return None

@@ -16,6 +16,12 @@ arithmetic (emulation). Real int8 kernels round intermediate results
 differently, so recommendations are confirmed on real quantized models
 (`confirm.py`).
 
+With `grids=True` (the search's screening model) an activation pair instead computes
+`clip(round(x / scale[k]), lo[k], hi[k]) * scale[k]` (which is DQ(Q(x)): lo, hi are
+the integer type's range minus the zero point) with the three per-switch grids fed
+as inputs, so a candidate that gives a tensor int16 or a wider range is a change of
+the inputs fed, not a new model (`qcheck.quantize.grids` computes them as ORT would).
+
 The QDQ model is built with ORT's `QDQKeepRemovableActivations`, so a Relu
 that ORT would fold into its producer's grid stays in the graph: switched
 off, the tensor is the Relu's float output, as in the float model.
@@ -31,9 +37,11 @@ from onnx import helper, numpy_helper
 
 from qcheck.model.graph import GraphIndex
 from qcheck.model.runtime import make_session
+from qcheck.quantize.grids import Grid, integer_grid
 from qcheck.quantize.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, REMOVABLE_ACTIVATIONS, QDQMap, float_name
 
 SWITCH_INPUT = "qcheck_switch"
+GRID_INPUTS = ("qcheck_scale", "qcheck_lo", "qcheck_hi")  # float[K] each: the grid of every activation switch
 
 
 @dataclass
@@ -52,12 +60,28 @@ class NodeSwitches:
 
 
 @dataclass
+class Grids:
+    """Per switch, the grid of the QDQ model the switchable model was built from (weights: unused 1, 0, 0)."""
+
+    scale: np.ndarray  # float32 [K]
+    lo: np.ndarray  # float32 [K]: the integer type's lowest value minus the zero point
+    hi: np.ndarray
+    shared: list[str]  # per switch, its scale initializer's name: ORT gives tensors on one scale one initializer
+
+    def feed(self, scale: np.ndarray | None = None, lo: np.ndarray | None = None,
+             hi: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        values = (self.scale if scale is None else scale, self.lo if lo is None else lo, self.hi if hi is None else hi)
+        return dict(zip(GRID_INPUTS, values))
+
+
+@dataclass
 class SwitchableModel:
     model: onnx.ModelProto
     switches: list[str]  # float tensor name per switch index
     kinds: list[str]  # activation | weight | bias per switch index
     nodes: list[NodeSwitches]  # compute nodes with at least one switch, in graph order
     dq_outputs: dict[str, str]  # float tensor name -> its dequantized tensor in `model` (activations)
+    grids: Grids | None = None  # the grid model's base grids (built with grids=True)
 
     def mask(self, on: list[int] | None = None, off: list[int] | None = None, default: bool = False) -> np.ndarray:
         m = np.full(len(self.switches), default, dtype=bool)
@@ -122,8 +146,9 @@ def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
 
 
-def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap) -> SwitchableModel:
-    """Replace every Q/DQ chain by an If on one entry of a boolean switch input.
+def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap,
+                     grids: bool = False) -> SwitchableModel:
+    """Replace every Q/DQ chain by an If on one entry of a boolean switch input (`grids`: see the module's doc).
 
     One pass over the graph that rewires as it goes; splitting it would hand half-rewired graphs around."""
     model = onnx.ModelProto()
@@ -144,6 +169,7 @@ def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap
     renamed: dict[str, str] = {}  # DQ output -> If output that consumers now read
     dq_outputs: dict[str, str] = {}
     extra_inits: list[onnx.TensorProto] = []
+    base_grids: dict[int, tuple[Grid, str]] = {}  # activation switch -> its grid and scale initializer (grids=True)
 
     def switch_of(name: str, kind: str, source: str) -> int:
         if name not in index:
@@ -188,11 +214,17 @@ def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap
             renamed[out] = if_out
         if kinds[k] == "activation":
             dq_outputs.setdefault(switches[k], if_out)
-        replacement[node.name] = _switch_node(k, chain, float_src, if_out)
+        if grids and kinds[k] == "activation":
+            base_grids.setdefault(k, _grid_of(chain[0], q_index.initializers))
+            replacement[node.name] = _grid_switch_node(k, float_src, if_out)
+        else:
+            replacement[node.name] = _switch_node(k, chain, float_src, if_out)
 
     # Only the branch the switch selects runs: switched off, a pair costs an Identity.
     gathers = [helper.make_node("Gather", [SWITCH_INPUT, f"qcheck_k::{k}"], [f"qcheck_cond::{k}"],
                                 name=f"qcheck_gather::{k}") for k in range(len(switches))]
+    gathers += [helper.make_node("Gather", [table, f"qcheck_k::{k}"], [f"{table}::{k}"], name=f"qcheck_gather::{k}::{table}")
+                for k in sorted(base_grids) for table in GRID_INPUTS]
     new_nodes: list[onnx.NodeProto] = list(gathers)
     for node in graph.node:
         if node.name in replacement:
@@ -208,8 +240,43 @@ def build_switchable(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap
     graph.node.extend(new_nodes)
     graph.initializer.extend(extra_inits)
     graph.input.append(helper.make_tensor_value_info(SWITCH_INPUT, onnx.TensorProto.BOOL, [len(switches)]))
+    table = None
+    if grids:
+        graph.input.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [len(switches)]) for t in GRID_INPUTS)
+        table = _grid_table(base_grids, len(switches))
     nodes = _node_switches(graph, sources, kinds, {replacement[n].output[0] for n in replacement})
-    return SwitchableModel(model, switches, kinds, nodes, dq_outputs)
+    return SwitchableModel(model, switches, kinds, nodes, dq_outputs, table)
+
+
+def _grid_of(q: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> tuple[Grid, str]:
+    """The grid a QuantizeLinear node puts its input on, and the name of its scale initializer."""
+    scale = numpy_helper.to_array(initializers[q.input[1]])
+    zero = numpy_helper.to_array(initializers[q.input[2]]) if len(q.input) > 2 and q.input[2] else np.uint8(0)
+    return integer_grid(float(scale.reshape(-1)[0]), int(zero.reshape(-1)[0]), zero.dtype), q.input[1]
+
+
+def _grid_table(base_grids: dict[int, tuple[Grid, str]], n: int) -> Grids:
+    scale, lo, hi = np.ones(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    shared = [""] * n
+    for k, (g, name) in base_grids.items():
+        scale[k], lo[k], hi[k], shared[k] = g.scale, g.lo, g.hi, name
+    return Grids(scale, lo, hi, shared)
+
+
+def _grid_switch_node(k: int, float_src: str, out: str) -> onnx.NodeProto:
+    """If(switch[k]) then clip(round(x / scale[k]), lo[k], hi[k]) * scale[k] else Identity(x)."""
+    s, lo, hi = (f"{t}::{k}" for t in GRID_INPUTS)
+    p = f"qcheck_then::{out}"
+    body = [helper.make_node("Div", [float_src, s], [p + "::div"]),
+            helper.make_node("Round", [p + "::div"], [p + "::round"]),
+            helper.make_node("Clip", [p + "::round", lo, hi], [p + "::clip"]),
+            helper.make_node("Mul", [p + "::clip", s], [p])]
+    then_branch = helper.make_graph(body, f"qcheck_then_{k}_{out}", [], [onnx.ValueInfoProto(name=p)])
+    else_out = "qcheck_else::" + out
+    else_branch = helper.make_graph([helper.make_node("Identity", [float_src], [else_out])], f"qcheck_else_{k}_{out}",
+                                    [], [onnx.ValueInfoProto(name=else_out)])
+    return helper.make_node("If", [f"qcheck_cond::{k}"], [out], name=f"qcheck_switch::{out}",
+                            then_branch=then_branch, else_branch=else_branch)
 
 
 def _switch_node(k: int, chain: list[onnx.NodeProto], float_src: str, out: str) -> onnx.NodeProto:

@@ -209,19 +209,29 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
     producer's grid (same numbers; the emulation model needs their float output).
     `source`: the user's model file, named when ONNX Runtime fails (`float_model` is qcheck's working copy).
     """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import (
-        QuantType,
-        load_model_with_shape_infer,
-        update_opset_version,
-    )
-
     if recipe.calibration != ranges.method:
         raise ValueError(f"recipe wants {recipe.calibration} ranges, got {ranges.method}")
-    model = load_model_with_shape_infer(float_model)
-    weight_type = getattr(QuantType, QUANT_TYPES[recipe.weights])
-    act_type = getattr(QuantType, QUANT_TYPES[recipe.activations])
+    try:
+        quantizer = qdq_quantizer(float_model, ranges, recipe, keep_removable_activations)
+        quantizer.quantize_model()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(Problem(f"ONNX Runtime could not quantize the model: {type(exc).__name__}: "
+                                 f"{first_line(exc, {float_model: source or 'the model'})}",
+                                 file=str(source) if source else None,
+                                 hint="try quantization.per_channel: false, or exclude the node named in the "
+                                      "error (quantization.exclude)" if recipe.per_channel else
+                                      "exclude the node named in the error (quantization.exclude)")) from exc
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    quantizer.model.save_model_to_file(str(out_path), quantizer.model.model.ByteSize() > 2**31 - 2**21)
+    return out_path
+
+
+def ort_overrides(recipe: Recipe) -> dict[str, list[dict]]:
+    """The recipe's tensor overrides in the form ORT's quantizer reads (QuantType objects, float32 bounds)."""
+    from onnxruntime.quantization.quant_utils import QuantType
+
     overrides = {}
     for tensor, o in recipe.overrides.items():
         entry = dict(o)
@@ -231,6 +241,24 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
             if bound in entry:
                 entry[bound] = np.float32(entry[bound])
         overrides[tensor] = [entry]
+    return overrides
+
+
+def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_removable_activations: bool = False):
+    """ORT's QDQ quantizer set up for the recipe and ranges, before it quantizes (also what computes a tensor's
+    grid: `quantize.grids`)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import (
+        QuantType,
+        load_model_with_shape_infer,
+        update_opset_version,
+    )
+
+    model = load_model_with_shape_infer(float_model)
+    weight_type = getattr(QuantType, QUANT_TYPES[recipe.weights])
+    act_type = getattr(QuantType, QUANT_TYPES[recipe.activations])
+    overrides = ort_overrides(recipe)
     for weight in per_tensor_fallbacks(model, recipe):  # an override without "axis" makes ORT go per tensor
         overrides.setdefault(weight, [{"symmetric": True}])
     extra = {
@@ -250,20 +278,8 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
     unknown = [t for t in overrides if t not in ranges.ranges and t not in {i.name for i in model.graph.initializer}]
     if unknown:
         raise ModelError(Problem(f"quantization overrides name tensor(s) the model does not have: {', '.join(unknown)}"))
-    try:
-        quantizer = QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, weight_type, act_type, tensors,
-                                 [], list(recipe.exclude_nodes), op_types, extra)
-        quantizer.quantize_model()
-    except Exception as exc:
-        raise ModelError(Problem(f"ONNX Runtime could not quantize the model: {type(exc).__name__}: "
-                                 f"{first_line(exc, {float_model: source or 'the model'})}",
-                                 file=str(source) if source else None,
-                                 hint="try quantization.per_channel: false, or exclude the node named in the "
-                                      "error (quantization.exclude)" if recipe.per_channel else
-                                      "exclude the node named in the error (quantization.exclude)")) from exc
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    quantizer.model.save_model_to_file(str(out_path), quantizer.model.model.ByteSize() > 2**31 - 2**21)
-    return out_path
+    return QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, weight_type, act_type, tensors,
+                        [], list(recipe.exclude_nodes), op_types, extra)
 
 
 def load_quantized(path: Path) -> onnx.ModelProto:
