@@ -129,7 +129,7 @@ class SwitchableModel:
 def free_batch_dimension(model: onnx.ModelProto) -> None:
     """Make dimension 0 of every data input and output symbolic; drop intermediate shapes fixed at batch 1."""
     for vi in list(model.graph.input) + list(model.graph.output):
-        if vi.name == SWITCH_INPUT or not vi.type.HasField("tensor_type"):
+        if vi.name in (SWITCH_INPUT, *GRID_INPUTS) or not vi.type.HasField("tensor_type"):
             continue
         dims = vi.type.tensor_type.shape.dim
         if len(dims) > 0:

@@ -21,7 +21,7 @@ from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe
 from qcheck.results.values_text import values_text
 from qcheck.search import auto, bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
-from qcheck.search.base import STRATEGIES, Context, closest, select
+from qcheck.search.base import STRATEGIES, Context, closest, confirmed, select
 from qcheck.search.evaluate import Evaluator
 from qcheck.search.ranking import rank_nodes
 from qcheck.search.space import Graph, allowed, build_pool
@@ -57,6 +57,8 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
                    spec.budget, workdir, log, make_tasks, labels, findings_of)
     _find_chains(ev, graph, float_model, base)
+    if spec.strategy == "auto":
+        ev.screener = _screener(ev, float_model, ranges_for, base, samples, log)
     model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates,
                                                     spec.budget.max_float_nodes, proposed)
     notes += range_notes
@@ -66,8 +68,9 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     ctx.notes += untried_remedies(spec.remedies, ev.candidates, ctx.notes, ev.stopped_by)
 
     chosen = select(ev.candidates)
-    baseline = ev.candidates[0] if ev.candidates else None
-    finalists = sorted((c for c in ev.candidates if c["passes"] and c.get("within_budget", True)),
+    built = confirmed(ev.candidates)
+    baseline = built[0] if built else None
+    finalists = sorted((c for c in built if c["passes"] and c.get("within_budget", True)),
                        key=lambda c: (c["cost"], c["n_changes"], c["id"]))[:spec.finalists]
     if baseline is not None and baseline not in finalists:
         finalists.append(baseline)
@@ -88,13 +91,16 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "flagged": graph.flagged,
         "status": status,
         "trials": len(ev.candidates),
+        "screened": len(ev.candidates) - len(built),
+        "confirmed": len(built),
+        "screening": _screening_figures(ev),
         "findings_measured": findings_of is not None,
         "stopped_by": ev.stopped_by,
         "notes": ctx.notes,
         "candidates": ev.candidates,
         "chosen": chosen["id"] if chosen else None,
         "finalists": [c["id"] for c in finalists],
-        "pareto": pareto_front(ev.candidates, "latency_ms" if spec.cost == "latency" else "cost"),
+        "pareto": pareto_front(built, "latency_ms" if spec.cost == "latency" else "cost"),
         "why": _why(chosen, ev.candidates, target, spec.cost, finalists) if chosen else None,
         "closest": [c["id"] for c in closest(ev.candidates)] if not chosen else [],
         "recommendation": None if chosen else recommend_qat(ev.candidates, spec, target, ev.stopped_by),
@@ -103,6 +109,32 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         return result, None, None
     recipe = ev.recipe(ev.changes_of(chosen))
     return result, recipe, ranges_for(recipe.calibration)
+
+
+def _screener(ev: Evaluator, float_model: onnx.ModelProto, ranges_for, base: Recipe, samples: list[dict], log):
+    """The grid emulation model that screens candidates (None, and the search builds every candidate, when it
+    cannot be built: the reason goes to the log)."""
+    from qcheck.search.screen import Screener, build_grid_model
+
+    try:
+        sw = build_grid_model(ev.float_path, float_model, ranges_for(base.calibration), base, ev.workdir)
+        return Screener(sw, ev.float_path, ranges_for, base, samples)
+    except Exception as exc:  # noqa: BLE001 -- screening only saves time: without it every candidate is built
+        log(f"  screening model not available ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "every candidate is built")
+        return None
+
+
+def _screening_figures(ev: Evaluator) -> dict | None:
+    """What screening cost: runs of the emulation model (and their share of its nodes) per sample and candidate."""
+    sc = ev.screener
+    n = sum(c["figure"] == "screened" for c in ev.candidates)
+    if sc is None:
+        return None
+    per_sample = sc.node_runs * sc.batch / max(len(sc.samples), 1)
+    return {"candidates": n, "batch": sc.batch, "runs": sc.runs,
+            "full_passes_per_sample": round(per_sample, 3),
+            "full_passes_per_sample_and_candidate": round(per_sample / n, 3) if n else None}
 
 
 def _find_chains(ev: Evaluator, graph: Graph, float_model: onnx.ModelProto, base: Recipe) -> None:

@@ -9,6 +9,11 @@
 4. replace each float remedy by an integer one (int16, a widened range, both) where that still passes and
    costs less on the target.
 
+Steps 2-4 judge candidates by *screening* them on the grid emulation model (`screen.py`) when there is one;
+then the result is *confirmed*: the final set, else the 1-minimal one, else the set found, is built with ONNX
+Runtime and judged. Only confirmed candidates can be chosen. When none of them passes for real, steps 2-4
+run again with every candidate built.
+
 Regions on the way may exceed the budget; `select` only chooses candidates within it.
 """
 
@@ -21,6 +26,7 @@ from qcheck.search.evaluate import BudgetExhausted, sort_key
 from qcheck.search.space import Change, unit_changes
 
 FIND_REMEDIES = ("keep_float", "int16_activations", "widen_range")  # what a region or ranked unit gets to find a fix
+Judge = Callable[[tuple[Change, ...]], dict]  # Evaluator.screen or Evaluator.evaluate
 INTEGER_REMEDIES = (("int16_activations",), ("widen_range",), ("int16_activations", "widen_range"))
 
 
@@ -35,13 +41,25 @@ class Auto(Strategy):
             if base["passes"]:
                 return
             start = self._whole_model(ctx, base)
-            found = self._find(ctx, start)
-            if found is None:
-                return
-            minimal = ddmin(list(found), lambda s: ev.evaluate(tuple(s))["passes"])
-            self._integer(ctx, tuple(minimal))
+            if ev.screener is not None:
+                if self._search(ctx, start, ev.screen):
+                    return
+                ctx.notes.append("auto: the fix found by screening did not pass when built; the search was "
+                                 "repeated building every candidate")
+            self._search(ctx, start, ev.evaluate)
         except BudgetExhausted:
             pass
+
+    def _search(self, ctx: Context, start: tuple[Change, ...], judge: Judge) -> bool:
+        """Find, minimize, make integer with `judge` (screening or building); then confirm. True when a
+        confirmed candidate passes."""
+        ev = ctx.evaluator
+        found = self._find(ctx, start, judge)
+        if found is None:
+            return False
+        minimal = tuple(ddmin(list(found), lambda s: judge(tuple(s))["passes"]))
+        final = self._integer(ctx, minimal, judge)
+        return any(ev.evaluate(changes)["passes"] for changes in dict.fromkeys((final, minimal, found)))
 
     # ------------------------------------------------------------------ 1. whole model
 
@@ -57,8 +75,8 @@ class Auto(Strategy):
 
     # ------------------------------------------------------------------ 2. find
 
-    def _find(self, ctx: Context, start: tuple[Change, ...]) -> tuple[Change, ...] | None:
-        ev, g = ctx.evaluator, ctx.evaluator.graph
+    def _find(self, ctx: Context, start: tuple[Change, ...], judge: Judge) -> tuple[Change, ...] | None:
+        g = ctx.evaluator.graph
         remedy = next((r for r in FIND_REMEDIES if r in ctx.usable), None)
         if remedy is None:
             ctx.notes.append("auto: no per-unit remedy (keep_float, int16_activations, widen_range) is allowed; "
@@ -67,12 +85,12 @@ class Auto(Strategy):
         units = [u for u in g.units.ranked_units(ctx.ranking, ctx.spec.candidates)
                  if unit_changes(u, [remedy], g, g.base)]
         ranked = [Change(remedy, u) for u in units]
-        found = bisect_prefix(ranked, lambda s: ev.evaluate(start + tuple(s))["passes"])
+        found = bisect_prefix(ranked, lambda s: judge(start + tuple(s))["passes"])
         if found is not None:
             return start + tuple(found)
         tails = [Change(remedy, f"tail:{n}") for n in g.order if unit_changes(f"tail:{n}", [remedy], g, g.base)]
         # tails[i] covers tails[i+1:]: the largest tail first; find the shortest tail that passes
-        shortest = bisect_prefix(tails[::-1], lambda s: ev.evaluate(start + (s[-1],))["passes"])
+        shortest = bisect_prefix(tails[::-1], lambda s: judge(start + (s[-1],))["passes"])
         if shortest is None:
             ctx.notes.append(f"auto: even {remedy} on the whole graph (and the top {len(units)} ranked units) does "
                              f"not meet the requirements")
@@ -84,7 +102,7 @@ class Auto(Strategy):
         rank = {n: i for i, n in enumerate(ctx.ranking)}
         by_rank = sorted(units, key=lambda c: min((rank.get(n, 1 << 30) for n in g.units.nodes(c.subject)),
                                                   default=1 << 30))
-        prefix = bisect_prefix(by_rank, lambda s: ev.evaluate(start + tuple(s))["passes"]) or units
+        prefix = bisect_prefix(by_rank, lambda s: judge(start + tuple(s))["passes"]) or units
         ctx.notes.append(f"auto: bisection found the region {tail.subject} ({len(g.float_nodes_of(tail.subject))} "
                          f"quantizable node(s)); its {len(prefix)} highest-ranked unit(s) of {len(units)} still pass; "
                          f"they were then pruned")
@@ -92,9 +110,9 @@ class Auto(Strategy):
 
     # ------------------------------------------------------------------ 4. integer remedies
 
-    def _integer(self, ctx: Context, changes: tuple[Change, ...]) -> tuple[Change, ...]:
-        ev, g = ctx.evaluator, ctx.evaluator.graph
-        current = ev.evaluate(changes)
+    def _integer(self, ctx: Context, changes: tuple[Change, ...], judge: Judge) -> tuple[Change, ...]:
+        g = ctx.evaluator.graph
+        current = judge(changes)
         for c in [c for c in changes if c.remedy == "keep_float"]:
             for combo in INTEGER_REMEDIES:
                 if not set(combo) <= set(ctx.usable):
@@ -103,7 +121,7 @@ class Auto(Strategy):
                 if len(alts) != len(combo):
                     continue  # one of them changes nothing on this unit
                 trial = tuple(x for x in changes if x != c) + tuple(alts)
-                cand = ev.evaluate(trial)
+                cand = judge(trial)
                 if cand["passes"] and cand["within_budget"] and cand["cost"] < current["cost"]:
                     changes, current = trial, cand
                     break

@@ -49,10 +49,15 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
+def confirmed(candidates: list[dict]) -> list[dict]:
+    """The candidates built with ONNX Runtime and run (a screened figure never decides)."""
+    return [c for c in candidates if c.get("figure", "confirmed") == "confirmed"]
+
+
 def select(candidates: list[dict]) -> dict | None:
-    """The cheapest candidate that meets the requirements within the budget (bisection over regions may judge
-    larger sets on the way; those are never chosen)."""
-    passing = [c for c in candidates if c["passes"] and c.get("within_budget", True)]
+    """The cheapest confirmed candidate that meets the requirements within the budget (bisection over regions may
+    judge larger sets on the way; those are never chosen)."""
+    passing = [c for c in confirmed(candidates) if c["passes"] and c.get("within_budget", True)]
     if not passing:
         return None
     return min(passing, key=lambda c: (c["cost"], c["n_changes"], c["id"]))
@@ -74,6 +79,7 @@ def prune(ctx: Context, changes: tuple[Change, ...]) -> tuple[Change, ...]:
 
 
 def closest(candidates: list[dict], n: int = 3) -> list[dict]:
-    """The candidates within the budget that come closest to the requirements."""
+    """The confirmed candidates within the budget that come closest to the requirements."""
+    candidates = confirmed(candidates)
     inside = [c for c in candidates if c.get("within_budget", True)] or candidates
     return sorted(inside, key=lambda c: (*sort_key(c), c["cost"], c["id"]))[:n]

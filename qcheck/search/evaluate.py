@@ -26,7 +26,7 @@ from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.results.values_text import values_text
 from qcheck.rules.requirements import judge, requirement_env
-from qcheck.search.space import Change, Graph, apply_changes, cost, counts, within_budget
+from qcheck.search.space import MODEL, Change, Graph, apply_changes, cost, counts, within_budget
 
 
 def shortfall(expression: Expression | str, values: dict) -> float:
@@ -81,7 +81,9 @@ class Evaluator:
         sess = make_session(float_path, "float model")
         self.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
         self.candidates: list[dict] = []
-        self.by_key: dict[str, dict] = {}
+        self.by_key: dict[str, dict] = {}  # confirmed candidates by recipe key
+        self.screened: dict[str, dict] = {}  # screened candidates by recipe key
+        self.screener = None  # a screen.Screener, when the search screens (set by run_search)
         self.by_model: dict[str, dict] = {}  # sha256 of the built model -> its candidate
         self._changes: dict[int, tuple[Change, ...]] = {}
         self.start = time.perf_counter()
@@ -89,10 +91,12 @@ class Evaluator:
 
     # ------------------------------------------------------------------ budget
 
-    def exhausted(self) -> str | None:
+    def exhausted(self, screened: bool = False) -> str | None:
+        """The budget that is spent, if any: max_trials counts confirmed (built) candidates; screening is bound by
+        max_seconds only."""
         if self.stopped_by:
             return self.stopped_by
-        if len(self.candidates) >= self.budget.max_trials:
+        if not screened and sum(c["figure"] == "confirmed" for c in self.candidates) >= self.budget.max_trials:
             self.stopped_by = "max_trials"
         elif time.perf_counter() - self.start >= self.budget.max_seconds:
             self.stopped_by = "max_seconds"
@@ -104,7 +108,8 @@ class Evaluator:
         return apply_changes(self.base, changes, self.graph)
 
     def evaluate(self, changes: tuple[Change, ...] | list[Change]) -> dict:
-        """The candidate's record (cached by recipe key); raises BudgetExhausted when the budget is spent."""
+        """The candidate built for real and judged (cached by recipe key): a *confirmed* figure.
+        Raises BudgetExhausted when the budget is spent."""
         changes = tuple(sorted(set(changes)))
         recipe = self.recipe(changes)
         key = recipe.key()
@@ -113,18 +118,7 @@ class Evaluator:
         if self.exhausted():
             raise BudgetExhausted(self.stopped_by)
         path = self.workdir / f"candidate-{key}.onnx"
-        cand = {
-            "id": len(self.candidates),
-            "changes": [c.to_dict() for c in changes],
-            "label": ", ".join(c.label() for c in changes) or "the policy's recipe",
-            "recipe_key": key,
-            **counts(changes, self.graph),
-            "n_changes": len(changes),
-            "cost": cost(changes, self.graph, self.target),
-            "within_budget": within_budget(changes, self.graph, self.budget),
-            "latency_ms": None,
-            "error": None,
-        }
+        cand = self._record(changes, key, "confirmed")
         try:
             self.build(recipe, path)
             same = self.by_model.get(hashlib.sha256(path.read_bytes()).hexdigest())
@@ -139,8 +133,49 @@ class Evaluator:
             cand["error"] = cand["error"].replace(str(path), "the candidate model").replace(str(self.workdir), "")
         finally:
             path.unlink(missing_ok=True)
+        return self._add(cand, changes, self.by_key)
+
+    def screen(self, changes: tuple[Change, ...] | list[Change]) -> dict:
+        """The candidate judged on the grid emulation model (`screen.py`): a *screened* figure, never chosen.
+        Falls back to `evaluate` when there is no screening model or the candidate changes the weights'
+        quantization. A screened candidate's reference is its whole-model changes (it runs from its first
+        difference from them on)."""
+        changes = tuple(sorted(set(changes)))
+        recipe = self.recipe(changes)
+        key = recipe.key()
+        if key in self.by_key or key in self.screened:
+            return self.by_key.get(key) or self.screened[key]
+        cfg = self.screener.config(recipe) if self.screener is not None else None
+        if cfg is None:
+            return self.evaluate(changes)
+        if self.exhausted(screened=True):
+            raise BudgetExhausted(self.stopped_by)
+        reference = self.screener.config(self.recipe(tuple(c for c in changes if c.subject == MODEL)))
+        cand = self._record(changes, key, "screened")
+        cand.update(self._verdict(self.screener.run(cfg, reference), self.finding_counts))
+        cand.update({"findings_measured": False, "size_bytes": None})
+        return self._add(cand, changes, self.screened)
+
+    def _record(self, changes: tuple[Change, ...], key: str, figure: str) -> dict:
+        return {
+            "id": len(self.candidates),
+            "changes": [c.to_dict() for c in changes],
+            "label": ", ".join(c.label() for c in changes) or "the policy's recipe",
+            "recipe_key": key,
+            # screened: judged on the emulation model; confirmed: built with ONNX Runtime and run (only these
+            # can be chosen)
+            "figure": figure,
+            **counts(changes, self.graph),
+            "n_changes": len(changes),
+            "cost": cost(changes, self.graph, self.target),
+            "within_budget": within_budget(changes, self.graph, self.budget),
+            "latency_ms": None,
+            "error": None,
+        }
+
+    def _add(self, cand: dict, changes: tuple[Change, ...], cache: dict) -> dict:
         self.candidates.append(cand)
-        self.by_key[key] = cand
+        cache[cand["recipe_key"]] = cand
         self._changes[cand["id"]] = changes
         self.log(trial_line(cand))
         return cand
@@ -151,7 +186,18 @@ class Evaluator:
         # are already counted; every other candidate is measured per tensor when findings_of is given
         finding_counts = (self.findings_of(path, recipe, self.ranges_for(recipe.calibration))
                           if self.findings_of and changes else self.finding_counts)
-        env, outputs = self._measure(path, finding_counts)
+        sess = make_session(path, "quantized candidate")
+        got = [dict(zip(self.outputs, sess.run(self.outputs, sample))) for sample in self.samples]
+        return {**self._verdict(got, finding_counts), "findings_measured": self.findings_of is not None,
+                "size_bytes": path.stat().st_size}
+
+    def _verdict(self, got: list[dict], finding_counts: dict) -> dict:
+        """The requirements judged on a candidate's outputs per sample (compared with the float model's)."""
+        compared = compare_outputs(self.outputs, self.metrics, self.make_tasks())
+        for label, f_vals, q_vals in zip(self.labels, self.float_outputs, got):
+            compared.update(label, f_vals, q_vals)
+        env = requirement_env(aggregate_model_metrics(compared.output_results()), compared.user_results(),
+                              finding_counts, compared.task_results())
         verdict = judge(self.require, env)
         gaps = [shortfall(r.expression, q["values"]) if not q["holds"] else 0.0
                 for r, q in zip(self.require, verdict["requirements"])]
@@ -164,8 +210,6 @@ class Evaluator:
             "metrics": {k: v for k, v in env.items() if not k.startswith("findings.")},
             # the candidate's own findings when measured per tensor; else the policy's recipe's
             "finding_counts": dict(finding_counts),
-            "findings_measured": self.findings_of is not None,
-            "size_bytes": path.stat().st_size,
         }
 
     def changes_of(self, cand: dict) -> tuple[Change, ...]:
@@ -173,16 +217,6 @@ class Evaluator:
 
     def build(self, recipe: Recipe, path: Path) -> Path:
         return build_quantized(self.float_path, self.ranges_for(recipe.calibration), recipe, path)
-
-    def _measure(self, qpath: Path, finding_counts: dict) -> tuple[dict, list[dict]]:
-        sess = make_session(qpath, "quantized candidate")
-        compared = compare_outputs(self.outputs, self.metrics, self.make_tasks())
-        for label, sample, f_vals in zip(self.labels, self.samples, self.float_outputs):
-            compared.update(label, f_vals, dict(zip(self.outputs, sess.run(self.outputs, sample))))
-        outputs = compared.output_results()
-        env = requirement_env(aggregate_model_metrics(outputs), compared.user_results(), finding_counts,
-                              compared.task_results())
-        return env, outputs
 
     # ------------------------------------------------------------------ finalists
 
@@ -211,11 +245,12 @@ def sort_key(cand: dict) -> tuple:
 def trial_line(cand: dict) -> str:
     """One search trial for the log, with the values that decide it: "trial 3: fc in float -> misses
     `model.cosine >= 0.99` (model.cosine = 0.9812)"."""
+    trial = f"trial {cand['id']}" + (" (screened)" if cand.get("figure") == "screened" else "")
     if cand.get("error"):
-        return f"  trial {cand['id']}: {cand['label']} -> could not be built or run ({cand['error']})"
+        return f"  {trial}: {cand['label']} -> could not be built or run ({cand['error']})"
     failing = [q for q in cand["requirements"] if not q["holds"]]
     if not failing:
         shown = "; ".join(values_text(q["values"]) for q in cand["requirements"])
-        return f"  trial {cand['id']}: {cand['label']} -> meets the requirements" + (f" ({shown})" if shown else "")
-    return (f"  trial {cand['id']}: {cand['label']} -> misses "
+        return f"  {trial}: {cand['label']} -> meets the requirements" + (f" ({shown})" if shown else "")
+    return (f"  {trial}: {cand['label']} -> misses "
             + "; ".join(f"{q['text']} ({values_text(q['values'])})" for q in failing))
