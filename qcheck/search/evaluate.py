@@ -145,15 +145,17 @@ class Evaluator:
         key = recipe.key()
         if key in self.by_key or key in self.screened:
             return self.by_key.get(key) or self.screened[key]
-        cfg = self.screener.config(recipe) if self.screener is not None else None
-        if cfg is None:
+        if self.screener is None or not self.screener.screenable(recipe):
             return self.evaluate(changes)
         if self.exhausted(screened=True):
             raise BudgetExhausted(self.stopped_by)
-        reference = self.screener.config(self.recipe(tuple(c for c in changes if c.subject == MODEL)))
         cand = self._record(changes, key, "screened")
-        cand.update(self._verdict(self.screener.run(cfg, reference), self.finding_counts))
-        cand.update({"findings_measured": False, "size_bytes": None})
+        try:  # a grid ORT cannot compute (the build would fail the same way) is recorded like a failed build
+            reference = self.screener.config(self.recipe(tuple(c for c in changes if c.subject == MODEL)))
+            got = self.screener.run(self.screener.config(recipe), reference)
+            cand.update({**self._verdict(got, self.finding_counts), "findings_measured": False, "size_bytes": None})
+        except Exception as exc:  # noqa: BLE001
+            cand.update(_failed_build(exc, len(self.require)))
         return self._add(cand, changes, self.screened)
 
     def _record(self, changes: tuple[Change, ...], key: str, figure: str) -> dict:

@@ -94,9 +94,13 @@ class Screener:
 
     # ------------------------------------------------------------------ recipes -> settings
 
+    def screenable(self, recipe: Recipe) -> bool:
+        """Whether a grid setting can express `recipe` (it leaves the weights' quantization as it is)."""
+        return all(getattr(recipe, f) == getattr(self.base, f) for f in WEIGHT_FIELDS)
+
     def config(self, recipe: Recipe) -> Config | None:
         """The setting that emulates `recipe`; None when the recipe changes what a grid cannot express."""
-        if any(getattr(recipe, f) != getattr(self.base, f) for f in WEIGHT_FIELDS):
+        if not self.screenable(recipe):
             return None
         sw, cfg = self.sw, Config(self.sw.keep_float(recipe.exclude_nodes), *(a.copy() for a in (
             self.sw.grids.scale, self.sw.grids.lo, self.sw.grids.hi)))

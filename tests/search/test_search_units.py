@@ -72,6 +72,17 @@ def test_mixed_concat_is_fixed_on_its_shared_scale_chain_not_one_node(concat_run
     assert "" not in s["ranking"]
     # no recipe judged twice the same way (a screened recipe may be confirmed once more, by building it)
     assert len({(c["recipe_key"], c["figure"]) for c in s["candidates"]}) == len(s["candidates"])
+    # the units were found and pruned on the emulation model, then confirmed by building: where one recipe has both
+    # figures, they agree on pass/fail and closely on the value (test_screen.py bounds the difference)
+    assert chosen["figure"] == "confirmed" and s["screened"] > 0 and s["screening"]["candidates"] == s["screened"]
+    screened = {c["recipe_key"]: c for c in s["candidates"] if c["figure"] == "screened"}
+    twins = [(screened[c["recipe_key"]], c) for c in s["candidates"]
+             if c["figure"] == "confirmed" and c["recipe_key"] in screened]
+    assert twins
+    for a, b in twins:
+        assert a["passes"] == b["passes"]
+        assert a["requirements"][0]["values"]["scores"] == pytest.approx(b["requirements"][0]["values"]["scores"],
+                                                                        abs=0.01)
     # no no-op: every candidate after the policy's recipe changes something (float nodes, int16, ranges, or a
     # whole-model setting): keeping float a node ORT would not quantize anyway is never a change
     for c in s["candidates"][1:]:
