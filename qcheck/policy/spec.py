@@ -193,6 +193,9 @@ class SearchSpec:
     latency_repeats: int = 7
     cost: str = "profile"  # profile: the target profile's costs choose; latency: the finalists' measured latency
     explicit_range_from: str = "percentile"  # explicit_range: the calibration method whose ranges are tried
+    # evaluation samples the search never sees, used to judge the model it recommends: a count (>= 1) or a
+    # fraction (< 1) of the evaluation data, the last ones in its order; 0: none
+    holdout: float = 0
 
 
 @dataclass

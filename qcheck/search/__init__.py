@@ -36,8 +36,11 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None,
                proposed: dict[str, list[str]] | None = None,
                flagged: list[str] | None = None,
-               reach_of: Callable[[], Ranges] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
-    """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None)."""
+               reach_of: Callable[[], Ranges] | None = None,
+               held_out: tuple[list[dict], list[str]] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+    """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None).
+    `held_out`: samples (and their labels) the search never sees; the chosen candidate, or the policy's recipe
+    when none is chosen, is judged on them (`result["holdout"]`)."""
     by_method = {ranges.method: ranges}
 
     def ranges_for(method: str) -> Ranges:
@@ -105,6 +108,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "closest": [c["id"] for c in closest(ev.candidates)] if not chosen else [],
         "recommendation": None if chosen else recommend_qat(ev.candidates, spec, target, ev.stopped_by),
     }
+    result["holdout"] = _held_out(ev, held_out, chosen) if held_out and held_out[0] else None
     if not chosen:
         return result, None, None
     recipe = ev.recipe(ev.changes_of(chosen))
@@ -123,6 +127,20 @@ def _screener(ev: Evaluator, float_model: onnx.ModelProto, ranges_for, base: Rec
         log(f"  screening model not available ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "every candidate is built")
         return None
+
+
+def _held_out(ev: Evaluator, held_out: tuple[list[dict], list[str]], chosen: dict | None) -> dict:
+    """The policy's recipe and the chosen candidate judged on samples the search never saw."""
+    held = ev.on(*held_out)
+    keep = ("passes", "failed", "shortfall", "requirements", "metrics", "finding_counts")
+
+    def judged(changes: tuple) -> dict:
+        figures = held.judge_changes(changes)
+        return {k: figures[k] for k in keep}
+
+    changes = ev.changes_of(chosen) if chosen else ()
+    return {"samples": len(held_out[0]), "plain": judged(()),
+            "chosen": {"candidate": chosen["id"], "label": chosen["label"], **judged(changes)} if changes else None}
 
 
 def _screening_figures(ev: Evaluator) -> dict | None:

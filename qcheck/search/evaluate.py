@@ -9,6 +9,7 @@ counted here.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -219,6 +220,25 @@ class Evaluator:
 
     def build(self, recipe: Recipe, path: Path) -> Path:
         return build_quantized(self.float_path, self.ranges_for(recipe.calibration), recipe, path)
+
+    # ------------------------------------------------------------------ held-out samples
+
+    def on(self, samples: list[dict], labels: list[str]) -> Evaluator:
+        """The same judge on other samples (search.holdout), with the float model's outputs for them."""
+        other = copy.copy(self)
+        sess = make_session(self.float_path, "float model")
+        other.samples, other.labels = samples, labels
+        other.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
+        return other
+
+    def judge_changes(self, changes: tuple[Change, ...]) -> dict:
+        """Build the candidate and judge it on this evaluator's samples (nothing recorded, no budget counted)."""
+        recipe = self.recipe(changes)
+        path = self.build(recipe, self.workdir / f"held-out-{recipe.key()}.onnx")
+        try:
+            return self._judge(path, recipe, changes)
+        finally:
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ finalists
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qcheck.errors import QcheckError
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.prepare import file_sha256
 from qcheck.quantize.calibrate import build_quantized, calibrate
@@ -48,11 +49,27 @@ def candidate_findings(policy, rules, float_model, evaluation):
     return findings_of
 
 
+def held_out_count(policy, n: int) -> int:
+    """search.holdout as a number of samples (a fraction is of the evaluation data, rounded); at least one sample
+    must be left for the search."""
+    h = policy.search.holdout
+    count = int(round(h * n)) if 0 < h < 1 else int(h)
+    if count >= n:
+        raise QcheckError(policy.problem_at(("search", "holdout"), f"search.holdout keeps {count} of the "
+                                            f"{n} evaluation sample(s) from the search: none would be left for it",
+                                            hint="hold out fewer samples, or add evaluation data"))
+    return count
+
+
 def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, recipe, rows, findings, finding_counts,
                  sensitivity: list[str] | None = None, rules: list | None = None,
                  work: Path, out_dir, log) -> tuple[dict, dict | None, str, object, object]:
     """Returns (search results, the chosen candidate's verdict or None, model file, recipe, ranges) of the result."""
-    samples = [evaluation[i] for i in range(len(evaluation))]
+    n_held = held_out_count(policy, len(evaluation))
+    searched = range(len(evaluation) - n_held)
+    held = range(len(evaluation) - n_held, len(evaluation))
+    samples = [evaluation[i] for i in searched]
+    labels = [evaluation.samples[i].label for i in range(len(evaluation))]
     findings_of = (candidate_findings(policy, rules, float_model, evaluation)
                    if rules is not None and names_findings(policy.require) else None)
     ranking, source = candidate_ranking(rows, findings, sensitivity)
@@ -63,9 +80,10 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
         base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
         finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
         make_tasks=lambda: build_tasks(policy, prepared.outputs),
-        labels=[evaluation.samples[i].label for i in range(len(evaluation))], findings_of=findings_of,
+        labels=labels[:len(samples)], findings_of=findings_of,
         proposed=proposed_remedies(findings), flagged=flagged_nodes(findings),
-        reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax"))
+        reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax"),
+        held_out=([evaluation[i] for i in held], labels[len(samples):]) if n_held else None)
     result["ranking_source"] = source
     result["judged_on"] = judged_on(policy.data)
     if result["judged_on"] == "calibration":
@@ -76,11 +94,14 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
         return result, None, "", recipe, ranges
     build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME), source=prepared.source)
     cand = result["candidates"][result["chosen"]]
-    env = dict(cand["metrics"])
-    env.update({f"findings.{k}": v for k, v in cand.get("finding_counts", finding_counts).items()})
+    # with held-out samples, the recommended model is judged on them, not on the samples that chose it
+    figures = result["holdout"]["chosen"] if result["holdout"] else cand
+    env = dict(figures["metrics"])
+    env.update({f"findings.{k}": v for k, v in figures.get("finding_counts", finding_counts).items()})
     verdict = judge(policy.require, env)
     verdict["source"] = {"search_candidate": cand["id"], "label": cand["label"], "model": FIXED_MODEL_NAME,
-                         "judged_on": result["judged_on"]}
+                         "judged_on": (f"held-out evaluation data ({n_held} sample(s) the search never saw)"
+                                       if n_held else result["judged_on"])}
     return result, verdict, FIXED_MODEL_NAME, chosen, chosen_ranges
 
 
