@@ -3,6 +3,13 @@
     python bench/bench_search.py                               # PP-OCRv4 detector, auto, 20 trials
     python bench/bench_search.py path/to/policy.yaml --strategy bisect --trials 40
     python bench/bench_search.py path/to/policy.yaml --policy-search   # the policy's own `search:` section
+    python bench/bench_search.py --zoo det rec cls             # the evidence for issue 15 (see below)
+
+--zoo runs, for each PP-OCR model of the rapidocr wheel (the files in --models, else fetched as the example
+zoo does), a policy that declares only the task metric, one requirement on it and `search:` with every remedy
+allowed, on 48 evaluation crops of the example's photographs of which the last 16 are held out
+(`search.holdout`): the search sees 32. It prints the figures below plus the held-out verdicts and what
+screening cost (per screened candidate, in float passes over the 32 samples), with the load average.
 
 Unless --policy-search, the policy's `search:` section is replaced by the one given here. Prints, for the
 plain recipe and the chosen fix, every requirement's values on the evaluation data, the fix's changes, the
@@ -36,7 +43,14 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--results", type=Path, help="print the figures of an earlier run's results.json; run nothing")
+    ap.add_argument("--zoo", nargs="+", choices=sorted(ZOO), help="the issue-15 evidence on these PP-OCR models")
+    ap.add_argument("--models", type=Path, default=Path("/work/models"), help="where the PP-OCR .onnx files are")
+    ap.add_argument("--seconds", type=float, default=900.0, help="--zoo: the search's max_seconds")
     args = ap.parse_args()
+    if args.zoo:
+        for name in args.zoo:
+            zoo_run(name, args.models, args.seconds)
+        return
     if args.results:
         print_figures(json.loads(args.results.read_text(encoding="utf-8")))
         return
@@ -50,13 +64,82 @@ def main() -> None:
     print_figures(results)
 
 
+ZOO = {  # model file, input shape, task metric, requirement (the example zoo's, examples/zoo/*.yaml)
+    "det": ("ch_PP-OCRv4_det_infer.onnx", [1, 3, 320, 320],
+            {"text_iou": {"task": "segmentation", "output": "sigmoid_0.tmp_0", "threshold": 0.3}}, "text_iou >= 0.9"),
+    "rec": ("ch_PP-OCRv4_rec_infer.onnx", [1, 3, 48, 320],
+            {"ocr": {"task": "ctc", "output": "softmax_11.tmp_0", "blank": 0, "time_axis": 1, "class_axis": 2}},
+            "ocr.step_agreement >= 0.95"),
+    "cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", [1, 3, 48, 192],
+            {"direction": {"task": "classification", "output": "save_infer_model/scale_0.tmp_1", "k": 1}},
+            "direction.top1 >= 0.95"),
+}
+ALL_REMEDIES = ["keep_float", "int16_activations", "widen_range", "explicit_range", "skip_first", "keep_float_flagged",
+                "scheme", "per_channel", "calibration_method", "symmetric", "reduced_range"]
+IMAGES = DEFAULT.parent / "images"
+
+
+def crops(out: Path, n: int, size: tuple[int, int]) -> Path:
+    """n evaluation images: crops (4 corners at 70 %, their mirror images) of the example's 15 photographs,
+    interleaved so that every photograph appears early and late in the order."""
+    from PIL import Image, ImageOps
+
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(IMAGES.glob("*/*.*"))
+    made = 0
+    for variant in range(8):
+        for photo in photos:
+            if made == n:
+                return out
+            img = Image.open(photo).convert("RGB")
+            w, h = img.size
+            cw, ch = int(w * 0.7), int(h * 0.7)
+            x, y = (0 if variant % 4 in (0, 2) else w - cw), (0 if variant % 4 in (0, 1) else h - ch)
+            crop = img.crop((x, y, x + cw, y + ch))
+            if variant >= 4:
+                crop = ImageOps.mirror(crop)
+            crop.resize((size[1], size[0])).save(out / f"{made:03d}-{photo.stem}-{variant}.png")
+            made += 1
+    return out
+
+
+def zoo_run(name: str, models: Path, seconds: float) -> None:
+    import os
+    import time
+
+    import yaml
+
+    file, shape, metrics, require = ZOO[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        doc = {"model": {"path": str(models / file)}, "inputs": {"x": {"shape": shape}},
+               "data": {"calibration": str(IMAGES / "calibration"),
+                        "evaluation": str(crops(folder / "eval", 48, (shape[2], shape[3]))),
+                        "preprocess": {"color": "BGR", "layout": "NCHW", "scale": 1 / 255, "mean": [0.5] * 3,
+                                       "std": [0.5] * 3}},
+               "target": "cpu", "metrics": metrics, "require": [require], "analyses": False,
+               "report": {"out": str(folder / "out"), "formats": ["html"]},
+               "search": {"remedies": ALL_REMEDIES, "holdout": 16,
+                          "budget": {"max_trials": 60, "max_seconds": seconds}}}
+        (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        load = os.getloadavg()
+        clock = time.perf_counter()
+        results = run(load_policy(folder / "qcheck.yaml"), out=folder / "out")
+        wall = time.perf_counter() - clock
+        print(f"== {name}: {file}; load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f}; "
+              f"whole run {wall:.0f} s")
+        print_figures(results)
+        (Path("/tmp") / f"bench_search_{name}.json").write_text(json.dumps(results, default=str), encoding="utf-8")
+
+
 def print_figures(results: dict) -> None:
     s = results["search"]
     secs = results["timings"]["search"]
     print(f"model: {results['model']['name']} ({results['model']['nodes']} nodes), evaluation "
           f"{results['measure']['samples']} samples; strategy {s['strategy']}, status {s['status']}")
-    print(f"search: {s['trials']} trials in {secs:.1f} s = {secs / max(s['trials'], 1):.2f} s per trial "
-          f"(build + {results['measure']['samples']} quantized runs), stopped by {s['stopped_by'] or 'the strategy'}")
+    built = s.get("confirmed", s["trials"])
+    print(f"search: {s['trials']} trials ({built} built and run) in {secs:.1f} s, stopped by "
+          f"{s['stopped_by'] or 'the strategy'}")
     for i in s["finalists"]:
         c = s["candidates"][i]
         print(f"  finalist #{c['id']}: {c['label']}: {c['size_bytes'] / 1e6:.2f} MB, median latency {c['latency_ms']:.1f} ms")
@@ -67,7 +150,8 @@ def print_figures(results: dict) -> None:
     tails = [c for c in s["candidates"] if c["passes"] and any(ch["subject"].startswith("tail:") for ch in c["changes"])]
     if tails:
         t = min(tails, key=lambda c: c["float_nodes"])
-        print(f"float-tail baseline #{t['id']}: {t['label']}: {t['float_nodes']} float node(s), cost {t['cost']:g}, "
+        print(f"float-tail baseline #{t['id']} ({t.get('figure', 'confirmed')}): {t['label']}: {t['float_nodes']} "
+              f"float node(s), cost {t['cost']:g}, "
               f"{_requirements(t)}")
     if s["chosen"] is not None:
         c = s["candidates"][s["chosen"]]
@@ -77,6 +161,18 @@ def print_figures(results: dict) -> None:
               f"{_requirements(c)}")
     else:
         print(f"no fix; recommendation: {s['recommendation']['reason'] if s['recommendation'] else None}")
+    sc = s.get("screening")
+    if sc:
+        per = sc["seconds"] / sc["candidates"] if sc["candidates"] else None
+        print(f"screened {s.get('screened', 0)}, confirmed {s.get('confirmed', s['trials'])}; screening "
+              f"{sc['seconds']:.1f} s" + (f" = {per:.2f} s per candidate = {sc['float_passes_per_candidate']} float "
+                                          f"passes per sample (float pass over the samples {sc['float_pass_seconds']} s)"
+                                          f"; {600 / per:.0f} candidates would fit in 10 min" if per else ""))
+    h = s.get("holdout")
+    if h:
+        print(f"held out ({h['samples']} samples): plain recipe {_requirements(h['plain'])}"
+              + (f"; fix {_requirements(h['chosen'])} -> {'meets' if h['chosen']['passes'] else 'misses'}"
+                 if h["chosen"] else ""))
     for n in s["notes"]:
         print(f"  note: {n}")
 

@@ -144,15 +144,15 @@ def _held_out(ev: Evaluator, held_out: tuple[list[dict], list[str]], chosen: dic
 
 
 def _screening_figures(ev: Evaluator) -> dict | None:
-    """What screening cost: runs of the emulation model (and their share of its nodes) per sample and candidate."""
+    """What screening cost: its wall time per candidate, in float passes over the samples (the float model run
+    once on every sample, timed when the search starts)."""
     sc = ev.screener
-    n = sum(c["figure"] == "screened" for c in ev.candidates)
     if sc is None:
         return None
-    per_sample = sc.node_runs * sc.batch / max(len(sc.samples), 1)
-    return {"candidates": n, "batch": sc.batch, "runs": sc.runs,
-            "full_passes_per_sample": round(per_sample, 3),
-            "full_passes_per_sample_and_candidate": round(per_sample / n, 3) if n else None}
+    n = sum(c["figure"] == "screened" for c in ev.candidates)
+    return {"candidates": n, "batch": sc.batch, "runs": sc.runs, "seconds": round(sc.seconds, 3),
+            "float_pass_seconds": round(ev.float_seconds, 4),
+            "float_passes_per_candidate": round(sc.seconds / n / ev.float_seconds, 3) if n and ev.float_seconds else None}
 
 
 def _find_chains(ev: Evaluator, graph: Graph, float_model: onnx.ModelProto, base: Recipe) -> None:

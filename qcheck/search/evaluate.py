@@ -80,7 +80,9 @@ class Evaluator:
         self.workdir, self.log = workdir, log
         self.outputs = [o.name for o in float_model.graph.output]
         sess = make_session(float_path, "float model")
+        clock = time.perf_counter()
         self.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
+        self.float_seconds = time.perf_counter() - clock  # one float pass over the samples (screening's unit)
         self.candidates: list[dict] = []
         self.by_key: dict[str, dict] = {}  # confirmed candidates by recipe key
         self.screened: dict[str, dict] = {}  # screened candidates by recipe key

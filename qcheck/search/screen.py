@@ -171,7 +171,7 @@ class Screener:
         self.node_runs += (n - cut) / n
 
     def _cuts(self) -> list[int]:
-        firsts = sorted(set(f for f in self.first if f < len(self.sw.model.graph.node)))
+        firsts = sorted({f for f in self.first if f < len(self.sw.model.graph.node)})
         return sorted({firsts[int(len(firsts) * q)] for q in CUTS if firsts and int(len(firsts) * q) > 0})
 
     def _suffixes(self):

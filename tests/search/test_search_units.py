@@ -189,3 +189,55 @@ def test_a_candidate_ort_cannot_build_is_recorded_and_the_search_goes_on(tmp_pat
     html = (folder / "out" / "report.html").read_text(encoding="utf-8")
     assert "could not be built or run" in html and "scale issue" in html
     assert str(tmp_path) not in "".join(c["error"] for c in failed)  # no temporary file named
+
+
+def test_held_out_samples_judge_the_recommended_model_and_the_search_never_sees_them(tmp_path):
+    """search.holdout: 3 of the 8 evaluation samples. The verdict of the fixed model is its max error on exactly
+    those 3 (recomputed here with ONNX Runtime), and the candidates' figures come from the other 5."""
+    import yaml
+
+    folder = tmp_path / "held"
+    policy = _policy(folder, two_head_concat, {"scores": {"output": "out", "slice": "[:, 0::2]", "metric": "max_abs"}},
+                     ["scores <= 0.05"], {"max_float_nodes": 6, "max_int16_tensors": 10, "max_trials": 60})
+    doc = yaml.safe_load(policy.read_text())
+    doc["search"]["holdout"] = 3
+    policy.write_text(yaml.safe_dump(doc))
+    results = run(load_policy(policy))
+    s = results["search"]
+    assert s["status"] == "found" and s["holdout"]["samples"] == 3 and s["holdout"]["chosen"] is not None
+    assert "held-out" in results["verdict"]["source"]["judged_on"]
+
+    def worst(model, names):
+        f = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        q = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        return max(float(np.abs(f.run(["out"], {"x": x})[0][:, 0::2] - q.run(["out"], {"x": x})[0][:, 0::2]).max())
+                   for x in (np.load(folder / "eval" / n) for n in names))
+
+    held, seen = [f"{i}.npy" for i in (5, 6, 7)], [f"{i}.npy" for i in range(5)]
+    fixed = folder / "out" / "model.fixed.onnx"
+    verdict_value = results["verdict"]["requirements"][0]["values"]["scores"]
+    assert verdict_value == pytest.approx(worst(fixed, held), rel=1e-5)
+    assert s["holdout"]["chosen"]["requirements"][0]["values"]["scores"] == pytest.approx(verdict_value)
+    chosen = s["candidates"][s["chosen"]]
+    assert chosen["requirements"][0]["values"]["scores"] == pytest.approx(worst(fixed, seen), rel=1e-5)
+    plain = s["holdout"]["plain"]["requirements"][0]["values"]["scores"]
+    assert plain == pytest.approx(worst(folder / "out" / "model.quant.onnx", held), rel=1e-5)
+    html = (folder / "out" / "report.html").read_text(encoding="utf-8")
+    assert "Held-out check" in html and "screened" in html
+
+
+def test_a_holdout_that_leaves_the_search_nothing_is_refused_naming_the_key(tmp_path):
+    import yaml
+
+    from qcheck.errors import QcheckError
+
+    folder = tmp_path / "all"
+    policy = _policy(folder, one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.15"],
+                     {"max_float_nodes": 2}, eval_scale=4.0, shape=(1, 16))
+    doc = yaml.safe_load(policy.read_text())
+    doc["search"]["holdout"] = 8
+    policy.write_text(yaml.safe_dump(doc))
+    with pytest.raises(QcheckError) as err:
+        run(load_policy(policy))
+    text = str(err.value.problems[0].message)
+    assert "search.holdout" in text and "8" in text
