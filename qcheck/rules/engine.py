@@ -237,6 +237,19 @@ def by_effect(findings: list[Finding], rows: list[dict]) -> list[Finding]:
     return sorted(findings, key=lambda f: (rank.get(f.node, math.inf), position[id(f)]))
 
 
+def by_recovery(findings: list[Finding], recovered: dict[str, float]) -> list[Finding]:
+    """Findings whose proposed remedy, tried on their node, recovers part of the failing requirements' shortfall
+    come first, the most recovered first (`recovered`: node -> shortfall recovered, measured by the search); the
+    others keep their order (`by_effect`)."""
+    position = {id(f): i for i, f in enumerate(findings)}
+
+    def key(f: Finding) -> tuple:
+        gain = recovered.get(f.node or "")
+        return (0, -gain, position[id(f)]) if gain is not None and gain > 0 else (1, 0.0, position[id(f)])
+
+    return sorted(findings, key=key)
+
+
 def _number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None

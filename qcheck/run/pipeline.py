@@ -53,7 +53,7 @@ from qcheck.results.schema import (
     QuantizationInfo,
     Results,
 )
-from qcheck.rules.engine import needed_statistics
+from qcheck.rules.engine import by_recovery, needed_statistics
 from qcheck.rules.scheme_run import SchemeRun, build_for, judge_built, measure_built, node_split
 from qcheck.run.load_stage import Loaded, load
 from qcheck.run.output_folder import Origin, OutputDir
@@ -302,6 +302,8 @@ def _search(policy: Policy, loaded: Loaded, main_run: SchemeRun, float_model: on
                 chosen_ranges.save(out_dir.path(final.ranges_file))
         elif search["status"] == "failed":
             main_run.verdict["search"] = {"status": "failed", "recommendation": search["recommendation"]}
+        if search.get("finding_effects"):  # findings whose remedy recovers most, when tried, first
+            main_run.findings = by_recovery(main_run.findings, search["finding_effects"])
     return search
 
 

@@ -11,6 +11,7 @@ strategy is one file that registers itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from qcheck.quantize.calibrate import Ranges, Recipe
 from qcheck.results.values_text import values_text
 from qcheck.search import auto, bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
 from qcheck.search.base import STRATEGIES, Context, closest, confirmed, select
-from qcheck.search.evaluate import Evaluator
+from qcheck.search.evaluate import BudgetExhausted, Evaluator
 from qcheck.search.ranking import rank_nodes
-from qcheck.search.space import Graph, allowed, build_pool
+from qcheck.search.space import Graph, allowed, build_pool, unit_changes
 
 
 def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges,
@@ -69,6 +70,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                   usable=[r for r in spec.remedies if allowed(r, target)])
     STRATEGIES[spec.strategy]().run(ctx)
     ctx.notes += untried_remedies(spec.remedies, ev.candidates, ctx.notes, ev.stopped_by)
+    effects = finding_effects(ev, proposed or {}, ctx.usable)
 
     chosen = select(ev.candidates)
     built = confirmed(ev.candidates)
@@ -107,6 +109,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "why": _why(chosen, ev.candidates, target, spec.cost, finalists) if chosen else None,
         "closest": [c["id"] for c in closest(ev.candidates)] if not chosen else [],
         "recommendation": None if chosen else recommend_qat(ev.candidates, spec, target, ev.stopped_by),
+        "finding_effects": effects,
     }
     result["holdout"] = _held_out(ev, held_out, chosen) if held_out and held_out[0] else None
     if not chosen:
@@ -127,6 +130,30 @@ def _screener(ev: Evaluator, float_model: onnx.ModelProto, ranges_for, base: Rec
         log(f"  screening model not available ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "every candidate is built")
         return None
+
+
+FINDING_NODES = 20  # the findings' nodes whose proposed remedy is tried (screened) to rank the findings
+
+
+def finding_effects(ev: Evaluator, proposed: dict[str, list[str]], usable: list[str]) -> dict[str, float]:
+    """Per node a finding names (its first FINDING_NODES, most severe first): how much of the policy's recipe's
+    shortfall from the requirements the finding's first proposed remedy that changes something there recovers,
+    screened on the emulation model. Empty when the recipe passes or there is no screening model."""
+    built = confirmed(ev.candidates)
+    if ev.screener is None or not built or built[0]["passes"] or not math.isfinite(built[0]["shortfall"]):
+        return {}
+    out = {}
+    for node, remedies in list(proposed.items())[:FINDING_NODES]:
+        changes = unit_changes(node, [r for r in remedies if r in usable], ev.graph, ev.graph.base)[:1]
+        if not changes:
+            continue
+        try:
+            cand = ev.screen(changes)
+        except BudgetExhausted:
+            break
+        if math.isfinite(cand["shortfall"]):
+            out[node] = round(built[0]["shortfall"] - cand["shortfall"], 6)
+    return out
 
 
 def _held_out(ev: Evaluator, held_out: tuple[list[dict], list[str]], chosen: dict | None) -> dict:

@@ -110,6 +110,10 @@ def test_clipping_needs_a_wider_range_and_int16_alone_fails(clipping_run):
     assert a16w8 and not a16w8[0]["passes"]  # more bits over the same clipped range: still clipped
     assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.15
     assert any("evaluation data" in n and "widen_range" in n for n in s["notes"])  # the fit-to-eval caveat
+    # the findings on mm propose keep_float first: tried (screened), it recovers the whole shortfall but a hair
+    base = s["candidates"][0]["shortfall"]
+    assert s["finding_effects"]["mm"] == pytest.approx(base, rel=0.05)
+    assert results["findings"][0]["node"] == "mm"
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +245,14 @@ def test_a_holdout_that_leaves_the_search_nothing_is_refused_naming_the_key(tmp_
         run(load_policy(policy))
     text = str(err.value.problems[0].message)
     assert "search.holdout" in text and "8" in text
+
+
+def test_findings_whose_remedy_recovers_most_come_first():
+    from qcheck.rules.engine import Finding, by_recovery
+
+    def f(code, node):
+        return Finding(code, code, "warning", "tensor", "", node=node)
+
+    findings = [f("QC101", "a"), f("QC104", "b"), f("QC106", "c"), f("QC101", "d")]
+    ordered = by_recovery(findings, {"a": 0.0, "c": 0.4, "d": 1.2})
+    assert [x.node for x in ordered] == ["d", "c", "a", "b"]  # recovered most first; no gain: the order they had
