@@ -113,11 +113,19 @@ def plan(first: list[int], masks: list[np.ndarray], groups: int, wide: int) -> l
     return out
 
 
-def specialize(model: onnx.ModelProto, keep: set[int], cut: int) -> Suffix:
-    """The suffix of the switchable `model` from node `cut` that keeps only the switches in `keep`."""
+def specialize(model: onnx.ModelProto, keep: set[int], cut: int,
+               inline: dict[int, dict[str, float]] | None = None) -> Suffix:
+    """The suffix of the switchable `model` from node `cut` that keeps only the switches in `keep`.
+
+    `inline`: switches (not kept) that are fixed ON: their If becomes its quantizing branch, with the grid
+    values it reads from the grid inputs (`switchable.GRID_INPUTS`, a grid model's) made constants; a weight's
+    DQ(W_int) then folds into a constant as a float weight does (the search screens candidates that vary a few
+    switches of a model otherwise quantized this way)."""
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
+    inline = inline or {}
     nodes: list[onnx.NodeProto] = []
+    constants: list[onnx.TensorProto] = []
     for i, node in enumerate(graph.node):
         k = _switch_of(node)
         if k is None:
@@ -126,8 +134,14 @@ def specialize(model: onnx.ModelProto, keep: set[int], cut: int) -> Suffix:
         elif k in keep:
             nodes.append(node)  # a kept If (and its Gather) may sit before the cut: its readers do not
         elif node.op_type == "If":
-            source = next(a.g for a in node.attribute if a.name == "else_branch").node[0].input[0]
-            if i >= cut or source in initializers:  # a weight stays a constant wherever its If stood
+            source = _branch(node, "else_branch").node[0].input[0]
+            if not (i >= cut or source in initializers):  # a weight stays a constant wherever its If stood
+                continue
+            if k in inline:
+                nodes += _inlined(node)
+                constants += [helper.make_tensor(name, onnx.TensorProto.FLOAT, [], [value])
+                              for name, value in inline[k].items()]
+            else:
                 nodes.append(helper.make_node("Identity", [source], [node.output[0]],
                                               name=node.name.replace("qcheck_switch::", "qcheck_float::")))
     produced = {o for n in nodes for o in n.output}
@@ -135,7 +149,7 @@ def specialize(model: onnx.ModelProto, keep: set[int], cut: int) -> Suffix:
     nodes = without_dead_nodes(nodes, {o.name for o in outputs})
     read = set().union(*(_outer_reads(n) for n in nodes)) if nodes else set()
     produced = {o for n in nodes for o in n.output}
-    used = [t for t in graph.initializer if t.name in read]
+    used = [t for t in list(graph.initializer) + constants if t.name in read]
     known = {t.name for t in used} | produced | {""}
     inputs = sorted(read - known - {SWITCH_INPUT})
     # every suffix takes the full-length switch vector, so one mask means the same thing everywhere
@@ -146,6 +160,19 @@ def specialize(model: onnx.ModelProto, keep: set[int], cut: int) -> Suffix:
     out = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
     out.functions.extend(model.functions)
     return Suffix(out, inputs, [o.name for o in outputs])
+
+
+def _branch(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
+    return next(a.g for a in node.attribute if a.name == name)
+
+
+def _inlined(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """An If's then-branch as nodes of the outer graph, its last one writing the If's output."""
+    body = [onnx.NodeProto() for _ in _branch(node, "then_branch").node]
+    for copy, original in zip(body, _branch(node, "then_branch").node):
+        copy.CopyFrom(original)
+    body[-1].output[0] = node.output[0]
+    return body
 
 
 def base_model(model: onnx.ModelProto, extra_outputs: list[str]) -> onnx.ModelProto:

@@ -57,7 +57,10 @@ class Auto(Strategy):
         found = self._find(ctx, start, judge)
         if found is None:
             return False
+        ev.focus([found])
         minimal = tuple(ddmin(list(found), lambda s: judge(tuple(s))["passes"]))
+        ev.focus([minimal] + [self._integer_variant(ctx, minimal, c, combo) for c in minimal
+                              for combo in INTEGER_REMEDIES])
         final = self._integer(ctx, minimal, judge)
         return any(ev.evaluate(changes)["passes"] for changes in dict.fromkeys((final, minimal, found)))
 
@@ -85,6 +88,7 @@ class Auto(Strategy):
         units = [u for u in g.units.ranked_units(ctx.ranking, ctx.spec.candidates)
                  if unit_changes(u, [remedy], g, g.base)]
         ranked = [Change(remedy, u) for u in units]
+        ctx.evaluator.focus([start + tuple(ranked)])
         found = bisect_prefix(ranked, lambda s: judge(start + tuple(s))["passes"])
         if found is not None:
             return start + tuple(found)
@@ -102,6 +106,7 @@ class Auto(Strategy):
         rank = {n: i for i, n in enumerate(ctx.ranking)}
         by_rank = sorted(units, key=lambda c: min((rank.get(n, 1 << 30) for n in g.units.nodes(c.subject)),
                                                   default=1 << 30))
+        ctx.evaluator.focus([start + tuple(by_rank)])
         prefix = bisect_prefix(by_rank, lambda s: judge(start + tuple(s))["passes"]) or units
         ctx.notes.append(f"auto: bisection found the region {tail.subject} ({len(g.float_nodes_of(tail.subject))} "
                          f"quantizable node(s)); its {len(prefix)} highest-ranked unit(s) of {len(units)} still pass; "
@@ -111,21 +116,28 @@ class Auto(Strategy):
     # ------------------------------------------------------------------ 4. integer remedies
 
     def _integer(self, ctx: Context, changes: tuple[Change, ...], judge: Judge) -> tuple[Change, ...]:
-        g = ctx.evaluator.graph
         current = judge(changes)
         for c in [c for c in changes if c.remedy == "keep_float"]:
             for combo in INTEGER_REMEDIES:
-                if not set(combo) <= set(ctx.usable):
+                trial = self._integer_variant(ctx, changes, c, combo)
+                if trial == changes:
                     continue
-                alts = [a for r in combo for a in unit_changes(c.subject, [r], g, g.base)]
-                if len(alts) != len(combo):
-                    continue  # one of them changes nothing on this unit
-                trial = tuple(x for x in changes if x != c) + tuple(alts)
                 cand = judge(trial)
                 if cand["passes"] and cand["within_budget"] and cand["cost"] < current["cost"]:
                     changes, current = trial, cand
                     break
         return changes
+
+    def _integer_variant(self, ctx: Context, changes: tuple[Change, ...], c: Change, combo: tuple[str, ...]):
+        """`changes` with the float remedy `c` replaced by the integer remedies `combo` on its unit (`changes`
+        itself when `c` is not a float remedy, `combo` is not allowed or one of its remedies changes nothing)."""
+        g = ctx.evaluator.graph
+        if c.remedy != "keep_float" or not set(combo) <= set(ctx.usable):
+            return changes
+        alts = [a for r in combo for a in unit_changes(c.subject, [r], g, g.base)]
+        if len(alts) != len(combo):
+            return changes
+        return tuple(x for x in changes if x != c) + tuple(alts)
 
 
 def split_region(region: Change, g, remedy: str) -> list[Change]:

@@ -161,6 +161,23 @@ class Evaluator:
             cand.update(_failed_build(exc, len(self.require)))
         return self._add(cand, changes, self.screened)
 
+    def focus(self, sets: list[tuple[Change, ...]]) -> None:
+        """Screening is about to try subsets and variants of these change sets (all on the whole-model changes of
+        the first): prepare the screening model for them (`Screener.focus`)."""
+        if self.screener is None or not sets:
+            return
+        try:
+            reference = self.screener.config(self.recipe(tuple(c for c in sets[0] if c.subject == MODEL)))
+            variable: set[int] = set()
+            for changes in sets:
+                cfg = self.screener.config(self.recipe(tuple(sorted(set(changes)))))
+                if cfg is not None and reference is not None:
+                    variable |= set(cfg.differs(reference).tolist())
+            if reference is not None:
+                self.screener.focus(reference, variable)
+        except Exception as exc:  # noqa: BLE001 -- focusing only saves time; screening goes on without it
+            self.log(f"  (screening without a focused model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+
     def _record(self, changes: tuple[Change, ...], key: str, figure: str) -> dict:
         return {
             "id": len(self.candidates),

@@ -88,6 +88,7 @@ class Screener:
         self._suffix_sessions: dict[int, object] = {}
         self._reference: tuple[bytes, list[dict]] | None = None  # the reference's values at every cut, per batch
         self._cut_session = None
+        self._focus: tuple | None = None  # see focus()
         self.runs = 0  # forward passes of a batch (full or suffix)
         self.node_runs = 0.0  # the same, weighted by the share of the graph's nodes each ran
         self.seconds = 0.0  # spent running (and setting up suffixes)
@@ -144,8 +145,55 @@ class Screener:
         finally:
             self.seconds += time.perf_counter() - clock
 
+    def focus(self, reference: Config, variable: set[int]) -> None:
+        """Prepare a session for candidates that differ from `reference` only in the switches `variable`: the
+        suffix from the first of them on, every other switch fixed as the reference sets it (quantized ones
+        inlined, so their weights are constants again). `run` uses it for every such candidate."""
+        self._focus = None
+        if not variable:
+            return
+        sw, cut = self.sw, min(self.first[k] for k in variable)
+        inline = {k: ({f"{t}::{k}": float(v[k]) for t, v in zip(GRID_INPUTS, (reference.scale, reference.lo,
+                                                                             reference.hi))}
+                      if sw.kinds[k] == "activation" else {})
+                  for k in range(len(sw.switches)) if k not in variable and reference.mask[k]}
+        suffix = specialize(sw.model, set(variable), cut, inline)
+        needed = [n for n in suffix.inputs if n not in self.feeds[0] and n not in GRID_INPUTS]
+        values = [{} for _ in self.feeds]
+        if needed:
+            names = self.outputs + [n for n in needed if n not in self.outputs]
+            session = self.sw.session(extra_outputs=names, batched=self.batch > 1)
+            for b, feed in enumerate(self.feeds):
+                values[b] = dict(zip(names, session.run(names, {**feed, **reference.feed()})))
+                self._count(0)
+        else:
+            values = [dict(zip(self.outputs, self.session.run(None, {**feed, **reference.feed()})))
+                      for feed in self.feeds]
+        session = make_session(typed(suffix, {**self.feeds[0], **values[0]}, self.batch > 1),
+                               "focused screening model", quiet=True)
+        self._focus = (reference.key(), set(variable), suffix, session, values, cut)
+
+    def _focused(self, cfg: Config, reference: Config, diff: np.ndarray) -> list[dict] | None:
+        if self._focus is None:
+            return None
+        key, variable, suffix, session, values, cut = self._focus
+        if key != reference.key() or not set(diff.tolist()) <= variable:
+            return None
+        declared = {i.name for i in suffix.model.graph.input}
+        settings = {n: v for n, v in cfg.feed().items() if n in declared}
+        out = []
+        for b, feed in enumerate(self.feeds):
+            inputs = {n: values[b][n] if n in values[b] else feed[n] for n in suffix.inputs if n not in GRID_INPUTS}
+            got = dict(zip(suffix.outputs, session.run(suffix.outputs, {**inputs, **settings})))
+            out.append({o: got.get(o, values[b][o]) for o in self.outputs})
+            self._count(cut)
+        return out
+
     def _run(self, cfg: Config, reference: Config) -> list[dict[str, np.ndarray]]:
         diff = cfg.differs(reference)
+        per_batch = self._focused(cfg, reference, diff)
+        if per_batch is not None:
+            return self._per_sample(per_batch)
         start = min((self.first[k] for k in diff), default=len(self.sw.model.graph.node))
         cut = max((c for c in self.cuts if c <= start), default=None)
         per_batch = []
@@ -162,6 +210,9 @@ class Screener:
                 got = dict(zip(suffix.outputs, session.run(suffix.outputs, {**inputs, **cfg.feed()})))
                 per_batch.append({o: got.get(o, values[b][o]) for o in self.outputs})
                 self._count(cut)
+        return self._per_sample(per_batch)
+
+    def _per_sample(self, per_batch: list[dict]) -> list[dict[str, np.ndarray]]:
         return [{o: out[o][i:i + 1] if self.batch > 1 else out[o] for o in self.outputs}
                 for out, chunk in zip(per_batch, self.batches) for i in range(len(chunk))]
 

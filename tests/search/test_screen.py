@@ -116,6 +116,30 @@ def test_a_late_change_runs_on_a_suffix_and_gives_the_full_models_values(setup):
     assert np.allclose(np.concatenate([g["y"] for g in on_suffix]), want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_focused_model_gives_the_full_models_values_for_the_switches_it_varies(setup):
+    """Focused on the switches conv2-in-float and int16 on c3 move, every other switch fixed as quantized (inlined,
+    weights constant again): its candidates give what the full emulation model gives; a candidate that moves
+    another switch is not run on it."""
+    tmp, pm, fm, ranges, samples, screener = setup
+    both = screener.config(Recipe(exclude_nodes=["conv2"], overrides={"c3": {"quant_type": "int16"}}))
+    screener.focus(screener.base_config, set(both.differs(screener.base_config).tolist()))
+    try:
+        for recipe in (Recipe(exclude_nodes=["conv2"]), Recipe(overrides={"c3": {"quant_type": "int16"}}),
+                       Recipe(exclude_nodes=["conv2"], overrides={"c3": {"quant_type": "int16"}})):
+            cfg = screener.config(recipe)
+            per_batch = screener._focused(cfg, screener.base_config, cfg.differs(screener.base_config))
+            assert per_batch is not None
+            full = [dict(zip(screener.outputs, screener.session.run(None, {**feed, **cfg.feed()})))
+                    for feed in screener.feeds]
+            for name in ("y", "early"):
+                assert np.allclose(np.concatenate([b[name] for b in per_batch]),
+                                   np.concatenate([f[name] for f in full]), rtol=1e-5, atol=1e-5), (recipe, name)
+        other = screener.config(Recipe(exclude_nodes=["conv1"]))
+        assert screener._focused(other, screener.base_config, other.differs(screener.base_config)) is None
+    finally:
+        screener.focus(screener.base_config, set())
+
+
 def test_recipes_a_grid_cannot_express_are_not_screened(setup):
     screener = setup[-1]
     assert screener.config(Recipe(per_channel=False)) is None
