@@ -46,7 +46,13 @@ def main() -> None:
     ap.add_argument("--zoo", nargs="+", choices=sorted(ZOO), help="the issue-15 evidence on these PP-OCR models")
     ap.add_argument("--models", type=Path, default=Path("/work/models"), help="where the PP-OCR .onnx files are")
     ap.add_argument("--seconds", type=float, default=900.0, help="--zoo: the search's max_seconds")
+    ap.add_argument("--throughput", nargs="+", choices=sorted(ZOO),
+                    help="screening alone on these models: candidates per second on 32 samples (see screen_throughput)")
     args = ap.parse_args()
+    if args.throughput:
+        for name in args.throughput:
+            screen_throughput(name, args.models, min(args.seconds, 120.0))
+        return
     if args.zoo:
         for name in args.zoo:
             zoo_run(name, args.models, args.seconds)
@@ -130,6 +136,75 @@ def zoo_run(name: str, models: Path, seconds: float) -> None:
               f"whole run {wall:.0f} s")
         print_figures(results)
         (Path("/tmp") / f"bench_search_{name}.json").write_text(json.dumps(results, default=str), encoding="utf-8")
+
+
+def screen_throughput(name: str, models: Path, seconds: float) -> None:
+    """What one screened candidate costs, in float passes over 32 evaluation samples: the policy's recipe with
+    random subsets of the last 40 % of the graph's nodes in float (what delta debugging on a tail region tries),
+    on the model focused on those nodes (the suffix from the first of them, every other switch fixed), for
+    `seconds`; then a few unfocused candidates on the full emulation model. The float pass is timed before and
+    after (the machine's load changes both)."""
+    import os
+    import random
+    import time
+
+    import onnx
+    import yaml
+
+    from qcheck.model.runtime import make_session
+    from qcheck.quantize.calibrate import Recipe, calibrate
+    from qcheck.run.load_stage import load
+    from qcheck.search.screen import Screener, build_grid_model
+
+    file, shape, metrics, require = ZOO[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        doc = {"model": {"path": str(models / file)}, "inputs": {"x": {"shape": shape}},
+               "data": {"calibration": str(IMAGES / "calibration"),
+                        "evaluation": str(crops(folder / "eval", 32, (shape[2], shape[3]))),
+                        "preprocess": {"color": "BGR", "layout": "NCHW", "scale": 1 / 255, "mean": [0.5] * 3,
+                                       "std": [0.5] * 3}},
+               "metrics": metrics, "require": [require], "analyses": False}
+        (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        policy = load_policy(folder / "qcheck.yaml")
+        loaded = load(policy, folder)
+        ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization)
+        samples = [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
+        sw = build_grid_model(loaded.prepared.path, onnx.load(str(loaded.prepared.path)), ranges, Recipe(), folder)
+        screener = Screener(sw, loaded.prepared.path, lambda method: ranges, Recipe(), samples)
+        float_session = make_session(loaded.prepared.path)
+
+        def float_pass() -> float:
+            clock = time.perf_counter()
+            for sample in samples:
+                float_session.run(None, sample)
+            return time.perf_counter() - clock
+
+        load_before, before = os.getloadavg()[0], min(float_pass() for _ in range(3))
+        nodes = [n.node for n in sw.nodes]
+        tail = nodes[int(len(nodes) * 0.6):]
+        clock = time.perf_counter()
+        screener.focus(screener.base_config, set(screener.config(Recipe(exclude_nodes=tail)).differs(
+            screener.base_config).tolist()))
+        setup = time.perf_counter() - clock
+        rng, n, clock = random.Random(0), 0, time.perf_counter()
+        while time.perf_counter() - clock < seconds:
+            screener.run(screener.config(Recipe(exclude_nodes=rng.sample(tail, rng.randint(1, len(tail))))))
+            n += 1
+        focused = (time.perf_counter() - clock) / n
+        clock = time.perf_counter()
+        for k in range(3):
+            screener.run(screener.config(Recipe(exclude_nodes=[nodes[k]])))
+        full = (time.perf_counter() - clock) / 3
+        after, load_after = min(float_pass() for _ in range(3)), os.getloadavg()[0]
+        unit = (before + after) / 2
+        print(f"== {name}: {len(sw.model.graph.node)} nodes in the emulation model, {len(sw.switches)} switches, "
+              f"{len(samples)} samples, batch {screener.batch}; load average {load_before:.1f} -> {load_after:.1f}")
+        print(f"float pass over the samples: {before:.3f} s before, {after:.3f} s after")
+        print(f"focused on the last {len(tail)} of {len(nodes)} nodes: set-up {setup:.1f} s; {n} candidates in "
+              f"{seconds:.0f} s = {focused:.3f} s each = {focused / unit:.2f} float passes per sample; "
+              f"{600 / focused:.0f} would fit in 10 minutes")
+        print(f"unfocused (full emulation model): {full:.3f} s per candidate = {full / unit:.2f} float passes per sample")
 
 
 def print_figures(results: dict) -> None:

@@ -68,11 +68,6 @@ class Grids:
     hi: np.ndarray
     shared: list[str]  # per switch, its scale initializer's name: ORT gives tensors on one scale one initializer
 
-    def feed(self, scale: np.ndarray | None = None, lo: np.ndarray | None = None,
-             hi: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        values = (self.scale if scale is None else scale, self.lo if lo is None else lo, self.hi if hi is None else hi)
-        return dict(zip(GRID_INPUTS, values))
-
 
 @dataclass
 class SwitchableModel:
