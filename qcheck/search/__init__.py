@@ -121,12 +121,14 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
 def _screener(ev: Evaluator, float_model: onnx.ModelProto, ranges_for, base: Recipe, samples: list[dict], log):
     """The grid emulation model that screens candidates (None, and the search builds every candidate, when it
     cannot be built: the reason goes to the log)."""
+    from qcheck.errors import ModelError
+    from qcheck.model.runtime import ort_errors
     from qcheck.search.screen import Screener, build_grid_model
 
     try:
         sw = build_grid_model(ev.float_path, float_model, ranges_for(base.calibration), base, ev.workdir)
         return Screener(sw, ev.float_path, ranges_for, base, samples)
-    except Exception as exc:  # noqa: BLE001 -- screening only saves time: without it every candidate is built
+    except (ModelError, *ort_errors()) as exc:  # screening only saves time: without it every candidate is built
         log(f"  screening model not available ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
             "every candidate is built")
         return None

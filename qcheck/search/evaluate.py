@@ -20,7 +20,7 @@ import numpy as np
 
 from qcheck.measure.latency import measure_latency
 from qcheck.measure.outputs import aggregate_model_metrics, compare_outputs
-from qcheck.model.runtime import make_session
+from qcheck.model.runtime import make_session, ort_errors
 from qcheck.policy.expr import ExprError, Expression, NotApplicable
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
@@ -175,7 +175,7 @@ class Evaluator:
                     variable |= set(cfg.differs(reference).tolist())
             if reference is not None:
                 self.screener.focus(reference, variable)
-        except Exception as exc:  # noqa: BLE001 -- focusing only saves time; screening goes on without it
+        except ort_errors() as exc:  # ORT refusing the focused model only costs time; screening goes on without it
             self.log(f"  (screening without a focused model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
 
     def _record(self, changes: tuple[Change, ...], key: str, figure: str) -> dict:

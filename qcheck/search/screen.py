@@ -29,7 +29,7 @@ import onnx
 
 from qcheck.analyses.suffix import first_readers, specialize, typed
 from qcheck.analyses.switchable import GRID_INPUTS, SWITCH_INPUT, SwitchableModel, build_switchable, stack
-from qcheck.model.runtime import make_session
+from qcheck.model.runtime import make_session, ort_errors
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.grids import GridCalculator
 from qcheck.quantize.qdq import read_qdq
@@ -266,7 +266,7 @@ class Screener:
             batched = self.sw.session(batched=True, quiet=True)
             together = batched.run(None, {**stack(self.samples[:n]), **feed})
             apart = [single.run(None, {**s, **feed}) for s in self.samples[:n]]
-        except Exception:  # noqa: BLE001 -- a model that takes no batch runs one sample at a time
+        except ort_errors():  # ORT refuses a batch this model cannot take: one sample at a time
             return single, 1
         for o, value in enumerate(together):
             expect = np.concatenate([a[o] for a in apart], axis=0)
