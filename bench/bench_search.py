@@ -109,21 +109,28 @@ def crops(out: Path, n: int, size: tuple[int, int]) -> Path:
     return out
 
 
+def zoo_policy(name: str, models: Path, folder: Path, n_eval: int) -> dict:
+    """The policy document of a zoo model (no report or search section): its task metric and requirement, the
+    example's calibration photographs, `n_eval` evaluation crops written into `folder`."""
+    file, shape, metrics, require = ZOO[name]
+    return {"model": {"path": str(models / file)}, "inputs": {"x": {"shape": shape}},
+            "data": {"calibration": str(IMAGES / "calibration"),
+                     "evaluation": str(crops(folder / "eval", n_eval, (shape[2], shape[3]))),
+                     "preprocess": {"color": "BGR", "layout": "NCHW", "scale": 1 / 255, "mean": [0.5] * 3,
+                                    "std": [0.5] * 3}},
+            "target": "cpu", "metrics": metrics, "require": [require], "analyses": False}
+
+
 def zoo_run(name: str, models: Path, seconds: float) -> None:
     import os
     import time
 
     import yaml
 
-    file, shape, metrics, require = ZOO[name]
+    file = ZOO[name][0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        doc = {"model": {"path": str(models / file)}, "inputs": {"x": {"shape": shape}},
-               "data": {"calibration": str(IMAGES / "calibration"),
-                        "evaluation": str(crops(folder / "eval", 48, (shape[2], shape[3]))),
-                        "preprocess": {"color": "BGR", "layout": "NCHW", "scale": 1 / 255, "mean": [0.5] * 3,
-                                       "std": [0.5] * 3}},
-               "target": "cpu", "metrics": metrics, "require": [require], "analyses": False,
+        doc = {**zoo_policy(name, models, folder, 48),
                "report": {"out": str(folder / "out"), "formats": ["html"]},
                "search": {"remedies": ALL_REMEDIES, "holdout": 16,
                           "budget": {"max_trials": 60, "max_seconds": seconds}}}
@@ -156,15 +163,9 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
     from qcheck.run.load_stage import load
     from qcheck.search.screen import Screener, build_grid_model
 
-    file, shape, metrics, require = ZOO[name]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        doc = {"model": {"path": str(models / file)}, "inputs": {"x": {"shape": shape}},
-               "data": {"calibration": str(IMAGES / "calibration"),
-                        "evaluation": str(crops(folder / "eval", 32, (shape[2], shape[3]))),
-                        "preprocess": {"color": "BGR", "layout": "NCHW", "scale": 1 / 255, "mean": [0.5] * 3,
-                                       "std": [0.5] * 3}},
-               "metrics": metrics, "require": [require], "analyses": False}
+        doc = zoo_policy(name, models, folder, 32)
         (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
         policy = load_policy(folder / "qcheck.yaml")
         loaded = load(policy, folder)
