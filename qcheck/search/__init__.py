@@ -62,7 +62,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                    spec.budget, workdir, log, make_tasks, labels, findings_of)
     _find_chains(ev, graph, float_model, base)
     if spec.strategy == "auto":
-        ev.screener = _screener(ev, float_model, ranges_for, base, samples, log)
+        ev.make_screener = lambda: _screener(ev, float_model, ranges_for, base, samples, log)
     model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates,
                                                     spec.budget.max_float_nodes, proposed)
     notes += range_notes
@@ -142,7 +142,7 @@ def finding_effects(ev: Evaluator, proposed: dict[str, list[str]], usable: list[
     shortfall from the requirements the finding's first proposed remedy that changes something there recovers,
     screened on the emulation model. Empty when the recipe passes or there is no screening model."""
     built = confirmed(ev.candidates)
-    if ev.screener is None or not built or built[0]["passes"] or not math.isfinite(built[0]["shortfall"]):
+    if not built or built[0]["passes"] or not math.isfinite(built[0]["shortfall"]) or ev.screener is None:
         return {}
     out = {}
     for node, remedies in list(proposed.items())[:FINDING_NODES]:
@@ -175,7 +175,7 @@ def _held_out(ev: Evaluator, held_out: tuple[list[dict], list[str]], chosen: dic
 def _screening_figures(ev: Evaluator) -> dict | None:
     """What screening cost: its wall time per candidate, in float passes over the samples (the float model run
     once on every sample, timed when the search starts)."""
-    sc = ev.screener
+    sc = ev.built_screener
     if sc is None:
         return None
     n = sum(c["figure"] == "screened" for c in ev.candidates)

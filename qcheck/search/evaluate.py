@@ -86,11 +86,20 @@ class Evaluator:
         self.candidates: list[dict] = []
         self.by_key: dict[str, dict] = {}  # confirmed candidates by recipe key
         self.screened: dict[str, dict] = {}  # screened candidates by recipe key
-        self.screener = None  # a screen.Screener, when the search screens (set by run_search)
+        self.make_screener: Callable[[], object] | None = None  # builds a screen.Screener (set by run_search)
+        self.built_screener = None  # the Screener, once something asked for it
         self.by_model: dict[str, dict] = {}  # sha256 of the built model -> its candidate
         self._changes: dict[int, tuple[Change, ...]] = {}
         self.start = time.perf_counter()
         self.stopped_by: str | None = None
+
+    @property
+    def screener(self):
+        """The screening model, built when first needed (a search whose policy's recipe passes never builds it);
+        None when the search builds every candidate."""
+        if self.built_screener is None and self.make_screener is not None:
+            self.built_screener, self.make_screener = self.make_screener(), None
+        return self.built_screener
 
     # ------------------------------------------------------------------ budget
 
