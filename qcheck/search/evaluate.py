@@ -179,7 +179,10 @@ class Evaluator:
             reference = self.screener.config(self.recipe(tuple(c for c in sets[0] if c.subject == MODEL)))
             variable: set[int] = set()
             for changes in sets:
-                cfg = self.screener.config(self.recipe(tuple(sorted(set(changes)))))
+                try:
+                    cfg = self.screener.config(self.recipe(tuple(sorted(set(changes)))))
+                except Exception:  # noqa: BLE001 -- a grid ORT cannot compute: `screen` records it when tried
+                    continue
                 if cfg is not None and reference is not None:
                     variable |= set(cfg.differs(reference).tolist())
             if reference is not None:
