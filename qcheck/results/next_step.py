@@ -52,7 +52,8 @@ def next_step(results: dict) -> dict:
     if search.get("status") == "found" and search.get("chosen") is not None:
         c = search["candidates"][search["chosen"]]
         if c.get("n_changes"):
-            return {"action": f"Use the recipe the search found: {c['label']}; its model and lock file are in the "
+            return {"action": f"Use the recipe the search found: {c.get('brief', c['label'])}; its model and lock "
+                              f"file (with every change) are in the "
                               f"output folder.", "evidence": [search.get("why") or ""], "source": "search"}
     if verdict["status"] == "pass":
         errors = results.get("finding_counts", {}).get("error", 0)

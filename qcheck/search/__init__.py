@@ -258,10 +258,10 @@ def _why(chosen: dict, candidates: list[dict], target: TargetProfile, by: str = 
         return "the policy's own recipe already meets every requirement; nothing was changed"
     if by == "latency":
         timed = [c for c in finalists or [] if c["passes"] and c.get("latency_ms") is not None]
-        return (f"{chosen['label']} meets every requirement and is the fastest of {len(timed)} passing finalist(s) "
+        return (f"{chosen.get('brief', chosen['label'])} meets every requirement and is the fastest of {len(timed)} passing finalist(s) "
                 f"measured on this machine ({chosen['latency_ms']:.3g} ms median; search.cost: latency), at cost "
                 f"{chosen['cost']:g} on target '{target.name}'")
-    text = (f"{chosen['label']} meets every requirement at cost {chosen['cost']:g} on target '{target.name}'"
+    text = (f"{chosen.get('brief', chosen['label'])} meets every requirement at cost {chosen['cost']:g} on target '{target.name}'"
             f" ({chosen['float_nodes']} float node(s), {chosen['int16_tensors']} int16 tensor(s))")
     others = len(passing) - 1
     if others:
@@ -282,7 +282,7 @@ def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfil
         c = near[0]
         misses = [f"`{q['text']}` ({values_text(q['values'])}, "
                   f"{100 * q['shortfall']:.3g}% short)" for q in c["requirements"] if not q["holds"]]
-        reason += (f". Closest: {c['label']} (cost {c['cost']:g}: {c['float_nodes']} float node(s), "
+        reason += (f". Closest: {c.get('brief', c['label'])} (cost {c['cost']:g}: {c['float_nodes']} float node(s), "
                    f"{c['int16_tensors']} int16 tensor(s), {c['explicit_ranges']} re-ranged tensor(s)), which misses "
                    f"{'; '.join(misses) or c.get('error') or 'the requirements'}")
     reason += (". Post-training remedies keep part of the model out of int8 at a cost; quantization-aware training "

@@ -136,7 +136,7 @@ class Evaluator:
             same = self.by_model.get(hashlib.sha256(path.read_bytes()).hexdigest())
             if same is not None:  # another recipe that builds the very same model: judged once
                 self.by_key[key] = same
-                self.log(f"  ({cand['label']} builds the same model as trial {same['id']}; not run again)")
+                self.log(f"  ({cand['brief']} builds the same model as trial {same['id']}; not run again)")
                 return same
             self.by_model[hashlib.sha256(path.read_bytes()).hexdigest()] = cand
             cand.update(self._judge(path, recipe, changes))
@@ -195,6 +195,7 @@ class Evaluator:
             "id": len(self.candidates),
             "changes": [c.to_dict() for c in changes],
             "label": ", ".join(c.label() for c in changes) or "the policy's recipe",
+            "brief": brief_label(changes, counts(changes, self.graph)),
             "recipe_key": key,
             # screened: judged on the emulation model; confirmed: built with ONNX Runtime and run (only these
             # can be chosen)
@@ -295,15 +296,29 @@ def sort_key(cand: dict) -> tuple:
     return (cand["failed"], s if not (isinstance(s, float) and np.isnan(s)) else math.inf)
 
 
+BRIEF_CHANGES = 3  # changes a log line or a sentence names before it summarizes the rest
+
+
+def brief_label(changes: tuple[Change, ...], n: dict[str, int]) -> str:
+    """The label for a line of text: every change when there are few; else how many of each kind, and the
+    first few (a region or a pruned set can hold 30 changes, and each node name can be 80 characters)."""
+    if len(changes) <= BRIEF_CHANGES + 1:
+        return ", ".join(c.label() for c in changes) or "the policy's recipe"
+    kinds = [f"{v} {k.replace('_', ' ')}" for k, v in n.items() if v and k != "float_islands"]
+    first = ", ".join(c.label() for c in changes[:BRIEF_CHANGES])
+    return f"{len(changes)} changes ({', '.join(kinds)}): {first}, and {len(changes) - BRIEF_CHANGES} more"
+
+
 def trial_line(cand: dict) -> str:
     """One search trial for the log, with the values that decide it: "trial 3: fc in float -> misses
     `model.cosine >= 0.99` (model.cosine = 0.9812)"."""
     trial = f"trial {cand['id']}" + (" (screened)" if cand.get("figure") == "screened" else "")
+    label = cand.get("brief", cand["label"])
     if cand.get("error"):
-        return f"  {trial}: {cand['label']} -> could not be built or run ({cand['error']})"
+        return f"  {trial}: {label} -> could not be built or run ({cand['error']})"
     failing = [q for q in cand["requirements"] if not q["holds"]]
     if not failing:
         shown = "; ".join(values_text(q["values"]) for q in cand["requirements"])
-        return f"  {trial}: {cand['label']} -> meets the requirements" + (f" ({shown})" if shown else "")
-    return (f"  {trial}: {cand['label']} -> misses "
+        return f"  {trial}: {label} -> meets the requirements" + (f" ({shown})" if shown else "")
+    return (f"  {trial}: {label} -> misses "
             + "; ".join(f"{q['text']} ({values_text(q['values'])})" for q in failing))

@@ -256,3 +256,18 @@ def test_findings_whose_remedy_recovers_most_come_first():
     findings = [f("QC101", "a"), f("QC104", "b"), f("QC106", "c"), f("QC101", "d")]
     ordered = by_recovery(findings, {"a": 0.0, "c": 0.4, "d": 1.2})
     assert [x.node for x in ordered] == ["d", "c", "a", "b"]  # recovered most first; no gain: the order they had
+
+
+def test_a_long_change_set_is_summarized_in_log_lines_but_kept_whole_in_the_table():
+    """A pruned region can hold 30 changes of 80-character node names: a trial line names the first three,
+    counts each kind and says how many more; the candidate's `label` (table, results.json) keeps them all."""
+    from qcheck.search.evaluate import BRIEF_CHANGES, brief_label
+    from qcheck.search.space import Change
+
+    changes = tuple(Change("keep_float", f"model/block_{i}/a_very_long_exporter_generated_name/Conv") for i in range(30))
+    text = brief_label(changes, {"float_nodes": 30, "float_islands": 2, "int16_tensors": 0, "explicit_ranges": 0})
+    assert text.startswith("30 changes (30 float nodes): float model/block_0/")
+    assert text.endswith(f"and {30 - BRIEF_CHANGES} more") and "block_3/" not in text
+    few = changes[:BRIEF_CHANGES + 1]
+    assert brief_label(few, {}) == ", ".join(c.label() for c in few)
+    assert brief_label((), {}) == "the policy's recipe"
