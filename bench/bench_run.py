@@ -1,51 +1,230 @@
-"""Wall time and peak memory of `qcheck run` on an example, split by stage.
+"""Time and peak memory of `qcheck run` per stage, against the floor of each stage, on real models.
 
-    python bench/bench_run.py                       # the PP-OCRv4 detector example
-    python bench/bench_run.py path/to/policy.yaml --repeat 3
+    python bench/bench_run.py                                 # example, det384, rec at 8 / 32 / 128 samples
+    python bench/bench_run.py --models example --samples 32 --analyses
+    python bench/bench_run.py path/to/policy.yaml             # one policy as it is
 
-Prints figures; asserts nothing (timings belong in benchmarks, not in tests).
+For each model and number of evaluation samples, one `qcheck run` in a fresh process (so peak memory
+is that run's alone), then, per stage: wall time, its *floor*, the ratio, and the stage's peak
+resident memory (the high-water mark reset at the stage's start, qcheck.run.memory; results.json
+says which method was used). The floor is the model runs a stage cannot avoid, timed here on the same
+models and samples, plus one read of every tensor it measures:
+
+- load: reading the model file;
+- calibrate: decoding the calibration samples and one float pass over each (ORT's calibrator reduces
+  every tensor inside the graph, so no tensor leaves it);
+- quantize: writing the quantized model once;
+- measure: decoding the evaluation samples, the float model with every measured tensor exposed +
+  the quantized model with every measured tensor exposed over them, plus one read (a sum) of each
+  returned tensor;
+- analyses: one float pass over its samples for each node ranked (suffix copies can run below it);
+  rules and render run no model: no floor.
+
+Evaluation samples are real photographs (the example's images, cropped at several offsets and
+scales so that 128 samples differ); calibration is the example's 10 images. Models: the example
+(PP-OCRv4 detector at 320x320; its analyses with --analyses), the same detector at
+384x384 and the PP-OCRv4 recognizer at 48x320 from the rapidocr-onnxruntime wheel (fetched by
+qcheck's own `fetch:`; copied from $QCHECK_BENCH_MODELS, default /work/models, when there).
+Prints figures and the machine's load; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
+import numpy as np
+import yaml
 
-from qcheck.policy.loader import load_policy
-from qcheck.run.pipeline import run
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "ppocr-det"
+WHEEL = "rapidocr-onnxruntime==1.4.4"
+MODELS = {  # name -> (wheel member, sha256, input shape)
+    "det384": ("ch_PP-OCRv4_det_infer.onnx", "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+               [1, 3, 384, 384]),
+    "rec": ("ch_PP-OCRv4_rec_infer.onnx", "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+            [1, 3, 48, 320]),
+}
 
-threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
 
-DEFAULT = Path(__file__).resolve().parent.parent / "examples" / "ppocr-det" / "qcheck.yaml"
+# --------------------------------------------------------------------------- inputs
+
+
+def make_images(folder: Path, n: int) -> None:
+    """n distinct real images: the example's photographs cropped at offsets and scales that vary with i."""
+    from PIL import Image
+
+    sources = sorted((EXAMPLE / "images").rglob("*.*"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        with Image.open(sources[i % len(sources)]) as img:
+            img = img.convert("RGB")
+            k = i // len(sources)
+            frac = (1.0, 0.8, 0.65, 0.5, 0.9, 0.7, 0.55, 0.75, 0.6)[k % 9]
+            w, h = img.size
+            cw, ch = max(16, int(w * frac)), max(16, int(h * frac))
+            left = (k * 37) % max(1, w - cw + 1)
+            top = (k * 53) % max(1, h - ch + 1)
+            img.crop((left, top, left + cw, top + ch)).save(folder / f"{i:04d}.png")
+
+
+def policy_for(name: str, tmp: Path, samples: int, analyses: bool) -> Path:
+    """A policy file for `name` whose evaluation data are `samples` images."""
+    doc = yaml.safe_load((EXAMPLE / "qcheck.yaml").read_text())
+    make_images(tmp / "eval", samples)
+    doc["data"]["calibration"] = str(EXAMPLE / "images" / "calibration")
+    doc["data"]["evaluation"] = str(tmp / "eval")
+    doc["report"] = {"out": str(tmp / "out"), "formats": ["html"], "title": f"bench {name}"}
+    if name == "example":
+        doc["model"]["path"] = str(EXAMPLE / doc["model"]["path"])
+        if not analyses:
+            doc["analyses"] = False
+    else:
+        member, sha, shape = MODELS[name]
+        path = Path.home() / ".cache" / "qcheck-bench" / member
+        local = Path(os.environ.get("QCHECK_BENCH_MODELS", "/work/models")) / member
+        if not path.exists() and local.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, path)
+        doc["model"] = {"path": str(path), "fetch": {"pip": WHEEL, "member": f"rapidocr_onnxruntime/models/{member}",
+                                                     "sha256": sha}}
+        doc["inputs"] = {"x": {"shape": shape}}
+        doc["analyses"] = False
+        if name == "rec":  # a text line: output is per-position class probabilities
+            doc["metrics"] = {}
+            doc["require"] = ["model.cosine >= 0.99"]
+            doc["data"]["preprocess"]["resize"] = "stretch"
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- floors
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _read_all(values) -> None:
+    for v in values:
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            v.sum(dtype=np.float64)
+
+
+def floors(policy_path: Path, results: dict) -> dict[str, float]:
+    """Seconds of the model runs each stage cannot avoid (see the module docstring)."""
+    import onnx
+
+    from qcheck.model.runtime import make_session, with_outputs
+    from qcheck.policy.loader import load_policy
+    from qcheck.quantize.qdq import read_qdq
+    from qcheck.run.load_stage import load
+
+    policy = load_policy(policy_path)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = load(policy, Path(tmp), log=lambda m: None)
+        out["load"] = _timed(lambda: onnx.load(str(policy.model.path)))
+        calib, evaluation = loaded.calibration, loaded.evaluation
+        decode_calib = _timed(lambda: [calib[i] for i in range(len(calib))])
+        decode_eval = _timed(lambda: [evaluation[i] for i in range(len(evaluation))])
+        samples = [evaluation[i] for i in range(len(evaluation))]
+        calib_samples = [calib[i] for i in range(len(calib))]
+        float_model = onnx.load(str(loaded.prepared.path))
+        plain = make_session(float_model, "float")
+        # ORT's calibrator reduces each tensor inside the graph: one plain float pass per sample
+        out["calibrate"] = decode_calib + _timed(lambda: [plain.run(None, s) for s in calib_samples])
+        qpath = Path(results["output_folder"]) / results["lock"]["quantized_model"]
+        qmodel = onnx.load(str(qpath))
+        qmap = read_qdq(qmodel, float_model)
+        acts = [t for t in qmap.tensors.values() if t.kind == "activation"]
+        outputs = {o.name for o in float_model.graph.output}
+        f_sess = make_session(with_outputs(float_model, [t.name for t in acts if t.name not in outputs]), "float")
+        q_sess = make_session(with_outputs(qmodel, [t.q_output for t in acts]), "quantized")
+        out["quantize"] = _timed(lambda: onnx.save(qmodel, str(Path(tmp) / "q.onnx")))
+        out["measure"] = decode_eval + _timed(lambda: [(_read_all(f_sess.run(None, s)), _read_all(q_sess.run(None, s)))
+                                                       for s in samples])
+        analyses = results.get("analyses")
+        if analyses and analyses.get("sensitivity"):
+            n = min(analyses["samples"], len(samples))
+            per_pass = _timed(lambda: [plain.run(None, s) for s in samples[:n]])
+            out["analyses"] = per_pass * max(len(analyses["sensitivity"].get("nodes") or []), 1)
+    return out
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def one(policy_path: Path) -> dict:
+    """One run in this process; its figures and floors as a dict."""
+    from threadpoolctl import threadpool_limits
+
+    from qcheck.policy.loader import load_policy
+    from qcheck.run.pipeline import run
+
+    threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
+    policy = load_policy(policy_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(policy, out=Path(tmp) / "out")
+        figures = {"model": results["model"]["name"], "nodes": results["model"]["nodes"],
+                   "samples": results["measure"]["samples"], "tensors": len(results["tensors"]),
+                   "timings": dict(results["timings"], render=results["render_seconds"]),
+                   "peak_mb": results["peak_memory_mb"], "method": results.get("peak_memory_method", ""),
+                   "notes": results["measure"].get("notes", [])}
+        figures["floors"] = floors(policy_path, results)
+    return figures
+
+
+def show(name: str, f: dict) -> None:
+    print(f"\n{name}: {f['model']} ({f['nodes']} nodes), {f['samples']} evaluation samples, {f['tensors']} tensors; "
+          f"load average {tuple(round(x, 2) for x in os.getloadavg())}")
+    print(f"{'stage':<10} {'seconds':>8} {'floor s':>8} {'ratio':>6} {'peak MB':>8}")
+    for stage, secs in f["timings"].items():
+        floor = f["floors"].get(stage)
+        ratio = f"{secs / floor:.1f}" if floor else "-"
+        peak = f["peak_mb"].get(stage)
+        print(f"{stage:<10} {secs:>8.2f} {floor if floor is not None else float('nan'):>8.2f} {ratio:>6} "
+              f"{peak if peak is not None else float('nan'):>8.0f}")
+    print(f"{'total':<10} {sum(f['timings'].values()):>8.2f}   whole-run peak {max(f['peak_mb'].values()):.0f} MB "
+          f"({f['method'].split(':')[0]})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("policy", nargs="?", type=Path, default=DEFAULT)
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("policy", nargs="?", type=Path, help="bench this policy as it is instead of the built-in set")
+    ap.add_argument("--models", default="example,det384,rec")
+    ap.add_argument("--samples", default="8,32,128")
+    ap.add_argument("--analyses", action=argparse.BooleanOptionalAction, default=False,
+                    help="keep the example's analyses (node sensitivity of every node; slow at 128 samples)")
+    ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: one run, JSON on stdout
     args = ap.parse_args()
-    policy = load_policy(args.policy)
-    runs = []
-    for _ in range(args.repeat):
+    if args.one:
+        print("BENCH " + json.dumps(one(args.one)))
+        return
+    print(f"load average at start {os.getloadavg()}, {os.cpu_count()} cores")
+    jobs = [(str(args.policy), None)] if args.policy else [
+        (m, int(n)) for m in args.models.split(",") for n in args.samples.split(",")]
+    for name, n in jobs:
         with tempfile.TemporaryDirectory() as tmp:
-            results = run(policy, out=Path(tmp) / "out")
-            timings = dict(results["timings"], render=results["render_seconds"])
-            runs.append((timings, results["peak_memory_mb"]))
-    stages = list(runs[0][0])
-    model = results["model"]
-    print(f"model: {model['name']} ({model['nodes']} nodes), calibration {results['data']['calibration']['samples']} "
-          f"samples, evaluation {results['measure']['samples']} samples, {len(results['tensors'])} tensors measured")
-    print(f"{'stage':<10} {'median s':>9} {'min s':>7} {'peak RSS after, MB':>19}")
-    for stage in stages:
-        values = [r[0][stage] for r in runs]
-        peak = runs[-1][1].get(stage)
-        print(f"{stage:<10} {statistics.median(values):>9.2f} {min(values):>7.2f} {peak if peak is not None else '':>19}")
-    total = [sum(r[0].values()) for r in runs]
-    print(f"{'total':<10} {statistics.median(total):>9.2f} {min(total):>7.2f}")
+            path = Path(name) if n is None else policy_for(name, Path(tmp), n, args.analyses)
+            proc = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+            if line is None:
+                print(f"\n{name} at {n} samples failed:\n{proc.stderr[-2000:]}")
+                continue
+            show(name if n is None else f"{name} @ {n}", json.loads(line[6:]))
+    print(f"\nload average at end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

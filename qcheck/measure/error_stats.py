@@ -66,25 +66,76 @@ class ErrorStats:
     spread_steps: float | None = None  # median over samples of (max - min) / scale: grid steps a sample uses
 
 
+def cosine_from_error(sum_ff: float, sum_qq: float, sum_ee: float) -> float:
+    """The same cosine from |f|^2, |q|^2 and |f - q|^2 (since 2<f, q> = |f|^2 + |q|^2 - |f - q|^2).
+
+    Written as 1 - (|f - q|^2 - (|f| - |q|)^2) / (2 |f| |q|): since ||f| - |q|| <= |f - q|, a relative
+    error d in the norms moves 1 - cosine by about d * |f| / |f - q| of itself, where <f, q> / (|f| |q|)
+    from the same sums moves it by d * |f|^2 / |f - q|^2: float32 sums resolve 1 - cosine ~ 1e-6."""
+    if sum_ff == 0.0 and sum_qq == 0.0:
+        return 1.0
+    if sum_ff == 0.0 or sum_qq == 0.0:
+        return 0.0
+    nf, nq = math.sqrt(sum_ff), math.sqrt(sum_qq)
+    return float(min(1.0, max(-1.0, 1.0 - (sum_ee - (nf - nq) ** 2) / (2.0 * nf * nq))))
+
+
+def working_pair(reference: np.ndarray, test: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Both tensors flat, in the precision the sums are taken in: float64 when either is float64 or `exact`;
+    otherwise float32 (what ONNX Runtime returns), whose SIMD pairwise sums are ~20x faster than casting to
+    float64 and accurate to ~1e-6 relative (error grows with log n)."""
+    f, q = np.asarray(reference), np.asarray(test)
+    dtype = np.float64 if exact or f.dtype == np.float64 or q.dtype == np.float64 else np.float32
+    return f.astype(dtype, copy=False).ravel(), q.astype(dtype, copy=False).ravel()
+
+
+def error_sums(f: np.ndarray, q: np.ndarray) -> tuple[float, ...]:
+    """One sample's sums over the flat pair (see `working_pair`): sum e, sum |e|, max |e|, sum e^2, sum f^2,
+    sum q^2, min f, max f, sum (e - mean e)^2, with e = f - q. Every statistic of `ErrorStats` is built from these, so each
+    tensor is read once per sum and no float64 copy is made. Sums that overflow float32 are taken again in
+    float64."""
+    e = f - q
+    t = np.abs(e)
+    sums = [float(e.sum()), float(t.sum()), float(t.max())]
+    # the spread around this sample's mean error, summed apart: mse - mean^2 from float32 sums would
+    # lose the variance of an error that is mostly a constant offset
+    np.subtract(e, e.dtype.type(sums[0] / e.size), out=t)
+    np.multiply(t, t, out=t)
+    centered = float(t.sum())
+    np.multiply(e, e, out=t)
+    sums.append(float(t.sum()))
+    np.multiply(f, f, out=t)
+    sums.append(float(t.sum()))
+    np.multiply(q, q, out=e)
+    sums.append(float(e.sum()))
+    sums += [float(f.min()), float(f.max()), centered]
+    if f.dtype != np.float64 and not all(math.isfinite(v) for v in sums[:6]):
+        return error_sums(f.astype(np.float64), q.astype(np.float64))
+    return tuple(sums)
+
+
 class ErrorAccumulator:
     """Accumulates error sums of one tensor over samples.
 
     `scale` may be a scalar or an array that broadcasts against the tensor
     (per-channel weights); `rmse_scale` then measures every element's error in
     units of its own channel's scale. `qrange` (lowest, highest representable
-    real value, scalars or arrays) enables the clipping statistics.
+    real value, scalars or arrays) enables the clipping statistics. `exact`
+    takes the sums in float64 whatever the tensors' type (the model outputs,
+    where requirements are judged, are few).
     """
 
-    def __init__(self, scale: float | np.ndarray | None = None, qrange: tuple | None = None):
+    def __init__(self, scale: float | np.ndarray | None = None, qrange: tuple | None = None, exact: bool = False):
         self.scale = scale
         self.qrange = qrange
+        self.exact = exact
         self.n = 0
         self.sum_e = 0.0
         self.sum_abs = 0.0
         self.sum_ee = 0.0
         self.sum_ee_scaled = 0.0
+        self.m2 = 0.0  # sum of (e - mean e)^2 over all samples
         self.max_abs = 0.0
-        self.sum_fq = 0.0
         self.sum_ff = 0.0
         self.sum_qq = 0.0
         self.clipped = 0
@@ -92,30 +143,30 @@ class ErrorAccumulator:
         self.fmin = math.inf
         self.fmax = -math.inf
         self.sample_spreads: list[float] = []
-        self.last_dots = (0.0, 0.0, 0.0)
+        self.last_sums = (0.0, 0.0, 0.0)  # this sample's (sum f^2, sum q^2, sum e^2): per-sample cosine
 
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
         if reference.shape != test.shape:
             raise ValueError(f"shape mismatch: float {reference.shape} vs quantized {test.shape}")
-        self.last_dots = (0.0, 0.0, 0.0)
+        self.last_sums = (0.0, 0.0, 0.0)
         if reference.size == 0:
             return
-        # float64 and BLAS dot products: exact enough for 1 - cosine ~ 1e-7, and fast
-        f = np.asarray(reference, dtype=np.float64).ravel()
-        q = np.asarray(test, dtype=np.float64).ravel()
-        e = f - q
-        self.n += e.size
-        self.sum_e += float(e.sum())
-        sum_ee = float(e @ e)
+        f, q = working_pair(reference, test, self.exact)
+        sum_e, sum_abs, max_abs, sum_ee, sum_ff, sum_qq, fmin, fmax, centered = error_sums(f, q)
+        # the spread of the error around its mean, merged over samples (Chan et al.'s pairwise update)
+        if self.n:
+            delta = sum_e / f.size - self.sum_e / self.n
+            self.m2 += centered + delta * delta * self.n * f.size / (self.n + f.size)
+        else:
+            self.m2 = centered
+        self.n += f.size
+        self.sum_e += sum_e
+        self.sum_abs += sum_abs
         self.sum_ee += sum_ee
-        self.sum_abs += float(np.abs(e).sum())
-        self.max_abs = max(self.max_abs, float(e.max()), -float(e.min()))
-        # this sample's dot products, kept for per-sample figures (metrics.OutputComparison)
-        self.last_dots = (float(f @ q), float(f @ f), float(q @ q))
-        self.sum_fq += self.last_dots[0]
-        self.sum_ff += self.last_dots[1]
-        self.sum_qq += self.last_dots[2]
-        fmin, fmax = float(f.min()), float(f.max())
+        self.max_abs = max(self.max_abs, max_abs)
+        self.last_sums = (sum_ff, sum_qq, sum_ee)
+        self.sum_ff += sum_ff
+        self.sum_qq += sum_qq
         self.fmin = min(self.fmin, fmin)
         self.fmax = max(self.fmax, fmax)
         scalar_scale = self.scale is not None and np.ndim(self.scale) == 0
@@ -125,9 +176,13 @@ class ErrorAccumulator:
         elif self.scale is not None:
             scale = np.broadcast_to(np.asarray(self.scale, dtype=np.float64), reference.shape).ravel()
             with np.errstate(divide="ignore", invalid="ignore"):
-                self.sum_ee_scaled += float(((e / scale) ** 2).sum()) if np.all(scale > 0) else math.nan
+                self.sum_ee_scaled += float((((f - q) / scale) ** 2).sum()) if np.all(scale > 0) else math.nan
         if self.qrange is not None:
             self._update_clipping(f, fmin, fmax, reference.shape)
+
+    def last_cosine(self) -> float:
+        """The cosine of the last sample alone."""
+        return cosine_from_error(*self.last_sums)
 
     def _update_clipping(self, f: np.ndarray, fmin: float, fmax: float, shape: tuple) -> None:
         # A value within half a step of the grid's edge rounds to the edge like any other value;
@@ -154,7 +209,7 @@ class ErrorAccumulator:
         n = max(self.n, 1)
         mean = self.sum_e / n
         mse = self.sum_ee / n
-        var = max(mse - mean * mean, 0.0)
+        var = max(self.m2 / n, 0.0)
         stats = ErrorStats(
             num_elements=self.n,
             mean_error=mean,
@@ -163,7 +218,7 @@ class ErrorAccumulator:
             mean_abs_error=self.sum_abs / n,
             mean_squared_error=mse,
             rmse=math.sqrt(mse),
-            cosine=cosine(self.sum_fq, self.sum_ff, self.sum_qq),
+            cosine=cosine_from_error(self.sum_ff, self.sum_qq, self.sum_ee),
             sqnr=sqnr_db(self.sum_ff, self.sum_ee),
             float_min=self.fmin if self.n else None,
             float_max=self.fmax if self.n else None,
@@ -209,19 +264,23 @@ class DistributionAccumulator:
     def update(self, values: np.ndarray) -> None:
         if values.size == 0:
             return
-        x = np.asarray(values, dtype=np.float64)
+        x = np.asarray(values)
+        x = x.astype(np.float64 if x.dtype == np.float64 else np.float32, copy=False)
         if self.shift is None:
-            self.shift = float(x.mean())
-        d = x.ravel() - self.shift
+            self.shift = float(x.mean(dtype=np.float64))
+        d = x.ravel() - x.dtype.type(self.shift)
+        if x.dtype != np.float64 and float(np.abs(d).max()) > 1e7:  # fourth powers near float32's limit
+            d = x.ravel().astype(np.float64) - self.shift
         d2 = d * d
         self.n += d.size
         self.s1 += float(d.sum())
         self.s2 += float(d2.sum())
-        self.s3 += float((d2 * d).sum())
-        self.s4 += float(d2 @ d2)
+        np.multiply(d2, d, out=d)
+        self.s3 += float(d.sum())
+        np.multiply(d2, d2, out=d2)
+        self.s4 += float(d2.sum())
         if self.axis is not None and x.ndim > self.axis:
-            other = tuple(i for i in range(x.ndim) if i != self.axis)
-            cmin, cmax = x.min(axis=other), x.max(axis=other)
+            cmin, cmax = _channel_extremes(x, self.axis)
             self.cmin = cmin if self.cmin is None else np.minimum(self.cmin, cmin)
             self.cmax = cmax if self.cmax is None else np.maximum(self.cmax, cmax)
 
@@ -247,3 +306,13 @@ class DistributionAccumulator:
             out.worst_channel = int(widths.argmax())
             out.channel_range_ratio = float(widths.max() / median) if median > 0 else 1.0
         return out
+
+
+def _channel_extremes(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel min and max along `axis`, exact (taken in the tensor's type, returned as float64)."""
+    if axis < x.ndim - 1 and x.flags.c_contiguous and int(np.prod(x.shape[:axis])) == 1:
+        x = x.reshape(x.shape[axis], -1)  # batch of one, NCHW: one contiguous row per channel, reduced fast
+        axes: int | tuple = 1
+    else:
+        axes = tuple(i for i in range(x.ndim) if i != axis)
+    return x.min(axis=axes).astype(np.float64), x.max(axis=axes).astype(np.float64)

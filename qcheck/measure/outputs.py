@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qcheck.errors import DataError, Problem
-from qcheck.measure.error_stats import ErrorAccumulator, cosine
+from qcheck.measure.error_stats import ErrorAccumulator
 from qcheck.policy.metric_names import MODEL_METRIC_NAMES, worst_of
 from qcheck.policy.slices import SliceError, parse_slice
 from qcheck.policy.spec import MetricSpec
@@ -59,7 +59,7 @@ class OutputComparison:
     """Float vs quantized outputs of one model output, accumulated over samples."""
 
     name: str
-    errors: ErrorAccumulator = field(default_factory=ErrorAccumulator)
+    errors: ErrorAccumulator = field(default_factory=lambda: ErrorAccumulator(exact=True))
     topk: TopK | None = None
     per_sample_cosine: list[float] = field(default_factory=list)
     shape: list[int] | None = None
@@ -67,7 +67,7 @@ class OutputComparison:
     def update(self, f: np.ndarray, q: np.ndarray) -> None:
         self.shape = list(f.shape)
         self.errors.update(f, q)
-        self.per_sample_cosine.append(cosine(*self.errors.last_dots))
+        self.per_sample_cosine.append(self.errors.last_cosine())
         axis = class_axis(f.shape)
         if axis is not None:
             self.topk = self.topk or TopK()

@@ -15,14 +15,20 @@ Whole-model mode compares the float model's tensor with the quantized run's,
 so errors accumulate along the graph. Weights are compared directly:
 float initializer vs dequantized integer initializer.
 
-Statistics accumulate per sample (`stats.ErrorAccumulator`), so memory holds
-one sample's tensors at a time.
+Statistics accumulate per sample (`error_stats.ErrorAccumulator`), so memory holds
+one sample's tensors at a time. Per sample, `reduce_tensor` is the one place a
+tensor's arrays (float, dequantized quantized, per-layer twin) are read: the
+sums every statistic needs are taken there in one pass each, on as many threads
+as there are cores (tensors are independent; the results do not depend on the
+threads' order).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +51,12 @@ from qcheck.model.graph import GraphIndex
 from qcheck.model.runtime import make_session, with_outputs
 from qcheck.policy.spec import MetricSpec
 from qcheck.quantize.qdq import QDQMap, QuantizedTensor
+
+
+def workers() -> int:
+    """Threads that reduce tensors: numpy releases the GIL on large arrays, so each core takes tensors."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
 
 DISTRIBUTION_STATISTICS = ("skewness", "kurtosis", "bimodality", "channels", "channel_range_ratio", "worst_channel")
 
@@ -178,10 +190,12 @@ def measure(
     acc = _accumulators(activations, float_model, index, sessions.twin, want_dist)
     acc.user = layer_metrics
     compared = compare_outputs(outputs, metrics, tasks)  # task metrics come as `tasks`
-    for i in range(len(data)):
-        _measure_sample(data[i], data.samples[i].label, sessions, activations, index, acc, compared, want_dist)
-        if progress:
-            progress(i + 1, len(data))
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
+        for i in range(len(data)):
+            _measure_sample(data[i], data.samples[i].label, sessions, activations, index, acc, compared, want_dist,
+                            pool)
+            if progress:
+                progress(i + 1, len(data))
     records = _activation_records(activations, acc, index, ranges, modes, sessions.twin, want_dist)
     if include_weights:
         records += _weight_records(float_model, qmodel, qmap, index, want_dist, layer_metrics)
@@ -221,10 +235,76 @@ def _accumulators(activations: list[QuantizedTensor], float_model: onnx.ModelPro
         rest_err={name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})})
 
 
+@dataclass
+class TensorSample:
+    """One quantized activation on one evaluation sample: the arrays every per-tensor statistic reads.
+
+    `float` is the float model's tensor, `quant` the quantized run's, dequantized (scale and zero point
+    are on `tensor`); `local_float` is the per-layer twin's output (the float op fed what the quantized
+    op saw), `weight_only` the twin's output with dequantized weights; None when not measured."""
+
+    tensor: QuantizedTensor
+    float: np.ndarray
+    quant: np.ndarray
+    local_float: np.ndarray | None = None
+    weight_only: np.ndarray | None = None
+
+
+def reduce_tensor(s: TensorSample, acc: _Accumulators, want_dist: bool) -> None:
+    """Every per-tensor statistic's update for one sample: the one place the measurement pass reads a
+    tensor's arrays. It runs on worker threads (one tensor per call, each accumulator updated by one
+    call at a time), so what is added here must only touch this tensor's own accumulators."""
+    name = s.tensor.name
+    acc.whole[name].update(s.float, s.quant)
+    if want_dist:
+        acc.dist[name].update(s.float)
+    if s.local_float is not None:
+        acc.local[name].update(s.local_float, s.quant)
+        if s.weight_only is not None:
+            acc.weight_err[name].update(s.local_float, s.weight_only)
+            acc.rest_err[name].update(s.weight_only, s.quant)
+
+
 def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: list[QuantizedTensor],
-                    index: GraphIndex, acc: _Accumulators, compared: OutputMetrics, want_dist: bool) -> None:
+                    index: GraphIndex, acc: _Accumulators, compared: OutputMetrics, want_dist: bool,
+                    pool: ThreadPoolExecutor) -> None:
     f_vals, q_vals, run_twin = sessions.run(sample)
-    for name in compared.outputs:
+    _check_outputs_finite(f_vals, compared.outputs, index, label)
+    deq = dict(zip((t.name for t in activations),
+                   pool.map(lambda t: t.dequantize(q_vals[t.q_output]), activations)))
+    twin, t_vals = sessions.twin, {}
+    if sessions.twin_sess is not None:
+        by_qoutput = {t.q_output: t.name for t in activations}
+        t_vals = run_twin({twin_in: deq[by_qoutput[src]] if src in by_qoutput else q_vals[src]
+                           for twin_in, src in twin.inputs.items()})
+    jobs = []
+    for t in activations:
+        ref = f_vals.get(t.name, sample.get(t.name))
+        if ref is None:
+            continue
+        local = t_vals[twin.outputs[t.name]] if t_vals and t.name in twin.outputs else None
+        w_only = t_vals[twin.weight_outputs[t.name]] if local is not None and t.name in twin.weight_outputs else None
+        jobs.append(TensorSample(t, ref, deq[t.name], local, w_only))
+    for _ in pool.map(lambda j: reduce_tensor(j, acc, want_dist), sorted(jobs, key=lambda j: -j.float.size)):
+        pass  # largest first: the workers finish together
+    if acc.user is not None:
+        for j in jobs:
+            _user_metrics(acc.user, j, index, label)
+    compared.update(label, f_vals, q_vals)
+
+
+def _user_metrics(user: LayerMetrics, s: TensorSample, index: GraphIndex, label: str) -> None:
+    """The policy's layer metrics on one tensor's arrays (measure.layer_metrics), in graph order on this thread:
+    a user's python function need not be thread-safe, and the first failing tensor is the one named."""
+    user.update("whole", s.tensor, s.float, s.quant, label)
+    if index.producer.get(s.tensor.name) is None:  # a graph input's per-layer error is its own rounding
+        user.update("local", s.tensor, s.float, s.quant, label)
+    elif s.local_float is not None:
+        user.update("local", s.tensor, s.local_float, s.quant, label)
+
+
+def _check_outputs_finite(f_vals: dict, outputs: list[str], index: GraphIndex, label: str) -> None:
+    for name in outputs:
         if not np.all(np.isfinite(f_vals[name])):
             made = index.producer.get(name)
             made_by = f" (made by {made.op_type} node '{made.name}')" if made is not None else ""
@@ -233,32 +313,6 @@ def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: 
             raise DataError(Problem(f"sample {label}: the float model's output '{name}'{made_by} contains "
                                     f"{describe_non_finite(np.asarray(f_vals[name]))}",
                                     hint="the model or this input is broken before quantization; fix or drop the sample"))
-    deq = {t.name: t.dequantize(q_vals[t.q_output]) for t in activations}
-    for t in activations:
-        ref = f_vals.get(t.name, sample.get(t.name))
-        if ref is None:
-            continue
-        acc.whole[t.name].update(ref, deq[t.name])
-        if acc.user is not None:
-            acc.user.update("whole", t, ref, deq[t.name], label)
-            if index.producer.get(t.name) is None:  # a graph input's per-layer error is its own rounding
-                acc.user.update("local", t, ref, deq[t.name], label)
-        if want_dist:
-            acc.dist[t.name].update(ref)
-    twin = sessions.twin
-    if sessions.twin_sess is not None:
-        by_qoutput = {t.q_output: t.name for t in activations}
-        by_name = {t.name: t for t in activations}
-        t_vals = run_twin({twin_in: deq[by_qoutput[src]] if src in by_qoutput else q_vals[src]
-                           for twin_in, src in twin.inputs.items()})
-        for name, twin_out in twin.outputs.items():
-            acc.local[name].update(t_vals[twin_out], deq[name])
-            if acc.user is not None:
-                acc.user.update("local", by_name[name], t_vals[twin_out], deq[name], label)
-        for name, twin_out in twin.weight_outputs.items():
-            acc.weight_err[name].update(t_vals[twin.outputs[name]], t_vals[twin_out])
-            acc.rest_err[name].update(t_vals[twin_out], deq[name])
-    compared.update(label, f_vals, q_vals)
 
 
 def _activation_records(activations: list[QuantizedTensor], acc: _Accumulators, index: GraphIndex,

@@ -34,6 +34,8 @@ def _complete(data: dict) -> None:
     data.setdefault("peak_memory_mb", {})
     data.setdefault("layer_metrics", [])
     data.setdefault("graph", [])
+    # before per-stage peaks: each figure was the process's peak up to the end of that stage
+    data.setdefault("peak_memory_method", "cumulative: the process's peak resident memory up to the end of each stage")
     verdict = data.get("verdict")
     if isinstance(verdict, dict):
         verdict.setdefault("failing_metrics", [])

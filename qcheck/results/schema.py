@@ -177,7 +177,9 @@ class Results:
     given: dict | None = _keys(*GIVEN_KEYS, doc="null unless the policy gives a quantized model made elsewhere "
                                                "(`quantized:`): its file, format, and the tensors matched and not")
     timings: dict[str, float] = _doc("wall seconds per stage", default_factory=dict)
-    peak_memory_mb: dict[str, float] = _doc("peak resident memory after each stage", default_factory=dict)
+    peak_memory_mb: dict[str, float] = _doc("peak resident memory (MB) of each stage; `peak_memory_method` says "
+                                            "whether per stage or cumulative", default_factory=dict)
+    peak_memory_method: str = _doc("how peak_memory_mb was measured (qcheck.run.memory)", default="")
 
     def to_dict(self) -> dict:
         return plain(self)

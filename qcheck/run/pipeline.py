@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-import resource
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -56,6 +54,7 @@ from qcheck.results.schema import (
 from qcheck.rules.engine import by_recovery, needed_statistics
 from qcheck.rules.scheme_run import SchemeRun, build_for, judge_built, measure_built, node_split
 from qcheck.run.load_stage import Loaded, load
+from qcheck.run.memory import StagePeak
 from qcheck.run.output_folder import Origin, OutputDir
 from qcheck.scratch import sweep_temp, temp_folder
 
@@ -74,22 +73,18 @@ class Console:
 class Stages:
     timings: dict[str, float] = field(default_factory=dict)
     peak_mb: dict[str, float] = field(default_factory=dict)
+    memory: StagePeak = field(default_factory=StagePeak)
 
     @contextmanager
     def stage(self, name: str, console: Console):
         console.log(f"{name} ...")
+        self.memory.start()
         start = time.perf_counter()
         try:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-            self.peak_mb[name] = peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+            self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), self.memory.peak_mb())
 
 
 def environment() -> dict:
@@ -113,6 +108,7 @@ def run(policy: Policy, out: Path | None = None, console: Console | None = None)
         # later; the time rendering takes is therefore not in it (bench/ measures it).
         typed.timings = {k: round(v, 3) for k, v in stages.timings.items()}
         typed.peak_memory_mb = {k: round(v, 1) for k, v in stages.peak_mb.items()}
+        typed.peak_memory_method = stages.memory.method
         results = typed.to_dict()
         write_json(results, out_dir.path("results.json"))
         from qcheck.report import render_report  # rendering is its own layer; computation never imports it

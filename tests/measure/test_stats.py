@@ -92,3 +92,82 @@ def test_quantize_matches_onnx_round_half_to_even_and_saturation():
     x = np.array([0.5, 1.5, 2.5, -0.5, 1000.0, -1000.0], dtype=np.float32)
     q = quantize(x, 1.0, 0, "int8")
     assert q.tolist() == [0, 2, 2, 0, 127, -128]
+
+
+# --------------------------------------------------------------------------- float32 sums, against float64 numpy
+
+
+def _float64_reference(f, q, scale):
+    f, q = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+    e = f - q
+    return {"mean_error": e.mean(), "stddev": e.std(), "max_abs_error": np.abs(e).max(),
+            "mean_abs_error": np.abs(e).mean(), "mean_squared_error": (e * e).mean(),
+            "rmse_scale": math.sqrt((e * e).mean()) / scale, "cosine": f @ q / math.sqrt((f @ f) * (q @ q)),
+            "sqnr": 10 * math.log10((f @ f) / (e @ e)), "float_min": f.min(), "float_max": f.max()}
+
+
+def test_float32_tensors_give_the_float64_statistics():
+    # ORT returns float32: the sums are taken in float32 (pairwise), not in a float64 copy; every
+    # statistic must still match a float64 computation to float precision, over several samples.
+    rng = np.random.default_rng(7)
+    scale, zp = 0.02, 128
+    acc = ErrorAccumulator(scale=scale)
+    fs, qs = [], []
+    for shape in ((1, 64, 80, 80), (1, 16, 160, 160), (1, 3, 7, 5)):
+        f = (rng.standard_normal(shape) * 0.7 + 0.3).astype(np.float32)
+        q = roundtrip(f, scale, zp)
+        acc.update(f, q)
+        fs.append(f.ravel())
+        qs.append(q.ravel())
+    got = acc.result()
+    want = _float64_reference(np.concatenate(fs), np.concatenate(qs), scale)
+    for key, value in want.items():
+        assert getattr(got, key) == pytest.approx(value, rel=1e-5, abs=1e-9), key
+    # 1 - cosine (~1e-4 here) is resolved to a relative 1e-3, which <f, q> / (|f| |q|) from float32 sums is not
+    assert 1 - got.cosine == pytest.approx(1 - want["cosine"], rel=1e-3)
+
+
+def test_cosine_from_error_is_the_cosine():
+    from qcheck.measure.error_stats import cosine_from_error
+
+    rng = np.random.default_rng(1)
+    f, q = rng.standard_normal(1000), rng.standard_normal(1000)
+    e = f - q
+    assert cosine_from_error(f @ f, q @ q, e @ e) == pytest.approx(f @ q / math.sqrt((f @ f) * (q @ q)), abs=1e-12)
+    assert cosine_from_error(f @ f, 4 * (f @ f), (f @ f)) == pytest.approx(1.0)  # q = 2f: same direction
+    assert cosine_from_error(0.0, 0.0, 0.0) == 1.0 and cosine_from_error(1.0, 0.0, 1.0) == 0.0
+
+
+def test_float32_distribution_matches_float64_moments_and_exact_channel_ranges():
+    from qcheck.measure.error_stats import DistributionAccumulator
+
+    rng = np.random.default_rng(5)
+    xs = [np.exp(rng.standard_normal((1, 32, 40, 40))).astype(np.float32) for _ in range(3)]
+    xs[1][0, 7] *= 9.0  # one wide channel
+    acc = DistributionAccumulator(channel_axis=1)
+    for x in xs:
+        acc.update(x)
+    d = acc.result()
+    v = np.concatenate([x.ravel() for x in xs]).astype(np.float64)
+    c = v - v.mean()
+    m2, m3, m4 = (c**2).mean(), (c**3).mean(), (c**4).mean()
+    assert d.skewness == pytest.approx(m3 / m2**1.5, rel=1e-4)
+    assert d.kurtosis == pytest.approx(m4 / m2**2 - 3, rel=1e-4)
+    stacked = np.concatenate(xs, axis=0).astype(np.float64)
+    widths = stacked.max(axis=(0, 2, 3)) - stacked.min(axis=(0, 2, 3))
+    assert d.worst_channel == 7
+    assert d.channel_range_ratio == pytest.approx(widths.max() / np.median(widths), rel=1e-12)
+
+
+def test_stddev_of_an_offset_error_survives_float32_sums():
+    # an error that is mostly a constant offset (a shifted zero point): mse - mean^2 from float32 sums
+    # would leave noise of ~1e-7 * mse in place of the variance; the centred sums keep it
+    rng = np.random.default_rng(11)
+    acc = ErrorAccumulator(scale=0.01)
+    es = []
+    for k in range(3):
+        f = rng.standard_normal(200_000).astype(np.float32)
+        q = (f - np.float32(0.5 + 0.01 * k) + rng.normal(0, 1e-4, f.size).astype(np.float32)).astype(np.float32)
+        acc.update(f, q)
+        es.append(f.astype(np.float64) - q.astype(np.float64))
+    assert acc.result().stddev == pytest.approx(np.concatenate(es).std(), rel=1e-3)
