@@ -61,12 +61,14 @@ class _Values:
 
     chunks: list[np.ndarray] = field(default_factory=list)
     size: int = 0
+    seen: int = 0  # values the samples had; `size` of them are kept
 
     def add(self, values: np.ndarray, per_sample_cap: int) -> None:
         flat = values.ravel()
         step = max(1, flat.size // per_sample_cap)
         self.chunks.append(flat[::step].astype(np.float32))
         self.size += self.chunks[-1].size
+        self.seen += flat.size
 
     def array(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
@@ -141,7 +143,9 @@ def error_curves(sw: SwitchableModel, float_model: onnx.ModelProto, data: DataSe
     for n in focus_nodes:
         t = focus_out[n.name]
         dist = histograms(f_vals[n.name].array(), q_vals[n.name].array(), ranges.get(t))
-        dist.update({"node": n.name, "op_type": n.op_type, "tensor": t})
+        # histograms and quartiles are distribution estimates: drawn from a strided subsample when large
+        dist.update({"node": n.name, "op_type": n.op_type, "tensor": t, "values_used": f_vals[n.name].size,
+                     "values_total": f_vals[n.name].seen})
         boxes = []
         for name in focus_in[n.name]:
             if in_vals[n.name]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from qcheck.analyses.confirm import confirm
-from qcheck.analyses.curves import error_curves
+from qcheck.analyses.curves import MAX_VALUES, error_curves
 from qcheck.analyses.sensitivity import Config, ConfigRunner, node_sensitivity
 from qcheck.analyses.switchable import SwitchableModel, build_switchable
 from qcheck.data.readers import DataSet
@@ -88,6 +88,12 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
                              "outputs": result["outputs"]}
         if spec.distributions:
             out["distributions"] = result["distributions"]
+            sampled = [d for d in result["distributions"] if d["values_used"] < d["values_total"]]
+            if sampled:
+                runner.notes.append(f"the histograms of {len(sampled)} node(s) are drawn from a strided subsample of "
+                                    f"their values (at most {MAX_VALUES:,} per tensor, e.g. "
+                                    f"{sampled[0]['values_used']:,} of {sampled[0]['values_total']:,}); every other "
+                                    "statistic reads every value")
         lap("curves")
 
     if spec.confirm and emulation is None:

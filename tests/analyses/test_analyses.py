@@ -133,9 +133,21 @@ def test_distributions_and_box_plots_of_the_worst_node(weight_defect):
     dist = result["distributions"][0]
     assert dist["node"] == _node(fm, "w2")
     assert sum(dist["float_counts"]) == sum(dist["quant_counts"]) == dist["count"] == 6 * 8 * 16 * 16
+    assert dist["values_used"] == dist["values_total"] == 6 * 8 * 16 * 16  # small: every value, no subsample
+    assert not any("subsample" in n for n in result["notes"])
     weight_box = next(b for b in dist["channels"] if b["role"] == "weight")
     assert weight_box["channels"] == 8 and 5 in weight_box["outliers"]
     assert "per channel" in weight_box["advice"]
+
+
+def test_histogram_values_beyond_the_cap_are_a_strided_subsample_and_counted():
+    from qcheck.analyses.curves import _Values
+
+    kept = _Values()
+    for k in range(3):
+        kept.add(np.arange(1000, dtype=np.float32) + k, per_sample_cap=100)
+    assert kept.seen == 3000 and kept.size == 300
+    assert kept.array()[:3].tolist() == [0.0, 10.0, 20.0]  # every 10th value
 
 
 def test_channel_boxes_find_the_planted_channel():
