@@ -249,13 +249,9 @@ def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_remova
     grid: `quantize.grids`)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import (
-        QuantType,
-        load_model_with_shape_infer,
-        update_opset_version,
-    )
+    from onnxruntime.quantization.quant_utils import QuantType, update_opset_version
 
-    model = load_model_with_shape_infer(float_model)
+    model = _shape_inferred(float_model)
     weight_type = getattr(QuantType, QUANT_TYPES[recipe.weights])
     act_type = getattr(QuantType, QUANT_TYPES[recipe.activations])
     overrides = ort_overrides(recipe)
@@ -280,6 +276,28 @@ def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_remova
         raise ModelError(Problem(f"quantization overrides name tensor(s) the model does not have: {', '.join(unknown)}"))
     return QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, weight_type, act_type, tensors,
                         [], list(recipe.exclude_nodes), op_types, extra)
+
+
+_INFERRED: dict[tuple, onnx.ModelProto] = {}  # the last float model shape-inferred, by (path, mtime, size)
+
+
+def _shape_inferred(path: Path) -> onnx.ModelProto:
+    """A fresh copy of the float model with ORT's shape inference applied (the quantizer edits it in place).
+
+    A search builds one candidate after another from the same prepared model: its inference (an ONNX
+    shape-inference pass through a temporary file) is done once and the result copied, ~6x cheaper."""
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    cached = _INFERRED.get(key)
+    if cached is None:
+        cached = load_model_with_shape_infer(Path(path))
+        _INFERRED.clear()  # one model kept: memory does not grow with the models a process builds
+        _INFERRED[key] = cached
+    copy = onnx.ModelProto()
+    copy.CopyFrom(cached)
+    return copy
 
 
 def load_quantized(path: Path) -> onnx.ModelProto:

@@ -49,6 +49,24 @@ def test_recipes_reuse_one_calibration(prepared):
     assert "wf" in full.tensors and "wf" not in no_gemm.tensors
 
 
+def test_builds_from_one_model_share_its_shape_inference_and_match_a_fresh_build(prepared, tmp_path):
+    # a search builds candidate after candidate: the shape-inferred float model is kept (one, by path, mtime
+    # and size) and copied, since the quantizer edits it; a build after a different one is byte-identical to
+    # the first, and a changed file is read again
+    from qcheck.quantize import calibrate as cal
+
+    tmp, pm, data = prepared
+    ranges = calibrate(pm.path, data, QuantizationSpec())
+    first = build_quantized(pm.path, ranges, Recipe(), tmp_path / "a.onnx").read_bytes()
+    build_quantized(pm.path, ranges, Recipe(per_channel=True), tmp_path / "b.onnx")
+    assert build_quantized(pm.path, ranges, Recipe(), tmp_path / "c.onnx").read_bytes() == first
+    assert len(cal._INFERRED) == 1
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(pm.path.read_bytes())
+    build_quantized(copy, ranges, Recipe(), tmp_path / "d.onnx")
+    assert [k[0] for k in cal._INFERRED] == [str(copy.resolve())]
+
+
 def test_activation_types_and_overrides(prepared):
     tmp, pm, data = prepared
     ranges = calibrate(pm.path, data, QuantizationSpec())
