@@ -89,29 +89,67 @@ def working_pair(reference: np.ndarray, test: np.ndarray, exact: bool = False) -
     return f.astype(dtype, copy=False).ravel(), q.astype(dtype, copy=False).ravel()
 
 
-def error_sums(f: np.ndarray, q: np.ndarray) -> tuple[float, ...]:
-    """One sample's sums over the flat pair (see `working_pair`): sum e, sum |e|, max |e|, sum e^2, sum f^2,
-    sum q^2, min f, max f, sum (e - mean e)^2, with e = f - q. Every statistic of `ErrorStats` is built from these, so each
-    tensor is read once per sum and no float64 copy is made. Sums that overflow float32 are taken again in
-    float64."""
+@dataclass
+class SampleSums:
+    """One sample's sums over a flat pair, e = f - q (see `error_sums`)."""
+
+    n: int
+    sum_e: float
+    sum_abs: float
+    max_abs: float
+    sum_ee: float
+    centered: float  # sum (e - mean e)^2: the error's spread, kept apart (see `error_sums`)
+    sum_ff: float
+    sum_qq: float
+    fmin: float = math.nan
+    fmax: float = math.nan
+
+
+def error_sums(f: np.ndarray, q: np.ndarray, extent: bool = True) -> SampleSums:
+    """The sums every statistic of `ErrorStats` is built from, over the flat pair (see `working_pair`); each
+    is a pass of the tensors' own precision over memory, and no float64 copy is made. `extent`: also the
+    float tensor's min and max. Sums that overflow float32 are taken again in float64."""
     e = f - q
     t = np.abs(e)
-    sums = [float(e.sum()), float(t.sum()), float(t.max())]
-    # the spread around this sample's mean error, summed apart: mse - mean^2 from float32 sums would
-    # lose the variance of an error that is mostly a constant offset
-    np.subtract(e, e.dtype.type(sums[0] / e.size), out=t)
+    sum_e, sum_abs, max_abs = float(e.sum()), float(t.sum()), float(t.max())
+    # The spread around a shift c near the mean error, summed apart: mse - mean^2 from float32 sums would
+    # lose the variance of an error that is mostly a constant offset. sum e^2 follows exactly from it:
+    # sum e^2 = sum (e - c)^2 + c (2 sum e - n c), all terms >= 0 when c is the mean.
+    c = e.dtype.type(sum_e / e.size)
+    np.subtract(e, c, out=t)
     np.multiply(t, t, out=t)
-    centered = float(t.sum())
-    np.multiply(e, e, out=t)
-    sums.append(float(t.sum()))
+    shifted = float(t.sum())
+    c = float(c)
+    mean = sum_e / e.size
+    sum_ee = shifted + c * (2.0 * sum_e - e.size * c)
+    centered = max(shifted - e.size * (mean - c) ** 2, 0.0)  # moved from c to the exact mean
     np.multiply(f, f, out=t)
-    sums.append(float(t.sum()))
+    sum_ff = float(t.sum())
     np.multiply(q, q, out=e)
-    sums.append(float(e.sum()))
-    sums += [float(f.min()), float(f.max()), centered]
-    if f.dtype != np.float64 and not all(math.isfinite(v) for v in sums[:6]):
-        return error_sums(f.astype(np.float64), q.astype(np.float64))
-    return tuple(sums)
+    sums = SampleSums(e.size, sum_e, sum_abs, max_abs, sum_ee, centered, sum_ff, float(e.sum()))
+    if f.dtype != np.float64 and not all(math.isfinite(v) for v in (sum_e, sum_abs, shifted, sum_ff, sums.sum_qq)):
+        return error_sums(f.astype(np.float64), q.astype(np.float64), extent)
+    if extent:
+        sums.fmin, sums.fmax = float(f.min()), float(f.max())
+    return sums
+
+
+class SquaredErrorAccumulator:
+    """Only the mean squared error of a pair over samples (what `weight_error_share` reads)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum_ee = 0.0
+
+    def update(self, reference: np.ndarray, test: np.ndarray) -> None:
+        f, q = working_pair(reference, test)
+        e = f - q
+        np.multiply(e, e, out=e)
+        self.n += e.size
+        self.sum_ee += float(e.sum())
+
+    def mean_squared_error(self) -> float:
+        return self.sum_ee / max(self.n, 1)
 
 
 class ErrorAccumulator:
@@ -122,13 +160,17 @@ class ErrorAccumulator:
     units of its own channel's scale. `qrange` (lowest, highest representable
     real value, scalars or arrays) enables the clipping statistics. `exact`
     takes the sums in float64 whatever the tensors' type (the model outputs,
-    where requirements are judged, are few).
+    where requirements are judged, are few). `extent=False` skips the float
+    tensor's min, max and per-sample spread (a per-layer twin's, which no
+    statistic reads: they come from the true float model).
     """
 
-    def __init__(self, scale: float | np.ndarray | None = None, qrange: tuple | None = None, exact: bool = False):
+    def __init__(self, scale: float | np.ndarray | None = None, qrange: tuple | None = None, exact: bool = False,
+                 extent: bool = True):
         self.scale = scale
         self.qrange = qrange
         self.exact = exact
+        self.extent = extent or qrange is not None
         self.n = 0
         self.sum_e = 0.0
         self.sum_abs = 0.0
@@ -152,33 +194,34 @@ class ErrorAccumulator:
         if reference.size == 0:
             return
         f, q = working_pair(reference, test, self.exact)
-        sum_e, sum_abs, max_abs, sum_ee, sum_ff, sum_qq, fmin, fmax, centered = error_sums(f, q)
+        s = error_sums(f, q, extent=self.extent)
         # the spread of the error around its mean, merged over samples (Chan et al.'s pairwise update)
         if self.n:
-            delta = sum_e / f.size - self.sum_e / self.n
-            self.m2 += centered + delta * delta * self.n * f.size / (self.n + f.size)
+            delta = s.sum_e / s.n - self.sum_e / self.n
+            self.m2 += s.centered + delta * delta * self.n * s.n / (self.n + s.n)
         else:
-            self.m2 = centered
-        self.n += f.size
-        self.sum_e += sum_e
-        self.sum_abs += sum_abs
-        self.sum_ee += sum_ee
-        self.max_abs = max(self.max_abs, max_abs)
-        self.last_sums = (sum_ff, sum_qq, sum_ee)
-        self.sum_ff += sum_ff
-        self.sum_qq += sum_qq
-        self.fmin = min(self.fmin, fmin)
-        self.fmax = max(self.fmax, fmax)
-        scalar_scale = self.scale is not None and np.ndim(self.scale) == 0
-        if scalar_scale and float(self.scale) > 0:
-            self.sample_spreads.append((fmax - fmin) / float(self.scale))
-            self.sum_ee_scaled += sum_ee / float(self.scale) ** 2
+            self.m2 = s.centered
+        self.n += s.n
+        self.sum_e += s.sum_e
+        self.sum_abs += s.sum_abs
+        self.sum_ee += s.sum_ee
+        self.max_abs = max(self.max_abs, s.max_abs)
+        self.last_sums = (s.sum_ff, s.sum_qq, s.sum_ee)
+        self.sum_ff += s.sum_ff
+        self.sum_qq += s.sum_qq
+        if self.extent:
+            self.fmin = min(self.fmin, s.fmin)
+            self.fmax = max(self.fmax, s.fmax)
+        if self.scale is not None and np.ndim(self.scale) == 0 and float(self.scale) > 0:
+            if self.extent:
+                self.sample_spreads.append((s.fmax - s.fmin) / float(self.scale))
+            self.sum_ee_scaled += s.sum_ee / float(self.scale) ** 2
         elif self.scale is not None:
             scale = np.broadcast_to(np.asarray(self.scale, dtype=np.float64), reference.shape).ravel()
             with np.errstate(divide="ignore", invalid="ignore"):
                 self.sum_ee_scaled += float((((f - q) / scale) ** 2).sum()) if np.all(scale > 0) else math.nan
         if self.qrange is not None:
-            self._update_clipping(f, fmin, fmax, reference.shape)
+            self._update_clipping(f, s.fmin, s.fmax, reference.shape)
 
     def last_cosine(self) -> float:
         """The cosine of the last sample alone."""
@@ -220,8 +263,8 @@ class ErrorAccumulator:
             rmse=math.sqrt(mse),
             cosine=cosine_from_error(self.sum_ff, self.sum_qq, self.sum_ee),
             sqnr=sqnr_db(self.sum_ff, self.sum_ee),
-            float_min=self.fmin if self.n else None,
-            float_max=self.fmax if self.n else None,
+            float_min=self.fmin if self.n and self.extent else None,
+            float_max=self.fmax if self.n and self.extent else None,
         )
         if self.scale is not None:
             stats.rmse_scale = math.sqrt(self.sum_ee_scaled / n)

@@ -43,6 +43,7 @@ from qcheck.measure.error_stats import (
     DistributionStats,
     ErrorAccumulator,
     ErrorStats,
+    SquaredErrorAccumulator,
 )
 from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.outputs import OutputMetrics, compare_outputs
@@ -150,8 +151,8 @@ class _Accumulators:
     local: dict[str, ErrorAccumulator]
     whole: dict[str, ErrorAccumulator]
     dist: dict[str, DistributionAccumulator]
-    weight_err: dict[str, ErrorAccumulator]  # float twin vs twin with dequantized weights: the weights' part
-    rest_err: dict[str, ErrorAccumulator]  # twin with dequantized weights vs the quantized node: the rest
+    weight_err: dict[str, SquaredErrorAccumulator]  # float twin vs twin with dequantized weights: the weights' part
+    rest_err: dict[str, SquaredErrorAccumulator]  # twin with dequantized weights vs the quantized node: the rest
     user: LayerMetrics | None = None  # the policy's layer metrics: the one hook for per-tensor user statistics
 
 
@@ -227,12 +228,13 @@ def _accumulators(activations: list[QuantizedTensor], float_model: onnx.ModelPro
         whole[t.name] = ErrorAccumulator(scale=t.summary_scale(), qrange=(float(lo), float(hi)))
     shapes = _shapes(float_model)
     return _Accumulators(
-        local={t.name: ErrorAccumulator(scale=t.summary_scale()) for t in activations},
+        # the twin's min/max would be the float model's again: read from `whole`
+        local={t.name: ErrorAccumulator(scale=t.summary_scale(), extent=False) for t in activations},
         whole=whole,
         dist={t.name: DistributionAccumulator(_activation_channel_axis(t.name, shapes, index.producer))
               for t in activations} if want_dist else {},
-        weight_err={name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})},
-        rest_err={name: ErrorAccumulator() for name in (twin.weight_outputs if twin else {})})
+        weight_err={name: SquaredErrorAccumulator() for name in (twin.weight_outputs if twin else {})},
+        rest_err={name: SquaredErrorAccumulator() for name in (twin.weight_outputs if twin else {})})
 
 
 @dataclass
@@ -338,8 +340,8 @@ def _activation_records(activations: list[QuantizedTensor], acc: _Accumulators, 
                 for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
                     setattr(rec.local, key, getattr(whole, key))
             if t.name in acc.weight_err and rec.local is not None:
-                rec.weight_error_share = _share(acc.weight_err[t.name].result().mean_squared_error,
-                                                acc.rest_err[t.name].result().mean_squared_error)
+                rec.weight_error_share = _share(acc.weight_err[t.name].mean_squared_error(),
+                                                acc.rest_err[t.name].mean_squared_error())
         else:
             rec.per_layer_missing = "per-layer mode is off (measure.modes)"
         if producer is not None:

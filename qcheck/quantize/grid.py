@@ -26,6 +26,12 @@ def quantize(x: np.ndarray, scale: float | np.ndarray, zero_point: int | np.ndar
 
 def dequantize(q: np.ndarray, scale: float | np.ndarray, zero_point: int | np.ndarray) -> np.ndarray:
     """ONNX DequantizeLinear: (q - zero_point) * scale, in float32 as ONNX Runtime computes it."""
+    if q.dtype.itemsize <= 2 and q.ndim > 0:  # q - zero_point is exact in float32: two passes instead of four
+        out = np.subtract(q, np.asarray(zero_point, dtype=np.int32), dtype=np.float32)
+        scale32 = np.asarray(scale, dtype=np.float32)
+        if np.broadcast_shapes(out.shape, scale32.shape) == out.shape:
+            return np.multiply(out, scale32, out=out)
+        return out * scale32
     steps = q.astype(np.int32) - np.asarray(zero_point, dtype=np.int32)
     # asarray: a scalar tensor (0-d) must stay an array, or ORT refuses it as a feed
     return np.asarray(steps.astype(np.float32) * np.asarray(scale, dtype=np.float32))

@@ -171,3 +171,16 @@ def test_stddev_of_an_offset_error_survives_float32_sums():
         acc.update(f, q)
         es.append(f.astype(np.float64) - q.astype(np.float64))
     assert acc.result().stddev == pytest.approx(np.concatenate(es).std(), rel=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "int32"])
+def test_dequantize_is_onnx_dequantize_linear_bit_for_bit(dtype):
+    # (q - zero_point) in int32, then float32 times scale, as ONNX Runtime computes it; the float32 shortcut
+    # taken for 8/16-bit types must give the same bits, per tensor and per channel
+    rng = np.random.default_rng(2)
+    info = np.iinfo(np.dtype(dtype))
+    q = rng.integers(info.min, info.max, size=(1, 8, 5, 5), endpoint=True).astype(dtype)
+    for scale, zp in ((np.float32(0.0173), 3), (np.linspace(1e-3, 0.1, 8).reshape(1, 8, 1, 1), np.arange(8).reshape(1, 8, 1, 1))):
+        want = (q.astype(np.int64) - zp).astype(np.int32).astype(np.float32) * np.asarray(scale, np.float32)
+        got = dequantize(q, scale, zp)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
