@@ -10,7 +10,6 @@ resident memory (the high-water mark reset at the stage's start, qcheck.run.memo
 says which method was used). The floor is the model runs a stage cannot avoid, timed here on the same
 models and samples, plus one read of every tensor it measures:
 
-- load: reading the model file;
 - calibrate: decoding the calibration samples and one float pass over each (ORT's calibrator reduces
   every tensor inside the graph, so no tensor leaves it);
 - quantize: writing the quantized model once;
@@ -18,7 +17,7 @@ models and samples, plus one read of every tensor it measures:
   the quantized model with every measured tensor exposed over them, plus one read (a sum) of each
   returned tensor;
 - analyses: one float pass over its samples for each node ranked (suffix copies can run below it);
-  rules and render run no model: no floor.
+  load, quantize, rules and render run no model: no floor.
 
 Evaluation samples are real photographs (the example's images, cropped at several offsets and
 scales so that 128 samples differ); calibration is the example's 10 images. Models: the example
@@ -134,7 +133,6 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load(policy, Path(tmp), log=lambda m: None)
-        out["load"] = _timed(lambda: onnx.load(str(policy.model.path)))
         calib, evaluation = loaded.calibration, loaded.evaluation
         decode_calib = _timed(lambda: [calib[i] for i in range(len(calib))])
         decode_eval = _timed(lambda: [evaluation[i] for i in range(len(evaluation))])
@@ -151,7 +149,6 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
         outputs = {o.name for o in float_model.graph.output}
         f_sess = make_session(with_outputs(float_model, [t.name for t in acts if t.name not in outputs]), "float")
         q_sess = make_session(with_outputs(qmodel, [t.q_output for t in acts]), "quantized")
-        out["quantize"] = _timed(lambda: onnx.save(qmodel, str(Path(tmp) / "q.onnx")))
         out["measure"] = decode_eval + _timed(lambda: [(_read_all(f_sess.run(None, s)), _read_all(q_sess.run(None, s)))
                                                        for s in samples])
         analyses = results.get("analyses")
@@ -193,10 +190,11 @@ def show(name: str, f: dict) -> None:
         floor = f["floors"].get(stage)
         ratio = f"{secs / floor:.1f}" if floor else "-"
         peak = f["peak_mb"].get(stage)
-        print(f"{stage:<10} {secs:>8.2f} {floor if floor is not None else float('nan'):>8.2f} {ratio:>6} "
-              f"{peak if peak is not None else float('nan'):>8.0f}")
+        floor_text = f"{floor:.2f}" if floor is not None else "-"
+        peak_text = f"{peak:.0f}" if peak is not None else "-"
+        print(f"{stage:<10} {secs:>8.2f} {floor_text:>8} {ratio:>6} {peak_text:>8}")
     print(f"{'total':<10} {sum(f['timings'].values()):>8.2f}   whole-run peak {max(f['peak_mb'].values()):.0f} MB "
-          f"({f['method'].split(':')[0]})")
+          f"({f['method'].split(':')[0]}; render not included: it runs after results.json is written)")
 
 
 def main() -> None:
