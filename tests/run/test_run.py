@@ -192,3 +192,51 @@ def test_metric_naming_a_missing_output_points_at_the_policy_line(tmp_path, caps
     assert run_cli("run", policy) == 2
     err = capsys.readouterr().err
     assert f"{policy}:" in err and "no output named 'nope'" in err and "logits" in err
+
+
+def test_intermediate_activation_statistics_match_numpy(finished_run):
+    """Whole-model statistics of an inner activation: the float model's tensor against the quantized run's
+    integer tensor dequantized in numpy, over every evaluation sample (the measurement sums in float32)."""
+    from qcheck.model.runtime import with_outputs
+    from qcheck.quantize.qdq import read_qdq
+
+    tmp, _, results = finished_run
+    fm, qm = onnx.load(str(tmp / "model.onnx")), onnx.load(str(tmp / "out" / "model.quant.onnx"))
+    outputs = {o.name for o in fm.graph.output}
+    row = max((t for t in results["tensors"] if t["kind"] == "activation" and t["name"] not in outputs
+               and t["op_type"] != "Input"), key=lambda t: t["order"])
+    t = read_qdq(qm, fm).tensors[row["name"]]
+    f_sess = ort.InferenceSession(with_outputs(fm, [t.name]).SerializeToString())
+    q_sess = ort.InferenceSession(with_outputs(qm, [t.q_output]).SerializeToString())
+    fs, qs = [], []
+    for x in eval_samples(tmp):
+        fs.append(f_sess.run([t.name], {"x": x})[0].astype(np.float64).ravel())
+        q = q_sess.run([t.q_output], {"x": x})[0]
+        # DequantizeLinear as ONNX defines it: (q - zero_point) * scale in float32
+        qs.append(((q.astype(np.int32) - int(t.zero_point)).astype(np.float32) * np.float32(t.scale)).ravel())
+    f, q = np.concatenate(fs), np.concatenate(qs).astype(np.float64)
+    e = f - q
+    assert row["whole_mean_error"] == pytest.approx(e.mean(), abs=1e-6 * np.abs(e).mean())
+    assert row["whole_max_abs_error"] == pytest.approx(np.abs(e).max(), rel=1e-5)
+    assert row["whole_mean_squared_error"] == pytest.approx((e * e).mean(), rel=1e-5)
+    assert row["whole_rmse_scale"] == pytest.approx(math.sqrt((e * e).mean()) / float(t.scale), rel=1e-5)
+    assert 1 - row["whole_cosine"] == pytest.approx(1 - f @ q / math.sqrt((f @ f) * (q @ q)), rel=1e-3)
+    assert row["whole_sqnr"] == pytest.approx(10 * math.log10((f @ f) / (e @ e)), rel=1e-5)
+    assert (row["float_min"], row["float_max"]) == pytest.approx((f.min(), f.max()), rel=1e-6)
+
+
+def test_peak_memory_is_stated_per_stage(finished_run):
+    tmp, _, results = finished_run
+    peaks, method = results["peak_memory_mb"], results["peak_memory_method"]
+    assert {"load", "calibrate", "quantize", "measure", "rules"} <= set(peaks)
+    assert all(v > 0 for v in peaks.values())
+    from qcheck.run.memory import PER_STAGE, SO_FAR
+
+    assert method in (PER_STAGE, SO_FAR)
+    if method == SO_FAR:  # cumulative: never decreases from one stage to the next
+        values = list(peaks.values())
+        assert values == sorted(values)
+    import html
+
+    page = html.unescape((tmp / "out" / "report.html").read_text())
+    assert "by stage: load" in page and method in page
