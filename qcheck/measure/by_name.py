@@ -24,6 +24,7 @@ weight); dynamic int8 weights `W` are stored as `W_quantized`, `W_scale`,
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -33,7 +34,7 @@ from qcheck.data.readers import DataSet
 from qcheck.errors import DataError, Problem
 from qcheck.measure.error_stats import DistributionAccumulator, ErrorAccumulator
 from qcheck.measure.outputs import compare_outputs
-from qcheck.measure.per_tensor import Measurement, TensorRecord
+from qcheck.measure.per_tensor import Measurement, TensorRecord, workers
 from qcheck.model.graph import GraphIndex
 from qcheck.model.runtime import make_session, with_outputs
 from qcheck.policy.spec import MetricSpec
@@ -113,24 +114,24 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
     whole = {n: ErrorAccumulator() for n in names}
     dist = {n: DistributionAccumulator(1) for n in names}
     compared = compare_outputs(outputs, metrics, tasks)
-    for i in range(len(data)):
-        sample = data[i]
-        f_vals = dict(zip(f_out, f_sess.run(None, sample)))
-        feed = {k: v.astype(b_in_types[k]) if k in b_in_types and v.dtype.kind == "f" else v for k, v in sample.items()}
-        b_vals = {k: np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v
-                  for k, v in zip(b_out, b_sess.run(None, feed))}
-        for name in outputs:
-            if not np.all(np.isfinite(f_vals[name])):
-                raise DataError(Problem(f"sample {data.samples[i].label}: the float model's output '{name}' contains "
-                                        "NaN or Inf", hint="the model or this input is broken before quantization"))
-        for n in names:
-            whole[n].update(f_vals[n], b_vals[n])
-            dist[n].update(f_vals[n])
-        p_vals = {k: np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v
-                  for k, v in zip(plain_out, plain.run(None, feed))}
-        compared.update(data.samples[i].label, f_vals, p_vals)
-        if progress:
-            progress(i + 1, len(data))
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
+        for i in range(len(data)):
+            sample = data[i]
+            f_vals = dict(zip(f_out, f_sess.run(None, sample)))
+            feed = {k: v.astype(b_in_types[k]) if k in b_in_types and v.dtype.kind == "f" else v for k, v in sample.items()}
+            # float16 is exact in float32, where the statistics' sums are taken (measure.error_stats.working_pair)
+            b_vals = {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype in (np.float16, np.float32) else v
+                      for k, v in zip(b_out, b_sess.run(None, feed))}
+            for name in outputs:
+                if not np.all(np.isfinite(f_vals[name])):
+                    raise DataError(Problem(f"sample {data.samples[i].label}: the float model's output '{name}' contains "
+                                            "NaN or Inf", hint="the model or this input is broken before quantization"))
+            _reduce(pool, names, whole, dist, f_vals, b_vals)
+            p_vals = {k: np.asarray(v, dtype=np.float64) if np.asarray(v).dtype.kind == "f" else v
+                      for k, v in zip(plain_out, plain.run(None, feed))}
+            compared.update(data.samples[i].label, f_vals, p_vals)
+            if progress:
+                progress(i + 1, len(data))
 
     records = []
     for n in names:
@@ -161,6 +162,16 @@ def measure_by_name(float_model: onnx.ModelProto, built: onnx.ModelProto, data: 
              "errors only (no integer grid, so no scale-based statistics)"]
     return Measurement(records, compared.output_results(), compared.user_results(), len(data), notes,
                        compared.task_results())
+
+
+def _reduce(pool: ThreadPoolExecutor, names: list[str], whole: dict, dist: dict, f_vals: dict, b_vals: dict) -> None:
+    """One sample's statistics, one tensor per task: each accumulator is touched by one task (as in per_tensor)."""
+    def one(n: str) -> None:
+        whole[n].update(f_vals[n], b_vals[n])
+        dist[n].update(f_vals[n])
+
+    for _ in pool.map(one, names):
+        pass
 
 
 def _record(name: str, kind: str, node: str, op_type: str, order: int, dtype: str) -> TensorRecord:
