@@ -5,8 +5,9 @@
     python bench/bench_run.py path/to/policy.yaml             # one policy as it is
 
 For each model and number of evaluation samples, one `qcheck run` in a fresh process (so peak memory
-is that run's alone), then, per stage: wall time, its *floor*, the ratio, and the stage's peak
-resident memory (the high-water mark reset at the stage's start, qcheck.run.memory; results.json
+is that run's alone), then, per stage: wall time, its *floor*, the ratio; the same in CPU seconds
+(every thread of the process: other work on a shared machine stretches wall time, not this); and the
+stage's peak resident memory (the high-water mark reset at the stage's start, qcheck.run.memory; results.json
 says which method was used). The floor is the model runs a stage cannot avoid, timed here on the same
 models and samples, plus one read of every tensor it measures:
 
@@ -30,6 +31,7 @@ Prints figures and the machine's load; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -108,10 +110,25 @@ def policy_for(name: str, tmp: Path, samples: int, analyses: bool) -> Path:
 # --------------------------------------------------------------------------- floors
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+class Clock:
+    """Wall and CPU seconds (all threads of this process) of what runs inside `with`."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _timed(fn) -> tuple[float, float]:
+    with Clock() as c:
+        fn()
+    return c.wall, c.cpu
+
+
+def _add(*pairs: tuple[float, float]) -> tuple[float, float]:
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
 
 def _read_all(values) -> None:
@@ -130,7 +147,7 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
     from qcheck.run.load_stage import load
 
     policy = load_policy(policy_path)
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load(policy, Path(tmp), log=lambda m: None)
         calib, evaluation = loaded.calibration, loaded.evaluation
@@ -139,23 +156,26 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
         samples = [evaluation[i] for i in range(len(evaluation))]
         calib_samples = [calib[i] for i in range(len(calib))]
         float_model = onnx.load(str(loaded.prepared.path))
-        plain = make_session(float_model, "float")
+        plain = make_session(float_model, "float", spin=False)
         # ORT's calibrator reduces each tensor inside the graph: one plain float pass per sample
-        out["calibrate"] = decode_calib + _timed(lambda: [plain.run(None, s) for s in calib_samples])
+        out["calibrate"] = _add(decode_calib, _timed(lambda: [plain.run(None, s) for s in calib_samples]))
         qpath = Path(results["output_folder"]) / results["lock"]["quantized_model"]
         qmodel = onnx.load(str(qpath))
         qmap = read_qdq(qmodel, float_model)
         acts = [t for t in qmap.tensors.values() if t.kind == "activation"]
         outputs = {o.name for o in float_model.graph.output}
-        f_sess = make_session(with_outputs(float_model, [t.name for t in acts if t.name not in outputs]), "float")
-        q_sess = make_session(with_outputs(qmodel, [t.q_output for t in acts]), "quantized")
-        out["measure"] = decode_eval + _timed(lambda: [(_read_all(f_sess.run(None, s)), _read_all(q_sess.run(None, s)))
-                                                       for s in samples])
+        # as the measurement opens them (qcheck.measure.per_tensor._open_sessions): no spinning between runs
+        f_sess = make_session(with_outputs(float_model, [t.name for t in acts if t.name not in outputs]), "float",
+                              spin=False)
+        q_sess = make_session(with_outputs(qmodel, [t.q_output for t in acts]), "quantized", spin=False)
+        out["measure"] = _add(decode_eval, _timed(lambda: [(_read_all(f_sess.run(None, s)),
+                                                            _read_all(q_sess.run(None, s))) for s in samples]))
         analyses = results.get("analyses")
         if analyses and analyses.get("sensitivity"):
             n = min(analyses["samples"], len(samples))
             per_pass = _timed(lambda: [plain.run(None, s) for s in samples[:n]])
-            out["analyses"] = per_pass * max(len(analyses["sensitivity"].get("nodes") or []), 1)
+            k = max(len(analyses["sensitivity"].get("nodes") or []), 1)
+            out["analyses"] = (per_pass[0] * k, per_pass[1] * k)
     return out
 
 
@@ -170,6 +190,21 @@ def one(policy_path: Path) -> dict:
     from qcheck.run.pipeline import run
 
     threadpool_limits(1, user_api="blas")  # as the qcheck command does (see qcheck.cli.main)
+    from qcheck.run import pipeline
+
+    cpu: dict[str, float] = {}
+    timed_stage = pipeline.Stages.stage
+
+    @contextlib.contextmanager
+    def stage(self, name, console):  # the pipeline's own timing, plus the CPU seconds of every thread
+        start = time.process_time()
+        try:
+            with timed_stage(self, name, console):
+                yield
+        finally:
+            cpu[name] = cpu.get(name, 0.0) + time.process_time() - start
+
+    pipeline.Stages.stage = stage
     policy = load_policy(policy_path)
     with tempfile.TemporaryDirectory() as tmp:
         results = run(policy, out=Path(tmp) / "out")
@@ -177,7 +212,7 @@ def one(policy_path: Path) -> dict:
                    "samples": results["measure"]["samples"], "tensors": len(results["tensors"]),
                    "timings": dict(results["timings"], render=results["render_seconds"]),
                    "peak_mb": results["peak_memory_mb"], "method": results.get("peak_memory_method", ""),
-                   "notes": results["measure"].get("notes", [])}
+                   "notes": results["measure"].get("notes", []), "cpu": cpu}
         figures["floors"] = floors(policy_path, results)
     return figures
 
@@ -185,14 +220,17 @@ def one(policy_path: Path) -> dict:
 def show(name: str, f: dict) -> None:
     print(f"\n{name}: {f['model']} ({f['nodes']} nodes), {f['samples']} evaluation samples, {f['tensors']} tensors; "
           f"load average {tuple(round(x, 2) for x in os.getloadavg())}")
-    print(f"{'stage':<10} {'seconds':>8} {'floor s':>8} {'ratio':>6} {'peak MB':>8}")
+    print(f"{'stage':<10} {'wall s':>8} {'floor':>7} {'ratio':>6}   {'cpu s':>7} {'floor':>7} {'ratio':>6}  {'peak MB':>8}")
     for stage, secs in f["timings"].items():
         floor = f["floors"].get(stage)
-        ratio = f"{secs / floor:.1f}" if floor else "-"
+        cpu = f["cpu"].get(stage)
         peak = f["peak_mb"].get(stage)
-        floor_text = f"{floor:.2f}" if floor is not None else "-"
-        peak_text = f"{peak:.0f}" if peak is not None else "-"
-        print(f"{stage:<10} {secs:>8.2f} {floor_text:>8} {ratio:>6} {peak_text:>8}")
+        cells = [f"{secs:>8.2f}", f"{floor[0]:>7.2f}" if floor else f"{'-':>7}",
+                 f"{secs / floor[0]:>6.1f}" if floor else f"{'-':>6}",
+                 f"  {cpu:>7.2f}" if cpu is not None else f"  {'-':>7}", f"{floor[1]:>7.2f}" if floor else f"{'-':>7}",
+                 f"{cpu / floor[1]:>6.1f}" if floor and cpu is not None else f"{'-':>6}",
+                 f"  {peak:>8.0f}" if peak is not None else f"  {'-':>8}"]
+        print(f"{stage:<10} " + " ".join(cells))
     print(f"{'total':<10} {sum(f['timings'].values()):>8.2f}   whole-run peak {max(f['peak_mb'].values()):.0f} MB "
           f"({f['method'].split(':')[0]}; render not included: it runs after results.json is written)")
 

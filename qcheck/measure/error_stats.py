@@ -105,29 +105,38 @@ class SampleSums:
     fmax: float = math.nan
 
 
+DOT_CHUNK = 1 << 16  # BLAS dot products of float32 drift beyond ~1e-7 relative past this many elements
+
+
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    """<a, b> of two flat arrays: BLAS dot products (one read, no temporary) over chunks, summed in float64."""
+    if a.size <= DOT_CHUNK:
+        return float(np.dot(a, b))
+    return math.fsum(float(np.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK])) for i in range(0, a.size, DOT_CHUNK))
+
+
 def error_sums(f: np.ndarray, q: np.ndarray, extent: bool = True) -> SampleSums:
-    """The sums every statistic of `ErrorStats` is built from, over the flat pair (see `working_pair`); each
-    is a pass of the tensors' own precision over memory, and no float64 copy is made. `extent`: also the
-    float tensor's min and max. Sums that overflow float32 are taken again in float64."""
+    """The sums every statistic of `ErrorStats` is built from, over the flat pair (see `working_pair`), in the
+    tensors' own precision: one difference, one absolute value, and otherwise reads (sums, chunked dot
+    products, min/max); no float64 copy. `extent`: also the float tensor's min and max. Sums that overflow
+    float32 are taken again in float64."""
     e = f - q
-    t = np.abs(e)
-    sum_e, sum_abs, max_abs = float(e.sum()), float(t.sum()), float(t.max())
-    # The spread around a shift c near the mean error, summed apart: mse - mean^2 from float32 sums would
-    # lose the variance of an error that is mostly a constant offset. sum e^2 follows exactly from it:
-    # sum e^2 = sum (e - c)^2 + c (2 sum e - n c), all terms >= 0 when c is the mean.
-    c = e.dtype.type(sum_e / e.size)
-    np.subtract(e, c, out=t)
-    np.multiply(t, t, out=t)
-    shifted = float(t.sum())
-    c = float(c)
-    mean = sum_e / e.size
-    sum_ee = shifted + c * (2.0 * sum_e - e.size * c)
-    centered = max(shifted - e.size * (mean - c) ** 2, 0.0)  # moved from c to the exact mean
-    np.multiply(f, f, out=t)
-    sum_ff = float(t.sum())
-    np.multiply(q, q, out=e)
-    sums = SampleSums(e.size, sum_e, sum_abs, max_abs, sum_ee, centered, sum_ff, float(e.sum()))
-    if f.dtype != np.float64 and not all(math.isfinite(v) for v in (sum_e, sum_abs, shifted, sum_ff, sums.sum_qq)):
+    n = e.size
+    sum_e = float(e.sum())
+    sum_ee = dot(e, e)
+    mean = sum_e / n
+    if mean * mean <= 0.5 * sum_ee / n:
+        centered = max(sum_ee - sum_e * mean, 0.0)  # the variance is at least the squared mean: no cancellation
+    else:
+        # an error that is mostly a constant offset: mse - mean^2 would lose its spread, so it is summed
+        # around a shift c near the mean (and moved to the exact mean)
+        c = e.dtype.type(mean)
+        t = e - c
+        centered = max(dot(t, t) - n * (mean - float(c)) ** 2, 0.0)
+    t = np.abs(e, out=e)
+    sums = SampleSums(n, sum_e, float(t.sum()), float(t.max()), sum_ee, centered, dot(f, f), dot(q, q))
+    if f.dtype != np.float64 and not all(math.isfinite(v) for v in (sum_e, sum_ee, sums.sum_abs, sums.sum_ff,
+                                                                      sums.sum_qq)):
         return error_sums(f.astype(np.float64), q.astype(np.float64), extent)
     if extent:
         sums.fmin, sums.fmax = float(f.min()), float(f.max())
@@ -144,9 +153,8 @@ class SquaredErrorAccumulator:
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
         f, q = working_pair(reference, test)
         e = f - q
-        np.multiply(e, e, out=e)
         self.n += e.size
-        self.sum_ee += float(e.sum())
+        self.sum_ee += dot(e, e)
 
     def mean_squared_error(self) -> float:
         return self.sum_ee / max(self.n, 1)
@@ -318,10 +326,8 @@ class DistributionAccumulator:
         self.n += d.size
         self.s1 += float(d.sum())
         self.s2 += float(d2.sum())
-        np.multiply(d2, d, out=d)
-        self.s3 += float(d.sum())
-        np.multiply(d2, d2, out=d2)
-        self.s4 += float(d2.sum())
+        self.s3 += dot(d2, d)
+        self.s4 += dot(d2, d2)
         if self.axis is not None and x.ndim > self.axis:
             cmin, cmax = _channel_extremes(x, self.axis)
             self.cmin = cmin if self.cmin is None else np.minimum(self.cmin, cmin)

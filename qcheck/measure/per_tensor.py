@@ -212,11 +212,11 @@ def _open_sessions(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: 
                    activations: list[QuantizedTensor], outputs: list[str], modes: list[str],
                    with_weight_twin: bool) -> _Sessions:
     float_names = [t.name for t in activations if t.name not in outputs]
-    f_sess = make_session(with_outputs(float_model, float_names), "float model")
+    f_sess = make_session(with_outputs(float_model, float_names), "float model", spin=False)
     twin = build_twin(qmodel, float_model, qmap, with_weight_twin=with_weight_twin) if "local" in modes else None
     q_names = [t.q_output for t in activations] + (sorted(set(twin.inputs.values())) if twin else [])
-    q_sess = make_session(with_outputs(qmodel, q_names), "quantized model")
-    t_sess = make_session(twin.model, "per-layer twin model") if twin and twin.outputs else None
+    q_sess = make_session(with_outputs(qmodel, q_names), "quantized model", spin=False)
+    t_sess = make_session(twin.model, "per-layer twin model", spin=False) if twin and twin.outputs else None
     return _Sessions(f_sess, q_sess, twin, t_sess)
 
 
