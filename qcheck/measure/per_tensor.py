@@ -241,9 +241,11 @@ def _accumulators(activations: list[QuantizedTensor], float_model: onnx.ModelPro
 class TensorSample:
     """One quantized activation on one evaluation sample: the arrays every per-tensor statistic reads.
 
-    `float` is the float model's tensor, `quant` the quantized run's, dequantized (scale and zero point
-    are on `tensor`); `local_float` is the per-layer twin's output (the float op fed what the quantized
-    op saw), `weight_only` the twin's output with dequantized weights; None when not measured."""
+    `float` is the float model's tensor, `quant` the quantized run's, dequantized (its grid:
+    `tensor.scale_for(quant.shape)`, `tensor.zero_point_for(quant.shape)`); `local_float` is the per-layer
+    twin's output (the float op fed what the quantized op saw), `weight_only` the twin's output with
+    dequantized weights; None when not measured. The arrays are float32 as ONNX Runtime returns them
+    and are read-only here: other threads read them too."""
 
     tensor: QuantizedTensor
     float: np.ndarray
@@ -254,8 +256,9 @@ class TensorSample:
 
 def reduce_tensor(s: TensorSample, acc: _Accumulators, want_dist: bool) -> None:
     """Every per-tensor statistic's update for one sample: the one place the measurement pass reads a
-    tensor's arrays. It runs on worker threads (one tensor per call, each accumulator updated by one
-    call at a time), so what is added here must only touch this tensor's own accumulators."""
+    tensor's arrays, and where a further per-tensor reduction belongs (the error is `s.float - s.quant`).
+    It runs on worker threads (one tensor per call, each accumulator updated by one call at a time), so
+    what is added here must only touch this tensor's own accumulators."""
     name = s.tensor.name
     acc.whole[name].update(s.float, s.quant)
     if want_dist:
