@@ -83,16 +83,14 @@ def next_step(results: dict) -> dict:
         evidence.append(f"keeping the most sensitive nodes float measured worse on real int8 ({metric} "
                         f"{', '.join(value_text(r['real']) for r in worse[:3])} vs {value_text(base['real'])} all "
                         f"quantized): not recommended")
+    if search.get("status") == "failed" and search.get("recommendation"):  # it tried the findings' remedies
+        return _failed_search_step(search, evidence)
     clipped = [f for f in results.get("findings", []) if f.get("rule") == "range.clipping" and f.get("tensor")]
     if clipped:
         names = [f["tensor"] for f in clipped]
         return {"action": f"{len(names)} tensor(s) clip: widen their range ({_names(names)}) with "
                           f"quantization.overrides rmin/rmax, or calibrate with percentile or entropy.",
                 "evidence": evidence + [clipped[0]["message"]], "source": "findings"}
-    if search.get("status") == "failed" and search.get("recommendation"):
-        r = search["recommendation"]
-        return {"action": f"{r['action'][0].upper()}{r['action'][1:]}: no post-training recipe within the "
-                          f"search's budget passes.", "evidence": evidence + [r["reason"]], "source": "search"}
     worst = next((f for f in results.get("findings", []) if f.get("remedies")), None)
     if worst:
         where = worst.get("tensor") or worst.get("node") or "the model"
@@ -101,6 +99,23 @@ def next_step(results: dict) -> dict:
                 "evidence": evidence + [worst["message"]], "source": "findings"}
     return {"action": "Add `search:` to the policy: qcheck then tries float fallback, int16 and calibration "
                       "remedies and keeps the cheapest that passes.", "evidence": evidence, "source": "default"}
+
+
+def _failed_search_step(search: dict, evidence: list[str]) -> dict:
+    """The search tried the allowed remedies and nothing within its budget passed. When a confirmed candidate
+    passed outside the budget, that is the cheaper next step than retraining: say what it costs."""
+    r = search["recommendation"]
+    over = [c for c in search.get("candidates", []) if c.get("passes") and not c.get("within_budget", True)
+            and c.get("figure", "confirmed") == "confirmed"]
+    if over:
+        c = min(over, key=lambda c: (c.get("cost", float("inf")), c.get("n_changes", 0)))
+        return {"action": f"Nothing within the search's budget passes; the cheapest recipe that does needs "
+                          f"{c['float_nodes']} float node(s) and {c['int16_tensors']} int16 tensor(s) "
+                          f"({c.get('brief', c['label'])}): raise search.budget to accept that cost, or use "
+                          f"{r['action']}.",
+                "evidence": evidence + [r["reason"]], "source": "search"}
+    return {"action": f"{r['action'][0].upper()}{r['action'][1:]}: no post-training recipe within the "
+                      f"search's budget passes.", "evidence": evidence + [r["reason"]], "source": "search"}
 
 
 def _given_next_step(results: dict, evidence: list[str]) -> dict:

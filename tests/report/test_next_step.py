@@ -51,6 +51,33 @@ def test_clipping_tensors_are_named_with_the_fix():
     assert step["action"].startswith("4 tensor(s) clip: widen their range (t0, t1, t2 and 1 more)")
 
 
+def _failed_search(*candidates: dict) -> dict:
+    return {"status": "failed", "chosen": None, "candidates": list(candidates),
+            "recommendation": {"action": "quantization-aware training", "reason": "nothing within the budget"}}
+
+
+def test_a_failed_search_comes_before_the_clipping_lead_it_already_tried():
+    """The search tried widening ranges (and every other allowed remedy): its outcome is the next step."""
+    clip = [{"rule": "range.clipping", "tensor": "t0", "message": "2% beyond", "remedies": []}]
+    step = next_step(_results(findings=clip, search=_failed_search(
+        {"passes": False, "within_budget": True, "figure": "confirmed", "label": "float a"})))
+    assert step["source"] == "search" and step["action"].startswith("Quantization-aware training")
+
+
+def test_a_fix_that_passes_outside_the_budget_is_named_with_its_cost():
+    """A confirmed candidate passed but costs more than the budget allows: raising the budget is a cheaper
+    next step than retraining; the cheapest such candidate is named (a screened one never is)."""
+    rows = [{"passes": True, "within_budget": False, "figure": "confirmed", "label": "big", "cost": 40.0,
+             "n_changes": 30, "float_nodes": 39, "int16_tensors": 0},
+            {"passes": True, "within_budget": False, "figure": "confirmed", "label": "bigger", "cost": 70.0,
+             "n_changes": 50, "float_nodes": 70, "int16_tensors": 0},
+            {"passes": True, "within_budget": False, "figure": "screened", "label": "screened only", "cost": 1.0,
+             "n_changes": 1, "float_nodes": 1, "int16_tensors": 0}]
+    step = next_step(_results(search=_failed_search(*rows)))
+    assert "needs 39 float node(s) and 0 int16 tensor(s) (big)" in step["action"]
+    assert "raise search.budget" in step["action"] and "quantization-aware training" in step["action"]
+
+
 def test_passing_run_says_nothing_to_fix():
     assert next_step(_results(verdict={"status": "pass", "requirements": []}))["action"].startswith("Nothing to fix")
 
