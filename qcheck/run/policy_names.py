@@ -10,6 +10,7 @@ import onnx
 from onnx import defs
 
 from qcheck.errors import QcheckError
+from qcheck.model.graph import GraphIndex
 from qcheck.policy.spec import Policy
 
 MAX_LISTED = 12  # names listed in a message before "..."
@@ -21,9 +22,9 @@ def _listing(names: set[str]) -> str:
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:
-    g = model.graph
-    return ({i.name for i in g.input} | {i.name for i in g.initializer}
-            | {o for n in g.node for o in n.output if o} | {i for n in g.node for i in n.input if i})
+    index = GraphIndex(model)
+    named = set(index.producer) | set(index.consumers) | set(index.initializers) | {i.name for i in model.graph.input}
+    return named - {""}  # an optional input or output left empty is no tensor
 
 
 def check_policy_names(policy: Policy, model: onnx.ModelProto, after_preprocessing: bool = False) -> None:
