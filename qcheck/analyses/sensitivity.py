@@ -25,7 +25,6 @@ inner one, and statistics accumulate in `metrics.OutputComparison`.
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel, free_batch
 from qcheck.data.readers import DataSet
 from qcheck.errors import first_line
 from qcheck.measure.outputs import OutputMetrics, compare_outputs, metric_value
-from qcheck.model.runtime import make_session, ort_errors
+from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.policy.metric_names import output_metric, task_value, worst_of
 from qcheck.policy.spec import MetricSpec
 from qcheck.policy.task_options import value_names
@@ -86,7 +85,7 @@ class ConfigRunner:
         self.activations: dict = {}  # the largest ActivationStore an evaluation kept (describe())
         # Suffix groups run on one single-threaded session per core, configurations in parallel: on small
         # tensors that beats one session splitting each operator over the cores (bench/bench_analyses.py).
-        self.workers = max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+        self.workers = max(1, min(MAX_WORKERS, usable_cores()))
         self.session, self.batch = self._batched_session(max_batch)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.batches = [samples[i:i + self.batch] for i in range(0, len(samples), self.batch)]

@@ -26,7 +26,6 @@ threads' order).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -49,14 +48,14 @@ from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.outputs import OutputMetrics, compare_outputs
 from qcheck.measure.twin import Twin, build_twin
 from qcheck.model.graph import GraphIndex
-from qcheck.model.runtime import make_session, with_outputs
+from qcheck.model.runtime import make_session, usable_cores, with_outputs
 from qcheck.policy.spec import MetricSpec
 from qcheck.quantize.qdq import QDQMap, QuantizedTensor
 
 
 def workers() -> int:
     """Threads that reduce tensors: numpy releases the GIL on large arrays, so each core takes tensors."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(4, usable_cores()))
 
 
 DISTRIBUTION_STATISTICS = ("skewness", "kurtosis", "bimodality", "channels", "channel_range_ratio", "worst_channel")

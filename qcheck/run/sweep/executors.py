@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from qcheck.errors import Problem, QcheckError
+from qcheck.model.runtime import usable_cores
 from qcheck.run.sweep.spec import ExecutorSpec, Job
 from qcheck.run.sweep.summary import error_row
 from qcheck.run.sweep.task import run_job
@@ -37,7 +38,7 @@ def execute(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def run_local(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
