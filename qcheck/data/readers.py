@@ -294,10 +294,19 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def max_image_pixels() -> int:
-    try:
-        return max(1, int(os.environ.get(PIXELS_VARIABLE, DEFAULT_MAX_PIXELS)))
-    except ValueError:
+    """The image size limit; a value that is not a positive whole number is the user's mistake, not a default."""
+    text = os.environ.get(PIXELS_VARIABLE)
+    if text is None or not text.strip():
         return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DataError(Problem(f"the environment variable {PIXELS_VARIABLE} is {text!r}, not a positive whole "
+                                "number of pixels", hint=f"set it to a number such as {DEFAULT_MAX_PIXELS}, or "
+                                "unset it for that default"))
+    return value
 
 
 def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputInfo) -> np.ndarray:

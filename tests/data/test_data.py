@@ -179,3 +179,22 @@ def test_images_need_a_size_when_the_model_input_is_dynamic(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "a.png")
     with pytest.raises(DataError, match="data.preprocess.size"):
         open_data(DataSource(tmp_path), [InputInfo("x", [1, 3, "h", "w"], "float32")], Preprocess())
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "1e9"])
+def test_a_malformed_image_pixel_limit_is_refused_not_replaced_by_the_default(tmp_path, monkeypatch, value):
+    # A limit the user set and mistyped must not silently become 100 million pixels.
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setenv("QCHECK_MAX_IMAGE_PIXELS", value)
+    with pytest.raises(DataError, match=f"QCHECK_MAX_IMAGE_PIXELS is '{value}'"):
+        open_data(DataSource(tmp_path), ONE_INPUT, Preprocess(size=(4, 4)))[0]
+
+
+def test_the_image_pixel_limit_applies_to_the_file(tmp_path, monkeypatch):
+    # 8x8 = 64 pixels against a limit of 63 (the resize target 4x4 = 16 stays under it).
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setenv("QCHECK_MAX_IMAGE_PIXELS", "63")
+    with pytest.raises(DataError, match="larger than 63 pixels"):
+        open_data(DataSource(tmp_path), ONE_INPUT, Preprocess(size=(4, 4)))[0]
+    monkeypatch.setenv("QCHECK_MAX_IMAGE_PIXELS", "64")
+    assert open_data(DataSource(tmp_path), ONE_INPUT, Preprocess(size=(4, 4)))[0]["x"].shape == (1, 3, 4, 4)
