@@ -18,6 +18,7 @@ nodes of many exported models, and no computation).
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from dataclasses import dataclass, field
@@ -121,18 +122,43 @@ def _node_svg(v: NodeView, x: float, y: float) -> str:
     label = v.name if len(v.name) <= 22 else v.name[:10] + "…" + v.name[-11:]
     badges = "".join(b for m, b in (("flagged", "!"), ("float", "F"), ("int16", "16"), ("changed", "★"))
                      if m in v.marks)
+    # The op type is cut with "…" before it runs under the badge or past the box (GlobalAveragePool beside a
+    # badge); the tooltip keeps the whole name.
+    op = _fit(v.op_type, NODE_W - 12 - (_badge_width(badges) + 3 if badges else 0))
     e = html.escape
     return (f'<g class="node {" ".join(v.marks)}" data-node="{e(v.name)}" transform="translate({x - NODE_W / 2:.1f},'
             f'{y - NODE_H / 2:.1f})"><title>{e(_tooltip(v))}</title>'
             f'<rect width="{NODE_W:.0f}" height="{NODE_H:.0f}" rx="5" fill="{fill}"/>'
-            f'<text x="6" y="15" class="op{" dark" if dark else ""}">{e(v.op_type)}</text>'
+            f'<text x="6" y="15" class="op{" dark" if dark else ""}">{e(op)}</text>'
             f'<text x="6" y="30" class="nm{" dark" if dark else ""}">{e(label)}</text>'
             + (_badge(badges) if badges else "") + "</g>")
 
 
+@functools.lru_cache(maxsize=4096)
+def _op_width(text: str) -> float:
+    """Width in px of `text` in the op label's font (bold 12 px DejaVu Sans, the font the PDF embeds)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    prop = FontProperties(family="DejaVu Sans", weight="bold", size=12)
+    return TextPath((0, 0), text, prop=prop).get_extents().width if text else 0.0
+
+
+def _fit(text: str, room: float) -> str:
+    if _op_width(text) <= room:
+        return text
+    while len(text) > 1 and _op_width(text + "…") > room:
+        text = text[:-1]
+    return text + "…"
+
+
+def _badge_width(text: str) -> float:
+    return 8.0 * len(text) + 8
+
+
 def _badge(text: str) -> str:
     """The marks as dark text on a white pill in the node's top-right corner: readable on any fill."""
-    width = 8.0 * len(text) + 8
+    width = _badge_width(text)
     return (f'<rect class="pill" x="{NODE_W - width - 3:.0f}" y="3" width="{width:.0f}" height="15" rx="7"/>'
             f'<text x="{NODE_W - 7:.0f}" y="15" class="badge">{html.escape(text)}</text>')
 

@@ -209,3 +209,17 @@ def test_color_by_must_name_a_numeric_statistic_or_a_layer_metric(tmp_path):
         load_policy(write_policy(tmp_path / "qcheck.yaml", doc))
     doc["report"]["graph"]["color_by"] = "tail"
     assert load_policy(write_policy(tmp_path / "qcheck.yaml", doc)).report.graph_color_by == "tail"
+
+
+def test_a_long_op_type_is_cut_inside_its_box_and_whole_in_the_tooltip():
+    from qcheck.report.graph_view import NodeView, _node_svg, _op_width
+
+    for marks in ([], ["flagged", "float"]):
+        svg = _node_svg(NodeView("pool", "GlobalAveragePoolWithAVeryLongVendorSuffix", marks=marks), 100.0, 50.0)
+        label = re.search(r'class="op[^"]*">([^<]*)</text>', svg).group(1)
+        assert label.endswith("…") and label[:-1] in "GlobalAveragePoolWithAVeryLongVendorSuffix"
+        badge = 8.0 * (len(marks)) + 8 + 3 if marks else 0  # the pill of one character per mark
+        assert _op_width(label) <= NODE_W - 12 - badge  # measured in the label's own font
+        assert "GlobalAveragePoolWithAVeryLongVendorSuffix pool" in svg  # the tooltip keeps it whole
+    short = _node_svg(NodeView("c", "Conv"), 100.0, 50.0)
+    assert '">Conv</text>' in short
