@@ -199,3 +199,79 @@ def typed(suffix: Suffix, values: dict[str, np.ndarray], batched: bool) -> onnx.
     if batched:
         free_batch_dimension(model)
     return model
+
+
+class FixedSuffixes:
+    """`specialize` with no switch kept (every switch fixed: on ones inlined, off ones float), prepared once so that
+    it costs milliseconds per setting: the search's screening builds one such suffix per candidate. Two additions:
+    `placed` switches keep their (inlined or float) If even before the cut (a candidate changes them, so what the
+    reference computed there is not what they compute now), and `extra_outputs` are returned too.
+
+    Per node of the switchable model, what it becomes is known in advance (a compute node: itself; a switch's If:
+    its float Identity or its inlined quantizing branch, with the setting's grid as constants); a setting only
+    picks. The nodes stay in the switchable model's topological order, so one backward pass drops dead ones."""
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.model = model
+        self.initializers = {t.name: t for t in graph.initializer}
+        # per node: (position, switch or None, the node(s) it becomes: (float, quantized), whether it is a weight's)
+        self.entries: list[tuple[int, int | None, tuple[list, list], bool]] = []
+        for i, node in enumerate(graph.node):
+            k = _switch_of(node)
+            if k is None:
+                self.entries.append((i, None, ([node], [node]), False))
+            elif node.op_type == "If":
+                source = _branch(node, "else_branch").node[0].input[0]
+                identity = helper.make_node("Identity", [source], [node.output[0]],
+                                            name=node.name.replace("qcheck_switch::", "qcheck_float::"))
+                self.entries.append((i, k, ([identity], _inlined(node)), source in self.initializers))
+        self.reads = {id(n): _outer_reads(n) for _, _, pair, _ in self.entries for ns in pair for n in ns}
+        self.declared = {i.name: i for i in graph.input}
+
+    def build(self, cut: int, inline: dict[int, dict[str, float]], placed: set[int],
+              typed_as: dict[str, np.ndarray] | None = None, batched: bool = False,
+              extra_outputs: list[str] | None = None) -> Suffix:
+        """The suffix from node `cut` with the switches in `inline` on (see `specialize`), its inputs typed after
+        `typed_as` (as `typed` does; None: left untyped, for a suffix only asked what it reads)."""
+        nodes: list[onnx.NodeProto] = []
+        constants: list[onnx.TensorProto] = []
+        for i, k, (off, on), weight in self.entries:
+            if k is None:
+                if i >= cut:
+                    nodes += on
+            elif i >= cut or weight or k in placed:
+                nodes += on if k in inline else off
+                constants += [helper.make_tensor(name, onnx.TensorProto.FLOAT, [], [value])
+                              for name, value in inline.get(k, {}).items()]
+        produced = {o for n in nodes for o in n.output}
+        outputs = [o for o in self.model.graph.output if o.name in produced]
+        present = {o.name for o in outputs}
+        outputs += [onnx.ValueInfoProto(name=n) for n in dict.fromkeys(extra_outputs or [])
+                    if n in produced and n not in present]
+        used, kept = {o.name for o in outputs}, []
+        for n in reversed(nodes):  # topological order: a node's readers come after it
+            if any(o in used for o in n.output):
+                kept.append(n)
+                used |= self.reads[id(n)] if id(n) in self.reads else _outer_reads(n)
+        kept.reverse()
+        produced = {o for n in kept for o in n.output}
+        inits = [t for name, t in self.initializers.items() if name in used] + [c for c in constants if c.name in used]
+        known = {t.name for t in inits} | produced | {""}
+        inputs = sorted(used - known - {SWITCH_INPUT})
+        declared = [self.declared[SWITCH_INPUT]]
+        for name in inputs:
+            if name in self.declared:
+                declared.append(self.declared[name])
+            elif typed_as is None:
+                declared.append(onnx.ValueInfoProto(name=name))
+            else:
+                v = typed_as[name]
+                declared.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype),
+                                                              list(v.shape)))
+        g = helper.make_graph(kept, self.model.graph.name + "_suffix", declared, outputs, inits)
+        out = helper.make_model(g, opset_imports=self.model.opset_import, ir_version=self.model.ir_version)
+        out.functions.extend(self.model.functions)
+        if batched:
+            free_batch_dimension(out)
+        return Suffix(out, inputs, [o.name for o in outputs])

@@ -16,10 +16,12 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def session_options(threads: int = 0, quiet: bool = False, spin: bool = True):
+def session_options(threads: int = 0, quiet: bool = False, spin: bool = True, basic: bool = False):
     """`quiet`: not even ORT's errors reach stderr (for probes whose failure the caller handles and records).
     `spin=False`: ORT's threads sleep as soon as a run ends instead of spinning for the next one, leaving the
-    cores to the numpy work between runs (measurement reduces every tensor after each run)."""
+    cores to the numpy work between runs (measurement reduces every tensor after each run).
+    `basic`: ORT's basic graph optimizations only (constant folding, no fusions): a model computes what its
+    nodes say, bit for bit (the search's screening sessions; a fused Conv+Add rounds differently)."""
     import onnxruntime as ort
 
     # fatal only: ORT warns about every unfused node, and would print its own copy of an error qcheck reports
@@ -29,25 +31,27 @@ def session_options(threads: int = 0, quiet: bool = False, spin: bool = True):
     so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
+    if basic:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
 def make_session(model: onnx.ModelProto | Path | str, what: str = "model", threads: int = 0, quiet: bool = False,
-                 spin: bool = True):
+                 spin: bool = True, basic: bool = False):
     """An InferenceSession on the CPU (`threads`: intra-op threads, 0 = ORT's default, one per core).
 
     Every model a session is made for is one qcheck built: a quantized variant, an emulation model, or
     the float model (which ONNX Runtime already loaded once, in `diagnose.check_runtime_loads`) with
     extra outputs. So ORT refusing it is a bug (qcheck's or ORT's), not the user's: `ModelBuildError`,
-    reported with its traceback. `quiet`, `spin`: see session_options.
+    reported with its traceback. `quiet`, `spin`, `basic`: see session_options.
     """
     import onnxruntime as ort
 
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
     try:
-        return ort.InferenceSession(source, session_options(threads, quiet, spin), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, session_options(threads, quiet, spin, basic), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
         raise ModelBuildError(f"ONNX Runtime {ort.__version__} cannot load the {what} qcheck built: "
                               f"{first_line(exc)}") from exc

@@ -21,15 +21,16 @@ with the reference's values at the cut, kept once per reference.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from qcheck.analyses.suffix import first_readers, specialize, typed
+from qcheck.analyses.suffix import FixedSuffixes, first_readers
 from qcheck.analyses.switchable import GRID_INPUTS, SWITCH_INPUT, SwitchableModel, build_switchable, stack
-from qcheck.model.runtime import make_session, ort_errors
+from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.grids import GridCalculator
 from qcheck.quantize.qdq import read_qdq
@@ -70,10 +71,29 @@ def build_grid_model(float_path: Path, float_model: onnx.ModelProto, ranges: Ran
     return build_switchable(qdq, float_model, read_qdq(qdq, float_model), grids=True)
 
 
-class Screener:
-    """Runs recipes on the grid emulation model over the evaluation samples: per sample, the model outputs."""
+@dataclass
+class _Reference:
+    """A reference setting's values, per batch of samples: its model outputs and the tensors at the cuts."""
 
-    def __init__(self, sw: SwitchableModel, float_path: Path, ranges_for, base: Recipe, samples: list[dict]):
+    key: bytes
+    cuts: list[int]
+    outputs: list[dict[str, np.ndarray]]
+    values: list[dict[str, np.ndarray]]
+
+
+def inline_settings(sw: SwitchableModel, cfg: Config) -> dict[int, dict[str, float]]:
+    """The switches `cfg` turns on, fixed for `analyses.suffix.specialize`: an activation's grid as constants."""
+    return {k: ({f"{t}::{k}": float(v[k]) for t, v in zip(GRID_INPUTS, (cfg.scale, cfg.lo, cfg.hi))}
+                if sw.kinds[k] == "activation" else {})
+            for k in np.flatnonzero(cfg.mask).tolist()}
+
+
+class Screener:
+    """Runs recipes on the grid emulation model over the evaluation samples: per sample, the model outputs.
+    `workers`: threads the samples run on (default: the usable cores)."""
+
+    def __init__(self, sw: SwitchableModel, float_path: Path, ranges_for, base: Recipe, samples: list[dict],
+                 workers: int | None = None):
         self.sw, self.float_path, self.ranges_for, self.base = sw, float_path, ranges_for, base
         self.samples = samples
         self.calculators: dict[tuple, GridCalculator] = {}
@@ -84,11 +104,12 @@ class Screener:
         self.feeds = [stack([samples[i] for i in chunk]) if self.batch > 1 else samples[chunk[0]]
                       for chunk in self.batches]
         self.first = first_readers(sw.model, len(sw.switches))
+        self.suffixes = FixedSuffixes(sw.model)
         self.cuts = self._cuts()
-        self._suffix_sessions: dict[int, object] = {}
-        self._reference: tuple[bytes, list[dict]] | None = None  # the reference's values at every cut, per batch
-        self._cut_session = None
-        self._focus: tuple | None = None  # see focus()
+        self.workers = max(1, workers or usable_cores())
+        self._pool: ThreadPoolExecutor | None = None
+        self._reference: _Reference | None = None  # the reference's outputs and values at every cut, per batch
+        self._focus_cut: int | None = None  # see focus()
         self.runs = 0  # forward passes of a batch (full or suffix)
         self.node_runs = 0.0  # the same, weighted by the share of the graph's nodes each ran
         self.seconds = 0.0  # spent running (and setting up suffixes)
@@ -146,71 +167,49 @@ class Screener:
             self.seconds += time.perf_counter() - clock
 
     def focus(self, reference: Config, variable: set[int]) -> None:
-        """Prepare a session for candidates that differ from `reference` only in the switches `variable`: the
-        suffix from the first of them on, every other switch fixed as the reference sets it (quantized ones
-        inlined, so their weights are constants again). `run` uses it for every such candidate."""
-        self._focus = None
-        if not variable:
-            return
-        sw, cut = self.sw, min(self.first[k] for k in variable)
-        inline = {k: ({f"{t}::{k}": float(v[k]) for t, v in zip(GRID_INPUTS, (reference.scale, reference.lo,
-                                                                             reference.hi))}
-                      if sw.kinds[k] == "activation" else {})
-                  for k in range(len(sw.switches)) if k not in variable and reference.mask[k]}
-        suffix = specialize(sw.model, set(variable), cut, inline)
-        needed = [n for n in suffix.inputs if n not in self.feeds[0] and n not in GRID_INPUTS]
-        values = [{} for _ in self.feeds]
-        if needed:
-            names = self.outputs + [n for n in needed if n not in self.outputs]
-            session = self.sw.session(extra_outputs=names, batched=self.batch > 1)
-            for b, feed in enumerate(self.feeds):
-                values[b] = dict(zip(names, session.run(names, {**feed, **reference.feed()})))
-                self._count(0)
-        else:
-            values = [dict(zip(self.outputs, self.session.run(None, {**feed, **reference.feed()})))
-                      for feed in self.feeds]
-        session = make_session(typed(suffix, {**self.feeds[0], **values[0]}, self.batch > 1),
-                               "focused screening model", quiet=True)
-        self._focus = (reference.key(), set(variable), suffix, session, values, cut)
-
-    def _focused(self, cfg: Config, reference: Config, diff: np.ndarray) -> list[dict] | None:
-        if self._focus is None:
-            return None
-        key, variable, suffix, session, values, cut = self._focus
-        if key != reference.key() or not set(diff.tolist()) <= variable:
-            return None
-        declared = {i.name for i in suffix.model.graph.input}
-        settings = {n: v for n, v in cfg.feed().items() if n in declared}
-        out = []
-        for b, feed in enumerate(self.feeds):
-            inputs = {n: values[b][n] if n in values[b] else feed[n] for n in suffix.inputs if n not in GRID_INPUTS}
-            got = dict(zip(suffix.outputs, session.run(suffix.outputs, {**inputs, **settings})))
-            out.append({o: got.get(o, values[b][o]) for o in self.outputs})
-            self._count(cut)
-        return out
+        """Candidates that differ from `reference` only in the switches `variable` are coming: keep the reference's
+        values at the first node that reads one of them, so each such candidate runs from there on."""
+        self._focus_cut = min((self.first[k] for k in variable), default=None)
+        if self._focus_cut is not None and self._reference is not None and self._reference.key == reference.key() \
+                and self._focus_cut not in self._reference.cuts:
+            self._reference = None  # computed again with the new cut, when first needed
 
     def _run(self, cfg: Config, reference: Config) -> list[dict[str, np.ndarray]]:
+        ref = self._reference_values(reference)
         diff = cfg.differs(reference)
-        per_batch = self._focused(cfg, reference, diff)
-        if per_batch is not None:
-            return self._per_sample(per_batch)
-        start = min((self.first[k] for k in diff), default=len(self.sw.model.graph.node))
-        cut = max((c for c in self.cuts if c <= start), default=None)
-        per_batch = []
-        if cut is None:
-            for feed in self.feeds:
-                per_batch.append(dict(zip(self.outputs, self.session.run(None, {**feed, **cfg.feed()}))))
-                self._count(0)
-        else:
-            values = self._reference_values(reference)
-            suffix, session = self._suffix(cut, values[0])
-            for b, feed in enumerate(self.feeds):
-                inputs = {n: values[b][n] if n in values[b] else feed[n] for n in suffix.inputs
-                          if n not in GRID_INPUTS}
-                got = dict(zip(suffix.outputs, session.run(suffix.outputs, {**inputs, **cfg.feed()})))
-                per_batch.append({o: got.get(o, values[b][o]) for o in self.outputs})
-                self._count(cut)
+        if not len(diff):
+            return self._per_sample(ref.outputs)
+        start = min(self.first[k] for k in diff)
+        cut = max((c for c in ref.cuts if c <= start), default=0)
+        values = ref.values if cut else [{} for _ in self.feeds]
+        suffix = self.suffixes.build(cut, inline_settings(self.sw, cfg), set(diff.tolist()),
+                                     {**self.feeds[0], **values[0]}, self.batch > 1)
+        session = self._session(suffix.model, "screening suffix")
+        mask = {SWITCH_INPUT: cfg.mask}
+
+        def one(b: int) -> dict[str, np.ndarray]:
+            inputs = {n: values[b][n] if n in values[b] else self.feeds[b][n] for n in suffix.inputs}
+            got = dict(zip(suffix.outputs, session.run(suffix.outputs, {**inputs, **mask})))
+            return {o: got[o] if o in got else ref.outputs[b][o] for o in self.outputs}
+
+        per_batch = self._map(one, range(len(self.feeds)))
+        for _ in per_batch:
+            self._count(cut)
         return self._per_sample(per_batch)
+
+    def _session(self, model: onnx.ModelProto, what: str):
+        """A session for one setting: ORT's basic optimizations only (what the nodes say, bit for bit: the values
+        the full emulation model computes), one thread each when the samples run over the cores."""
+        return make_session(model, what, threads=1 if self.workers > 1 else 0, quiet=True, basic=True)
+
+    def _map(self, fn, items) -> list:
+        """fn over items, in order, on `workers` threads (ORT releases the GIL while it runs)."""
+        items = list(items)
+        if self.workers == 1 or len(items) == 1:
+            return [fn(i) for i in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="qcheck-screen")
+        return list(self._pool.map(fn, items))
 
     def _per_sample(self, per_batch: list[dict]) -> list[dict[str, np.ndarray]]:
         return [{o: out[o][i:i + 1] if self.batch > 1 else out[o] for o in self.outputs}
@@ -225,34 +224,35 @@ class Screener:
         firsts = sorted({f for f in self.first if f < len(self.sw.model.graph.node)})
         return sorted({firsts[int(len(firsts) * q)] for q in CUTS if firsts and int(len(firsts) * q) > 0})
 
-    def _suffixes(self):
-        return {c: specialize(self.sw.model, set(range(len(self.sw.switches))), c) for c in self.cuts}
-
-    def _reference_values(self, reference: Config) -> list[dict]:
-        """The reference's model outputs and its tensors at every cut, per batch (one full run per batch)."""
+    def _reference_values(self, reference: Config) -> _Reference:
+        """The reference's model outputs and, per batch, every tensor a candidate's suffix from a cut may read
+        (one run of the reference, every switch fixed, per batch)."""
         key = reference.key()
-        if self._reference is None or self._reference[0] != key:
-            if self._cut_session is None:
-                self._suffix_models = self._suffixes()
-                names = sorted({n for s in self._suffix_models.values() for n in s.inputs
-                                if n not in self.feeds[0] and n not in GRID_INPUTS and n != SWITCH_INPUT})
-                self._cut_names = self.outputs + [n for n in names if n not in self.outputs]
-                self._cut_session = self.sw.session(extra_outputs=self._cut_names, batched=self.batch > 1)
-            values = []
-            for feed in self.feeds:
-                values.append(dict(zip(self._cut_names, self._cut_session.run(self._cut_names,
-                                                                               {**feed, **reference.feed()}))))
-                self._count(0)
-            self._reference = (key, values)
-        return self._reference[1]
+        if self._reference is not None and self._reference.key == key:
+            return self._reference
+        self._reference = None  # one reference kept: memory does not grow with the references a search moves to
+        cuts = sorted(set(self.cuts) | ({self._focus_cut} if self._focus_cut else set()))
+        inline = inline_settings(self.sw, reference)
+        names: set[str] = set()
+        for c in cuts:
+            later = {k for k, f in enumerate(self.first) if f >= c}  # what a candidate cut there may change
+            for placed in (set(), later):
+                names |= set(self.suffixes.build(c, inline, placed).inputs)
+        names -= set(self.feeds[0]) | {SWITCH_INPUT}
+        full = self.suffixes.build(0, inline, set(), self.feeds[0], self.batch > 1, extra_outputs=sorted(names))
+        session = self._session(full.model, "screening reference")
+        mask = {SWITCH_INPUT: reference.mask}
 
-    def _suffix(self, cut: int, values: dict):
-        suffix = self._suffix_models[cut]
-        if cut not in self._suffix_sessions:
-            typed_values = {**self.feeds[0], **values}
-            self._suffix_sessions[cut] = make_session(typed(suffix, typed_values, self.batch > 1),
-                                                      "suffix of the screening model", quiet=True)
-        return suffix, self._suffix_sessions[cut]
+        def one(b: int) -> dict[str, np.ndarray]:
+            inputs = {n: self.feeds[b][n] for n in full.inputs}
+            return dict(zip(full.outputs, session.run(full.outputs, {**inputs, **mask})))
+
+        got = self._map(one, range(len(self.feeds)))
+        for _ in got:
+            self._count(0)
+        self._reference = _Reference(key, cuts, [{o: g[o] for o in self.outputs} for g in got],
+                                     [{n: g[n] for n in names if n in g} for g in got])
+        return self._reference
 
     def _batched_session(self):
         """A session over batches of samples when the model takes them and gives the same values, else one by one."""

@@ -116,28 +116,61 @@ def test_a_late_change_runs_on_a_suffix_and_gives_the_full_models_values(setup):
     assert np.allclose(np.concatenate([g["y"] for g in on_suffix]), want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_focused_model_gives_the_full_models_values_for_the_switches_it_varies(setup):
-    """Focused on the switches conv2-in-float and int16 on c3 move, every other switch fixed as quantized (inlined,
-    weights constant again): its candidates give what the full emulation model gives; a candidate that moves
-    another switch is not run on it."""
-    tmp, pm, fm, ranges, samples, screener = setup
-    both = screener.config(Recipe(exclude_nodes=["conv2"], overrides={"c3": {"quant_type": "int16"}}))
-    screener.focus(screener.base_config, set(both.differs(screener.base_config).tolist()))
-    try:
-        for recipe in (Recipe(exclude_nodes=["conv2"]), Recipe(overrides={"c3": {"quant_type": "int16"}}),
-                       Recipe(exclude_nodes=["conv2"], overrides={"c3": {"quant_type": "int16"}})):
-            cfg = screener.config(recipe)
-            per_batch = screener._focused(cfg, screener.base_config, cfg.differs(screener.base_config))
-            assert per_batch is not None
-            full = [dict(zip(screener.outputs, screener.session.run(None, {**feed, **cfg.feed()})))
-                    for feed in screener.feeds]
-            for name in ("y", "early"):
-                assert np.allclose(np.concatenate([b[name] for b in per_batch]),
-                                   np.concatenate([f[name] for f in full]), rtol=1e-5, atol=1e-5), (recipe, name)
-        other = screener.config(Recipe(exclude_nodes=["conv1"]))
-        assert screener._focused(other, screener.base_config, other.differs(screener.base_config)) is None
-    finally:
-        screener.focus(screener.base_config, set())
+def _straightforward(screener, cfg):
+    """Per sample, what the full grid emulation model (every switch an If, every grid fed) computes for `cfg`."""
+    per_batch = [dict(zip(screener.outputs, screener.session.run(None, {**feed, **cfg.feed()})))
+                 for feed in screener.feeds]
+    return screener._per_sample(per_batch)
+
+
+FAST = {  # (the candidate's recipe, its reference's recipe): early and late changes, on the base or on a16w8
+    "conv1 float": (Recipe(exclude_nodes=["conv1"]), Recipe()),
+    "conv3 float": (Recipe(exclude_nodes=["conv3"]), Recipe()),
+    "c3 int16": (Recipe(overrides={"c3": {"quant_type": "int16"}}), Recipe()),
+    "r1 widened": (Recipe(overrides={"r1": {"rmin": 0.0, "rmax": 20.0}}), Recipe()),
+    "conv2 float, c3 int16": (Recipe(exclude_nodes=["conv2"], overrides={"c3": {"quant_type": "int16"}}), Recipe()),
+    "a16w8": (scheme_recipe("a16w8", Recipe()), Recipe()),
+    "a16w8, conv2 float": (scheme_recipe("a16w8", Recipe(exclude_nodes=["conv2"])), scheme_recipe("a16w8", Recipe())),
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_fast_path_gives_the_full_emulation_models_values_bit_for_bit(setup, workers):
+    """Screening runs each candidate from the reference's cached values at the cut before its first change, on a
+    suffix with every switch fixed (no If, weights constant again), over `workers` threads: what it computes is
+    what the full emulation model computes for the same setting, bit for bit, whatever the cut (focused or not)."""
+    tmp, pm, fm, ranges, samples, base = setup
+    screener = Screener(base.sw, pm.path, lambda method: ranges, Recipe(), samples, workers=workers)
+    for focus in (None, "conv2"):
+        if focus:
+            cfg = screener.config(Recipe(exclude_nodes=[focus]))
+            screener.focus(screener.base_config, set(cfg.differs(screener.base_config).tolist()))
+        for name, (recipe, reference) in FAST.items():
+            cfg, ref = screener.config(recipe), screener.config(reference)
+            assert len(cfg.differs(ref)), name
+            runs = screener.node_runs
+            got = screener.run(cfg, ref)
+            for g, w in zip(got, _straightforward(screener, cfg)):
+                for output in screener.outputs:
+                    assert np.array_equal(g[output], w[output]), (name, output, focus)
+            if name in ("conv3 float", "c3 int16"):  # a late change: less than one full pass per batch
+                assert screener.node_runs - runs < len(screener.feeds), name
+
+
+def test_a_focused_cut_is_where_candidates_start(setup):
+    """Focused on conv3 (the last Conv), a candidate that changes only conv3 runs from the first node reading
+    its switches, not from an earlier fixed cut."""
+    tmp, pm, fm, ranges, samples, base = setup
+    screener = Screener(base.sw, pm.path, lambda method: ranges, Recipe(), samples, workers=1)
+    cfg = screener.config(Recipe(exclude_nodes=["conv3"]))
+    start = min(screener.first[k] for k in cfg.differs(screener.base_config))
+    screener.focus(screener.base_config, set(cfg.differs(screener.base_config).tolist()))
+    screener.run(cfg)  # computes the reference's values, with the focused cut among its cuts
+    assert start in screener._reference.cuts
+    runs = screener.node_runs
+    screener.run(cfg)
+    n = len(screener.sw.model.graph.node)
+    assert screener.node_runs - runs == pytest.approx(len(screener.feeds) * (n - start) / n)
 
 
 def test_recipes_a_grid_cannot_express_are_not_screened(setup):
