@@ -9,12 +9,14 @@ grid is the grid the real build would get.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from onnx import helper
 
+from qcheck.errors import ModelError, Problem, first_line
 from qcheck.quantize.calibrate import Ranges, Recipe, ort_overrides, qdq_quantizer
 
 
@@ -33,12 +35,25 @@ def integer_grid(scale: float, zero_point: int, dtype: np.dtype) -> Grid:
     return Grid(float(scale), float(info.min - int(zero_point)), float(info.max - int(zero_point)))
 
 
+@contextmanager
+def _refused(what: str):
+    """ORT's quantizer refusing a range (NaN, a zero or infinite scale ...) as the build would: a ModelError, so a
+    search records the candidate's error; anything raised outside ORT's code stays a bug of qcheck's."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:  # ORT's quantization code raises plain ValueError/AssertionError/...
+        raise ModelError(Problem(f"ONNX Runtime could not {what}: {type(exc).__name__}: {first_line(exc)}")) from exc
+
+
 class GridCalculator:
     """Grids of the activation tensors of one model under a recipe's global settings, for any tensor override."""
 
     def __init__(self, float_model: Path, ranges: Ranges, recipe: Recipe):
-        self.quantizer = qdq_quantizer(float_model, ranges, recipe)
-        self.quantizer.calc_graph_quant_params()  # applies ORT's range adjustments (Relu/Clip inputs, Softmax)
+        with _refused("set up its quantizer"):
+            self.quantizer = qdq_quantizer(float_model, ranges, recipe)
+            self.quantizer.calc_graph_quant_params()  # applies ORT's range adjustments (Relu/Clip inputs, Softmax)
         self._cache: dict[tuple[str, str], Grid | None] = {}
 
     def grid(self, tensor: str, override: dict) -> Grid | None:
@@ -55,6 +70,7 @@ class GridCalculator:
             return None
         data = known[tensor]
         entry = ort_overrides(Recipe(overrides={tensor: override}))[tensor][0]
-        params = self.quantizer.calc_quant_params(data, entry)
+        with _refused(f"compute the grid of {tensor}"):
+            params = self.quantizer.calc_quant_params(data, entry)
         dtype = helper.tensor_dtype_to_np_dtype(params["quant_type"])
         return integer_grid(float(np.asarray(params["scale"])), int(np.asarray(params["zero_point"])), dtype)

@@ -23,7 +23,7 @@ from qcheck.quantize.calibrate import Ranges, Recipe
 from qcheck.results.values_text import values_text
 from qcheck.search import auto, bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
 from qcheck.search.base import STRATEGIES, Context, closest, confirmed, select
-from qcheck.search.evaluate import BudgetExhausted, Evaluator
+from qcheck.search.evaluate import BudgetExhausted, Evaluator, candidate_errors
 from qcheck.search.ranking import rank_nodes
 from qcheck.search.space import Graph, allowed, build_pool, unit_changes
 
@@ -189,11 +189,12 @@ def _find_chains(ev: Evaluator, graph: Graph, float_model: onnx.ModelProto, base
     path = ev.workdir / "search-chains.onnx"
     try:
         ev.build(base, path)
-        graph.units.find_chains(onnx.load(str(path)), float_model)
-    except Exception:  # the baseline trial records the build error; the search then goes on without chains
-        pass
+        built = onnx.load(str(path))
+    except candidate_errors():  # the baseline trial records the build error; the search then goes on without chains
+        return
     finally:
         path.unlink(missing_ok=True)
+    graph.units.find_chains(built, float_model)
 
 
 def untried_remedies(remedies: list[str], candidates: list[dict], notes: list[str], stopped_by: str | None) -> list[str]:

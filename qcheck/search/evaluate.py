@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qcheck.errors import ModelError
 from qcheck.measure.latency import measure_latency
 from qcheck.measure.outputs import aggregate_model_metrics, compare_outputs
 from qcheck.model.runtime import make_session, ort_errors
@@ -140,7 +141,7 @@ class Evaluator:
                 return same
             self.by_model[hashlib.sha256(path.read_bytes()).hexdigest()] = cand
             cand.update(self._judge(path, recipe, changes))
-        except Exception as exc:  # a candidate ORT cannot build or run is recorded; the search goes on
+        except candidate_errors() as exc:  # a candidate ORT cannot build or run is recorded; the search goes on
             cand.update(_failed_build(exc, len(self.require)))
             cand["error"] = cand["error"].replace(str(path), "the candidate model").replace(str(self.workdir), "")
         finally:
@@ -166,7 +167,7 @@ class Evaluator:
             reference = self.screener.config(self.recipe(tuple(c for c in changes if c.subject == MODEL)))
             got = self.screener.run(self.screener.config(recipe), reference)
             cand.update({**self._verdict(got, self.finding_counts), "findings_measured": False, "size_bytes": None})
-        except Exception as exc:  # noqa: BLE001
+        except candidate_errors() as exc:
             cand.update(_failed_build(exc, len(self.require)))
         return self._add(cand, changes, self.screened)
 
@@ -177,18 +178,18 @@ class Evaluator:
             return
         try:
             reference = self.screener.config(self.recipe(tuple(c for c in sets[0] if c.subject == MODEL)))
-            variable: set[int] = set()
-            for changes in sets:
-                try:
-                    cfg = self.screener.config(self.recipe(tuple(sorted(set(changes)))))
-                except Exception:  # noqa: BLE001 -- a grid ORT cannot compute: `screen` records it when tried
-                    continue
-                if cfg is not None and reference is not None:
-                    variable |= set(cfg.differs(reference).tolist())
-            if reference is not None:
-                self.screener.focus(reference, variable)
-        except ort_errors() as exc:  # ORT refusing the focused model only costs time; screening goes on without it
-            self.log(f"  (screening without a focused model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        except candidate_errors():  # a grid ORT cannot compute: `screen` records it when tried
+            return
+        variable: set[int] = set()
+        for changes in sets:
+            try:
+                cfg = self.screener.config(self.recipe(tuple(sorted(set(changes)))))
+            except candidate_errors():
+                continue
+            if cfg is not None and reference is not None:
+                variable |= set(cfg.differs(reference).tolist())
+        if reference is not None:
+            self.screener.focus(reference, variable)
 
     def _record(self, changes: tuple[Change, ...], key: str, figure: str) -> dict:
         return {
@@ -280,6 +281,15 @@ class Evaluator:
         figures = measure_latency(path, self.samples[0], runs=repeats, warmup=1, what="quantized candidate")
         path.unlink()
         return float(figures["median_ms"])
+
+
+def candidate_errors() -> tuple[type[BaseException], ...]:
+    """What building or running a candidate raises when ONNX Runtime (or onnx) refuses it: ORT's quantizer
+    (wrapped as ModelError by `build_quantized` and `quantize.grids`), its sessions and runs, onnx's checker and
+    shape inference. Everything else is a bug of qcheck's: it ends the run with exit 3 and its traceback."""
+    import onnx
+
+    return (ModelError, *ort_errors(), onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
 
 def _failed_build(exc: Exception, n_require: int) -> dict:

@@ -271,3 +271,31 @@ def test_a_long_change_set_is_summarized_in_log_lines_but_kept_whole_in_the_tabl
     few = changes[:BRIEF_CHANGES + 1]
     assert brief_label(few, {}) == ", ".join(c.label() for c in few)
     assert brief_label((), {}) == "the policy's recipe"
+
+
+@pytest.mark.parametrize("where", ["qcheck.search.evaluate.compare_outputs",  # judging a built candidate
+                                   "qcheck.search.screen.inline_settings",  # screening one
+                                   "qcheck.search.units.Units.find_chains"])  # reading the shared-scale chains
+def test_a_bug_in_qchecks_own_code_while_judging_candidates_ends_the_run_with_exit_3(tmp_path, monkeypatch, capsys,
+                                                                                    where):
+    """A Python error raised by qcheck's own code while the search builds, screens or judges a candidate is not a
+    candidate ONNX Runtime refused: it is not recorded as the candidate's error, the search does not go on, and the
+    run ends with exit 3 and the traceback naming it."""
+    import importlib
+
+    from qcheck.cli.main import main
+
+    module, _, name = where.rpartition(".")
+    owner = importlib.import_module(module) if "Units" not in module else importlib.import_module(
+        module.rsplit(".", 1)[0]).Units
+
+    def bug(*args, **kwargs):
+        raise KeyError("qcheck-bug-marker")
+
+    monkeypatch.setattr(owner, name, bug)
+    policy = _policy(tmp_path / "clip", one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.15"],
+                     {"max_float_nodes": 2, "max_int16_tensors": 4}, eval_scale=4.0, shape=(1, 16),
+                     remedies=["keep_float", "int16_activations"])
+    assert main(["run", str(policy)]) == 3
+    err = capsys.readouterr().err
+    assert "qcheck-bug-marker" in err and "Traceback" in err and "internal error" in err
