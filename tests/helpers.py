@@ -294,10 +294,15 @@ def two_head_concat(path: Path, factor: float = 300.0, seed: int = 0) -> Path:
     return _save(graph, path)
 
 
-def matmul_stack(path: Path, layers: int = 8, width: int = 32, seed: int = 0) -> Path:
+def matmul_stack(path: Path, layers: int = 8, width: int = 32, seed: int = 0, rough: int | None = None,
+                 outlier: float = 100.0) -> Path:
     """x[1, width] -> `layers` MatMuls with signed Hadamard weights (exact on the int8 weight grid) -> y: every
     layer adds a little int8 activation rounding error, none dominates, so no single node (or tensor) fixed in
-    int16 or float meets a tight requirement, while int16 activations everywhere (scheme a16w8) do."""
+    int16 or float meets a tight requirement, while int16 activations everywhere (scheme a16w8) do.
+
+    `rough`: layer `mm<rough>` gets a row of 100s its input never reads (the layer before writes 0 there), so its
+    weights' int8 grid is 100/127 wide and its other weights round to 0 or one step: that layer needs float
+    weights whatever the activations get (a16w8 alone misses; a16w8 plus that node in float passes)."""
     rng = np.random.default_rng(seed)
     h = np.ones((1, 1))
     while h.shape[0] < width:
@@ -305,6 +310,10 @@ def matmul_stack(path: Path, layers: int = 8, width: int = 32, seed: int = 0) ->
     nodes, inits, prev = [], [], "x"
     for i in range(layers):
         q = h * rng.choice([-1.0, 1.0], size=width) / np.sqrt(width)
+        if rough is not None and i == rough - 1:
+            q[:, 0] = 0.0  # the rough layer's input 0 is always 0
+        if rough is not None and i == rough:
+            q[0, :] = outlier
         inits.append(numpy_helper.from_array(q.astype(np.float32), f"w{i}"))
         out = "y" if i == layers - 1 else f"h{i}"
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [out], name=f"mm{i}"))

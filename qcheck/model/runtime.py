@@ -33,6 +33,7 @@ def session_options(threads: int = 0, quiet: bool = False, spin: bool = True, ba
         so.intra_op_num_threads = threads
     if basic:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
