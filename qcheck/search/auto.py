@@ -70,8 +70,7 @@ class Auto(Strategy):
         """Try each whole-model change alone; the closest one that improves on the policy's recipe is kept as the
         start of the search (it is pruned with the rest if not needed)."""
         ev, best, start = ctx.evaluator, base, ()
-        for c in ctx.model_changes:
-            cand = ev.evaluate((c,))
+        for c, cand in zip(ctx.model_changes, ev.evaluate_many([(c,) for c in ctx.model_changes])):  # over the cores
             if not cand["passes"] and cand["within_budget"] and sort_key(cand) < sort_key(best):
                 best, start = cand, (c,)
         return start

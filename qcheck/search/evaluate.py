@@ -14,6 +14,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from qcheck.errors import ModelError
 from qcheck.measure.latency import measure_latency
 from qcheck.measure.outputs import aggregate_model_metrics, compare_outputs
-from qcheck.model.runtime import make_session, ort_errors
+from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.policy.expr import ExprError, Expression, NotApplicable
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
@@ -67,8 +68,9 @@ class Evaluator:
                  finding_counts: dict, target: TargetProfile, graph: Graph, budget: SearchBudget, workdir: Path,
                  log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
                  labels: list[str] | None = None,
-                 findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None):
+                 findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None, workers: int | None = None):
         self.float_path, self.ranges_for, self.base = float_path, ranges_for, base
+        self.workers = max(1, workers or usable_cores())  # candidates built and judged at once (evaluate_many)
         # findings_of: the candidate measured per tensor and the rule packs evaluated on it -> its finding counts.
         # Given only when a `require:` line names findings.* (it costs a per-tensor measurement per candidate).
         self.findings_of = findings_of
@@ -123,30 +125,68 @@ class Evaluator:
     def evaluate(self, changes: tuple[Change, ...] | list[Change]) -> dict:
         """The candidate built for real and judged (cached by recipe key): a *confirmed* figure.
         Raises BudgetExhausted when the budget is spent."""
-        changes = tuple(sorted(set(changes)))
-        recipe = self.recipe(changes)
-        key = recipe.key()
-        if key in self.by_key:
-            return self.by_key[key]
-        if self.exhausted():
-            raise BudgetExhausted(self.stopped_by)
+        return self.evaluate_many([changes])[0]
+
+    def evaluate_many(self, sets: list[tuple[Change, ...]]) -> list[dict]:
+        """`evaluate` for each change set, the builds and runs spread over `workers` threads (ORT's quantizer is
+        Python, but sessions and runs release the GIL: one candidate builds while another runs); recorded in the
+        order given, so ids, log and figures are those of evaluating them one by one, whatever the workers.
+        Raises BudgetExhausted, after recording those that fit, when the budget is spent."""
+        todo: dict[str, tuple[tuple[Change, ...], Recipe]] = {}
+        for changes in sets:
+            changes = tuple(sorted(set(changes)))
+            recipe = self.recipe(changes)
+            if recipe.key() not in self.by_key:
+                todo.setdefault(recipe.key(), (changes, recipe))
+        if todo:
+            if self.exhausted():
+                raise BudgetExhausted(self.stopped_by)
+            room = self.budget.max_trials - sum(c["figure"] == "confirmed" for c in self.candidates)
+            items = list(todo.items())[:room]
+            workers = 1 if self.findings_of is not None else min(self.workers, len(items))
+            outcomes = self._map(self._confirm, items, workers)
+            for (key, (changes, _)), (digest, figures) in zip(items, outcomes):
+                self._record_confirmed(changes, key, digest, figures)
+            if len(items) < len(todo):
+                self.stopped_by = "max_trials"
+                raise BudgetExhausted(self.stopped_by)
+        return [self.by_key[self.recipe(tuple(sorted(set(changes)))).key()] for changes in sets]
+
+    def _confirm(self, item: tuple[str, tuple[tuple[Change, ...], Recipe]]) -> tuple[str | None, dict]:
+        """Build one candidate and judge it: (sha256 of the model built, its figures), or (None, the record of
+        the error ONNX Runtime refused it with)."""
+        key, (changes, recipe) = item
         path = self.workdir / f"candidate-{key}.onnx"
-        cand = self._record(changes, key, "confirmed")
         try:
             self.build(recipe, path)
-            same = self.by_model.get(hashlib.sha256(path.read_bytes()).hexdigest())
-            if same is not None:  # another recipe that builds the very same model: judged once
-                self.by_key[key] = same
-                self.log(f"  ({cand['brief']} builds the same model as trial {same['id']}; not run again)")
-                return same
-            self.by_model[hashlib.sha256(path.read_bytes()).hexdigest()] = cand
-            cand.update(self._judge(path, recipe, changes))
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in self.by_model:  # the very model of an earlier candidate: not judged again
+                return digest, {}
+            return digest, self._judge(path, recipe, changes, threads=1 if self.workers > 1 else 0)
         except candidate_errors() as exc:  # a candidate ORT cannot build or run is recorded; the search goes on
-            cand.update(_failed_build(exc, len(self.require)))
-            cand["error"] = cand["error"].replace(str(path), "the candidate model").replace(str(self.workdir), "")
+            failed = _failed_build(exc, len(self.require))
+            failed["error"] = failed["error"].replace(str(path), "the candidate model").replace(str(self.workdir), "")
+            return None, failed
         finally:
             path.unlink(missing_ok=True)
-        return self._add(cand, changes, self.by_key)
+
+    def _record_confirmed(self, changes: tuple[Change, ...], key: str, digest: str | None, figures: dict) -> None:
+        cand = self._record(changes, key, "confirmed")
+        same = self.by_model.get(digest) if digest else None
+        if same is not None:  # another recipe that builds the very same model: one candidate
+            self.by_key[key] = same
+            self.log(f"  ({cand['brief']} builds the same model as trial {same['id']}; judged once)")
+            return
+        if digest:
+            self.by_model[digest] = cand
+        cand.update(figures)
+        self._add(cand, changes, self.by_key)
+
+    def _map(self, fn, items: list, workers: int) -> list:
+        if workers <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(workers, thread_name_prefix="qcheck-confirm") as pool:
+            return list(pool.map(fn, items))
 
     def screen(self, changes: tuple[Change, ...] | list[Change]) -> dict:
         """The candidate judged on the grid emulation model (`screen.py`): a *screened* figure, never chosen.
@@ -216,13 +256,13 @@ class Evaluator:
         self.log(trial_line(cand))
         return cand
 
-    def _judge(self, path: Path, recipe: Recipe, changes: tuple[Change, ...]) -> dict:
+    def _judge(self, path: Path, recipe: Recipe, changes: tuple[Change, ...], threads: int = 0) -> dict:
         """Run the built candidate on the evaluation data and judge the requirements."""
         # the policy's own recipe is the pipeline's main run: its findings (with the analyses' node statistics)
         # are already counted; every other candidate is measured per tensor when findings_of is given
         finding_counts = (self.findings_of(path, recipe, self.ranges_for(recipe.calibration))
                           if self.findings_of and changes else self.finding_counts)
-        sess = make_session(path, "quantized candidate")
+        sess = make_session(path, "quantized candidate", threads=threads)
         got = [dict(zip(self.outputs, sess.run(self.outputs, sample))) for sample in self.samples]
         return {**self._verdict(got, finding_counts), "findings_measured": self.findings_of is not None,
                 "size_bytes": path.stat().st_size}

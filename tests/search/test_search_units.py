@@ -322,3 +322,25 @@ def test_a_near_miss_scheme_switch_is_combined_with_one_node_in_float(tmp_path):
     assert alone and not alone[0]["passes"] and alone[0]["figure"] == "confirmed"
     assert _max_error(folder / "model.onnx", folder / "out" / "model.quant.onnx", folder, "y") > 0.1
     assert _max_error(folder / "model.onnx", folder / "out" / "model.fixed.onnx", folder, "y") <= 0.03
+
+
+def test_candidates_built_and_screened_over_the_cores_give_the_same_search_whatever_the_workers(tmp_path,
+                                                                                                monkeypatch):
+    """The whole-model candidates are built and judged on a pool of threads, the screened ones run their samples on
+    one: with one worker or two, the search records the same candidates, in the same order, with the same figures
+    (the same ids, verdicts and values), and chooses the same fix."""
+    import qcheck.search.evaluate as evaluate
+    import qcheck.search.screen as screen
+
+    tables = []
+    for workers in (1, 2):
+        monkeypatch.setattr(evaluate, "usable_cores", lambda w=workers: w)
+        monkeypatch.setattr(screen, "usable_cores", lambda w=workers: w)
+        policy = _policy(tmp_path / f"w{workers}", one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}},
+                         ["y_err <= 0.15"], {"max_float_nodes": 2, "max_int16_tensors": 4}, eval_scale=4.0,
+                         shape=(1, 16))
+        s = run(load_policy(policy))["search"]
+        keep = ("id", "label", "figure", "passes", "failed", "shortfall", "requirements", "metrics", "error", "cost")
+        tables.append(([{k: c[k] for k in keep} for c in s["candidates"]], s["chosen"]))
+    assert sum(c["figure"] == "confirmed" for c in tables[0][0]) >= 5  # the policy's recipe and 4+ whole-model ones
+    assert tables[0] == tables[1]
