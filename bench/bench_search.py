@@ -206,6 +206,33 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
               f"{seconds:.0f} s = {focused:.3f} s each = {focused / unit:.2f} float passes per sample; "
               f"{600 / focused:.0f} would fit in 10 minutes")
         print(f"unfocused (full emulation model): {full:.3f} s per candidate = {full / unit:.2f} float passes per sample")
+        confirm_throughput(policy, loaded, ranges, samples, nodes, folder, unit)
+
+
+def confirm_throughput(policy, loaded, ranges, samples: list[dict], nodes: list[str], folder: Path, unit: float) -> None:
+    """Confirmation: 4 candidates (one node each in float) built with ONNX Runtime and judged, one at a time and
+    on the usable cores (`Evaluator.evaluate_many`), in float passes over the samples."""
+    import os
+    import time
+
+    import onnx
+
+    from qcheck.measure.tasks import build as build_tasks
+    from qcheck.quantize.calibrate import Recipe
+    from qcheck.search.evaluate import Evaluator
+    from qcheck.search.space import Change, Graph
+
+    fm = onnx.load(str(loaded.prepared.path))
+    sets = [(Change("keep_float", n),) for n in nodes[:4]]
+    for workers in (1, 2):
+        ev = Evaluator(loaded.prepared.path, fm, lambda method: ranges, Recipe(), samples, policy.metrics,
+                       policy.require, {}, policy.target, Graph(fm, set(ranges.ranges)), SearchBudget(), folder,
+                       make_tasks=lambda: build_tasks(policy, loaded.prepared.outputs), workers=workers)
+        clock = time.perf_counter()
+        ev.evaluate_many(sets)
+        each = (time.perf_counter() - clock) / len(sets)
+        print(f"confirmation, {workers} worker(s): {each:.2f} s per candidate built and judged = {each / unit:.1f} "
+              f"float passes per sample (load average {os.getloadavg()[0]:.1f})")
 
 
 def print_figures(results: dict) -> None:

@@ -13,9 +13,13 @@ The emulation computes Q/DQ in float arithmetic; ORT's integer kernels round the
 differently, so a screened figure is close to, not equal to, the real model's (`tests/search/test_screen.py`
 measures how close). It guides the search; the verdict only takes confirmed (really built) candidates.
 
-Speed: a candidate that differs from its reference (the policy's recipe, or the whole-model change the search
-builds on) only from some node on runs on a *suffix* of the emulation model (`analyses.suffix.specialize`) fed
-with the reference's values at the cut, kept once per reference.
+Speed (a screened candidate should cost at most a float pass or two): a candidate runs from the cut before its
+first difference from its reference (the policy's recipe, or the whole-model change the search builds on), fed
+with the reference's values there, kept once per reference (`focus` adds a cut where the coming candidates
+start). Its suffix has every switch fixed (`analyses.suffix.FixedSuffixes`): no If, weights constant again, an
+8-bit grid as QuantizeLinear/DequantizeLinear, and ORT's basic optimizations only, so it computes bit for bit what
+the full emulation model computes for the same setting (`tests/search/test_screen.py`). The samples (or batches)
+run over the cores on threads.
 """
 
 from __future__ import annotations
