@@ -103,14 +103,15 @@ class Screener:
         self.calculators: dict[tuple, GridCalculator] = {}
         self.base_config = Config(sw.mask(default=True), sw.grids.scale, sw.grids.lo, sw.grids.hi)
         self.outputs = [o.name for o in sw.model.graph.output]
-        self.session, self.batch = self._batched_session()
+        self.suffixes = FixedSuffixes(sw.model)
+        self.workers = max(1, workers or usable_cores())
+        self._full_session = None  # see session
+        self.batch = self._batch_size()
         self.batches = [list(range(i, min(i + self.batch, len(samples)))) for i in range(0, len(samples), self.batch)]
         self.feeds = [stack([samples[i] for i in chunk]) if self.batch > 1 else samples[chunk[0]]
                       for chunk in self.batches]
         self.first = first_readers(sw.model, len(sw.switches))
-        self.suffixes = FixedSuffixes(sw.model)
         self.cuts = self._cuts()
-        self.workers = max(1, workers or usable_cores())
         self._pool: ThreadPoolExecutor | None = None
         self._reference: _Reference | None = None  # the reference's outputs and values at every cut, per batch
         self._focus_cut: int | None = None  # see focus()
@@ -258,23 +259,33 @@ class Screener:
                                      [{n: g[n] for n in names if n in g} for g in got])
         return self._reference
 
-    def _batched_session(self):
-        """A session over batches of samples when the model takes them and gives the same values, else one by one."""
-        single = self.sw.session()
+    @property
+    def session(self):
+        """A session on the full emulation model (every switch an If, the grids fed): the straightforward way to run
+        a setting, which the fast path must agree with (`tests/search/test_screen.py`)."""
+        if self._full_session is None:
+            self._full_session = self.sw.session(batched=self.batch > 1)
+        return self._full_session
+
+    def _batch_size(self) -> int:
+        """Samples per run: 8 when the model takes a batch and gives each sample's values, else 1. Probed on the
+        policy's recipe with every switch fixed (no If: cheap to load and run)."""
         first = self.samples[0]
         n = min(8, len(self.samples))
         if n < 2 or any(v.shape[0] != 1 for v in first.values()):
-            return single, 1
-        feed = {**self.base_config.feed()}
+            return 1
+        inline, mask = inline_settings(self.sw, self.base_config), {SWITCH_INPUT: self.base_config.mask}
         try:
-            batched = self.sw.session(batched=True, quiet=True)
-            together = batched.run(None, {**stack(self.samples[:n]), **feed})
-            apart = [single.run(None, {**s, **feed}) for s in self.samples[:n]]
+            single = self._session(self.suffixes.build(0, inline, set(), first).model, "screening probe")
+            batched = self._session(self.suffixes.build(0, inline, set(), first, batched=True).model,
+                                    "screening probe")
+            together = batched.run(None, {**stack(self.samples[:n]), **mask})
+            apart = [single.run(None, {**s, **mask}) for s in self.samples[:n]]
         except ort_errors():  # ORT refuses a batch this model cannot take: one sample at a time
-            return single, 1
+            return 1
         for o, value in enumerate(together):
             expect = np.concatenate([a[o] for a in apart], axis=0)
             if value.shape != expect.shape or not np.allclose(value, expect, rtol=1e-4,
                                                               atol=1e-5 * (np.abs(expect).max() + 1)):
-                return single, 1
-        return batched, n
+                return 1
+        return n
