@@ -143,6 +143,8 @@ class Evaluator:
                 raise BudgetExhausted(self.stopped_by)
             room = self.budget.max_trials - sum(c["figure"] == "confirmed" for c in self.candidates)
             items = list(todo.items())[:room]
+            for _, (_, recipe) in items:  # a calibration the candidates need runs here, once, not in a worker
+                self.ranges_for(recipe.calibration)
             workers = 1 if self.findings_of is not None else min(self.workers, len(items))
             outcomes = self._map(self._confirm, items, workers)
             for (key, (changes, _)), (digest, figures) in zip(items, outcomes):
