@@ -344,3 +344,14 @@ def test_candidates_built_and_screened_over_the_cores_give_the_same_search_whate
         tables.append(([{k: c[k] for k in keep} for c in s["candidates"]], s["chosen"]))
     assert sum(c["figure"] == "confirmed" for c in tables[0][0]) >= 5  # the policy's recipe and 4+ whole-model ones
     assert tables[0] == tables[1]
+
+
+def test_whole_model_candidates_built_together_stop_at_max_trials(tmp_path):
+    """max_trials 3: the policy's recipe and the first two whole-model candidates (in the policy's order) are built
+    and recorded, the rest of the batch is not, and the search says it stopped at max_trials."""
+    policy = _policy(tmp_path / "few", one_matmul, {"y_err": {"output": "y", "metric": "max_abs"}}, ["y_err <= 0.15"],
+                     {"max_float_nodes": 2, "max_int16_tensors": 4, "max_trials": 3}, eval_scale=4.0, shape=(1, 16))
+    s = run(load_policy(policy))["search"]
+    built = [c for c in s["candidates"] if c["figure"] == "confirmed"]
+    assert [c["label"] for c in built] == ["the policy's recipe", "scheme a16w8", "calibration entropy"]
+    assert s["stopped_by"] == "max_trials" and s["confirmed"] == 3
