@@ -105,6 +105,7 @@ class SampleSums:
     fmax: float = math.nan
 
 
+FLOAT32_POWERS = 1e7  # beyond this distance from the shift, fourth powers near float32's limit: float64
 DOT_CHUNK = 1 << 16  # BLAS dot products of float32 drift beyond ~1e-7 relative past this many elements
 
 
@@ -113,6 +114,17 @@ def dot(a: np.ndarray, b: np.ndarray) -> float:
     if a.size <= DOT_CHUNK:
         return float(np.dot(a, b))
     return math.fsum(float(np.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK])) for i in range(0, a.size, DOT_CHUNK))
+
+
+def merged_spread(n_a: int, sum_a: float, m2_a: float, n_b: int, sum_b: float, m2_b: float) -> float:
+    """The sum of squared deviations from the mean of two parts joined, from each part's count, sum and own
+    such sum (Chan et al.'s pairwise update: no cancellation)."""
+    if not n_a:
+        return m2_b
+    if not n_b:
+        return m2_a
+    delta = sum_b / n_b - sum_a / n_a
+    return m2_a + m2_b + delta * delta * n_a * n_b / (n_a + n_b)
 
 
 def error_sums(f: np.ndarray, q: np.ndarray, extent: bool = True) -> SampleSums:
@@ -156,6 +168,11 @@ class SquaredErrorAccumulator:
         self.n += e.size
         self.sum_ee += dot(e, e)
 
+    def add(self, n: int, sum_ee: float) -> None:
+        """One sample's count and square sum taken elsewhere (qcheck.measure.fused)."""
+        self.n += n
+        self.sum_ee += sum_ee
+
     def mean_squared_error(self) -> float:
         return self.sum_ee / max(self.n, 1)
 
@@ -198,17 +215,34 @@ class ErrorAccumulator:
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
         if reference.shape != test.shape:
             raise ValueError(f"shape mismatch: float {reference.shape} vs quantized {test.shape}")
-        self.last_sums = (0.0, 0.0, 0.0)
         if reference.size == 0:
+            self.last_sums = (0.0, 0.0, 0.0)
             return
         f, q = working_pair(reference, test, self.exact)
         s = error_sums(f, q, extent=self.extent)
+        self.add_sums(s)
+        if self.scale is not None and np.ndim(self.scale) != 0:
+            scale = np.broadcast_to(np.asarray(self.scale, dtype=np.float64), reference.shape).ravel()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.sum_ee_scaled += float((((f - q) / scale) ** 2).sum()) if np.all(scale > 0) else math.nan
+        if self.qrange is not None:
+            self._update_clipping(f, s.fmin, s.fmax, reference.shape)
+
+    @property
+    def fused(self) -> bool:
+        """Whether one sample's sums may be taken elsewhere (`add_sums`, qcheck.measure.fused): a scalar scale
+        and range, so nothing but the sums and the float tensor's extent is read."""
+        return (not self.exact and (self.scale is None or np.ndim(self.scale) == 0)
+                and (self.qrange is None or all(np.ndim(v) == 0 for v in self.qrange)))
+
+    def add_sums(self, s: SampleSums, flat_float: np.ndarray | None = None) -> None:
+        """Adds one sample's sums. Called alone (`fused`), `flat_float` is the sample's float tensor, read only
+        when it reaches beyond the grid (clipping is counted then)."""
+        self.last_sums = (0.0, 0.0, 0.0)
+        if s.n == 0:
+            return
         # the spread of the error around its mean, merged over samples (Chan et al.'s pairwise update)
-        if self.n:
-            delta = s.sum_e / s.n - self.sum_e / self.n
-            self.m2 += s.centered + delta * delta * self.n * s.n / (self.n + s.n)
-        else:
-            self.m2 = s.centered
+        self.m2 = merged_spread(self.n, self.sum_e, self.m2, s.n, s.sum_e, s.centered)
         self.n += s.n
         self.sum_e += s.sum_e
         self.sum_abs += s.sum_abs
@@ -220,16 +254,15 @@ class ErrorAccumulator:
         if self.extent:
             self.fmin = min(self.fmin, s.fmin)
             self.fmax = max(self.fmax, s.fmax)
-        if self.scale is not None and np.ndim(self.scale) == 0 and float(self.scale) > 0:
-            if self.extent:
-                self.sample_spreads.append((s.fmax - s.fmin) / float(self.scale))
-            self.sum_ee_scaled += s.sum_ee / float(self.scale) ** 2
-        elif self.scale is not None:
-            scale = np.broadcast_to(np.asarray(self.scale, dtype=np.float64), reference.shape).ravel()
-            with np.errstate(divide="ignore", invalid="ignore"):
-                self.sum_ee_scaled += float((((f - q) / scale) ** 2).sum()) if np.all(scale > 0) else math.nan
-        if self.qrange is not None:
-            self._update_clipping(f, s.fmin, s.fmax, reference.shape)
+        if self.scale is not None and np.ndim(self.scale) == 0:
+            if float(self.scale) > 0:
+                if self.extent:
+                    self.sample_spreads.append((s.fmax - s.fmin) / float(self.scale))
+                self.sum_ee_scaled += s.sum_ee / float(self.scale) ** 2
+            else:
+                self.sum_ee_scaled = math.nan
+        if flat_float is not None and self.qrange is not None:
+            self._update_clipping(flat_float, s.fmin, s.fmax, flat_float.shape)
 
     def last_cosine(self) -> float:
         """The cosine of the last sample alone."""
@@ -317,21 +350,32 @@ class DistributionAccumulator:
             return
         x = np.asarray(values)
         x = x.astype(np.float64 if x.dtype == np.float64 else np.float32, copy=False)
+        shift = self.shift_for(x)
+        d = x.ravel() - x.dtype.type(shift)
+        if x.dtype != np.float64 and float(np.abs(d).max()) > FLOAT32_POWERS:
+            d = x.ravel().astype(np.float64) - shift
+        d2 = d * d
+        self.add_moments(d.size, float(d.sum()), float(d2.sum()), dot(d2, d), dot(d2, d2))
+        if self.axis is not None and x.ndim > self.axis:
+            self.add_extremes(*channel_extremes(x, self.axis))
+
+    def shift_for(self, x: np.ndarray) -> float:
+        """The shift the moments are taken around: the first sample's mean."""
         if self.shift is None:
             self.shift = float(x.mean(dtype=np.float64))
-        d = x.ravel() - x.dtype.type(self.shift)
-        if x.dtype != np.float64 and float(np.abs(d).max()) > 1e7:  # fourth powers near float32's limit
-            d = x.ravel().astype(np.float64) - self.shift
-        d2 = d * d
-        self.n += d.size
-        self.s1 += float(d.sum())
-        self.s2 += float(d2.sum())
-        self.s3 += dot(d2, d)
-        self.s4 += dot(d2, d2)
-        if self.axis is not None and x.ndim > self.axis:
-            cmin, cmax = _channel_extremes(x, self.axis)
-            self.cmin = cmin if self.cmin is None else np.minimum(self.cmin, cmin)
-            self.cmax = cmax if self.cmax is None else np.maximum(self.cmax, cmax)
+        return self.shift
+
+    def add_moments(self, n: int, s1: float, s2: float, s3: float, s4: float) -> None:
+        """One sample's sums of d, d^2, d^3, d^4 with d = x - shift (qcheck.measure.fused takes them elsewhere)."""
+        self.n += n
+        self.s1 += s1
+        self.s2 += s2
+        self.s3 += s3
+        self.s4 += s4
+
+    def add_extremes(self, cmin: np.ndarray, cmax: np.ndarray) -> None:
+        self.cmin = cmin if self.cmin is None else np.minimum(self.cmin, cmin)
+        self.cmax = cmax if self.cmax is None else np.maximum(self.cmax, cmax)
 
     def result(self) -> DistributionStats:
         out = DistributionStats()
@@ -357,7 +401,7 @@ class DistributionAccumulator:
         return out
 
 
-def _channel_extremes(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def channel_extremes(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel min and max along `axis`, exact (taken in the tensor's type, returned as float64)."""
     if axis < x.ndim - 1 and x.flags.c_contiguous and int(np.prod(x.shape[:axis])) == 1:
         x = x.reshape(x.shape[axis], -1)  # batch of one, NCHW: one contiguous row per channel, reduced fast

@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from qcheck.measure.error_stats import (
     ErrorStats,
     SquaredErrorAccumulator,
 )
+from qcheck.measure.fused import Quantized, reduce_sample
 from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.outputs import OutputMetrics, compare_outputs
 from qcheck.measure.twin import Twin, build_twin
@@ -168,11 +170,12 @@ def measure(
     tasks: list | None = None,
     need: set[str] | None = None,
     layer_metrics: LayerMetrics | None = None,
+    fused: bool = True,
 ) -> Measurement:
     """`tasks`: task metrics (qcheck.measure.tasks), each fed every sample's float and quantized model outputs.
     `need`: the statistics the rules read (`rules.needed_statistics`); optional statistics no one
     needs are not computed (None = compute everything). `layer_metrics`: the policy's own per-tensor
-    statistics, fed the arrays this pass compares (measure.layer_metrics)."""
+    statistics, fed the arrays this pass compares (measure.layer_metrics). `fused`: see `reduce_tensor`."""
     index = GraphIndex(float_model)
     outputs = index.output_names
     activations = [t for t in qmap.tensors.values() if t.kind == "activation"]
@@ -193,7 +196,7 @@ def measure(
     with ThreadPoolExecutor(max_workers=workers()) as pool:
         for i in range(len(data)):
             _measure_sample(data[i], data.samples[i].label, sessions, activations, index, acc, compared, want_dist,
-                            pool)
+                            pool, fused)
             if progress:
                 progress(i + 1, len(data))
     records = _activation_records(activations, acc, index, ranges, modes, sessions.twin, want_dist)
@@ -240,25 +243,38 @@ def _accumulators(activations: list[QuantizedTensor], float_model: onnx.ModelPro
 class TensorSample:
     """One quantized activation on one evaluation sample: the arrays every per-tensor statistic reads.
 
-    `float` is the float model's tensor, `quant` the quantized run's, dequantized (its grid:
-    `tensor.scale_for(quant.shape)`, `tensor.zero_point_for(quant.shape)`); `local_float` is the per-layer
+    `float` is the float model's tensor, `q` the quantized run's integer tensor and `quant` the same
+    dequantized (its grid: `tensor.scale_for(quant.shape)`, `tensor.zero_point_for(quant.shape)`; made when
+    first read: the fused reduction dequantizes chunk by chunk instead); `local_float` is the per-layer
     twin's output (the float op fed what the quantized op saw), `weight_only` the twin's output with
-    dequantized weights; None when not measured. The arrays are float32 as ONNX Runtime returns them
-    and are read-only here: other threads read them too."""
+    dequantized weights; None when not measured. The arrays are as ONNX Runtime returns them and are
+    read-only here: other threads read them too."""
 
     tensor: QuantizedTensor
     float: np.ndarray
-    quant: np.ndarray
+    q: np.ndarray
     local_float: np.ndarray | None = None
     weight_only: np.ndarray | None = None
 
+    @cached_property
+    def quant(self) -> np.ndarray:
+        return self.tensor.dequantize(self.q)
 
-def reduce_tensor(s: TensorSample, acc: _Accumulators, want_dist: bool) -> None:
+
+def reduce_tensor(s: TensorSample, acc: _Accumulators, want_dist: bool, fused: bool = True) -> None:
     """Every per-tensor statistic's update for one sample: the one place the measurement pass reads a
     tensor's arrays, and where a further per-tensor reduction belongs (the error is `s.float - s.quant`).
     It runs on worker threads (one tensor per call, each accumulator updated by one call at a time), so
-    what is added here must only touch this tensor's own accumulators."""
+    what is added here must only touch this tensor's own accumulators. `fused`: all sums in one chunked pass
+    (measure.fused) where it applies; False: each accumulator's own passes (the reference it is tested on)."""
     name = s.tensor.name
+    local = s.local_float is not None
+    with_w = local and s.weight_only is not None and name in acc.weight_err
+    if fused and reduce_sample(s.float, _quantized(s), s.local_float, s.weight_only if with_w else None,
+                               acc.whole[name], acc.local[name] if local else None,
+                               acc.dist[name] if want_dist else None, acc.weight_err[name] if with_w else None,
+                               acc.rest_err[name] if with_w else None):
+        return
     acc.whole[name].update(s.float, s.quant)
     if want_dist:
         acc.dist[name].update(s.float)
@@ -269,18 +285,24 @@ def reduce_tensor(s: TensorSample, acc: _Accumulators, want_dist: bool) -> None:
             acc.rest_err[name].update(s.weight_only, s.quant)
 
 
+def _quantized(s: TensorSample) -> Quantized:
+    """The quantized tensor as the fused reduction reads it: integers and a scalar grid when the tensor is per
+    tensor and 8/16-bit (dequantized chunk by chunk, as quantize.grid.dequantize computes it), else the
+    dequantized array."""
+    t, q = s.tensor, s.q
+    if not t.per_channel and q.dtype.kind in "iu" and q.dtype.itemsize <= 2 and q.ndim > 0:
+        return Quantized(q, float(t.scale.reshape(())), int(t.zero_point.reshape(())))
+    return Quantized(s.quant)
+
+
 def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: list[QuantizedTensor],
                     index: GraphIndex, acc: _Accumulators, compared: OutputMetrics, want_dist: bool,
-                    pool: ThreadPoolExecutor) -> None:
+                    pool: ThreadPoolExecutor, fused: bool = True) -> None:
     f_vals, q_vals, run_twin = sessions.run(sample)
     _check_outputs_finite(f_vals, compared.outputs, index, label)
-    deq = dict(zip((t.name for t in activations),
-                   pool.map(lambda t: t.dequantize(q_vals[t.q_output]), activations)))
     twin, t_vals = sessions.twin, {}
-    if sessions.twin_sess is not None:
-        by_qoutput = {t.q_output: t.name for t in activations}
-        t_vals = run_twin({twin_in: deq[by_qoutput[src]] if src in by_qoutput else q_vals[src]
-                           for twin_in, src in twin.inputs.items()})
+    if sessions.twin_sess is not None:  # fed the integers: the twin dequantizes them as the quantized model does
+        t_vals = run_twin({twin_in: q_vals[src] for twin_in, src in twin.inputs.items()})
     jobs = []
     for t in activations:
         ref = f_vals.get(t.name, sample.get(t.name))
@@ -288,8 +310,8 @@ def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: 
             continue
         local = t_vals[twin.outputs[t.name]] if t_vals and t.name in twin.outputs else None
         w_only = t_vals[twin.weight_outputs[t.name]] if local is not None and t.name in twin.weight_outputs else None
-        jobs.append(TensorSample(t, ref, deq[t.name], local, w_only))
-    for _ in pool.map(lambda j: reduce_tensor(j, acc, want_dist), sorted(jobs, key=lambda j: -j.float.size)):
+        jobs.append(TensorSample(t, ref, q_vals[t.q_output], local, w_only))
+    for _ in pool.map(lambda j: reduce_tensor(j, acc, want_dist, fused), sorted(jobs, key=lambda j: -j.float.size)):
         pass  # largest first: the workers finish together
     if acc.user is not None:
         for j in jobs:

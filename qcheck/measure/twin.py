@@ -15,7 +15,14 @@ import onnx
 from onnx import numpy_helper
 
 from qcheck.model.graph import GraphIndex
-from qcheck.quantize.qdq import DEQUANTIZE_OPS, QUANTIZE_OPS, REMOVABLE_ACTIVATIONS, QDQMap, float_name
+from qcheck.quantize.qdq import (
+    DEQUANTIZE_OPS,
+    QUANTIZE_OPS,
+    REMOVABLE_ACTIVATIONS,
+    QDQMap,
+    QuantizedTensor,
+    float_name,
+)
 
 TWIN_PREFIX = "qcheck_twin::"
 TWIN_W_PREFIX = "qcheck_twin_wq::"
@@ -26,7 +33,8 @@ INPUT_PREFIX = "qcheck_in::"
 @dataclass
 class Twin:
     model: onnx.ModelProto
-    inputs: dict[str, str]  # twin graph input -> tensor name in the quantized run ("float name" or q_output)
+    inputs: dict[str, str]  # twin graph input -> tensor name in the quantized run (a float tensor, or the integer
+    # q_output of a quantized activation, dequantized inside the twin)
     outputs: dict[str, str]  # float tensor name -> twin output name
     weight_outputs: dict[str, str]  # float tensor name -> output of the twin with dequantized weights
 
@@ -42,6 +50,7 @@ class _Builder:
     feeds: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     weight_outputs: dict[str, str] = field(default_factory=dict)
+    dequantizers: set[str] = field(default_factory=set)
 
     def __post_init__(self):
         self.f_outputs = set(self.f.output_names)
@@ -54,11 +63,8 @@ class _Builder:
         producer = self.q.producer.get(name)
         if producer is not None and producer.op_type in DEQUANTIZE_OPS:
             src = producer.input[0]
-            if src in self.by_qoutput:  # dequantized activation: feed the quantized run's value
-                feed = INPUT_PREFIX + self.by_qoutput[src].name
-                self.feeds[feed] = src
-                self.graph_inputs[feed] = onnx.TensorProto.FLOAT
-                return feed
+            if src in self.by_qoutput:  # dequantized activation: the quantized run's integers, dequantized here
+                return self.dequantized(producer, self.by_qoutput[src])
             return None  # weights are resolved by position (see inputs_of)
         if name in self.q.initializers:
             self.inits[name] = self.q.initializers[name]
@@ -69,6 +75,29 @@ class _Builder:
         self.feeds[feed] = name
         self.graph_inputs[feed] = self.f.types[name]
         return feed
+
+    def dequantized(self, dq: onnx.NodeProto, t: QuantizedTensor) -> str:
+        """The twin's dequantized copy of activation `t`: the quantized run's integer tensor fed in, and a copy of
+        the quantized model's own DequantizeLinear (ORT's kernel: the numbers the quantized nodes read, with no
+        float copy of every tensor made in Python)."""
+        name = INPUT_PREFIX + t.name
+        if name in self.dequantizers:
+            return name
+        feed = INPUT_PREFIX + t.q_output
+        self.feeds[feed] = t.q_output
+        self.graph_inputs[feed] = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+        node = onnx.NodeProto()
+        node.CopyFrom(dq)
+        node.name = INPUT_PREFIX + (dq.name or t.name)
+        node.input[0] = feed
+        del node.output[:]
+        node.output.append(name)
+        for param in node.input[1:]:
+            if param:
+                self.inits[param] = self.q.initializers[param]
+        self.dequantizers.add(name)
+        self.nodes.append(node)
+        return name
 
     def inputs_of(self, node: onnx.NodeProto, twin_of: onnx.NodeProto) -> tuple[list[str], dict[int, str]] | None:
         """The twin's inputs for `node` (float weights in place of dequantized ones) and, by position, the
