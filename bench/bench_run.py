@@ -16,7 +16,9 @@ models and samples, plus one read of every tensor it measures:
 - quantize: writing the quantized model once;
 - measure: decoding the evaluation samples, the float model with every measured tensor exposed +
   the quantized model with every measured tensor exposed over them, plus one read (a sum) of each
-  returned tensor;
+  returned float tensor; in per-layer mode (measure.modes: local) also the per-layer twin (a float copy
+  of each quantized node fed the quantized run's inputs: a model run per-layer statistics cannot avoid)
+  and one read of its outputs. The floor without the twin is printed on its own line;
 - analyses: one float pass over its samples for each node ranked (suffix copies can run below it);
   load, quantize, rules and render run no model: no floor.
 
@@ -141,9 +143,11 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
     """Seconds of the model runs each stage cannot avoid (see the module docstring)."""
     import onnx
 
+    from qcheck.measure.twin import build_twin
     from qcheck.model.runtime import make_session, with_outputs
     from qcheck.policy.loader import load_policy
     from qcheck.quantize.qdq import read_qdq
+    from qcheck.rules.engine import needed_statistics
     from qcheck.run.load_stage import load
 
     policy = load_policy(policy_path)
@@ -167,9 +171,24 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
         # as the measurement opens them (qcheck.measure.per_tensor._open_sessions): no spinning between runs
         f_sess = make_session(with_outputs(float_model, [t.name for t in acts if t.name not in outputs]), "float",
                               spin=False)
-        q_sess = make_session(with_outputs(qmodel, [t.q_output for t in acts]), "quantized", spin=False)
-        out["measure"] = _add(decode_eval, _timed(lambda: [(_read_all(f_sess.run(None, s)),
-                                                            _read_all(q_sess.run(None, s))) for s in samples]))
+        twin = None
+        if "local" in policy.measure.modes:
+            need = needed_statistics(loaded.rules)
+            twin = build_twin(qmodel, float_model, qmap, with_weight_twin="weight_error_share" in need)
+        q_names = [t.q_output for t in acts] + (sorted(set(twin.inputs.values())) if twin else [])
+        q_sess = make_session(with_outputs(qmodel, q_names), "quantized", spin=False)
+        t_sess = make_session(twin.model, "twin", spin=False) if twin and twin.outputs else None
+        q_out = [o.name for o in q_sess.get_outputs()]
+
+        def passes(with_twin: bool) -> None:
+            for s in samples:
+                _read_all(f_sess.run(None, s))
+                q_vals = dict(zip(q_out, q_sess.run(None, s)))
+                if with_twin and t_sess is not None:
+                    _read_all(t_sess.run(None, {k: q_vals[v] for k, v in twin.inputs.items()}))
+
+        out["measure"] = _add(decode_eval, _timed(lambda: passes(True)))
+        out["measure (float + int8 only)"] = _add(decode_eval, _timed(lambda: passes(False)))
         analyses = results.get("analyses")
         if analyses and analyses.get("sensitivity"):
             n = min(analyses["samples"], len(samples))
@@ -231,6 +250,10 @@ def show(name: str, f: dict) -> None:
                  f"{cpu / floor[1]:>6.1f}" if floor and cpu is not None else f"{'-':>6}",
                  f"  {peak:>8.0f}" if peak is not None else f"  {'-':>8}"]
         print(f"{stage:<10} " + " ".join(cells))
+    plain = f["floors"].get("measure (float + int8 only)")
+    if plain and "measure" in f["timings"] and "measure" in f["cpu"]:
+        print(f"{'':<10} measure against the float and int8 runs alone (no twin): {plain[0]:.2f} s wall, ratio "
+              f"{f['timings']['measure'] / plain[0]:.1f}; {plain[1]:.2f} s cpu, ratio {f['cpu']['measure'] / plain[1]:.1f}")
     print(f"{'total':<10} {sum(f['timings'].values()):>8.2f}   whole-run peak {max(f['peak_mb'].values()):.0f} MB "
           f"({f['method'].split(':')[0]}; render not included: it runs after results.json is written)")
 

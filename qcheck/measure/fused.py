@@ -31,6 +31,7 @@ from qcheck.measure.error_stats import (
     merged_spread,
 )
 
+
 @dataclass
 class Quantized:
     """The quantized run's tensor: dequantized `values`, or integer `values` on a scalar grid, dequantized one

@@ -24,10 +24,12 @@ import onnx
 
 from qcheck.data.readers import DataSet
 from qcheck.errors import ModelError, Problem, first_line
-from qcheck.policy.spec import QuantizationSpec
+from qcheck.policy.spec import AnalysesSpec, QuantizationSpec
+from qcheck.quantize.histograms import collect_streamed
 from qcheck.scratch import temp_folder
 
 QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
+DEFAULT_MEMORY_MB = AnalysesSpec.memory_mb  # the policy's memory_mb when a caller gives none
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
@@ -108,13 +110,17 @@ class _Reader:
         self.failure: BaseException | None = None
 
     def get_next(self):
+        if self.i >= len(self.data):
+            return None
+        self.i += 1
+        return self.sample(self.i - 1)
+
+    def sample(self, i: int) -> dict:
+        """Sample i (the streamed histogram collection reads samples by index, some twice: the bar runs again)."""
         try:
-            if self.i >= len(self.data):
-                return None
-            sample = self.data[self.i]
-            self.i += 1
+            sample = self.data[i]
             if self.progress:
-                self.progress(self.i, len(self.data))
+                self.progress(i + 1, len(self.data))
             return sample
         except BaseException as exc:
             self.failure = exc
@@ -128,10 +134,13 @@ class _Reader:
 
 
 def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str | None = None,
-              progress=None, source: Path | None = None) -> Ranges:
+              progress=None, source: Path | None = None, memory_mb: int = DEFAULT_MEMORY_MB) -> Ranges:
     """Run ORT's calibrator once over `data` and return the ranges it computes.
 
     `source`: the user's model file, named when ONNX Runtime fails (`float_model` is qcheck's working copy).
+    `memory_mb`: the calibration tensors a histogram calibrator (entropy, percentile) may hold at once; beyond
+    it they are collected in chunks (quantize.histograms), with the same ranges. MinMax reduces every tensor
+    inside the graph and holds nothing.
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
@@ -149,7 +158,10 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
                 calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=options,
             )
             with contextlib.redirect_stdout(io.StringIO()):  # ORT's histogram calibrators print as they go
-                calibrator.collect_data(reader)
+                if method in ("entropy", "percentile"):
+                    collect_streamed(calibrator, reader.sample, len(data), memory_mb << 20)
+                else:
+                    calibrator.collect_data(reader)
                 tensors = calibrator.compute_data()
         except Exception as exc:
             if reader.failure is not None:  # not ORT's: a bad sample (DataError) or a bug in qcheck, as raised

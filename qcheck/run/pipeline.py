@@ -252,7 +252,8 @@ def _calibrate(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stage
         return None
     with stages.stage("calibrate", console):
         ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization,
-                           progress=lambda i, n: console.progress("calibrate", i, n), source=loaded.prepared.source)
+                           progress=lambda i, n: console.progress("calibrate", i, n), source=loaded.prepared.source,
+                           memory_mb=policy.analyses.memory_mb)
         check_ranges_finite(loaded.prepared.path, ranges.ranges, loaded.calibration)
         ranges.save(out_dir.path("ranges.json"))
     return ranges
