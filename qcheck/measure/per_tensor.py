@@ -30,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import onnx
@@ -48,9 +47,10 @@ from qcheck.measure.error_stats import (
 from qcheck.measure.fused import Quantized, reduce_sample
 from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.outputs import OutputMetrics, compare_outputs
-from qcheck.measure.twin import Twin, build_twin
+from qcheck.measure.sessions import Sessions, open_sessions
+from qcheck.measure.twin import Twin
 from qcheck.model.graph import GraphIndex
-from qcheck.model.runtime import make_session, usable_cores, with_outputs
+from qcheck.model.runtime import usable_cores
 from qcheck.policy.spec import MetricSpec
 from qcheck.quantize.qdq import QDQMap, QuantizedTensor
 
@@ -130,22 +130,6 @@ class Measurement:
 
 
 @dataclass
-class _Sessions:
-    """The sessions one measurement runs on every sample, and the names of what they return."""
-
-    float: Any
-    quant: Any
-    twin: Twin | None
-    twin_sess: Any
-
-    def run(self, sample: dict) -> tuple[dict, dict, Callable[[dict], dict]]:
-        f_vals = dict(zip([o.name for o in self.float.get_outputs()], self.float.run(None, sample)))
-        q_vals = dict(zip([o.name for o in self.quant.get_outputs()], self.quant.run(None, sample)))
-        return f_vals, q_vals, lambda feed: dict(zip([o.name for o in self.twin_sess.get_outputs()],
-                                                     self.twin_sess.run(None, feed)))
-
-
-@dataclass
 class _Accumulators:
     """Per quantized activation: whole-model and per-layer errors, the distribution, the weights' share."""
 
@@ -171,18 +155,25 @@ def measure(
     need: set[str] | None = None,
     layer_metrics: LayerMetrics | None = None,
     fused: bool = True,
+    memory_mb: int | None = None,
 ) -> Measurement:
     """`tasks`: task metrics (qcheck.measure.tasks), each fed every sample's float and quantized model outputs.
     `need`: the statistics the rules read (`rules.needed_statistics`); optional statistics no one
     needs are not computed (None = compute everything). `layer_metrics`: the policy's own per-tensor
-    statistics, fed the arrays this pass compares (measure.layer_metrics). `fused`: see `reduce_tensor`."""
+    statistics, fed the arrays this pass compares (measure.layer_metrics). `fused`: see `reduce_tensor`.
+    `memory_mb`: what one sample's measured tensors may take at once (measure.sessions); None: no bound."""
     index = GraphIndex(float_model)
     outputs = index.output_names
+    notes: list[str] = []
     activations = [t for t in qmap.tensors.values() if t.kind == "activation"]
     want_dist = need is None or bool(need & set(DISTRIBUTION_STATISTICS))
-    sessions = _open_sessions(float_model, qmodel, qmap, activations, outputs, modes,
-                              with_weight_twin=need is None or "weight_error_share" in need)
-    notes = []
+    shapes = _shapes(float_model)
+    sessions = open_sessions(float_model, qmodel, qmap, activations, shapes, modes,
+                             with_weight_twin=need is None or "weight_error_share" in need,
+                             budget_bytes=None if memory_mb is None else memory_mb << 20)
+    if len(sessions.groups) > 1:
+        notes.append(f"one sample's measured tensors take more than memory_mb ({memory_mb} MB): they were measured "
+                     f"in {len(sessions.groups)} groups, each model run once per group")
     if sessions.twin is not None:
         missing = [t.name for t in activations
                    if t.name not in sessions.twin.outputs and index.producer.get(t.name) is not None]
@@ -190,13 +181,12 @@ def measure(
             notes.append(f"per-layer statistics are not available for {len(missing)} tensor(s) whose producer could not "
                          f"be replayed in float (e.g. {missing[0]}); their per-layer columns are empty and no rule "
                          f"reads them; their whole-model columns are measured")
-    acc = _accumulators(activations, float_model, index, sessions.twin, want_dist)
+    acc = _accumulators(activations, shapes, index, sessions.twin, want_dist)
     acc.user = layer_metrics
     compared = compare_outputs(outputs, metrics, tasks)  # task metrics come as `tasks`
     with ThreadPoolExecutor(max_workers=workers()) as pool:
         for i in range(len(data)):
-            _measure_sample(data[i], data.samples[i].label, sessions, activations, index, acc, compared, want_dist,
-                            pool, fused)
+            _measure_sample(data[i], data.samples[i].label, sessions, index, acc, compared, want_dist, pool, fused)
             if progress:
                 progress(i + 1, len(data))
     records = _activation_records(activations, acc, index, ranges, modes, sessions.twin, want_dist)
@@ -210,25 +200,12 @@ def measure(
                        compared.task_results(), dict(layer_metrics.seconds) if layer_metrics else {})
 
 
-def _open_sessions(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: QDQMap,
-                   activations: list[QuantizedTensor], outputs: list[str], modes: list[str],
-                   with_weight_twin: bool) -> _Sessions:
-    float_names = [t.name for t in activations if t.name not in outputs]
-    f_sess = make_session(with_outputs(float_model, float_names), "float model", spin=False)
-    twin = build_twin(qmodel, float_model, qmap, with_weight_twin=with_weight_twin) if "local" in modes else None
-    q_names = [t.q_output for t in activations] + (sorted(set(twin.inputs.values())) if twin else [])
-    q_sess = make_session(with_outputs(qmodel, q_names), "quantized model", spin=False)
-    t_sess = make_session(twin.model, "per-layer twin model", spin=False) if twin and twin.outputs else None
-    return _Sessions(f_sess, q_sess, twin, t_sess)
-
-
-def _accumulators(activations: list[QuantizedTensor], float_model: onnx.ModelProto, index: GraphIndex,
+def _accumulators(activations: list[QuantizedTensor], shapes: dict[str, list], index: GraphIndex,
                   twin: Twin | None, want_dist: bool) -> _Accumulators:
     whole = {}
     for t in activations:
         lo, hi = t.real_range(())
         whole[t.name] = ErrorAccumulator(scale=t.summary_scale(), qrange=(float(lo), float(hi)))
-    shapes = _shapes(float_model)
     return _Accumulators(
         # the twin's min/max would be the float model's again: read from `whole`
         local={t.name: ErrorAccumulator(scale=t.summary_scale(), extent=False) for t in activations},
@@ -295,28 +272,31 @@ def _quantized(s: TensorSample) -> Quantized:
     return Quantized(s.quant)
 
 
-def _measure_sample(sample: dict, label: str, sessions: _Sessions, activations: list[QuantizedTensor],
-                    index: GraphIndex, acc: _Accumulators, compared: OutputMetrics, want_dist: bool,
-                    pool: ThreadPoolExecutor, fused: bool = True) -> None:
-    f_vals, q_vals, run_twin = sessions.run(sample)
-    _check_outputs_finite(f_vals, compared.outputs, index, label)
-    twin, t_vals = sessions.twin, {}
-    if sessions.twin_sess is not None:  # fed the integers: the twin dequantizes them as the quantized model does
-        t_vals = run_twin({twin_in: q_vals[src] for twin_in, src in twin.inputs.items()})
-    jobs = []
-    for t in activations:
-        ref = f_vals.get(t.name, sample.get(t.name))
-        if ref is None:
-            continue
-        local = t_vals[twin.outputs[t.name]] if t_vals and t.name in twin.outputs else None
-        w_only = t_vals[twin.weight_outputs[t.name]] if local is not None and t.name in twin.weight_outputs else None
-        jobs.append(TensorSample(t, ref, q_vals[t.q_output], local, w_only))
-    for _ in pool.map(lambda j: reduce_tensor(j, acc, want_dist, fused), sorted(jobs, key=lambda j: -j.float.size)):
-        pass  # largest first: the workers finish together
-    if acc.user is not None:
-        for j in jobs:
-            _user_metrics(acc.user, j, index, label)
-    compared.update(label, f_vals, q_vals)
+def _measure_sample(sample: dict, label: str, sessions: Sessions, index: GraphIndex, acc: _Accumulators,
+                    compared: OutputMetrics, want_dist: bool, pool: ThreadPoolExecutor, fused: bool = True) -> None:
+    """One sample, group by group (one group unless memory_mb says otherwise): only a group's tensors are held."""
+    for g, group in enumerate(sessions.groups):
+        f_vals, q_vals, t_vals = sessions.run(group, sample)
+        if g == 0:
+            _check_outputs_finite(f_vals, compared.outputs, index, label)
+            compared.update(label, f_vals, q_vals)
+        twin = group.twin
+        jobs = []
+        for t in group.activations:
+            ref = f_vals.get(t.name, sample.get(t.name))
+            if ref is None:
+                continue
+            local = t_vals[twin.outputs[t.name]] if t_vals and t.name in twin.outputs else None
+            w_only = (t_vals[twin.weight_outputs[t.name]] if local is not None and t.name in twin.weight_outputs
+                      else None)
+            jobs.append(TensorSample(t, ref, q_vals[t.q_output], local, w_only))
+        for _ in pool.map(lambda j: reduce_tensor(j, acc, want_dist, fused),
+                          sorted(jobs, key=lambda j: -j.float.size)):
+            pass  # largest first: the workers finish together
+        if acc.user is not None:
+            for j in jobs:
+                _user_metrics(acc.user, j, index, label)
+        del f_vals, q_vals, t_vals, jobs
 
 
 def _user_metrics(user: LayerMetrics, s: TensorSample, index: GraphIndex, label: str) -> None:

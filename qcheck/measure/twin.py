@@ -156,13 +156,14 @@ class _Builder:
                 into[out] = prefix + out
                 return
 
-    def add(self, node: onnx.NodeProto, with_weight_twin: bool) -> None:
+    def add(self, node: onnx.NodeProto, with_weight_twin: bool, only: set[str] | None = None) -> None:
         """The twin (and weights-only twin) of one quantized node, when it has measured outputs and can be fed."""
         if node.op_type in QUANTIZE_OPS | DEQUANTIZE_OPS or any(
                 a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return
         measured = [float_name(o, self.f_outputs) for o in node.output]
-        measured = [o for o in measured if o in self.qmap.tensors and self.qmap.tensors[o].kind == "activation"]
+        measured = [o for o in measured if o in self.qmap.tensors and self.qmap.tensors[o].kind == "activation"
+                    and (only is None or o in only)]
         twin_of = self.f.by_name.get(node.name)
         if not measured or twin_of is None:
             return
@@ -190,11 +191,12 @@ class _Builder:
 
 
 def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQMap,
-               with_weight_twin: bool = True) -> Twin:
-    """Float copies of the quantized nodes, fed with what the quantized nodes saw."""
+               with_weight_twin: bool = True, only: set[str] | None = None) -> Twin:
+    """Float copies of the quantized nodes, fed with what the quantized nodes saw; `only`: the nodes producing
+    these activations (measured in a group, qcheck.measure.sessions)."""
     b = _Builder(GraphIndex(qmodel), GraphIndex(float_model), qmap)
     for node in qmodel.graph.node:
-        b.add(node, with_weight_twin)
+        b.add(node, with_weight_twin, only)
     graph = onnx.helper.make_graph(
         b.nodes, "qcheck_twin",
         [onnx.helper.make_tensor_value_info(n, t, None) for n, t in b.graph_inputs.items()],

@@ -141,7 +141,7 @@ class MeasureSpec:
 @dataclass
 class AnalysesSpec:
     samples: int = 8
-    memory_mb: int = 1024  # float activations kept in memory; beyond, on disk (qcheck.analyses.activation_store)
+    memory_mb: int = 1024  # the run's working set: analyses (activation_store), measure (sessions), calibrate (histograms)
     sensitivity: bool = True
     metric: str = "auto"  # auto: the metric the `require:` lines name (resolved by the loader); unresolved: cosine
     detail: int = 20

@@ -81,7 +81,7 @@ def measure_built(built: BuiltScheme, policy: Policy, float_model: onnx.ModelPro
         user = LayerMetrics(policy.layer_metrics, policy.folder) if policy.layer_metrics else None
         m = measure(float_model, qmodel, qmap, evaluation, ranges.ranges, policy.metrics, policy.measure.modes,
                     include_weights=policy.measure.weights, progress=progress, tasks=tasks, need=need,
-                    layer_metrics=user)
+                    layer_metrics=user, memory_mb=policy.analyses.memory_mb)
         for t in qmap.tensors.values():
             kinds[t.kind] = kinds.get(t.kind, 0) + 1
         return m, qmap, kinds

@@ -1,4 +1,5 @@
-"""The fused chunked reduction (qcheck.measure.fused) gives the statistics the accumulators' own passes give.
+"""The fused chunked reduction (qcheck.measure.fused) gives the statistics the accumulators' own passes give, and
+measuring in groups that fit memory_mb (qcheck.measure.sessions) gives the statistics of one group.
 
 The chunk size is made small here so that every tensor spans several chunks and a remainder: the
 per-chunk sums, the spread merged over chunks, the extent taken from channel extremes are all exercised."""
@@ -100,3 +101,21 @@ def test_measurement_of_a_built_model_is_the_same_fused_or_not(tmp_path, monkeyp
     assert len(measured) >= 6 and any(r["weight_error_share"] is not None for r in measured)
     for name, row in rows[False].items():
         _same(row, rows[True][name], rel=1e-5)
+
+
+def test_measurement_in_groups_that_fit_memory_mb_is_the_same(tmp_path):
+    # memory_mb 0: every activation is its own group, with its own twin and its own runs of both models
+    src = residual_cnn(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "calib", 4)
+    pm = prepare_model(load_onnx(src), src, {}, tmp_path)
+    float_model = onnx.load(str(pm.path))
+    data = open_data(DataSource(tmp_path / "calib"), pm.inputs, Preprocess())
+    ranges = calibrate(pm.path, data, QuantizationSpec())
+    qmodel = onnx.load(str(build_quantized(pm.path, ranges, Recipe(), tmp_path / "q.onnx")))
+    qmap = read_qdq(qmodel, float_model)
+    one = measure(float_model, qmodel, qmap, data, ranges.ranges, {}, ["local", "whole"], memory_mb=1024)
+    split = measure(float_model, qmodel, qmap, data, ranges.ranges, {}, ["local", "whole"], memory_mb=0)
+    groups = sum(1 for t in qmap.tensors.values() if t.kind == "activation")
+    assert not one.notes and any(f"in {groups} groups" in n for n in split.notes)
+    assert [r.row() for r in split.tensors] == [r.row() for r in one.tensors]
+    assert split.outputs == one.outputs
