@@ -8,19 +8,19 @@ Three ONNX Runtime sessions run on each evaluation sample:
   fusions: the numbers are the real int8 ones;
 - a *twin* model for per-layer ("local") mode, as in TFLite's debugger (measure/twin.py): a float
   copy of each quantized node, fed with the inputs the quantized node saw in the
-  quantized run and with the float weights. Comparing the twin's output with
-  the quantized node's output isolates the error that node adds.
+  quantized run (its integers, dequantized inside the twin) and with the float weights. Comparing the
+  twin's output with the quantized node's output isolates the error that node adds.
 
 Whole-model mode compares the float model's tensor with the quantized run's,
 so errors accumulate along the graph. Weights are compared directly:
 float initializer vs dequantized integer initializer.
 
 Statistics accumulate per sample (`error_stats.ErrorAccumulator`), so memory holds
-one sample's tensors at a time. Per sample, `reduce_tensor` is the one place a
-tensor's arrays (float, dequantized quantized, per-layer twin) are read: the
-sums every statistic needs are taken there in one pass each, on as many threads
-as there are cores (tensors are independent; the results do not depend on the
-threads' order).
+one sample's tensors at a time, and no more of them than `memory_mb` allows (measure/sessions.py:
+beyond it, the tensors are measured in groups). Per sample, `reduce_tensor` is the one place a
+tensor's arrays (float, quantized, per-layer twin) are read: every statistic's sums are taken there in
+one chunked pass (measure/fused.py), on as many threads as there are cores (tensors are independent;
+the results do not depend on the threads' order).
 """
 
 from __future__ import annotations

@@ -82,16 +82,21 @@ def test_a_non_finite_sample_is_left_to_the_accumulators_untouched():
     assert accs[0].n == 0 and accs[2].n == 0 and accs[2].shift is None
 
 
-def test_measurement_of_a_built_model_is_the_same_fused_or_not(tmp_path, monkeypatch):
-    monkeypatch.setattr(fused, "CHUNK", 500)  # the model's tensors are 256 to 2,048 elements
+def _built(tmp_path, samples: int):
+    """The residual CNN, calibrated and quantized (ORT's QDQ), and its samples."""
     src = residual_cnn(tmp_path / "model.onnx")
-    write_npy_samples(tmp_path / "calib", 6)
+    write_npy_samples(tmp_path / "calib", samples)
     pm = prepare_model(load_onnx(src), src, {}, tmp_path)
     float_model = onnx.load(str(pm.path))
     data = open_data(DataSource(tmp_path / "calib"), pm.inputs, Preprocess())
     ranges = calibrate(pm.path, data, QuantizationSpec())
     qmodel = onnx.load(str(build_quantized(pm.path, ranges, Recipe(), tmp_path / "q.onnx")))
-    qmap = read_qdq(qmodel, float_model)
+    return float_model, qmodel, read_qdq(qmodel, float_model), data, ranges
+
+
+def test_measurement_of_a_built_model_is_the_same_fused_or_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(fused, "CHUNK", 500)  # the model's tensors are 256 to 2,048 elements
+    float_model, qmodel, qmap, data, ranges = _built(tmp_path, 6)
     rows = {}
     for way in (True, False):
         m = measure(float_model, qmodel, qmap, data, ranges.ranges, {}, ["local", "whole"], fused=way)
@@ -105,14 +110,7 @@ def test_measurement_of_a_built_model_is_the_same_fused_or_not(tmp_path, monkeyp
 
 def test_measurement_in_groups_that_fit_memory_mb_is_the_same(tmp_path):
     # memory_mb 0: every activation is its own group, with its own twin and its own runs of both models
-    src = residual_cnn(tmp_path / "model.onnx")
-    write_npy_samples(tmp_path / "calib", 4)
-    pm = prepare_model(load_onnx(src), src, {}, tmp_path)
-    float_model = onnx.load(str(pm.path))
-    data = open_data(DataSource(tmp_path / "calib"), pm.inputs, Preprocess())
-    ranges = calibrate(pm.path, data, QuantizationSpec())
-    qmodel = onnx.load(str(build_quantized(pm.path, ranges, Recipe(), tmp_path / "q.onnx")))
-    qmap = read_qdq(qmodel, float_model)
+    float_model, qmodel, qmap, data, ranges = _built(tmp_path, 4)
     one = measure(float_model, qmodel, qmap, data, ranges.ranges, {}, ["local", "whole"], memory_mb=1024)
     split = measure(float_model, qmodel, qmap, data, ranges.ranges, {}, ["local", "whole"], memory_mb=0)
     groups = sum(1 for t in qmap.tensors.values() if t.kind == "activation")
