@@ -34,16 +34,17 @@ def measure_given(given: GivenModel, qmodel: onnx.ModelProto, float_model: onnx.
                   metrics: dict[str, MetricSpec], generic_metrics: dict[str, MetricSpec], modes: list[str],
                   include_weights: bool = True, progress: Callable[[int, int], None] | None = None,
                   tasks: list | None = None, need: set[str] | None = None,
-                  layer_metrics: LayerMetrics | None = None) -> Measurement:
+                  layer_metrics: LayerMetrics | None = None, memory_mb: int | None = None) -> Measurement:
     """Per-tensor statistics and model outputs of the given model against the float model; `layer_metrics`: the
-    policy's own per-tensor metrics (QDQ and QOperator; a dynamic model has no grids to give them)."""
+    policy's own per-tensor metrics (QDQ and QOperator; a dynamic model has no grids to give them); `memory_mb`:
+    see `per_tensor.measure`."""
     if given.qmap is None:  # dynamic: no fixed grid
         return measure_by_name(float_model, qmodel, data, generic_metrics, "dynamic", include_weights=include_weights,
                                progress=progress, tasks=tasks)
     if given.format == "qoperator":
         modes = [m for m in modes if m != "local"] or ["whole"]
     m = measure(float_model, qmodel, given.qmap, data, {}, metrics, modes, include_weights=include_weights,
-                progress=progress, tasks=tasks, need=need, layer_metrics=layer_metrics)
+                progress=progress, tasks=tasks, need=need, layer_metrics=layer_metrics, memory_mb=memory_mb)
     if given.format == "qoperator":
         for t in m.tensors:
             if t.kind == "activation":

@@ -216,7 +216,7 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
         m = measure_given(given, given.model, float_model, loaded.evaluation, policy.metrics,
                           policy.generic_metrics, policy.measure.modes, include_weights=policy.measure.weights,
                           progress=lambda i, n: console.progress("measure", i, n), tasks=loaded.tasks,
-                          need=needed_statistics(loaded.rules),
+                          need=needed_statistics(loaded.rules), memory_mb=policy.analyses.memory_mb,
                           layer_metrics=LayerMetrics(policy.layer_metrics, policy.folder) if policy.layer_metrics else None)
         rows = [t.row() for t in m.tensors]
         add_range_statistics(rows, given)
