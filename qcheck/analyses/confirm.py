@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from qcheck.analyses.sensitivity import Score, sample_labels
+from qcheck.analyses.score import Score, sample_labels
 from qcheck.data.readers import DataSet
 from qcheck.model.runtime import make_session
 from qcheck.policy.spec import MetricSpec

@@ -18,9 +18,11 @@ import onnx
 
 from qcheck.analyses.confirm import confirm
 from qcheck.analyses.curves import MAX_VALUES, error_curves
-from qcheck.analyses.sensitivity import Config, ConfigRunner, node_sensitivity
+from qcheck.analyses.sensitivity import MAX_WORKERS, Config, ConfigRunner, node_sensitivity
 from qcheck.analyses.switchable import SwitchableModel, build_switchable
+from qcheck.compute.shards import open_shards
 from qcheck.data.readers import DataSet
+from qcheck.model.runtime import usable_cores
 from qcheck.policy.spec import AnalysesSpec, MetricSpec
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.qdq import read_qdq
@@ -58,11 +60,22 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
         clock = now
 
     sw = emulation or build_emulation(float_path, float_model, ranges, recipe)
+    with open_shards(spec.executor, threads=min(MAX_WORKERS, usable_cores())) as shards:
+        out = _run(spec, sw, float_path, float_model, ranges, recipe, data, metrics, progress, make_tasks,
+                   emulation is not None, shards, lap)
+    out["timings"] = timings
+    return out
+
+
+def _run(spec: AnalysesSpec, sw: SwitchableModel, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges,
+         recipe: Recipe, data: DataSet, metrics: dict[str, MetricSpec], progress, make_tasks, given: bool, shards,
+         lap: Callable[[str], None]) -> dict:
     samples = list(range(min(spec.samples, len(data))))
     # A given model's emulation runs one sample at a time: batched, ONNX Runtime failed on a real one (PP-OCR's
     # classifier quantized by quantize_static: "Shape mismatch attempting to re-use buffer" inside a switch).
-    runner = ConfigRunner(sw, data, samples, metrics, max_batch=1 if emulation is not None else 8,
-                          activation_budget=spec.memory_mb << 20, make_tasks=make_tasks)
+    runner = ConfigRunner(sw, data, samples, metrics, max_batch=1 if given else 8,
+                          activation_budget=spec.memory_mb << 20, make_tasks=make_tasks, shards=shards,
+                          shards_per_group=spec.shards)
     lap("build")
     out: dict = {"samples": len(samples), "batch": runner.batch, "switches": len(sw.switches), "nodes": len(sw.nodes),
                  "metric": spec.metric,
@@ -96,7 +109,7 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
                                     "statistic reads every value")
         lap("curves")
 
-    if spec.confirm and emulation is None:
+    if spec.confirm and not given:
         emulated = runner.evaluate([configs[0]] + partial)
         plans = [("all quantized", [], emulated[0])] + [(c.label, ranking[:k + 1], emulated[k + 1])
                                                         for k, c in enumerate(partial)]
@@ -111,10 +124,11 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
     out["float_runs"] = runner.float_runs
     out["activations"] = runner.activations or None
     out["workers"] = runner.workers
-    out["notes"] = runner.notes + ([] if emulation is None or not spec.confirm else [
+    # where the suffix groups' shards ran (threads of this process unless `analyses.executor` says otherwise)
+    out["shards"] = {**shards.describe(), "per_group": runner.shards_per_group}
+    out["notes"] = runner.notes + ([] if not given or not spec.confirm else [
         "confirmation on real quantized models is skipped: it rebuilds models from calibrated ranges, and this model "
         "was given, not built by qcheck"])
-    out["timings"] = timings
     return out
 
 

@@ -28,19 +28,20 @@ import math
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from qcheck.analyses.activation_store import DEFAULT_BUDGET, ActivationStore
+from qcheck.analyses.score import Score, sample_labels, update_batch
+from qcheck.analyses.shard_work import BatchValues, GroupWork, run_shard
 from qcheck.analyses.suffix import Group, Suffix, base_model, first_readers, plan, specialize, typed
 from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
+from qcheck.compute.shards import ThreadShards
 from qcheck.data.readers import DataSet
 from qcheck.errors import first_line
-from qcheck.measure.outputs import OutputMetrics, compare_outputs, metric_value
 from qcheck.model.runtime import make_session, ort_errors, usable_cores
-from qcheck.policy.metric_names import output_metric, task_value, worst_of
+from qcheck.policy.metric_names import output_metric, task_value
 from qcheck.policy.spec import MetricSpec
 from qcheck.policy.task_options import value_names
 
@@ -72,9 +73,11 @@ class ConfigRunner:
 
     def __init__(self, sw: SwitchableModel, data: DataSet, samples: list[int], metrics: dict[str, MetricSpec],
                  max_batch: int = 8, activation_budget: int = DEFAULT_BUDGET,
-                 make_tasks: Callable[[], list] | None = None):
+                 make_tasks: Callable[[], list] | None = None, shards=None, shards_per_group: int | None = None):
         """`metrics`: the policy's metrics by name; `make_tasks`: fresh accumulators of the task metrics to
-        score every configuration with (qcheck.measure.tasks), e.g. the one the nodes are ranked by."""
+        score every configuration with (qcheck.measure.tasks), e.g. the one the nodes are ranked by.
+        `shards`: where suffix groups' configurations run (qcheck.compute.shards; default: threads of this
+        process), split into `shards_per_group` shards per group (default: the pool's workers)."""
         self.make_tasks = make_tasks or (list)
         self.labels = dict(zip(samples, sample_labels(data, samples)))
         self.sw, self.data, self.samples, self.metrics = sw, data, samples, metrics
@@ -85,7 +88,9 @@ class ConfigRunner:
         self.activations: dict = {}  # the largest ActivationStore an evaluation kept (describe())
         # Suffix groups run on one single-threaded session per core, configurations in parallel: on small
         # tensors that beats one session splitting each operator over the cores (bench/bench_analyses.py).
-        self.workers = max(1, min(MAX_WORKERS, usable_cores()))
+        self.shards = shards or ThreadShards(max(1, min(MAX_WORKERS, usable_cores())))
+        self.workers = self.shards.workers
+        self.shards_per_group = max(1, shards_per_group or self.workers)
         self.session, self.batch = self._batched_session(max_batch)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.batches = [samples[i:i + self.batch] for i in range(0, len(samples), self.batch)]
@@ -133,43 +138,76 @@ class ConfigRunner:
         return plan(self.first_readers, [c.mask for c in configs], n, wide)
 
     def evaluate(self, configs: list[Config], progress: Callable[[int, int], None] | None = None) -> list[dict]:
-        scores = [Score(self.outputs, self.metrics, self.make_tasks()) for _ in configs]
+        """Every configuration's score; suffix groups run as shards on `self.shards`, the rest in this process."""
+        results: list[dict | None] = [None] * len(configs)
         total, done = len(self.batches) * len(configs), 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n * len(self.batches)
+            if progress:
+                progress(done, total)
+
         groups = self.groups(configs)
         suffixes = {i: specialize(self.sw.model, g.keep, g.cut) for i, g in enumerate(groups) if not g.full}
-        store = ActivationStore(self.activation_budget)
-        if suffixes and not self._keep_activations(suffixes, store):
-            for g in groups:  # a model the specialization cannot handle: everything on the full model
-                g.full = True
-
-        def accumulate(c: int, chunk: list[int], ref: dict, got: dict) -> None:
-            for b, i in enumerate(chunk):  # per sample, so slices and per-sample figures mean what they say
-                scores[c].update({o: ref[o][b:b + 1] for o in self.outputs}, {o: got[o][b:b + 1] for o in self.outputs},
-                                 self.labels[i])
-
-        with store, ThreadPoolExecutor(self.workers) as pool:
+        with ActivationStore(self.activation_budget) as store:
+            if suffixes and not self._keep_activations(suffixes, store):
+                for g in groups:  # a model the specialization cannot handle: everything on the full model
+                    g.full = True
             for i, group in enumerate(groups):
-                sessions = None
-                for b, (feed, chunk) in enumerate(zip(self.feeds, self.batches)):
-                    if not group.full:
-                        suffix = suffixes[i]
-                        values = {**feed, **store.get(b, self.outputs + [n for n in suffix.inputs
-                                                                         if n not in feed and n not in self.outputs])}
-                        if sessions is None and suffix.outputs:
-                            sessions = self._suffix_sessions(suffix, values)
-                            group.full = sessions is None
-                    if group.full:
-                        ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
-                        for c in group.configs:
-                            accumulate(c, chunk, ref, dict(zip(self.outputs, self.run(feed, configs[c].mask))))
-                    else:
-                        self._suffix_group(pool, sessions, suffix, values, group.configs, configs,
-                                           lambda c, ref, got, chunk=chunk: accumulate(c, chunk, ref, got))
-                        self.runs += len(group.configs) + 1 if sessions else 0
-                    done += len(group.configs)
-                    if progress:
-                        progress(done, total)
-        return [score.result() for score in scores]
+                got = None if group.full else self._sharded_group(suffixes[i], group.configs, configs, store, tick)
+                if got is None:
+                    got = self._full_group(group.configs, configs, tick)
+                for c, result in zip(group.configs, got):
+                    results[c] = result
+        return results
+
+    def _full_group(self, members: list[int], configs: list[Config], tick: Callable[[int], None]) -> list[dict]:
+        """Configurations on the full switchable model, in this process, each against the all-off run."""
+        scores = [Score(self.outputs, self.metrics, self.make_tasks()) for _ in members]
+        for feed, chunk in zip(self.feeds, self.batches):
+            ref = dict(zip(self.outputs, self.run(feed, self.sw.mask())))
+            for score, c in zip(scores, members):
+                update_batch(score, [self.labels[i] for i in chunk], self.outputs, ref,
+                             dict(zip(self.outputs, self.run(feed, configs[c].mask))))
+        tick(len(members))
+        return [s.result() for s in scores]
+
+    def _sharded_group(self, suffix: Suffix, members: list[int], configs: list[Config], store: ActivationStore,
+                       tick: Callable[[int], None]) -> list[dict] | None:
+        """A suffix group's configurations as shards (qcheck.analyses.shard_work) on `self.shards`, the group's
+        data shared once; None (the caller runs it on the full model) when ONNX Runtime refuses the suffix."""
+        names = self.outputs + [n for n in suffix.inputs if n not in self.outputs]
+        values = BatchValues(store, self.feeds, names)
+        labels = [[self.labels[i] for i in chunk] for chunk in self.batches]
+        if not suffix.outputs:  # nothing the group switches on reaches an output: each is the reference itself
+            scores = [Score(self.outputs, self.metrics, self.make_tasks()) for _ in members]
+            for b in range(len(values)):
+                for score in scores:
+                    update_batch(score, labels[b], self.outputs, values[b], values[b])
+            tick(len(members))
+            return [s.result() for s in scores]
+        n = min(self.shards_per_group, len(members))
+        parts = [members[w::n] for w in range(n)]  # interleaved: neighbouring nodes cost alike
+        work = GroupWork(model=typed(suffix, values[0], self.batch > 1), threads=1 if self.workers > 1 else 0,
+                         values=values, inputs=suffix.inputs, suffix_outputs=suffix.outputs, outputs=self.outputs,
+                         labels=labels, metrics=self.metrics, tasks=self.make_tasks(), off=self.sw.mask())
+        handle = self.shards.share(work, work.nbytes() if self.shards.kind != "threads" else 0)
+        try:
+            got = self.shards.map(run_shard, handle, [[configs[c].mask for c in part] for part in parts],
+                                  done=lambda w: tick(len(parts[w])))
+        finally:
+            self.shards.release(handle)
+        refused = next((g["refused"] for g in got if "refused" in g), None)
+        if refused is not None:  # as for the base model: slower, not wrong
+            self._note(f"a suffix copy could not be built ({refused}); its configurations ran on the full "
+                       "switchable model")
+            return None
+        self.runs += sum(g["runs"] for g in got)
+        out: dict[int, dict] = {}
+        for part, g in zip(parts, got):
+            out.update(zip(part, g["results"]))
+        return [out[c] for c in members]
 
     def _keep_activations(self, suffixes: dict[int, Suffix], store: ActivationStore) -> bool:
         """One float run per batch, keeping the tensors at every cut; False when the model does not allow it."""
@@ -193,42 +231,9 @@ class ConfigRunner:
             self.activations = store.describe()
         return True
 
-    def _suffix_sessions(self, suffix: Suffix, values: dict) -> list | None:
-        """One session per worker on the group's suffix; None (the group runs on the full model) when ORT refuses it."""
-        try:
-            model = typed(suffix, values, self.batch > 1)
-            return [make_session(model, "suffix emulation model", threads=1 if self.workers > 1 else 0, quiet=True)
-                    for _ in range(self.workers)]
-        except ort_errors() as exc:  # as above: slower, not wrong
-            self._note(f"a suffix copy could not be built ({first_line(exc)}); "
-                       "its configurations ran on the full switchable model")
-            return None
-
     def _note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
-
-    def _suffix_group(self, pool, sessions, suffix: Suffix, values: dict, members: list[int], configs: list[Config],
-                      accumulate: Callable) -> None:
-        """Run one batch through a group's suffix: the reference (every switch off), then the members,
-        split across the worker sessions. Model outputs the suffix does not compute are the base model's."""
-        base_out = {o: values[o] for o in self.outputs}
-        if sessions is None:  # nothing the group switches on reaches an output
-            for c in members:
-                accumulate(c, base_out, base_out)
-            return
-        feed = {n: values[n] for n in suffix.inputs}
-
-        def run(session, mask):
-            return {**base_out, **dict(zip(suffix.outputs, session.run(suffix.outputs, {**feed, SWITCH_INPUT: mask})))}
-
-        ref = run(sessions[0], self.sw.mask())
-
-        def work(w: int) -> None:  # each worker owns a session and a disjoint set of configurations
-            for c in members[w::len(sessions)]:
-                accumulate(c, ref, run(sessions[w], configs[c].mask))
-
-        list(pool.map(work, range(len(sessions))))
 
     def _maybe_batched(self, model):
         if self.batch > 1:
@@ -245,40 +250,6 @@ def _ort_reason(exc: Exception) -> str:
     text = first_line(exc)
     m = re.search(r"running (\w+) node\. Name:'([^']*)' Status Message: (?:\S+:\d+ .*? was false\. )?(.*)", text)
     return f"{m[1]} node '{m[2]}': {m[3]}" if m else text
-
-
-def sample_labels(data: DataSet, samples: list[int]) -> list[str]:
-    """What task metrics call each sample (its file name; its index for data without names)."""
-    named = getattr(data, "samples", None)
-    return [named[i].label if named is not None else str(i) for i in samples]
-
-
-class Score:
-    """How far one configuration's outputs are from the reference, accumulated over samples: each model
-    output, the policy's generic metrics (an output or a slice of one) and the task metrics given."""
-
-    def __init__(self, outputs: list[str], metrics: dict[str, MetricSpec], tasks: list | None = None):
-        self.compared = compare_outputs(outputs, metrics, tasks)
-
-    def update(self, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], label: str) -> None:
-        """One sample (batch dimension 1)."""
-        self.compared.update(label, ref, got)
-
-    def result(self) -> dict:
-        out = summarize(self.compared)
-        for task in self.compared.tasks:
-            out[task.name] = task.result()["value"]
-        return out
-
-
-def summarize(compared: OutputMetrics) -> dict:
-    """Worst-over-outputs cosine / SQNR / MSE, per-output cosine, and the policy's metrics."""
-    results = {o: c.result() for o, c in compared.comparisons.items()}
-    out = {m: worst_of(m, [r[m] for r in results.values()]) for m in ("cosine", "sqnr", "mse")}
-    out["outputs"] = {o: r["cosine"] for o, r in results.items()}
-    for m, (spec, cmp) in compared.user.items():
-        out[m] = metric_value(cmp.result(), spec.metric)
-    return out
 
 
 def badness(result: dict, metric: str, metrics: dict[str, MetricSpec]) -> float:

@@ -33,6 +33,7 @@ from qcheck.policy.spec import (
     AnalysesSpec,
     DataSource,
     DataSpec,
+    ExecutorSpec,
     FetchSpec,
     LayerMetricSpec,
     MeasureSpec,
@@ -413,6 +414,9 @@ def _analyses(value: Any) -> AnalysesSpec:
     spec.top_k = int((c or {}).get("top_k", spec.top_k))
     spec.focus_nodes = int((d or {}).get("nodes", spec.focus_nodes))
     spec.tolerance = float((k or {}).get("tolerance", spec.tolerance))
+    if "executor" in value:
+        spec.executor = ExecutorSpec.from_document(value["executor"])
+    spec.shards = value.get("shards")
     return spec
 
 

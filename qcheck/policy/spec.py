@@ -138,6 +138,29 @@ class MeasureSpec:
     weights: bool = True
 
 
+DEFAULT_RETRIES = 3
+
+
+@dataclass
+class ExecutorSpec:
+    """Where work runs: `local` (a process pool on this machine) or `ray` (a Ray cluster). A sweep's runs and an
+    analysis's shards (`analyses.executor`) are described alike; qcheck.compute runs them."""
+
+    kind: str = "local"
+    workers: int | None = None  # local: processes; ray without an address: CPUs of the cluster it starts
+    address: str | None = None  # ray: auto, ray://host:port; None: a new cluster on this machine (127.0.0.1)
+    num_cpus: float = 1.0  # ray: CPUs each task declares
+    max_retries: int = DEFAULT_RETRIES  # a task whose worker dies is started again this often
+
+    @classmethod
+    def from_document(cls, value) -> ExecutorSpec:
+        """`local` | `ray` | {kind:, workers:, address:, num_cpus:, max_retries:}, validated by a JSON Schema."""
+        if isinstance(value, str):
+            return cls(kind=value)
+        return cls(kind=value["kind"], workers=value.get("workers"), address=value.get("address"),
+                   num_cpus=float(value.get("num_cpus", 1.0)), max_retries=int(value.get("max_retries", DEFAULT_RETRIES)))
+
+
 @dataclass
 class AnalysesSpec:
     samples: int = 8
@@ -151,6 +174,10 @@ class AnalysesSpec:
     focus_nodes: int = 3
     confirm: bool = True
     tolerance: float = 0.01
+    # None: the configurations run in this process (one session per core, threads); else on these executors,
+    # split into `shards` shards per group of configurations (default: the executor's workers)
+    executor: ExecutorSpec | None = None
+    shards: int | None = None
 
     @property
     def any(self) -> bool:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qcheck.errors import QcheckError
+from qcheck.policy.spec import ExecutorSpec
 from qcheck.run.sweep.fingerprint import run_fingerprint
-from qcheck.run.sweep.spec import ExecutorSpec, Job, SweepSpec, is_sweep_file, job_policy, load_sweep
+from qcheck.run.sweep.spec import Job, SweepSpec, is_sweep_file, job_policy, load_sweep
 from qcheck.run.sweep.summary import build_summary, error_row, summary_csv
 
 __all__ = ["run_sweep", "validate_sweep", "load_sweep", "is_sweep_file", "ExecutorSpec"]
@@ -24,7 +25,8 @@ __all__ = ["run_sweep", "validate_sweep", "load_sweep", "is_sweep_file", "Execut
 def run_sweep(spec: SweepSpec, executor: ExecutorSpec, force: bool = False,
               log: Callable[[str], None] = lambda m: None, formats: tuple[str, ...] = ("html", "pdf")) -> dict:
     """Run the sweep; returns the summary (also written to <out>/summary/)."""
-    from qcheck.run.sweep.executors import execute, import_ray
+    from qcheck.compute.ray_cluster import import_ray
+    from qcheck.run.sweep.executors import execute
 
     if executor.kind == "ray":
         import_ray()  # before anything runs: without Ray, say how to install it

@@ -15,16 +15,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
-from qcheck.errors import Problem, QcheckError
+from qcheck.compute.ray_cluster import connected
 from qcheck.model.runtime import usable_cores
-from qcheck.run.sweep.spec import ExecutorSpec, Job
+from qcheck.policy.spec import ExecutorSpec
+from qcheck.run.sweep.spec import Job
 from qcheck.run.sweep.summary import error_row
 from qcheck.run.sweep.task import run_job
 
 OnResult = Callable[[Job, dict], None]
-RAY_INSTALL = 'pip install "qcheck[ray]"'
 INTERRUPT_GRACE_SECONDS = 10
 
 
@@ -106,36 +105,11 @@ def _collect_local(futures: dict, tries: dict, max_retries: int, on_result: OnRe
     return again
 
 
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise QcheckError(Problem("the ray executor needs Ray, which is not installed",
-                                  hint=f"install it with `{RAY_INSTALL}` (or run with --executor local)")) from None
-    return ray
-
-
 def run_ray(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
     """Each run is a Ray task declaring `num_cpus`; Ray starts it again when its worker dies (max_retries).
     Models and data are read from paths every worker sees (a local cluster, or a shared file system)."""
-    ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
-        # no address: a new cluster on this machine, sized like the local executor ("local": never one that
-        # happens to run here already, which ray.init() without an address would join)
-        local = {} if spec.address else {"num_cpus": spec.workers or default_workers()}
-        if spec.address and spec.address.startswith("ray://"):
-            _client_token_auth()
-        try:
-            ray.init(address=spec.address or "local", include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, **local)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise QcheckError(Problem(f"cannot reach the Ray cluster at {spec.address or 'a new local cluster'}: "
-                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                                      hint="start one with `ray start --head`, or give --address ray://host:port; a cluster "
-                                           "with token authentication needs its token here (~/.ray/auth_token, or "
-                                           "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)")) from None
-    try:
+    # no address: a new cluster on this machine (on 127.0.0.1), sized like the local executor
+    with connected(spec.address, spec.workers or default_workers()) as ray:
         task = ray.remote(run_job).options(num_cpus=spec.num_cpus, max_retries=spec.max_retries)
         refs = {task.remote(job): job for job in jobs}
         try:
@@ -145,22 +119,8 @@ def run_ray(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
                 ray.cancel(ref, force=True)
             raise
         resources = ray.cluster_resources()
-    finally:
-        if started:
-            ray.shutdown()
     return {"kind": "ray", "address": spec.address or "local", "num_cpus": spec.num_cpus,
             "max_retries": spec.max_retries, "cluster_cpus": resources.get("CPU")}
-
-
-def _client_token_auth() -> None:
-    """Ray clusters started where a token exists (`ray start` after any local cluster made ~/.ray/auth_token)
-    require it, and a Ray Client sends it only in token mode: turn that on when the user left RAY_AUTH_MODE
-    unset and a token is at hand (a cluster without authentication ignores it)."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if os.environ.get("RAY_AUTH_TOKEN") or Path(path or Path.home() / ".ray" / "auth_token").is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _collect_ray(ray, refs: dict, on_result: OnResult) -> None:

@@ -23,11 +23,9 @@ from typing import Any
 from qcheck.errors import PolicyError, Problem, QcheckError
 from qcheck.policy.loader import policy_from_document, read_policy_document
 from qcheck.policy.schema_messages import schema_problems
-from qcheck.policy.spec import Policy
+from qcheck.policy.spec import ExecutorSpec, Policy
 from qcheck.policy.yaml_spans import LineDict, line_of, load_yaml, to_plain
 from qcheck.resources import schema_path
-
-DEFAULT_RETRIES = 3
 
 
 @lru_cache(maxsize=1)
@@ -52,15 +50,6 @@ class Override:
     @property
     def keys(self) -> list[str]:
         return self.key.split(".")
-
-
-@dataclass
-class ExecutorSpec:
-    kind: str = "local"
-    workers: int | None = None
-    address: str | None = None
-    num_cpus: float = 1.0
-    max_retries: int = DEFAULT_RETRIES
 
 
 @dataclass
@@ -119,7 +108,7 @@ def load_sweep(path: Path, out: Path | None = None) -> SweepSpec:
     jobs = [Job(policy=str(p), policy_name=names[p], combination=name, overrides=combo,
                 out=str(out / "runs" / names[p] / name), sweep_file=str(path))
             for p in policies for combo, name in zip(combos, combo_names)]
-    return SweepSpec(path=path, out=out.resolve(), executor=_executor(doc.get("executor", "local")), jobs=jobs)
+    return SweepSpec(path=path, out=out.resolve(), executor=ExecutorSpec.from_document(doc.get("executor", "local")), jobs=jobs)
 
 
 def _policy_files(doc: dict, folder: Path, file: str) -> list[Path]:
@@ -197,14 +186,6 @@ def _digest(combo: list[Override]) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:120] or "run"
-
-
-def _executor(value: Any) -> ExecutorSpec:
-    if isinstance(value, str):
-        return ExecutorSpec(kind=value)
-    return ExecutorSpec(kind=value["kind"], workers=value.get("workers"), address=value.get("address"),
-                        num_cpus=float(value.get("num_cpus", 1.0)),
-                        max_retries=int(value.get("max_retries", DEFAULT_RETRIES)))
 
 
 def job_policy(job: Job) -> Policy:

@@ -1,0 +1,208 @@
+"""The shards of one computation, run where the policy says: threads here, a local process pool, or Ray.
+
+A computation that splits into many independent pieces (node sensitivity's configurations; the search's
+screening of candidates) is cut into *shard groups*: pieces that read the same large data (the float
+activations at one suffix's cut, the suffix model). Per group the driver calls
+
+    handle = pool.share(data, nbytes)          # once per group: ray.put, a file, or the object itself
+    results = pool.map(fn, handle, shards)     # fn(data, shard) in the workers, results in shard order
+    pool.release(handle)
+
+so the data go to the object store (or the disk) once per group, not once per piece, and every worker reads
+them from there. `fn` must be a module-level function (a worker imports it by name) and its results plain
+data. The same `fn` runs on every executor, so where a shard ran cannot change what it computes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from qcheck.compute.ray_cluster import connected
+from qcheck.model.runtime import usable_cores
+from qcheck.policy.spec import ExecutorSpec
+from qcheck.scratch import new_temp_folder
+
+Done = Callable[[int], None]  # called with a shard's index when it finishes, in completion order
+
+
+class ThreadShards:
+    """Shards on threads of this process (ONNX Runtime releases the GIL while it runs); data shared as they are."""
+
+    kind = "threads"
+
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
+        self.tasks = 0
+        self.groups = 0  # share() calls: shard groups whose data went to the workers
+
+    def share(self, value: Any, nbytes: int = 0) -> Any:
+        self.groups += 1
+        return value
+
+    def release(self, handle: Any) -> None:
+        pass
+
+    def map(self, fn: Callable, handle: Any, shards: Sequence, done: Done | None = None) -> list:
+        self.tasks += len(shards)
+        with ThreadPoolExecutor(min(self.workers, len(shards)) or 1) as pool:
+            return _gather({pool.submit(fn, handle, s): i for i, s in enumerate(shards)}, len(shards), done)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks}
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessShards:
+    """Shards on a pool of worker processes on this machine (spawned once, reused for every group). A group's data
+    are pickled once to a file in a temporary folder; each worker loads a file once and keeps the latest."""
+
+    kind = "local"
+
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
+        self.tasks = 0
+        self.groups = 0  # share() calls: shard groups whose data went to the workers
+        self.bytes_shared = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._folder: Path | None = None
+
+    def share(self, value: Any, nbytes: int = 0) -> str:
+        self.groups += 1
+        if self._folder is None:
+            self._folder = new_temp_folder("shards")
+        path = self._folder / f"{len(list(self._folder.glob('*.pickle')))}-{time.monotonic_ns()}.pickle"
+        with open(path, "wb") as f:
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.bytes_shared += path.stat().st_size
+        return str(path)
+
+    def release(self, handle: str) -> None:
+        Path(handle).unlink(missing_ok=True)
+
+    def map(self, fn: Callable, handle: str, shards: Sequence, done: Done | None = None) -> list:
+        if self._pool is None:
+            # spawn, not fork: the driver holds ONNX Runtime's and BLAS's threads, which a forked child inherits locked
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.tasks += len(shards)
+        return _gather({self._pool.submit(_call_with_file, fn, handle, s): i for i, s in enumerate(shards)},
+                       len(shards), done)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks,
+                "bytes_shared": self.bytes_shared}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+_loaded: dict[str, Any] = {}  # in a worker process: the group data it read last, by file
+
+
+def _call_with_file(fn: Callable, path: str, shard: Any) -> Any:
+    if path not in _loaded:
+        _loaded.clear()  # one group at a time: the previous group's data are done with
+        with open(path, "rb") as f:
+            _loaded[path] = pickle.load(f)
+    return fn(_loaded[path], shard)
+
+
+class RayShards:
+    """Shards as Ray tasks declaring `num_cpus`, retried when their worker dies; a group's data go to the object
+    store once (ray.put) and every task of the group receives the reference (on the same node, a zero-copy read)."""
+
+    kind = "ray"
+
+    def __init__(self, ray, spec: ExecutorSpec):
+        self.ray, self.spec = ray, spec
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1) // spec.num_cpus))
+        self.tasks = 0
+        self.groups = 0  # share() calls: shard groups whose data went to the workers
+        self.bytes_shared = 0
+        self._remote: dict[Callable, Any] = {}
+
+    def share(self, value: Any, nbytes: int = 0):
+        self.groups += 1
+        self.bytes_shared += nbytes
+        return self.ray.put(value)
+
+    def release(self, handle) -> None:
+        del handle  # the store frees an object when no reference to it is left
+
+    def map(self, fn: Callable, handle, shards: Sequence, done: Done | None = None) -> list:
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(fn).options(num_cpus=self.spec.num_cpus,
+                                                           max_retries=self.spec.max_retries)
+        self.tasks += len(shards)
+        refs = [self._remote[fn].remote(handle, s) for s in shards]
+        index = {ref: i for i, ref in enumerate(refs)}
+        pending = list(refs)
+        try:
+            while pending:
+                finished, pending = self.ray.wait(pending, num_returns=1)
+                if done:
+                    done(index[finished[0]])
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayTaskError as exc:  # the worker's own exception, not Ray's wrapper of it
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, BaseException) else exc) from None
+        except KeyboardInterrupt:
+            for ref in pending:
+                self.ray.cancel(ref, force=True)
+            raise
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks,
+                "bytes_shared": self.bytes_shared, "address": self.spec.address or "local", "num_cpus": self.spec.num_cpus}
+
+    def close(self) -> None:
+        pass
+
+
+def _gather(futures: dict, n: int, done: Done | None) -> list:
+    results: list = [None] * n
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                results[futures[f]] = f.result()
+                if done:
+                    done(futures[f])
+    except BaseException:
+        for f in pending:
+            f.cancel()
+        raise
+    return results
+
+
+@contextmanager
+def open_shards(spec: ExecutorSpec | None, threads: int | None = None) -> Iterator:
+    """The pool for `spec` (None: threads of this process, `threads` of them, default the usable cores); a Ray
+    cluster qcheck starts for it (no address) ends with the block."""
+    if spec is None:
+        yield ThreadShards(threads or usable_cores())
+        return
+    if spec.kind == "ray":
+        with connected(spec.address, spec.workers or usable_cores()) as ray:
+            yield RayShards(ray, spec)
+        return
+    pool = ProcessShards(spec.workers or usable_cores())
+    try:
+        yield pool
+    finally:
+        pool.close()
