@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from qcheck import __version__
 from qcheck.cli import exit_codes
@@ -15,6 +16,7 @@ def cmd_run(args) -> int:
     from qcheck.run.pipeline import Console, run
 
     policy = load_policy(args.policy)
+    shard_options(policy.analyses, args)
     term = Reporter.for_terminal(quiet=args.quiet, json_lines=args.json)
     term.log(f"qcheck {__version__}: {args.policy}")
     try:
@@ -32,3 +34,26 @@ def cmd_run(args) -> int:
     elif not args.quiet:
         print(text_summary(results))
     return exit_codes.FAIL if status == "fail" else exit_codes.PASS
+
+
+def shard_options(analyses, args) -> None:
+    """--executor, --workers, --address, --shards over the policy's analyses.executor and analyses.shards."""
+    from qcheck.errors import Problem, QcheckError
+    from qcheck.policy.spec import ExecutorSpec
+
+    given = {k: v for k, v in (("workers", args.workers), ("address", args.address)) if v is not None}
+    for name, value in (("--workers", args.workers), ("--shards", args.shards)):
+        if value is not None and value < 1:
+            raise QcheckError(Problem(f"{name} must be at least 1, not {value}"))
+    if args.executor:
+        base = analyses.executor if analyses.executor and analyses.executor.kind == args.executor else ExecutorSpec()
+        analyses.executor = replace(base, kind=args.executor, **given)
+    elif given:
+        if analyses.executor is None:
+            raise QcheckError(Problem(f"{' and '.join('--' + k for k in given)} need an executor",
+                                      hint="add --executor local or --executor ray (or analyses.executor in the policy)"))
+        analyses.executor = replace(analyses.executor, **given)
+    if analyses.executor and analyses.executor.kind == "local" and analyses.executor.address:
+        raise QcheckError(Problem("--address is for --executor ray", hint="leave it out, or use --executor ray"))
+    if args.shards is not None:
+        analyses.shards = args.shards

@@ -20,6 +20,7 @@ import onnx
 from qcheck import __version__
 from qcheck.analyses.run_all import attach_node_statistics, node_statistics, run_analyses
 from qcheck.analyses.switchable import SwitchableModel, build_switchable
+from qcheck.compute.ray_cluster import import_ray
 from qcheck.data.finite import check_ranges_finite
 from qcheck.data.readers import DataSet
 from qcheck.errors import Problem
@@ -99,6 +100,8 @@ def environment() -> dict:
 def run(policy: Policy, out: Path | None = None, console: Console | None = None) -> dict:
     """Run the whole check; returns the results (also written, with the report, to the output folder)."""
     console = console or Console()
+    if policy.analyses.any and policy.analyses.executor and policy.analyses.executor.kind == "ray":
+        import_ray()  # before anything runs or is written: without Ray, say how to install it
     stages = Stages()
     out_dir = output_dir(policy, out)
     sweep_temp()  # temporary folders of killed runs

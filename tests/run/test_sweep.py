@@ -1,7 +1,7 @@
 """`qcheck sweep`: policies × overrides as ordinary runs, on a local process pool and on a real local Ray cluster.
 
 Three tiny policies (tests/helpers.py models), two schemes each. The Ray tests start a real
-cluster on this machine (no mock; Ray puts it on the machine's own address, never loopback, by design) and kill a worker
+cluster on this machine (no mock; bound to 127.0.0.1, as qcheck starts one: qcheck/compute/ray_cluster.py) and kill a worker
 process in the middle of a sweep.
 """
 
@@ -186,8 +186,11 @@ def test_ray_executor_without_ray_says_how_to_install_it(zoo, monkeypatch, capsy
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new cluster, ours
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
+    from qcheck.compute.ray_cluster import start_local
+
+    ray = start_local(2)  # a new cluster, ours, on the loopback address
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     yield ray
     ray.shutdown()
 
