@@ -58,6 +58,25 @@ class _Cycle:
         return self.data[i % len(self.data)]
 
 
+def prepare(policy_path: Path, tmp: Path):
+    """The policy's model fetched, prepared (fixed shapes) and calibrated as a run does: (policy, prepared model,
+    calibration data, the float model, ranges, recipe)."""
+    policy = load_policy(policy_path)
+    if policy.model.fetch and not policy.model.path.exists():
+        fetch_model(policy.model.fetch, policy.model.path, log=print)
+    raw = load_onnx(policy.model.path)
+    inputs = graph_inputs(raw)
+    for info in inputs:
+        if policy.inputs.get(info.name):
+            info.shape = list(policy.inputs[info.name])
+    calib = open_data(policy.data.calibration, inputs, policy.data.preprocess)
+    shapes = {i.name: policy.inputs.get(i.name) or list(calib[0][i.name].shape) for i in inputs}
+    prepared = prepare_model(raw, policy.model.path, shapes, tmp)
+    calib = open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
+    ranges = calibrate(prepared.path, calib, policy.quantization)
+    return policy, prepared, calib, onnx.load(str(prepared.path)), ranges, Recipe.from_policy(policy.quantization)
+
+
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -103,23 +122,9 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="also time 1/4/8/16 samples and 25/50/100/all nodes")
     args = ap.parse_args()
 
-    policy = load_policy(args.policy)
-    if policy.model.fetch and not policy.model.path.exists():
-        fetch_model(policy.model.fetch, policy.model.path, log=print)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = load_onnx(policy.model.path)
-        inputs = graph_inputs(raw)
-        for info in inputs:
-            if policy.inputs.get(info.name):
-                info.shape = list(policy.inputs[info.name])
-        calib = open_data(policy.data.calibration, inputs, policy.data.preprocess)
-        shapes = {i.name: policy.inputs.get(i.name) or list(calib[0][i.name].shape) for i in inputs}
-        prepared = prepare_model(raw, policy.model.path, shapes, Path(tmp))
-        calib = open_data(policy.data.calibration, prepared.inputs, policy.data.preprocess)
+        policy, prepared, calib, float_model, ranges, recipe = prepare(args.policy, Path(tmp))
         samples = _Cycle(calib, args.samples)
-        float_model = onnx.load(str(prepared.path))
-        ranges = calibrate(prepared.path, calib, policy.quantization)
-        recipe = Recipe.from_policy(policy.quantization)
         print(f"model: {policy.model.path.name}, {len(float_model.graph.node)} nodes, input "
               f"{[list(v.shape) for v in calib[0].values()]}, {args.samples} samples, calibration {len(calib)} samples")
 

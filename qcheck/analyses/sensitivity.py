@@ -90,6 +90,7 @@ class ConfigRunner:
         # tensors that beats one session splitting each operator over the cores (bench/bench_analyses.py).
         self.shards = shards or ThreadShards(max(1, min(MAX_WORKERS, usable_cores())))
         self.workers = self.shards.workers
+        self.shard_time = {"seconds": 0.0, "session_seconds": 0.0}
         self.shards_per_group = max(1, shards_per_group or self.workers)
         self.session, self.batch = self._batched_session(max_batch)
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -204,6 +205,8 @@ class ConfigRunner:
                        "switchable model")
             return None
         self.runs += sum(g["runs"] for g in got)
+        for key in ("seconds", "session_seconds"):  # what the shards cost inside their workers
+            self.shard_time[key] += sum(g[key] for g in got)
         out: dict[int, dict] = {}
         for part, g in zip(parts, got):
             out.update(zip(part, g["results"]))

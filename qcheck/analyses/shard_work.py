@@ -11,6 +11,7 @@ process, a local process pool and Ray all call `run_shard`, so where a shard run
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +69,15 @@ class GroupWork:
 
 
 def run_shard(work: GroupWork, masks: list[np.ndarray]) -> dict:
-    """{"results": one score per mask, "runs": forward passes}; {"refused": why} when ONNX Runtime refuses the
-    suffix (the caller then runs the group on the full switchable model)."""
+    """{"results": one score per mask, "runs": forward passes, "seconds": the shard's time in its worker,
+    "session_seconds": of which building its session}; {"refused": why} when ONNX Runtime refuses the suffix
+    (the caller then runs the group on the full switchable model)."""
+    start = time.perf_counter()
     try:
         session = make_session(work.model, "suffix emulation model", threads=work.threads, quiet=True)
     except ort_errors() as exc:  # slower, not wrong: the caller notes it
         return {"refused": first_line(exc)}
+    built = time.perf_counter() - start
     scores = [Score(work.outputs, work.metrics, copy.deepcopy(work.tasks)) for _ in masks]
     for b, labels in enumerate(work.labels):
         values = work.values[b]
@@ -86,4 +90,5 @@ def run_shard(work: GroupWork, masks: list[np.ndarray]) -> dict:
         ref = run(work.off)
         for score, mask in zip(scores, masks):
             update_batch(score, labels, work.outputs, ref, run(mask))
-    return {"results": [s.result() for s in scores], "runs": len(work.labels) * (len(masks) + 1)}
+    return {"results": [s.result() for s in scores], "runs": len(work.labels) * (len(masks) + 1),
+            "seconds": time.perf_counter() - start, "session_seconds": built}
