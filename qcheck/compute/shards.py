@@ -58,7 +58,7 @@ class ThreadShards:
     def describe(self) -> dict:
         return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks}
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         pass
 
 
@@ -101,9 +101,14 @@ class ProcessShards:
         return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks,
                 "bytes_shared": self.bytes_shared}
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """`abort` (an interrupt, an error): the workers end now, not after the shards they are running. The pool's
+        own map of its workers (`_processes`) is the only handle on them; the public API cannot stop a call."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            processes = list((self._pool._processes or {}).values()) if abort else []
+            self._pool.shutdown(wait=not abort, cancel_futures=True)
+            for process in processes:
+                process.terminate()
             self._pool = None
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
@@ -169,7 +174,7 @@ class RayShards:
         return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks,
                 "bytes_shared": self.bytes_shared, "address": self.spec.address or "local", "num_cpus": self.spec.num_cpus}
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         pass
 
 
@@ -204,5 +209,7 @@ def open_shards(spec: ExecutorSpec | None, threads: int | None = None) -> Iterat
     pool = ProcessShards(spec.workers or usable_cores())
     try:
         yield pool
-    finally:
-        pool.close()
+    except BaseException:
+        pool.close(abort=True)
+        raise
+    pool.close()

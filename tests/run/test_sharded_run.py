@@ -67,6 +67,9 @@ def test_sharded_run_gives_the_in_process_analyses(policy, in_process, many_grou
     got = _analyses(policy, executor, "--executor", executor, "--workers", "2", "--shards", "2")
     assert got["shards"]["kind"] == executor and got["shards"]["workers"] == 2
     _same(got, in_process)
+    report = (policy.parent / executor / "report.html").read_text()
+    where = "a Ray cluster" if executor == "ray" else "a local process pool"
+    assert f"ran in {got['shards']['tasks']} shards of {got['shards']['groups']} groups on {where} of 2 workers" in report
 
 
 def test_policy_asks_for_shards(policy, tmp_path):
