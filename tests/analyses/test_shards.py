@@ -92,6 +92,8 @@ def test_sensitivity_on_a_local_ray_cluster_equals_the_in_process_result(setup, 
         assert pool.workers == 2
         got, runner = _sensitivity(setup, pool)
         assert pool.bytes_shared > 0
+        with pytest.raises(ZeroDivisionError):  # a shard's own error, not Ray's wrapper of it
+            pool.map(lambda shared, shard: shared / shard, pool.share(1), [0])  # a lambda travels by value
     assert not ray.is_initialized()  # the cluster it started ended with the block
     _check_equal(got, runner, in_process)
 
