@@ -8,7 +8,7 @@ from helpers import residual_cnn, write_npy_samples
 import qcheck.analyses.sensitivity as sensitivity
 from qcheck.analyses.run_all import build_emulation
 from qcheck.analyses.sensitivity import Config, ConfigRunner, node_sensitivity
-from qcheck.compute.shards import ThreadShards, open_shards
+from qcheck.compute.shards import RayShards, ThreadShards, open_shards
 from qcheck.data.readers import open_data
 from qcheck.model.prepare import load_onnx, prepare_model
 from qcheck.policy.spec import DataSource, ExecutorSpec, MetricSpec, Preprocess, QuantizationSpec
@@ -93,7 +93,8 @@ def test_sensitivity_on_a_local_ray_cluster_equals_the_in_process_result(setup, 
         got, runner = _sensitivity(setup, pool)
         assert pool.bytes_shared > 0
         with pytest.raises(ZeroDivisionError):  # a shard's own error, not Ray's wrapper of it
-            pool.map(lambda shared, shard: shared / shard, pool.share(1), [0])  # a lambda travels by value
+            other = RayShards(ray, ExecutorSpec("ray"))  # on the same cluster
+            other.map(lambda shared, shard: shared / shard, other.share(1), [0])  # a lambda travels by value
     assert not ray.is_initialized()  # the cluster it started ended with the block
     _check_equal(got, runner, in_process)
 
