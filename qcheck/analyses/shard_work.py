@@ -20,6 +20,7 @@ import onnx
 from qcheck.analyses.activation_store import ActivationStore
 from qcheck.analyses.score import Score, update_batch
 from qcheck.analyses.switchable import SWITCH_INPUT
+from qcheck.compute.shards import check_cancelled
 from qcheck.errors import first_line
 from qcheck.model.runtime import make_session, ort_errors
 from qcheck.policy.spec import MetricSpec
@@ -89,6 +90,7 @@ def run_shard(work: GroupWork, masks: list[np.ndarray]) -> dict:
 
         ref = run(work.off)
         for score, mask in zip(scores, masks):
+            check_cancelled()
             update_batch(score, labels, work.outputs, ref, run(mask))
     return {"results": [s.result() for s in scores], "runs": len(work.labels) * (len(masks) + 1),
             "seconds": time.perf_counter() - start, "session_seconds": built}

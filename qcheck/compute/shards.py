@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -31,6 +32,18 @@ from qcheck.policy.spec import ExecutorSpec
 from qcheck.scratch import new_temp_folder
 
 Done = Callable[[int], None]  # called with a shard's index when it finishes, in completion order
+_cancel = threading.Event()  # set when a map on threads is interrupted: its shards stop at their next step
+
+
+class ShardCancelled(Exception):
+    """A shard on a thread stopped because the map it belongs to was interrupted (Ctrl-C, an error elsewhere)."""
+
+
+def check_cancelled() -> None:
+    """For a shard function, between its steps: a thread cannot be stopped from outside, so it stops itself.
+    (A worker process is ended and a Ray task cancelled instead; there this never raises.)"""
+    if _cancel.is_set():
+        raise ShardCancelled()
 
 
 class ThreadShards:
@@ -52,8 +65,13 @@ class ThreadShards:
 
     def map(self, fn: Callable, handle: Any, shards: Sequence, done: Done | None = None) -> list:
         self.tasks += len(shards)
+        _cancel.clear()
         with ThreadPoolExecutor(min(self.workers, len(shards)) or 1) as pool:
-            return _gather({pool.submit(fn, handle, s): i for i, s in enumerate(shards)}, len(shards), done)
+            try:
+                return _gather({pool.submit(fn, handle, s): i for i, s in enumerate(shards)}, len(shards), done)
+            except BaseException:
+                _cancel.set()  # the running shards stop at their next step, so leaving the pool does not wait long
+                raise
 
     def describe(self) -> dict:
         return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks}

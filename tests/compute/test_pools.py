@@ -1,9 +1,11 @@
 """The shard pools (qcheck/compute/shards.py): results in shard order, a worker's own exception raised as itself,
 nothing left behind. `divmod` stands in for a shard function: a module-level function a worker imports by name."""
 
+import time
+
 import pytest
 
-from qcheck.compute.shards import ProcessShards, ThreadShards, open_shards
+from qcheck.compute.shards import ProcessShards, ThreadShards, check_cancelled, open_shards
 from qcheck.policy.spec import ExecutorSpec
 
 
@@ -32,3 +34,22 @@ def test_without_an_executor_shards_run_on_threads():
     with open_shards(None, threads=3) as pool:
         assert pool.kind == "threads" and pool.workers == 3
         assert pool.map(divmod, pool.share(10), [3]) == [(3, 1)]
+
+
+def _long_or_failing(shared, shard):
+    """Shard 0 fails at once; the others would run for minutes, checking for cancellation between steps."""
+    if shard == 0:
+        raise ValueError("this shard failed")
+    for _ in range(shared):
+        check_cancelled()
+        time.sleep(0.01)
+    return shard
+
+
+def test_an_interrupted_map_on_threads_stops_its_other_shards_at_their_next_step():
+    pool = ThreadShards(2)
+    start = time.monotonic()
+    with pytest.raises(ValueError):
+        pool.map(_long_or_failing, 30_000, [0, 1])  # shard 1 alone: 300 s
+    assert time.monotonic() - start < 60  # it stopped at its next step (seconds on a loaded machine), not after 300 s
+    assert pool.map(_long_or_failing, 3, [1, 2]) == [1, 2]  # the next map starts afresh
