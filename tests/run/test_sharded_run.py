@@ -94,3 +94,19 @@ def test_workers_without_an_executor_is_a_usage_error(policy, capsys):
     err = capsys.readouterr().err
     assert "--workers need an executor" in err and "--executor local" in err
     assert not (policy.parent / "no").exists()
+
+
+def test_ray_executor_without_ray_says_how_to_install_it_before_anything_runs(policy, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):  # Ray not installed: its import fails, as on a machine without the extra
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"No module named '{name}'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    assert main(["run", str(policy), "--executor", "ray", "--out", str(policy.parent / "noray")]) == 2
+    assert 'pip install "qcheck[ray]"' in capsys.readouterr().err
+    assert not (policy.parent / "noray").exists()
