@@ -34,6 +34,16 @@ DEFAULT = Path(__file__).resolve().parent.parent / "examples" / "zoo" / "rec.yam
 CONFIGS = ("threads1", "threads2", "local1", "local2", "ray1", "ray2")
 
 
+def compare(result: dict, reference: dict) -> str:
+    """'same numbers', or how far apart: the ranking, and the largest difference of a node view's cosine."""
+    if result == reference:
+        return "same numbers"
+    want = {r["node"]: r["views"] for r in reference["nodes"]}
+    far = max(abs(v["cosine"] - want[r["node"]][k]["cosine"]) for r in result["nodes"] for k, v in r["views"].items())
+    same_rank = [r["node"] for r in result["nodes"]] == [r["node"] for r in reference["nodes"]]
+    return f"DIFFERENT: ranking {'same' if same_rank else 'differs'}, cosines up to {far:.2e} apart"
+
+
 def noop(shared, shard):
     return shard
 
@@ -87,7 +97,7 @@ def main() -> None:
         reference = None
         for name in configs:
             result, r = run_config(name, sw, samples, ray)
-            same = "reference" if reference is None else ("same numbers" if result == reference else "DIFFERENT")
+            same = "reference" if reference is None else compare(result, reference)
             reference = reference or result
             print(f"{name:8s} wall {r['wall']:7.1f} s  groups {r['groups']:2d} tasks {r['tasks']:3d}  shared "
                   f"{r.get('bytes_shared', 0) / 2**20:6.1f} MB  in workers {r['seconds']:7.1f} s (sessions "

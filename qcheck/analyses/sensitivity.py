@@ -190,7 +190,9 @@ class ConfigRunner:
             return [s.result() for s in scores]
         n = min(self.shards_per_group, len(members))
         parts = [members[w::n] for w in range(n)]  # interleaved: neighbouring nodes cost alike
-        work = GroupWork(model=typed(suffix, values[0], self.batch > 1), threads=1 if self.workers > 1 else 0,
+        # One intra-op thread whatever the pool: ORT's threaded kernels may split a sum differently, and a shard's
+        # numbers must not depend on how many shards ran at once (measured on PP-OCRv4's recognizer).
+        work = GroupWork(model=typed(suffix, values[0], self.batch > 1), threads=1,
                          values=values, inputs=suffix.inputs, suffix_outputs=suffix.outputs, outputs=self.outputs,
                          labels=labels, metrics=self.metrics, tasks=self.make_tasks(), off=self.sw.mask())
         handle = self.shards.share(work, work.nbytes() if self.shards.kind != "threads" else 0)

@@ -53,7 +53,7 @@ class GroupWork:
     """What every shard of one group reads: shared once per group."""
 
     model: onnx.ModelProto  # the group's suffix, its inputs typed
-    threads: int  # intra-op threads of each shard's session (1 when shards run side by side)
+    threads: int  # intra-op threads of each shard's session
     values: BatchValues | list[dict]  # per batch: see BatchValues
     inputs: list[str]  # what the suffix reads besides the switches
     suffix_outputs: list[str]  # the model outputs the suffix computes

@@ -99,6 +99,12 @@ def test_sensitivity_on_a_local_ray_cluster_equals_the_in_process_result(setup, 
     _check_equal(got, runner, in_process)
 
 
+def test_one_shard_per_group_gives_the_same_numbers(setup, in_process, many_groups):
+    """A shard's session has one thread whatever the pool's size: the numbers cannot depend on it."""
+    got, runner = _sensitivity(setup, ThreadShards(1))
+    assert got == in_process[0] and runner.shards.describe()["tasks"] == runner.shards.describe()["groups"]
+
+
 def test_more_shards_than_workers_give_the_same_numbers(setup, in_process, many_groups):
     got, runner = _sensitivity(setup, ThreadShards(2), per_group=5)
     reference, _ = in_process
