@@ -16,10 +16,12 @@ fusions).
 
 Configurations that switch on few pairs (node, weight, activation) run in
 groups on suffix copies of the switchable model (`qcheck.analyses.suffix`), fed with
-float activations computed once per batch (`qcheck.analyses.activation_store`), one
-single-threaded session per core; the others (reverse, all quantized) run on
-the full switchable model. Groups are the outer loop, batches of samples the
-inner one, and statistics accumulate in `metrics.OutputComparison`.
+float activations computed once per batch (`qcheck.analyses.activation_store`). Each
+group is split into shards (`qcheck.analyses.shard_work`), each with its own
+single-threaded session, on threads of this process or, when the policy says so, a
+local process pool or Ray (`qcheck.compute.shards`: the group's data shared once).
+The others (reverse, all quantized) run on the full switchable model in this
+process. Statistics accumulate in `measure.outputs.OutputMetrics`.
 """
 
 from __future__ import annotations
