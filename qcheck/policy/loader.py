@@ -188,15 +188,36 @@ def _model(s: _Section, m: str | dict, key: str = "model") -> ModelSpec:
     return model
 
 
+# remedies that only change how ORT quantizes the float model's weights: a given model's weights are its own
+GIVEN_REFUSED_REMEDIES = ("per_channel", "symmetric", "reduced_range")
+# remedies that set new ranges from the calibration data (calibrated once, when the search needs them)
+CALIBRATING_REMEDIES = ("explicit_range", "calibration_method")
+
+
 def _given_model_limits(s: _Section, doc: dict) -> None:
-    """With `quantized:` qcheck builds no model: sections that only make sense for models it builds are refused."""
-    for key, what in (("search", "the search builds new quantized models from calibrated ranges"),
-                      ("compare", "the comparison builds qcheck's own schemes"),
+    """With `quantized:` qcheck builds no model of its own: `compare:` and `quantization:` are refused; the search
+    edits the given model (quantize/given_edit.py), with the remedies that can apply to it."""
+    for key, what in (("compare", "the comparison builds qcheck's own schemes"),
                       ("quantization", "its settings say how qcheck quantizes `model:`, and the given model "
                                        "is quantized already")):
         if key in doc:
-            s.problem(f"`{key}:` cannot be used with `quantized:` ({what}; qcheck does not change a model it was "
-                      "given)", (key,), hint=f"remove `{key}:`, or remove `quantized:` to let qcheck quantize `model:`")
+            s.problem(f"`{key}:` cannot be used with `quantized:` ({what}; qcheck does not quantize a model it was "
+                      "given again)", (key,), hint=f"remove `{key}:`, or remove `quantized:` to let qcheck quantize "
+                                                   "`model:`")
+    remedies = list((doc.get("search") or {}).get("remedies") or [])
+    refused = [r for r in remedies if r in GIVEN_REFUSED_REMEDIES]
+    if refused:
+        s.problem(f"search.remedies {', '.join(refused)} cannot be used with `quantized:` (they change how the float "
+                  "model's weights are quantized; the search edits the given model's Q/DQ pairs and keeps its "
+                  "weights)", ("search", "remedies"),
+                  hint="use keep_float, int16_activations, explicit_range, widen_range, calibration_method, "
+                       "scheme, skip_first or keep_float_flagged")
+    calibrating = [r for r in remedies if r in CALIBRATING_REMEDIES]
+    if calibrating and (doc.get("data") or {}).get("calibration") is None:
+        s.problem(f"search.remedies {', '.join(calibrating)} set new ranges on the given model, calibrated from "
+                  "data.calibration, and the policy has none", ("search", "remedies"),
+                  hint="add data.calibration (the data the new ranges are computed from), or remove "
+                       f"{', '.join(calibrating)}")
 
 
 def _data(s: _Section, d: dict) -> DataSpec:

@@ -58,6 +58,7 @@ def qop_spec(node: onnx.NodeProto) -> QOp | None:
 SAME_GRID_OPS = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
                  "Resize", "Identity", "Pad", "SpaceToDepth", "DepthToSpace", "Relu"}
 FUSED_ACTIVATIONS = {"Relu", "Clip"}  # a grid from 0 does their work: tools fold them into the producer
+UNFOLDED = "qcheck_unfolded::"  # the name prefix of such an activation put back (`unfold_activations`)
 
 
 def given_format(model: onnx.ModelProto) -> str | None:
@@ -146,7 +147,7 @@ def unfold_activations(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) ->
             act.CopyFrom(f_node)
             del act.input[:]
             act.input.extend([raw, *extra])
-            act.name = f"qcheck_unfolded::{f_node.name}"
+            act.name = UNFOLDED + f_node.name
             nodes.append(act)
             done.append(out)
     del qmodel.graph.node[:]

@@ -41,23 +41,28 @@ def data_fingerprint(data) -> str:
 
 
 def lock_document(*, policy_path: Path, policy_sha256: str, model_path: Path, model_sha256: str,
-                  shapes: dict[str, list[int]], float_sha256: str, calibration_sha256: str, ranges_file: str,
-                  ranges: Ranges,
+                  shapes: dict[str, list[int]], float_sha256: str, calibration_sha256: str | None,
+                  ranges_file: str | None, ranges: Ranges | None,
                   recipe: Recipe, quantized_file: str, quantized_sha256: str, environment: dict,
-                  search: dict | None) -> dict:
-    return {
+                  search: dict | None, given: dict | None = None) -> dict:
+    """`given`: {path, sha256, base_recipe} of a quantized model made elsewhere that the locked model edits
+    (`quantize.given_edit`); `ranges` None: the model needs no calibrated ranges (such edits only)."""
+    doc = {
         "lock_version": LOCK_VERSION,
         "policy": {"path": str(policy_path), "sha256": policy_sha256},
         "model": {"path": str(model_path), "sha256": model_sha256, "input_shapes": shapes,
                   "prepared_sha256": float_sha256},
-        "calibration_data": {"samples": ranges.samples, "sha256": calibration_sha256},
-        "ranges": {"file": ranges_file, "method": ranges.method, "sha256": ranges.sha256()},
+        "calibration_data": {"samples": ranges.samples, "sha256": calibration_sha256} if ranges else None,
+        "ranges": {"file": ranges_file, "method": ranges.method, "sha256": ranges.sha256()} if ranges else None,
         "recipe": recipe.to_dict(),
         "recipe_key": recipe.key(),
         "quantized_model": {"file": quantized_file, "sha256": quantized_sha256},
         "versions": {k: environment[k] for k in ("qcheck", "onnxruntime", "onnx")},
         "search": search,
     }
+    if given is not None:
+        doc["given"] = given
+    return doc
 
 
 def write_lock(doc: dict, path: Path) -> None:
@@ -97,6 +102,40 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
         raise QcheckError(Problem(f"the model changed since the lock was written: {model_path} has sha256 "
                                   f"{sha[:16]}…, the lock {doc['model']['sha256'][:16]}…", file=where,
                                   hint="run `qcheck run` on the policy again to search and lock the new model"))
+    ranges = _locked_ranges(doc, folder, where)
+    recipe = Recipe(**doc["recipe"])
+    if recipe.key() != doc.get("recipe_key"):
+        raise QcheckError(Problem("the lock's recipe does not match its recipe_key (edited by hand?)", file=where))
+    notes = []
+    if doc["versions"].get("onnxruntime") != onnxruntime.__version__:
+        notes.append(f"the lock was written with ONNX Runtime {doc['versions'].get('onnxruntime')}, this is "
+                     f"{onnxruntime.__version__}: the bytes may differ")
+    out = Path(out) if out else folder / "model.applied.onnx"
+    with temp_folder("apply") as tmp:
+        # a given model's float original is read as the run read it: not optimized (its nodes are the given's twins)
+        prepared = prepare_model(load_onnx(model_path), model_path, dict(doc["model"].get("input_shapes") or {}),
+                                 Path(tmp), optimize=not doc.get("given"))
+        _check_data(doc, prepared, where, notes)
+        float_sha = file_sha256(prepared.path)
+        if float_sha != doc["model"]["prepared_sha256"]:
+            notes.append("pre-processing gave a different float model than when the lock was written "
+                         "(another onnx or ONNX Runtime version?)")
+        if doc.get("given"):
+            _rebuild_given(doc, prepared, ranges, recipe, out, folder, where)
+        else:
+            build_quantized(prepared.path, ranges, recipe, out, source=model_path)
+    built = file_sha256(out)
+    return {"out": str(out), "sha256": built, "expected": doc["quantized_model"]["sha256"],
+            "identical": built == doc["quantized_model"]["sha256"], "notes": notes}
+
+
+def _locked_ranges(doc: dict, folder: Path, where: str) -> Ranges | None:
+    """The lock's calibrated ranges, checked against its hash (None: a given model's edits that need none)."""
+    if doc.get("ranges") is None:
+        if not doc.get("given"):
+            raise QcheckError(Problem("the lock names no calibration ranges (edited by hand?)", file=where,
+                                      hint="run `qcheck run` again to write a new lock"))
+        return None
     ranges_path = folder / doc["ranges"]["file"]
     if not ranges_path.is_file():
         raise QcheckError(Problem(f"the locked calibration ranges are not there: {ranges_path}", file=where,
@@ -109,26 +148,27 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
     if ranges.sha256() != doc["ranges"]["sha256"]:
         raise QcheckError(Problem(f"the calibration ranges changed since the lock was written ({ranges_path})",
                                   file=where, hint="the calibration data or method differ: run `qcheck run` again"))
-    recipe = Recipe(**doc["recipe"])
-    if recipe.key() != doc.get("recipe_key"):
-        raise QcheckError(Problem("the lock's recipe does not match its recipe_key (edited by hand?)", file=where))
-    notes = []
-    if doc["versions"].get("onnxruntime") != onnxruntime.__version__:
-        notes.append(f"the lock was written with ONNX Runtime {doc['versions'].get('onnxruntime')}, this is "
-                     f"{onnxruntime.__version__}: the bytes may differ")
-    out = Path(out) if out else folder / "model.applied.onnx"
-    with temp_folder("apply") as tmp:
-        prepared = prepare_model(load_onnx(model_path), model_path, dict(doc["model"].get("input_shapes") or {}),
-                                 Path(tmp))
-        _check_data(doc, prepared, where, notes)
-        float_sha = file_sha256(prepared.path)
-        if float_sha != doc["model"]["prepared_sha256"]:
-            notes.append("pre-processing gave a different float model than when the lock was written "
-                         "(another onnx or ONNX Runtime version?)")
-        build_quantized(prepared.path, ranges, recipe, out, source=model_path)
-    built = file_sha256(out)
-    return {"out": str(out), "sha256": built, "expected": doc["quantized_model"]["sha256"],
-            "identical": built == doc["quantized_model"]["sha256"], "notes": notes}
+    return ranges
+
+
+def _rebuild_given(doc: dict, prepared, ranges: Ranges | None, recipe: Recipe, out: Path, folder: Path,
+                   where: str) -> None:
+    """A lock on edits to a quantized model made elsewhere: that model (checked by hash), edited again."""
+    import onnx
+
+    from qcheck.quantize.given_edit import rebuild_given
+
+    given = doc["given"]
+    path = Path(given["path"])
+    path = path if path.is_absolute() else folder / path
+    if not path.is_file():
+        raise QcheckError(Problem(f"the locked quantized model (`quantized:`) is not there: {path}", file=where,
+                                  hint="put it back at that path, or run `qcheck run` on the policy again"))
+    if file_sha256(path) != given["sha256"]:
+        raise QcheckError(Problem(f"the quantized model changed since the lock was written: {path}", file=where,
+                                  hint="run `qcheck run` on the policy again to search and lock the new model"))
+    rebuild_given(path, onnx.load(str(prepared.path)), dict(doc["model"].get("input_shapes") or {}),
+                  Recipe(**given["base_recipe"]), ranges, recipe, out)
 
 
 def _check_data(doc: dict, prepared, where: str, notes: list[str]) -> None:

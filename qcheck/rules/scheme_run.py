@@ -17,11 +17,13 @@ import onnx
 
 from qcheck.data.readers import DataSet
 from qcheck.measure.by_name import measure_by_name
+from qcheck.measure.given import add_range_statistics, measure_given
 from qcheck.measure.layer_metrics import LayerMetrics
 from qcheck.measure.outputs import aggregate_model_metrics
 from qcheck.measure.per_tensor import Measurement, measure
 from qcheck.policy.spec import Policy
 from qcheck.quantize.calibrate import Ranges, Recipe
+from qcheck.quantize.given import GivenModel
 from qcheck.quantize.qdq import QDQMap, read_qdq
 from qcheck.quantize.schemes import BuiltScheme, build_scheme
 from qcheck.rules.engine import (
@@ -90,6 +92,23 @@ def measure_built(built: BuiltScheme, policy: Policy, float_model: onnx.ModelPro
     for r in m.tensors:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
     return m, None, kinds
+
+
+def measure_given_built(given: GivenModel, policy: Policy, float_model: onnx.ModelProto, evaluation: DataSet,
+                        progress: Callable[[int, int], None] | None = None, tasks: list | None = None,
+                        need: set[str] | None = None) -> tuple[Measurement, list[dict], dict[str, int]]:
+    """A given quantized model (or a search's edit of one) measured: (measurement, its rows with the exported-range
+    statistics the QAT rules read, tensor counts by kind)."""
+    m = measure_given(given, given.model, float_model, evaluation, policy.metrics, policy.generic_metrics,
+                      policy.measure.modes, include_weights=policy.measure.weights, progress=progress, tasks=tasks,
+                      need=need, memory_mb=policy.analyses.memory_mb,
+                      layer_metrics=LayerMetrics(policy.layer_metrics, policy.folder) if policy.layer_metrics else None)
+    rows = [t.row() for t in m.tensors]
+    add_range_statistics(rows, given)
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    return m, rows, kinds
 
 
 def judge_built(built: BuiltScheme, m: Measurement, policy: Policy, rules: list[Rule],

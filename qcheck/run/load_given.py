@@ -22,13 +22,12 @@ from qcheck.model.prepare import (
     constants_to_initializers,
     dtype_name,
     file_sha256,
-    fix_input_shapes,
     load_onnx,
-    name_nodes,
     save_model,
 )
 from qcheck.policy.spec import Policy
-from qcheck.quantize.given_formats import fold_weight_quantizers, given_format
+from qcheck.quantize.given_edit import normalize_given
+from qcheck.quantize.given_formats import given_format
 
 GIVEN_MODEL_NAME = "given.onnx"
 
@@ -72,10 +71,7 @@ def load_given(policy: Policy, float_model: onnx.ModelProto, fetch: bool,
 
 def prepare_given(given: GivenFile, shapes: dict[str, list[int]], work: Path) -> None:
     """The copy a run measures: the run's static input shapes, stale inferred shapes dropped."""
-    model = copy.deepcopy(given.model)
-    name_nodes(model)  # nodes are matched and reported by name
-    fold_weight_quantizers(model)  # weights quantized at run time become integer initializers, as usual
-    fix_input_shapes(model, {k: v for k, v in shapes.items() if k in {i.name for i in model.graph.input}})
+    model = normalize_given(copy.deepcopy(given.model), shapes)
     given.measure_path = work / GIVEN_MODEL_NAME
     save_model(model, given.measure_path)
     given.model = model

@@ -23,9 +23,7 @@ from qcheck.analyses.switchable import SwitchableModel, build_switchable
 from qcheck.compute.ray_cluster import import_ray
 from qcheck.data.finite import check_ranges_finite
 from qcheck.data.readers import DataSet
-from qcheck.errors import Problem
-from qcheck.measure.given import add_range_statistics, measure_given
-from qcheck.measure.layer_metrics import LayerMetrics
+from qcheck.errors import Problem, QcheckError
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.graph import GraphIndex
 from qcheck.model.prepare import file_sha256
@@ -35,6 +33,7 @@ from qcheck.policy.spec import Policy
 from qcheck.policy.yaml_spans import line_of
 from qcheck.quantize.calibrate import Ranges, Recipe, calibrate
 from qcheck.quantize.given import given_scheme, read_given
+from qcheck.quantize.given_edit import GIVEN_METHOD, build_given, given_base_recipe
 from qcheck.quantize.given_formats import unfold_activations
 from qcheck.quantize.schemes import size_bytes
 from qcheck.results.files import write_json, write_layer_stats, write_sensitivity
@@ -53,7 +52,7 @@ from qcheck.results.schema import (
     Results,
 )
 from qcheck.rules.engine import by_recovery, needed_statistics
-from qcheck.rules.scheme_run import SchemeRun, build_for, judge_built, measure_built, node_split
+from qcheck.rules.scheme_run import SchemeRun, build_for, judge_built, measure_built, measure_given_built, node_split
 from qcheck.run.load_stage import Loaded, load
 from qcheck.run.memory import StagePeak
 from qcheck.run.output_folder import Origin, OutputDir
@@ -174,7 +173,7 @@ def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stage
            console: Console) -> Results:
     """The stages after loading: calibrate, quantize, measure, analyses, rules, compare, search, lock."""
     if loaded.given is not None:
-        return _check_given(policy, loaded, out_dir, stages, console)
+        return _check_given(policy, loaded, work, out_dir, stages, console)
     prepared, evaluation = loaded.prepared, loaded.evaluation
     scheme = policy.quantization.scheme
     ranges = _calibrate(policy, loaded, out_dir, stages, console)
@@ -208,24 +207,19 @@ def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stage
                     lock_file, GraphIndex(float_model).outline())
 
 
-def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Stages, console: Console) -> Results:
-    """A quantized model made elsewhere (`quantized:`): read, measure, analyses, rules; nothing is built or searched."""
+def _check_given(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stages: Stages,
+                 console: Console) -> Results:
+    """A quantized model made elsewhere (`quantized:`): read, measure, analyses, rules, and the search (`search:`)
+    on edits to that model (quantize/given_edit.py)."""
     given_file = loaded.given
     with stages.stage("read quantized model", console):
         float_model = onnx.load(str(loaded.prepared.path))
         given = read_given(given_file.model, float_model)
         built = given_scheme(given, given_file.path, given_file.measure_path, out_dir.path(QUANTIZED_MODEL_NAME))
     with stages.stage("measure", console):
-        m = measure_given(given, given.model, float_model, loaded.evaluation, policy.metrics,
-                          policy.generic_metrics, policy.measure.modes, include_weights=policy.measure.weights,
-                          progress=lambda i, n: console.progress("measure", i, n), tasks=loaded.tasks,
-                          need=needed_statistics(loaded.rules), memory_mb=policy.analyses.memory_mb,
-                          layer_metrics=LayerMetrics(policy.layer_metrics, policy.folder) if policy.layer_metrics else None)
-        rows = [t.row() for t in m.tensors]
-        add_range_statistics(rows, given)
-        kinds: dict[str, int] = {}
-        for r in rows:
-            kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+        m, rows, kinds = measure_given_built(given, policy, float_model, loaded.evaluation,
+                                             progress=lambda i, n: console.progress("measure", i, n),
+                                             tasks=loaded.tasks, need=needed_statistics(loaded.rules))
     analyses = None
     if given.format == "qdq":  # the emulation model switches Q/DQ pairs: QOperator and dynamic models have none
         analyses = _analyses(policy, loaded, built, float_model, Ranges("given", given.grid_ranges(), 0), rows,
@@ -235,10 +229,48 @@ def _check_given(policy: Policy, loaded: Loaded, out_dir: OutputDir, stages: Sta
         write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"), list(policy.layer_metrics))
         if analyses:
             write_sensitivity(analyses, out_dir.path("sensitivity.csv"))
+    final = Final(recipe=built.recipe, ranges=None, ranges_file=None)
+    search = lock_file = None
+    if policy.search is not None:
+        search, final, lock_file = _search_given(policy, loaded, given, built.scheme, main_run, float_model,
+                                                 analyses, final, work, out_dir, stages, console)
     summary = {"file": str(given_file.path), "sha256": given_file.sha256, **given.summary()}
-    return _results(policy, loaded, built, m, given.qmap, kinds, main_run, None, analyses, None, None,
-                    Final(recipe=built.recipe, ranges=None, ranges_file=None), None, GraphIndex(float_model).outline(),
-                    given=summary)
+    return _results(policy, loaded, built, m, given.qmap, kinds, main_run, None, analyses, None, search,
+                    final, lock_file, GraphIndex(float_model).outline(), given=summary)
+
+
+def _search_given(policy: Policy, loaded: Loaded, given, scheme: str, main_run: SchemeRun,
+                  float_model: onnx.ModelProto, analyses: dict | None, final: Final, work: Path, out_dir: OutputDir,
+                  stages: Stages, console: Console) -> tuple[dict | None, Final, str | None]:
+    """The search on a given QDQ model: its candidates are edits to it, starting from its own grids; a chosen fix
+    becomes the run's model and is locked as the given model's hash plus the edits."""
+    if given.format != "qdq":
+        raise QcheckError(policy.problem_at(
+            ("search",), f"the search edits a given model's QuantizeLinear/DequantizeLinear pairs, and this "
+                         f"quantized model is in {given.format} format (it has none)",
+            hint="remove `search:`, or give the model in QDQ format (e.g. ONNX Runtime's quantize_static with "
+                 "quant_format=QDQ)"))
+    from qcheck.search.stage import given_candidate_findings, write_policy_lock
+
+    built_recipe = final.recipe
+    base = given_base_recipe(built_recipe, given.qmap)
+    start = Final(recipe=base, ranges=Ranges(GIVEN_METHOD, given.grid_ranges(), 0), ranges_file=None)
+
+    def build_with(ranges: Ranges, recipe: Recipe, path: Path) -> Path:
+        return build_given(given.model, float_model, base, ranges, recipe, path)
+
+    search = _search(policy, loaded, main_run, float_model, analyses, start, work, out_dir, stages, console,
+                     build_with=build_with,
+                     findings_of=given_candidate_findings(policy, loaded.rules, float_model, loaded.evaluation, scheme))
+    if start.model == QUANTIZED_MODEL_NAME:  # nothing chosen: the run's model is the given model
+        return search, Final(recipe=built_recipe, ranges=None, ranges_file=None), None
+    lock_file = write_policy_lock(
+        policy, prepared=loaded.prepared, shapes=loaded.shapes, calib=loaded.calibration,
+        ranges=start.ranges if start.ranges.method != GIVEN_METHOD else None,
+        ranges_file=start.ranges_file, recipe=start.recipe, model_file=start.model, out_dir=out_dir,
+        environment=environment(), search=search,
+        given={"path": str(loaded.given.path), "sha256": loaded.given.sha256, "base_recipe": base.to_dict()})
+    return search, start, lock_file
 
 
 def _given_emulation(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> SwitchableModel:
@@ -280,8 +312,10 @@ def _analyses(policy: Policy, loaded: Loaded, built, float_model: onnx.ModelProt
 
 
 def _search(policy: Policy, loaded: Loaded, main_run: SchemeRun, float_model: onnx.ModelProto, analyses: dict | None,
-            final: Final, work: Path, out_dir: OutputDir, stages: Stages, console: Console) -> dict | None:
-    """The fallback search (policy `search:`, see qcheck/search/): may replace `final` and the verdict."""
+            final: Final, work: Path, out_dir: OutputDir, stages: Stages, console: Console, build_with=None,
+            findings_of=None) -> dict | None:
+    """The fallback search (policy `search:`, see qcheck/search/): may replace `final` and the verdict.
+    `build_with`, `findings_of`: how a given model's candidates are built and measured (`_search_given`)."""
     if policy.search is None or final.ranges is None:  # the search varies Q/DQ recipes
         return None
     from qcheck.search.stage import search_stage
@@ -292,7 +326,7 @@ def _search(policy: Policy, loaded: Loaded, main_run: SchemeRun, float_model: on
             policy, prepared=loaded.prepared, float_model=float_model, ranges=ranges, calib=loaded.calibration,
             evaluation=loaded.evaluation, recipe=final.recipe, rows=main_run.rows,
             findings=[f.to_dict() for f in main_run.findings], finding_counts=main_run.counts, rules=loaded.rules,
-            work=work, out_dir=out_dir, log=console.log,
+            work=work, out_dir=out_dir, log=console.log, build_with=build_with, given_findings_of=findings_of,
             sensitivity=[n["node"] for n in (analyses or {}).get("sensitivity", {}).get("nodes", [])])
         if chosen_verdict is not None:
             search["baseline_verdict"], main_run.verdict = main_run.verdict, chosen_verdict

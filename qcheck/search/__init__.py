@@ -38,10 +38,14 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                proposed: dict[str, list[str]] | None = None,
                flagged: list[str] | None = None,
                reach_of: Callable[[], Ranges] | None = None,
-               held_out: tuple[list[dict], list[str]] | None = None) -> tuple[dict, Recipe | None, Ranges | None]:
+               held_out: tuple[list[dict], list[str]] | None = None,
+               build_with: Callable[[Ranges, Recipe, Path], Path] | None = None,
+               ) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None).
     `held_out`: samples (and their labels) the search never sees; the chosen candidate, or the policy's recipe
-    when none is chosen, is judged on them (`result["holdout"]`)."""
+    when none is chosen, is judged on them (`result["holdout"]`). `build_with(ranges, recipe, path)`: builds a
+    candidate instead of ORT's quantizer from the float model (a given model's edits, `quantize.given_edit`);
+    such candidates are all built (the screening model emulates qcheck's own grids and weights, not theirs)."""
     by_method = {ranges.method: ranges}
 
     def ranges_for(method: str) -> Ranges:
@@ -60,8 +64,10 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                            "candidates are judged on; confirm such a fix on data it has not seen")
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
                    spec.budget, workdir, log, make_tasks, labels, findings_of)
+    if build_with is not None:
+        ev.build = lambda recipe, path: build_with(ranges_for(recipe.calibration), recipe, path)
     _find_chains(ev, graph, float_model, base)
-    if spec.strategy == "auto":
+    if spec.strategy == "auto" and build_with is None:
         ev.make_screener = lambda: _screener(ev, float_model, ranges_for, base, samples, log)
     model_changes, node_changes, notes = build_pool(ranking, spec.remedies, target, graph, base, spec.candidates,
                                                     spec.budget.max_float_nodes, proposed)

@@ -49,6 +49,28 @@ def candidate_findings(policy, rules, float_model, evaluation):
     return findings_of
 
 
+def given_candidate_findings(policy, rules, float_model, evaluation, scheme: str):
+    """`candidate_findings` for edits to a given quantized model: each candidate read (`read_given`) and measured
+    as the given model is (`scheme_run.measure_given_built`, the exported-range statistics included)."""
+    import onnx
+
+    from qcheck.quantize.given import read_given
+    from qcheck.quantize.schemes import BuiltScheme
+    from qcheck.rules.engine import needed_statistics
+    from qcheck.rules.scheme_run import judge_built, measure_given_built
+
+    need = needed_statistics(rules)
+
+    def findings_of(path: Path, recipe, ranges) -> dict:
+        given = read_given(onnx.load(str(path)), float_model)
+        m, rows, kinds = measure_given_built(given, policy, float_model, evaluation, need=need,
+                                             tasks=build_tasks(policy, [o.name for o in float_model.graph.output]))
+        built = BuiltScheme(scheme, path, path, recipe=recipe)
+        return dict(judge_built(built, m, policy, rules, given.qmap, kinds, rows=rows).counts)
+
+    return findings_of
+
+
 def held_out_count(policy, n: int) -> int:
     """search.holdout as a number of samples (a fraction is of the evaluation data, rounded); at least one sample
     must be left for the search."""
@@ -63,14 +85,18 @@ def held_out_count(policy, n: int) -> int:
 
 def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, recipe, rows, findings, finding_counts,
                  sensitivity: list[str] | None = None, rules: list | None = None,
-                 work: Path, out_dir, log) -> tuple[dict, dict | None, str, object, object]:
-    """Returns (search results, the chosen candidate's verdict or None, model file, recipe, ranges) of the result."""
+                 work: Path, out_dir, log, build_with=None,
+                 given_findings_of=None) -> tuple[dict, dict | None, str, object, object]:
+    """Returns (search results, the chosen candidate's verdict or None, model file, recipe, ranges) of the result.
+    `build_with(ranges, recipe, path)`: how candidates and the chosen model are built when not by ORT's quantizer
+    from the float model (a given quantized model's edits); `given_findings_of`: how such a candidate's findings
+    are counted (`given_candidate_findings`)."""
     n_held = held_out_count(policy, len(evaluation))
     searched = range(len(evaluation) - n_held)
     held = range(len(evaluation) - n_held, len(evaluation))
     samples = [evaluation[i] for i in searched]
     labels = [evaluation.samples[i].label for i in range(len(evaluation))]
-    findings_of = (candidate_findings(policy, rules, float_model, evaluation)
+    findings_of = ((given_findings_of or candidate_findings(policy, rules, float_model, evaluation))
                    if rules is not None and names_findings(policy.require) else None)
     ranking, source = candidate_ranking(rows, findings, sensitivity)
     result, chosen, chosen_ranges = run_search(
@@ -83,7 +109,7 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
         labels=labels[:len(samples)], findings_of=findings_of,
         proposed=proposed_remedies(findings), flagged=flagged_nodes(findings),
         reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax"),
-        held_out=([evaluation[i] for i in held], labels[len(samples):]) if n_held else None)
+        held_out=([evaluation[i] for i in held], labels[len(samples):]) if n_held else None, build_with=build_with)
     result["ranking_source"] = source
     result["judged_on"] = judged_on(policy.data)
     if result["judged_on"] == "calibration":
@@ -92,7 +118,10 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
                                "evaluation data to judge it independently")
     if chosen is None or chosen.key() == recipe.key():
         return result, None, "", recipe, ranges
-    build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME), source=prepared.source)
+    if build_with is not None:
+        build_with(chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME))
+    else:
+        build_quantized(prepared.path, chosen_ranges, chosen, out_dir.path(FIXED_MODEL_NAME), source=prepared.source)
     cand = result["candidates"][result["chosen"]]
     # with held-out samples, the recommended model is judged on them, not on the samples that chose it
     figures = result["holdout"]["chosen"] if result["holdout"] else cand
@@ -105,16 +134,18 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     return result, verdict, FIXED_MODEL_NAME, chosen, chosen_ranges
 
 
-def write_policy_lock(policy, *, prepared, shapes, calib, ranges, ranges_file: str, recipe, model_file: str, out_dir,
-                      environment: dict, search: dict | None) -> str:
+def write_policy_lock(policy, *, prepared, shapes, calib, ranges, ranges_file: str | None, recipe, model_file: str,
+                      out_dir, environment: dict, search: dict | None, given: dict | None = None) -> str:
+    """`given`: the quantized model the locked model edits (path, sha256, its own recipe); `ranges` None: the
+    edits need no calibrated ranges (the given model's own, int16 and rmin/rmax edits are in the recipe)."""
     path = out_dir.path(model_file)
     sha = file_sha256(path)
     doc = lock_document(
         policy_path=policy.path, policy_sha256=file_sha256(policy.path), model_path=policy.model.path,
         model_sha256=prepared.sha256, shapes=shapes, float_sha256=file_sha256(prepared.path),
-        calibration_sha256=data_fingerprint(calib),
+        calibration_sha256=data_fingerprint(calib) if ranges is not None and calib is not None else None,
         ranges_file=ranges_file, ranges=ranges, recipe=recipe, quantized_file=model_file, quantized_sha256=sha,
-        environment=environment,
+        environment=environment, given=given,
         search=None if search is None else {"strategy": search["strategy"], "status": search["status"],
                                             "candidate": search["chosen"]})
     write_lock(doc, out_dir.path(LOCK_NAME))
