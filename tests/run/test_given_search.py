@@ -3,6 +3,7 @@ model (quantize/given_edit.py), the fix is written as the run's model and locked
 
 from __future__ import annotations
 
+from hashlib import sha256
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,14 @@ def test_the_search_fixes_the_unconverged_range_it_names(made):
         assert _pair(onnx.load(str(fixed)), t)[0] == _pair(onnx.load(str(made / "wide.onnx")), t)[0]
     applied = apply_lock(out / "policy.lock.yaml", out=made / "applied.onnx")
     assert applied["identical"], applied
+    # the lock holds the given model's hash: another given model is refused, naming it
+    lock = (out / "policy.lock.yaml").read_text()
+    sha = sha256((made / "wide.onnx").read_bytes()).hexdigest()
+    assert sha in lock
+    (out / "other.lock.yaml").write_text(lock.replace(sha, "f" * 64))
+    with pytest.raises(QcheckError) as err:
+        apply_lock(out / "other.lock.yaml", out=made / "applied2.onnx")
+    assert f"the quantized model changed since the lock was written: {made / 'wide.onnx'}" in str(err.value)
 
 
 def test_a_new_range_from_the_calibration_data_restores_the_exported_one(made):
