@@ -51,6 +51,11 @@ def next_step(results: dict) -> dict:
     search = results.get("search") or {}
     if search.get("status") == "found" and search.get("chosen") is not None:
         c = search["candidates"][search["chosen"]]
+        if c.get("n_changes") and results.get("given"):
+            return {"action": f"Use the edit to the given model the search found: {c.get('brief', c['label'])} "
+                              f"(model.fixed.onnx and its lock are in the output folder), or make the same change "
+                              f"when you export the model again.", "evidence": [search.get("why") or ""],
+                    "source": "search"}
         if c.get("n_changes"):
             return {"action": f"Use the recipe the search found: {c.get('brief', c['label'])}; its model and lock "
                               f"file (with every change) are in the "
@@ -66,6 +71,8 @@ def next_step(results: dict) -> dict:
     failing = _failing(results)
     evidence = [f"fails {'; '.join(failing)}"] if failing else []
     if results.get("given"):
+        if search.get("status") == "failed" and search.get("recommendation"):
+            return _failed_search_step(search, evidence)
         return _given_next_step(results, evidence)
     rec = (results.get("compare") or {}).get("recommendation") or {}
     if rec.get("scheme") and rec["scheme"] != results["quantization"]["scheme"]:
@@ -136,6 +143,6 @@ def _given_next_step(results: dict, evidence: list[str]) -> dict:
         return {"action": f"{len(names)} tensor(s) of the given model use a fraction of their exported range "
                           f"({_names(names)}): let their range estimates converge before export.",
                 "evidence": evidence + [wide[0]["message"]], "source": "findings"}
-    return {"action": "Remove `quantized:` to let qcheck quantize the float model and search for a recipe that "
-                      "passes (add `search:`): qcheck does not change a model it was given.",
-            "evidence": evidence, "source": "default"}
+    return {"action": "Add `search:` to the policy: qcheck then tries edits to the given model (nodes in float, "
+                      "int16 or new ranges for tensors) and keeps the cheapest that passes; or remove `quantized:` "
+                      "to let qcheck quantize the float model itself.", "evidence": evidence, "source": "default"}

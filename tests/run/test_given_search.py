@@ -18,6 +18,7 @@ from test_given_model import _edit_scale, _static
 from qcheck.errors import QcheckError
 from qcheck.policy.loader import load_policy
 from qcheck.quantize.lock import apply_lock
+from qcheck.results.next_step import next_step
 from qcheck.run.pipeline import run
 
 REQUIRE = "model.cosine >= 0.9999"
@@ -87,6 +88,7 @@ def test_the_search_fixes_the_unconverged_range_it_names(made):
     # every other pair is the given model's own
     for t in ("r2", "gap", "flat"):
         assert _pair(onnx.load(str(fixed)), t)[0] == _pair(onnx.load(str(made / "wide.onnx")), t)[0]
+    assert next_step(res)["action"].startswith("Use the edit to the given model the search found: int16 group:r1")
     applied = apply_lock(out / "policy.lock.yaml", out=made / "applied.onnx")
     assert applied["identical"], applied
     # the lock holds the given model's hash: another given model is refused, naming it
