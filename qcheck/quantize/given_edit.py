@@ -64,12 +64,15 @@ def normalize_given(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onn
     return model
 
 
-def given_base_recipe(recipe: Recipe, qmap: QDQMap) -> Recipe:
-    """The given model as a recipe the search changes: its own grids (`calibration: given`), its float nodes as
-    excluded (keeping one of them float again changes nothing, and costs nothing)."""
+def given_base_recipe(recipe: Recipe, qmap: QDQMap, float_model: onnx.ModelProto) -> Recipe:
+    """The given model as a recipe the search changes: its own grids (`calibration: given`), and as excluded every
+    float-model node it does not run quantized (computed in float there, or not there at all: a node it has under
+    another name was not matched, so it cannot be edited); keeping one of those float changes nothing and costs
+    nothing."""
     base = copy.deepcopy(recipe)
     base.calibration = GIVEN_METHOD
-    base.exclude_nodes = sorted(qmap.float_nodes)
+    quantized = set(qmap.quantized_nodes)
+    base.exclude_nodes = sorted(n.name for n in float_model.graph.node if n.name and n.name not in quantized)
     base.overrides = {}
     return base
 
