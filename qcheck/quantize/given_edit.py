@@ -34,7 +34,7 @@ from qcheck.quantize.calibrate import Ranges, Recipe
 from qcheck.quantize.given import read_given
 from qcheck.quantize.given_formats import UNFOLDED, fold_weight_quantizers, unfold_activations
 from qcheck.quantize.grid import qlimits
-from qcheck.quantize.qdq import QDQMap, float_name
+from qcheck.quantize.qdq import float_name
 
 GIVEN_METHOD = "given"  # Recipe.calibration / Ranges.method of the given model's own grids
 SIXTEEN = ("int16", "uint16")
@@ -64,15 +64,17 @@ def normalize_given(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onn
     return model
 
 
-def given_base_recipe(recipe: Recipe, qmap: QDQMap, float_model: onnx.ModelProto) -> Recipe:
-    """The given model as a recipe the search changes: its own grids (`calibration: given`), and as excluded every
-    float-model node it does not run quantized (computed in float there, or not there at all: a node it has under
-    another name was not matched, so it cannot be edited); keeping one of those float changes nothing and costs
-    nothing."""
+def given_base_recipe(recipe: Recipe, given: onnx.ModelProto, float_model: onnx.ModelProto) -> Recipe:
+    """The given model (`GivenModel.model`) as a recipe the search changes: its own grids (`calibration: given`),
+    and as excluded every float-model node that reads nothing dequantized there (it computes in float on float
+    inputs, or is not there at all: a node it has under another name was not matched, so it cannot be edited);
+    keeping one of those float changes nothing and costs nothing. A node the given model computes in float on
+    dequantized inputs (a Reshape or Softmax between pairs) still sees the quantized values: it stays editable."""
     base = copy.deepcopy(recipe)
     base.calibration = GIVEN_METHOD
-    quantized = set(qmap.quantized_nodes)
-    base.exclude_nodes = sorted(n.name for n in float_model.graph.node if n.name and n.name not in quantized)
+    dequantized = {n.output[0] for n in given.graph.node if n.op_type == "DequantizeLinear"}
+    reads = {n.name for n in given.graph.node if any(i in dequantized for i in n.input)}
+    base.exclude_nodes = sorted(n.name for n in float_model.graph.node if n.name and n.name not in reads)
     base.overrides = {}
     return base
 

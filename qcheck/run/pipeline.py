@@ -253,7 +253,7 @@ def _search_given(policy: Policy, loaded: Loaded, given, scheme: str, main_run: 
     from qcheck.search.stage import given_candidate_findings, write_policy_lock
 
     built_recipe = final.recipe
-    base = given_base_recipe(built_recipe, given.qmap, float_model)
+    base = given_base_recipe(built_recipe, given.model, float_model)
     start = Final(recipe=base, ranges=Ranges(GIVEN_METHOD, given.grid_ranges(), 0), ranges_file=None)
 
     def build_with(ranges: Ranges, recipe: Recipe, path: Path) -> Path:
