@@ -49,16 +49,23 @@ class Auto(Strategy):
             base = ev.evaluate(())
             if base["passes"]:
                 return
-            for start in self._whole_model(ctx, base)[:STARTS]:
+            starts, unfound = self._whole_model(ctx, base)[:STARTS], []
+            for start in starts:
                 if ev.screener is not None:
                     screened = self._search(ctx, start, ev.screen)
                     if screened:
                         return
-                    if screened is not None:
-                        ctx.notes.append("auto: the fix found by screening did not pass when built; the search was "
-                                         "repeated building every candidate")
+                    if screened is None:  # nothing passed when screened: try the next start before building all
+                        unfound.append(start)
+                        continue
+                    ctx.notes.append("auto: the fix found by screening did not pass when built; the search was "
+                                     "repeated building every candidate")
                 if self._search(ctx, start, ev.evaluate):
                     return
+            if unfound:
+                ctx.notes.append("auto: screening found no passing set from any start; the search was repeated "
+                                 "building every candidate")
+                self._search(ctx, unfound[0], ev.evaluate)
         except BudgetExhausted:
             pass
 
