@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--policy-search", action="store_true", help="keep the policy's own search: section")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--width", type=int, default=4)
-    ap.add_argument("--results", type=Path, help="print the figures of an earlier run's results.json; run nothing")
+    ap.add_argument("--results", type=Path, nargs="+",
+                    help="print the figures of earlier runs' results.json (and a table row each); run nothing")
     ap.add_argument("--zoo", nargs="+", choices=sorted(ZOO), help="the issue-15 evidence on these PP-OCR models")
     ap.add_argument("--policies", nargs="+", type=Path, help="run these policies as written; print a table row each")
     ap.add_argument("--models", type=Path, default=Path("/work/models"), help="where the PP-OCR .onnx files are")
@@ -66,7 +67,12 @@ def main() -> None:
         print_table([policy_run(path) for path in args.policies])
         return
     if args.results:
-        print_figures(json.loads(args.results.read_text(encoding="utf-8")))
+        rows = []
+        for path in args.results:
+            results = json.loads(path.read_text(encoding="utf-8"))
+            print_figures(results)
+            rows.append(table_row(path.resolve().parent.parent.name, results, sum(results["timings"].values()), None))
+        print_table(rows)
         return
     policy = load_policy(args.policy)
     if not args.policy_search or policy.search is None:
@@ -314,7 +320,7 @@ def _first_value(c: dict | None) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def table_row(name: str, results: dict, wall: float, load: float) -> dict:
+def table_row(name: str, results: dict, wall: float, load: float | None) -> dict:
     s = results["search"]
     h = s.get("holdout") or {}
     chosen = s["candidates"][s["chosen"]] if s["chosen"] is not None else None
@@ -325,7 +331,7 @@ def table_row(name: str, results: dict, wall: float, load: float) -> dict:
     return {
         "model": name, "requirement": s["candidates"][0]["requirements"][0]["text"],
         "plain": f"{_first_value(s['candidates'][0])} / {_first_value(h.get('plain'))}",
-        "fix": ("none: " + ((s.get("recommendation") or {}).get("reason") or s["status"])[:60]) if chosen is None else
+        "fix": f"none ({(s.get('recommendation') or {}).get('action') or s['status']})" if chosen is None else
         f"{_first_value(chosen)} / {_first_value(h.get('chosen'))}" + (
             "" if not h.get("chosen") else (" meets" if h["chosen"]["passes"] else " misses")),
         "changes": "-" if chosen is None else ", ".join(f"{n} {k}" for k, n in kinds.items()) + (
@@ -334,14 +340,16 @@ def table_row(name: str, results: dict, wall: float, load: float) -> dict:
                                              f"(cost {region['cost']:g})",
         "fix_cost": "-" if chosen is None else f"{chosen['cost']:g}",
         "trials": f"{s.get('screened', 0)} / {s.get('confirmed', s['trials'])}",
-        "wall": f"{wall / 60:.1f} min", "load": f"{load:.1f}",
+        "stopped": s["stopped_by"] or "the strategy",
+        "wall": f"{wall / 60:.1f} min", "load": "-" if load is None else f"{load:.1f}",
     }
 
 
 def print_table(rows: list[dict]) -> None:
     head = ["model", "requirement", "plain int8 (search / held out)", "fix (search / held out)", "changes",
-            "fix cost", "region baseline", "screened / built", "wall", "load"]
-    keys = ["model", "requirement", "plain", "fix", "changes", "fix_cost", "region", "trials", "wall", "load"]
+            "fix cost", "region baseline", "screened / built", "stopped by", "wall", "load"]
+    keys = ["model", "requirement", "plain", "fix", "changes", "fix_cost", "region", "trials", "stopped", "wall",
+            "load"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
