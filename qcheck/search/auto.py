@@ -87,13 +87,21 @@ class Auto(Strategy):
     # ------------------------------------------------------------------ 1. whole model
 
     def _whole_model(self, ctx: Context, base: dict) -> list[tuple[Change, ...]]:
-        """Try each whole-model change alone; those that improve on the policy's recipe, closest first, are the
-        starts of the search (a start is pruned with the rest if not needed); the policy's recipe when none does."""
+        """Try each whole-model change alone; those that improve on the policy's recipe, closest first and one per
+        remedy, are the starts of the search (a start is pruned with the rest if not needed); the policy's recipe
+        when none does."""
         ev, improving = ctx.evaluator, []
         for c, cand in zip(ctx.model_changes, ev.evaluate_many([(c,) for c in ctx.model_changes])):  # over the cores
             if not cand["passes"] and cand["within_budget"] and sort_key(cand) < sort_key(base):
                 improving.append((sort_key(cand), (c,)))
-        return [start for _, start in sorted(improving)] or [()]
+        # one start per remedy (the closest skip_first N, the closest calibration method ...): the next start is
+        # another kind of change, not a variant of the first
+        starts, kinds = [], set()
+        for _, start in sorted(improving):
+            if start[0].remedy not in kinds:
+                kinds.add(start[0].remedy)
+                starts.append(start)
+        return starts or [()]
 
     # ------------------------------------------------------------------ 2. find
 
