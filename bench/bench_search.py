@@ -4,6 +4,7 @@
     python bench/bench_search.py path/to/policy.yaml --strategy bisect --trials 40
     python bench/bench_search.py path/to/policy.yaml --policy-search   # the policy's own `search:` section
     python bench/bench_search.py --zoo det rec cls             # the evidence for issue 15 (see below)
+    python bench/bench_search.py --policies a/qcheck.yaml b/qcheck.yaml   # any models, each with its own policy
 
 --zoo runs, for each PP-OCR model of the rapidocr wheel (the files in --models, else fetched as the example
 zoo does), a policy that declares only the task metric, one requirement on it and `search:` with every remedy
@@ -15,6 +16,9 @@ Unless --policy-search, the policy's `search:` section is replaced by the one gi
 plain recipe and the chosen fix, every requirement's values on the evaluation data, the fix's changes, the
 trials (built and judged, failed builds), the wall time, and the float-tail baseline (the region bisection
 found, before pruning) when there is one. Asserts nothing.
+
+--policies runs each policy as written (its own `search:` section; outputs into a temporary folder), prints the
+same figures, and ends with one markdown table row per model (the README's search benchmark table).
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ def main() -> None:
     ap.add_argument("--policy-search", action="store_true", help="keep the policy's own search: section")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--width", type=int, default=4)
-    ap.add_argument("--results", type=Path, help="print the figures of an earlier run's results.json; run nothing")
+    ap.add_argument("--results", type=Path, nargs="+",
+                    help="print the figures of earlier runs' results.json (and a table row each); run nothing")
     ap.add_argument("--zoo", nargs="+", choices=sorted(ZOO), help="the issue-15 evidence on these PP-OCR models")
+    ap.add_argument("--policies", nargs="+", type=Path, help="run these policies as written; print a table row each")
     ap.add_argument("--models", type=Path, default=Path("/work/models"), help="where the PP-OCR .onnx files are")
     ap.add_argument("--seconds", type=float, default=900.0, help="--zoo: the search's max_seconds")
     ap.add_argument("--throughput", nargs="+", choices=sorted(ZOO),
@@ -54,11 +60,19 @@ def main() -> None:
             screen_throughput(name, args.models, min(args.seconds, 120.0))
         return
     if args.zoo:
-        for name in args.zoo:
-            zoo_run(name, args.models, args.seconds)
+        rows = [zoo_run(name, args.models, args.seconds) for name in args.zoo]
+        print_table(rows)
+        return
+    if args.policies:
+        print_table([policy_run(path) for path in args.policies])
         return
     if args.results:
-        print_figures(json.loads(args.results.read_text(encoding="utf-8")))
+        rows = []
+        for path in args.results:
+            results = json.loads(path.read_text(encoding="utf-8"))
+            print_figures(results)
+            rows.append(table_row(path.resolve().parent.parent.name, results, sum(results["timings"].values()), None))
+        print_table(rows)
         return
     policy = load_policy(args.policy)
     if not args.policy_search or policy.search is None:
@@ -70,17 +84,19 @@ def main() -> None:
     print_figures(results)
 
 
-ZOO = {  # model file, input shape, task metric, requirement (the example zoo's, examples/zoo/*.yaml)
+# model file, input shape, task metric, requirement (the example zoo's metrics, examples/zoo/*.yaml; requirements
+# that plain int8 misses on these crops: int8 gives IoU 0.93 and step agreement 0.96 but string agreement lower)
+ZOO = {
     "det": ("ch_PP-OCRv4_det_infer.onnx", [1, 3, 320, 320],
-            {"text_iou": {"task": "segmentation", "output": "sigmoid_0.tmp_0", "threshold": 0.3}}, "text_iou >= 0.9"),
+            {"text_iou": {"task": "segmentation", "output": "sigmoid_0.tmp_0", "threshold": 0.3}}, "text_iou >= 0.95"),
     "rec": ("ch_PP-OCRv4_rec_infer.onnx", [1, 3, 48, 320],
             {"ocr": {"task": "ctc", "output": "softmax_11.tmp_0", "blank": 0, "time_axis": 1, "class_axis": 2}},
-            "ocr.step_agreement >= 0.95"),
+            "ocr.string_agreement >= 0.9"),
     "cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", [1, 3, 48, 192],
             {"direction": {"task": "classification", "output": "save_infer_model/scale_0.tmp_1", "k": 1}},
             "direction.top1 >= 0.95"),
 }
-ALL_REMEDIES = ["keep_float", "int16_activations", "widen_range", "explicit_range", "skip_first", "keep_float_flagged",
+ALL_REMEDIES = ["keep_float", "int16_activations", "int16_weights", "widen_range", "explicit_range", "skip_first", "keep_float_flagged",
                 "scheme", "per_channel", "calibration_method", "symmetric", "reduced_range"]
 IMAGES = DEFAULT.parent / "images"
 
@@ -121,13 +137,9 @@ def zoo_policy(name: str, models: Path, folder: Path, n_eval: int) -> dict:
             "target": "cpu", "metrics": metrics, "require": [require], "analyses": False}
 
 
-def zoo_run(name: str, models: Path, seconds: float) -> None:
-    import os
-    import time
-
+def zoo_run(name: str, models: Path, seconds: float) -> dict:
     import yaml
 
-    file = ZOO[name][0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         doc = {**zoo_policy(name, models, folder, 48),
@@ -135,14 +147,29 @@ def zoo_run(name: str, models: Path, seconds: float) -> None:
                "search": {"remedies": ALL_REMEDIES, "holdout": 16,
                           "budget": {"max_trials": 60, "max_seconds": seconds}}}
         (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
-        load = os.getloadavg()
-        clock = time.perf_counter()
-        results = run(load_policy(folder / "qcheck.yaml"), out=folder / "out")
-        wall = time.perf_counter() - clock
-        print(f"== {name}: {file}; load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f}; "
-              f"whole run {wall:.0f} s")
-        print_figures(results)
-        (Path("/tmp") / f"bench_search_{name}.json").write_text(json.dumps(results, default=str), encoding="utf-8")
+        return timed_run(name, folder / "qcheck.yaml", folder / "out")
+
+
+def policy_run(path: Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return timed_run(path.resolve().parent.name, path, Path(tmp) / "out")
+
+
+def timed_run(name: str, policy_path: Path, out: Path) -> dict:
+    """Run a policy; print its figures with the load average and wall time; the figures as a table row."""
+    import os
+    import time
+
+    load = os.getloadavg()
+    clock = time.perf_counter()
+    results = run(load_policy(policy_path), out=out)
+    wall = time.perf_counter() - clock
+    after = os.getloadavg()
+    print(f"== {name}: {results['model']['name']}; load average before {load[0]:.1f}, after {after[0]:.1f}; "
+          f"whole run {wall:.0f} s")
+    print_figures(results)
+    (Path("/tmp") / f"bench_search_{name}.json").write_text(json.dumps(results, default=str), encoding="utf-8")
+    return table_row(name, results, wall, (load[0] + after[0]) / 2)
 
 
 def screen_throughput(name: str, models: Path, seconds: float) -> None:
@@ -250,12 +277,10 @@ def print_figures(results: dict) -> None:
     print(f"failed builds/runs recorded: {len(errors)}")
     plain = s["candidates"][0]
     print(f"plain recipe: {_requirements(plain)}")
-    tails = [c for c in s["candidates"] if c["passes"] and any(ch["subject"].startswith("tail:") for ch in c["changes"])]
-    if tails:
-        t = min(tails, key=lambda c: c["float_nodes"])
-        print(f"float-tail baseline #{t['id']} ({t.get('figure', 'confirmed')}): {t['label']}: {t['float_nodes']} "
-              f"float node(s), cost {t['cost']:g}, "
-              f"{_requirements(t)}")
+    t = region_baseline(s)
+    if t:
+        print(f"region baseline #{t['id']} ({t.get('figure', 'confirmed')}): {t['label']}: {t['float_nodes']} "
+              f"float node(s), {t['int16_tensors']} int16 tensor(s), cost {t['cost']:g}, {_requirements(t)}")
     if s["chosen"] is not None:
         c = s["candidates"][s["chosen"]]
         kinds = sorted({ch["remedy"] for ch in c["changes"]})
@@ -278,6 +303,57 @@ def print_figures(results: dict) -> None:
                  if h["chosen"] else ""))
     for n in s["notes"]:
         print(f"  note: {n}")
+
+
+def region_baseline(s: dict) -> dict | None:
+    """The cheapest passing region the search's bisection judged (a tail or stem, before pruning): what keeping
+    that span of the graph changed costs, against the pruned fix."""
+    regions = [c for c in s["candidates"] if c["passes"] and any(ch["subject"].startswith(("tail:", "stem:"))
+                                                                  for ch in c["changes"])]
+    return min(regions, key=lambda c: c["cost"]) if regions else None
+
+
+def _first_value(c: dict | None) -> str:
+    if not c or not c.get("requirements"):
+        return "-"
+    v = next(iter(c["requirements"][0]["values"].values()), None)
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def table_row(name: str, results: dict, wall: float, load: float | None) -> dict:
+    s = results["search"]
+    h = s.get("holdout") or {}
+    chosen = s["candidates"][s["chosen"]] if s["chosen"] is not None else None
+    region = region_baseline(s)
+    kinds = {}
+    for ch in (chosen or {}).get("changes", []):
+        kinds[ch["remedy"]] = kinds.get(ch["remedy"], 0) + 1
+    return {
+        "model": name, "requirement": s["candidates"][0]["requirements"][0]["text"],
+        "plain": f"{_first_value(s['candidates'][0])} / {_first_value(h.get('plain'))}",
+        "fix": f"none ({(s.get('recommendation') or {}).get('action') or s['status']})" if chosen is None else
+        f"{_first_value(chosen)} / {_first_value(h.get('chosen'))}" + (
+            "" if not h.get("chosen") else (" meets" if h["chosen"]["passes"] else " misses")),
+        "changes": "-" if chosen is None else ", ".join(f"{n} {k}" for k, n in kinds.items()) + (
+            f" ({chosen['float_nodes']} float, {chosen['int16_tensors']} int16)"),
+        "region": "-" if region is None else f"{region['float_nodes']} float, {region['int16_tensors']} int16 "
+                                             f"(cost {region['cost']:g})",
+        "fix_cost": "-" if chosen is None else f"{chosen['cost']:g}",
+        "trials": f"{s.get('screened', 0)} / {s.get('confirmed', s['trials'])}",
+        "stopped": s["stopped_by"] or "the strategy",
+        "wall": f"{wall / 60:.1f} min", "load": "-" if load is None else f"{load:.1f}",
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ["model", "requirement", "plain int8 (search / held out)", "fix (search / held out)", "changes",
+            "fix cost", "region baseline", "screened / built", "stopped by", "wall", "load"]
+    keys = ["model", "requirement", "plain", "fix", "changes", "fix_cost", "region", "trials", "stopped", "wall",
+            "load"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
 
 
 def _requirements(c: dict) -> str:

@@ -323,6 +323,19 @@ def matmul_stack(path: Path, layers: int = 8, width: int = 32, seed: int = 0, ro
     return _save(graph, path)
 
 
+def coarse_weight_matmul(path: Path, width: int = 64, diagonal: float = 4.0, seed: int = 0) -> Path:
+    """x[1, width] -> MatMul -> y with a weight whose every column holds one large value (`diagonal`) among small
+    ones (|w| < 0.05): the column's int8 step (diagonal / 127) rounds every small weight by up to half a step, and
+    the 63 rounding errors add up in each output; with int16 weights they vanish."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-0.05, 0.05, size=(width, width)) + np.eye(width) * diagonal
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "coarse_weight_matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+                              initializer=[numpy_helper.from_array(w.astype(np.float32), "w")])
+    return _save(graph, path)
+
+
 def one_matmul(path: Path, width: int = 16, seed: int = 0) -> Path:
     """x[1, width] -> MatMul -> y: what clips when evaluation inputs reach beyond the calibrated range."""
     rng = np.random.default_rng(seed)

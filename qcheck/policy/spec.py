@@ -65,6 +65,7 @@ class TensorOverride:
     reduce_range: bool | None = None
     rmin: float | None = None
     rmax: float | None = None
+    axis: int | None = None  # a weight's per-channel axis
 
 
 @dataclass
@@ -194,7 +195,7 @@ class ReportSpec:
 
 
 SEARCH_STRATEGIES = ("auto", "greedy", "bisect", "exhaustive")
-SEARCH_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "widen_range", "skip_first",
+SEARCH_REMEDIES = ("keep_float", "int16_activations", "int16_weights", "explicit_range", "widen_range", "skip_first",
                    "keep_float_flagged", "scheme", "per_channel", "calibration_method", "symmetric", "reduced_range")
 SEARCH_COSTS = ("profile", "latency")
 

@@ -114,7 +114,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "pareto": pareto_front(built, "latency_ms" if spec.cost == "latency" else "cost"),
         "why": _why(chosen, ev.candidates, target, spec.cost, finalists) if chosen else None,
         "closest": [c["id"] for c in closest(ev.candidates)] if not chosen else [],
-        "recommendation": None if chosen else recommend_qat(ev.candidates, spec, target, ev.stopped_by),
+        "recommendation": None if chosen else recommend(ev.candidates, spec, target, ev.stopped_by, ctx.usable),
         "finding_effects": effects,
     }
     result["holdout"] = _held_out(ev, held_out, chosen) if held_out and held_out[0] else None
@@ -274,6 +274,23 @@ def _why(chosen: dict, candidates: list[dict], target: TargetProfile, by: str = 
     if others:
         text += f"; it is the cheapest of {len(passing)} passing candidates (ties go to fewer changes)"
     return text
+
+
+def recommend(candidates: list[dict], spec: SearchSpec, target: TargetProfile, stopped_by: str | None,
+              usable: list[str]) -> dict:
+    """Nothing passed. When the search stopped at its trial or time budget before trying every allowed remedy,
+    the next step is a larger budget (retraining is not called for by what was never tried); else QAT."""
+    tried = {ch["remedy"] for c in candidates for ch in c["changes"]}
+    untried = [r for r in usable if r not in tried]
+    if stopped_by in ("max_trials", "max_seconds") and untried:
+        qat = recommend_qat(candidates, spec, target, stopped_by)
+        limit = getattr(spec.budget, stopped_by)
+        return {"action": f"a larger search.budget.{stopped_by}",
+                "reason": f"The search stopped at {stopped_by} ({limit:g}) before it tried {', '.join(untried)}: "
+                          f"what it never tried may pass; raise search.budget.{stopped_by} and run again "
+                          f"(quantization-aware training only if the search then ends with nothing). "
+                          + qat["reason"].split(". Post-training")[0] + "."}
+    return recommend_qat(candidates, spec, target, stopped_by)
 
 
 def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfile, stopped_by: str | None) -> dict:

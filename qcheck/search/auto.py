@@ -1,8 +1,12 @@
 """auto (the default): find a passing candidate, then minimize it.
 
-1. whole-model candidates: each scheme switch, calibration method, per-channel, symmetric ... alone;
+1. whole-model candidates: each scheme switch, calibration method, per-channel, symmetric ... alone; steps 2-4
+   start from the closest one that improves on the policy's recipe, then (when they end without a confirmed fix)
+   from the next closest;
 2. find: bisection over the ranked units (the chain or tensor group of each ranked node, keep the first k) and
-   over regions (the tail of the topological order from a node on), until some set passes;
+   over regions (the tail of the topological order from a node on; when only the whole graph passes as a tail,
+   the stem up to a node), until some set passes; with each per-unit remedy in turn (float, int16 weights,
+   int16 activations, widened ranges) until one finds a set within the budget;
 3. prune the passing set to a 1-minimal one by delta debugging: removing any one remaining change breaks a
    requirement (a tail region is first split into its units: chains where nodes share a scale, else nodes, and
    cut to the shortest prefix of them in ranking order that passes);
@@ -23,11 +27,16 @@ from collections.abc import Callable
 
 from qcheck.search.base import Context, Strategy, register
 from qcheck.search.evaluate import BudgetExhausted, sort_key
-from qcheck.search.space import Change, unit_changes
+from qcheck.search.space import Change, counts, unit_changes, within_budget
 
-FIND_REMEDIES = ("keep_float", "int16_activations", "widen_range")  # what a region or ranked unit gets to find a fix
+# what a region or ranked unit gets to find a fix, each in turn until one finds a set within the budget
+FIND_REMEDIES = ("keep_float", "int16_weights", "int16_activations", "widen_range")
 Judge = Callable[[tuple[Change, ...]], dict]  # Evaluator.screen or Evaluator.evaluate
-INTEGER_REMEDIES = (("int16_activations",), ("widen_range",), ("int16_activations", "widen_range"))
+# whole-model starts the search runs from in turn, closest first, until one leads to a confirmed fix: units
+# complete one scheme where they cannot complete another (int16 weights on a16w8 activations, not on per-tensor)
+STARTS = 2
+INTEGER_REMEDIES = (("int16_activations",), ("widen_range",), ("int16_activations", "widen_range"),
+                    ("int16_activations", "int16_weights"))
 
 
 @register
@@ -40,50 +49,88 @@ class Auto(Strategy):
             base = ev.evaluate(())
             if base["passes"]:
                 return
-            start = self._whole_model(ctx, base)
-            if ev.screener is not None:
-                if self._search(ctx, start, ev.screen):
+            starts, unfound = self._whole_model(ctx, base)[:STARTS], []
+            for start in starts:
+                if ev.screener is not None:
+                    screened = self._search(ctx, start, ev.screen)
+                    if screened:
+                        return
+                    if screened is None:  # nothing passed when screened: try the next start before building all
+                        unfound.append(start)
+                        continue
+                    ctx.notes.append("auto: the fix found by screening did not pass when built; the search was "
+                                     "repeated building every candidate")
+                if self._search(ctx, start, ev.evaluate):
                     return
-                ctx.notes.append("auto: the fix found by screening did not pass when built; the search was "
-                                 "repeated building every candidate")
-            self._search(ctx, start, ev.evaluate)
+            if unfound:
+                ctx.notes.append("auto: screening found no passing set from any start; the search was repeated "
+                                 "building every candidate")
+                self._search(ctx, unfound[0], ev.evaluate)
         except BudgetExhausted:
             pass
 
-    def _search(self, ctx: Context, start: tuple[Change, ...], judge: Judge) -> bool:
+    def _search(self, ctx: Context, start: tuple[Change, ...], judge: Judge) -> bool | None:
         """Find, minimize, make integer with `judge` (screening or building); then confirm. True when a
-        confirmed candidate passes."""
+        confirmed candidate passes within the budget; None when `judge` found no passing set."""
         ev = ctx.evaluator
         found = self._find(ctx, start, judge)
         if found is None:
-            return False
+            return None
         ev.focus([found])
         minimal = tuple(ddmin(list(found), lambda s: judge(tuple(s))["passes"]))
         ev.focus([minimal] + [self._integer_variant(ctx, minimal, c, combo) for c in minimal
                               for combo in INTEGER_REMEDIES])
         final = self._integer(ctx, minimal, judge)
-        return any(ev.evaluate(changes)["passes"] for changes in dict.fromkeys((final, minimal, found)))
+        return any(c["passes"] and c["within_budget"]
+                   for c in (ev.evaluate(changes) for changes in dict.fromkeys((final, minimal, found))))
 
     # ------------------------------------------------------------------ 1. whole model
 
-    def _whole_model(self, ctx: Context, base: dict) -> tuple[Change, ...]:
-        """Try each whole-model change alone; the closest one that improves on the policy's recipe is kept as the
-        start of the search (it is pruned with the rest if not needed)."""
-        ev, best, start = ctx.evaluator, base, ()
+    def _whole_model(self, ctx: Context, base: dict) -> list[tuple[Change, ...]]:
+        """Try each whole-model change alone; those that improve on the policy's recipe, closest first and one per
+        remedy, are the starts of the search (a start is pruned with the rest if not needed); the policy's recipe
+        when none does."""
+        ev, improving = ctx.evaluator, []
         for c, cand in zip(ctx.model_changes, ev.evaluate_many([(c,) for c in ctx.model_changes])):  # over the cores
-            if not cand["passes"] and cand["within_budget"] and sort_key(cand) < sort_key(best):
-                best, start = cand, (c,)
-        return start
+            if not cand["passes"] and cand["within_budget"] and sort_key(cand) < sort_key(base):
+                improving.append((sort_key(cand), (c,)))
+        # one start per remedy (the closest skip_first N, the closest calibration method ...): the next start is
+        # another kind of change, not a variant of the first
+        starts, kinds = [], set()
+        for _, start in sorted(improving):
+            if start[0].remedy not in kinds:
+                kinds.add(start[0].remedy)
+                starts.append(start)
+        return starts or [()]
 
     # ------------------------------------------------------------------ 2. find
 
     def _find(self, ctx: Context, start: tuple[Change, ...], judge: Judge) -> tuple[Change, ...] | None:
-        g = ctx.evaluator.graph
-        remedy = next((r for r in FIND_REMEDIES if r in ctx.usable), None)
-        if remedy is None:
-            ctx.notes.append("auto: no per-unit remedy (keep_float, int16_activations, widen_range) is allowed; "
-                             "only whole-model candidates were tried")
+        """A passing set: with each allowed per-unit remedy in turn, until one finds a set within the budget (a set
+        beyond it is pruned only when no remedy finds one within: pruning costs many trials and may not get there).
+        """
+        remedies = [r for r in FIND_REMEDIES if r in ctx.usable]
+        if not remedies:
+            ctx.notes.append("auto: no per-unit remedy (" + ", ".join(FIND_REMEDIES) + ") is allowed; only "
+                             "whole-model candidates were tried")
             return None
+        g, beyond = ctx.evaluator.graph, None
+        for remedy in remedies:
+            found = self._find_with(ctx, start, judge, remedy)
+            if found is None:
+                continue
+            if within_budget(found, g, ctx.evaluator.budget):
+                return found
+            n = counts(found, g)
+            ctx.notes.append(f"auto: {remedy} found a passing set beyond the budget ({n['float_nodes']} float "
+                             f"node(s), {n['int16_tensors']} int16 tensor(s))" + (
+                                 "; the next remedy was tried before pruning it" if remedy != remedies[-1] else ""))
+            beyond = beyond or found
+        return beyond
+
+    def _find_with(self, ctx: Context, start: tuple[Change, ...], judge: Judge,
+                   remedy: str) -> tuple[Change, ...] | None:
+        g = ctx.evaluator.graph
         units = [u for u in g.units.ranked_units(ctx.ranking, ctx.spec.candidates)
                  if unit_changes(u, [remedy], g, g.base)]
         ranked = [Change(remedy, u) for u in units]
@@ -91,15 +138,12 @@ class Auto(Strategy):
         found = bisect_prefix(ranked, lambda s: judge(start + tuple(s))["passes"])
         if found is not None:
             return start + tuple(found)
-        tails = [Change(remedy, f"tail:{n}") for n in g.order if unit_changes(f"tail:{n}", [remedy], g, g.base)]
-        # tails[i] covers tails[i+1:]: the largest tail first; find the shortest tail that passes
-        shortest = bisect_prefix(tails[::-1], lambda s: judge(start + (s[-1],))["passes"])
-        if shortest is None:
+        region = self._region(ctx, start, judge, remedy)
+        if region is None:
             ctx.notes.append(f"auto: even {remedy} on the whole graph (and the top {len(units)} ranked units) does "
                              f"not meet the requirements")
             return None
-        tail = shortest[-1]
-        units = split_region(tail, g, remedy)
+        units = split_region(region, g, remedy)
         # before delta debugging, the shortest prefix of the region's units in ranking order that still passes
         # (a few bisection steps that usually leave a handful of units out of a region of hundreds of nodes)
         rank = {n: i for i, n in enumerate(ctx.ranking)}
@@ -107,10 +151,24 @@ class Auto(Strategy):
                                                   default=1 << 30))
         ctx.evaluator.focus([start + tuple(by_rank)])
         prefix = bisect_prefix(by_rank, lambda s: judge(start + tuple(s))["passes"]) or units
-        ctx.notes.append(f"auto: bisection found the region {tail.subject} ({len(g.float_nodes_of(tail.subject))} "
-                         f"quantizable node(s)); its {len(prefix)} highest-ranked unit(s) of {len(units)} still pass; "
-                         f"they were then pruned")
+        ctx.notes.append(f"auto: bisection found the region {region.subject} ({len(g.units.nodes(region.subject))} "
+                         f"node(s)) with {remedy}; its {len(prefix)} highest-ranked unit(s) of {len(units)} still "
+                         f"pass; they were then pruned")
         return start + tuple(prefix)
+
+    def _region(self, ctx: Context, start: tuple[Change, ...], judge: Judge, remedy: str) -> Change | None:
+        """The smallest region that passes with `remedy`: the shortest tail (from a node to the outputs) or, when
+        the whole tail is needed, the shortest stem (from the inputs to a node), both found by bisection."""
+        g = ctx.evaluator.graph
+        tails = [Change(remedy, f"tail:{n}") for n in g.order if unit_changes(f"tail:{n}", [remedy], g, g.base)]
+        # tails[i] covers tails[i+1:]: the largest tail first; find the shortest tail that passes
+        shortest = bisect_prefix(tails[::-1], lambda s: judge(start + (s[-1],))["passes"])
+        if shortest is None or len(shortest) < len(tails):
+            return shortest[-1] if shortest else None
+        # only the whole graph passes as a tail: what it needs may lie near the inputs
+        stems = [Change(remedy, f"stem:{n}") for n in g.order if unit_changes(f"stem:{n}", [remedy], g, g.base)]
+        stem = bisect_prefix(stems, lambda s: judge(start + (s[-1],))["passes"])
+        return stem[-1] if stem else shortest[-1]
 
     # ------------------------------------------------------------------ 4. integer remedies
 

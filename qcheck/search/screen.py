@@ -123,7 +123,10 @@ class Screener:
 
     def screenable(self, recipe: Recipe) -> bool:
         """Whether a grid setting can express `recipe` (it leaves the weights' quantization as it is)."""
-        return all(getattr(recipe, f) == getattr(self.base, f) for f in WEIGHT_FIELDS)
+        acts = {t for t, kind in zip(self.sw.switches, self.sw.kinds) if kind == "activation"}
+        weights = {t for t in set(recipe.overrides) | set(self.base.overrides) if t not in acts}
+        return (all(getattr(recipe, f) == getattr(self.base, f) for f in WEIGHT_FIELDS)
+                and all(recipe.overrides.get(t) == self.base.overrides.get(t) for t in weights))
 
     def config(self, recipe: Recipe) -> Config | None:
         """The setting that emulates `recipe`; None when the recipe changes what a grid cannot express."""

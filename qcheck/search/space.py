@@ -1,7 +1,7 @@
 """The search space: changes to a recipe, what they cost on the target, and the budget.
 
 A *change* is one remedy applied to one subject: a node (keep it in float,
-give its outputs int16, give its outputs an explicit tighter range) or the
+give its outputs int16, its weights int16, give its outputs an explicit tighter range) or the
 whole model (per-channel on/off, another calibration method, symmetric
 activations, reduced range, the first N quantizable nodes in float). A candidate is a
 set of changes on top of the policy's own recipe; `apply_changes` turns it
@@ -18,19 +18,22 @@ import onnx
 from qcheck.model.graph import GraphIndex
 from qcheck.policy.spec import SearchBudget
 from qcheck.policy.targets import TargetProfile
-from qcheck.quantize.calibrate import METHODS, Recipe, quantizable_op_types
+from qcheck.quantize.calibrate import METHODS, Recipe, per_tensor_fallbacks, quantizable_op_types
 from qcheck.quantize.schemes import scheme_recipe
 from qcheck.search.units import Units
 
-NODE_REMEDIES = ("keep_float", "int16_activations", "explicit_range", "widen_range")
+NODE_REMEDIES = ("keep_float", "int16_activations", "int16_weights", "explicit_range", "widen_range")
 MODEL_REMEDIES = ("scheme", "per_channel", "calibration_method", "symmetric", "reduced_range", "skip_first",
                   "keep_float_flagged")
 FLOAT_NODE_REMEDIES = ("keep_float", "skip_first", "keep_float_flagged")  # costed and budgeted as float nodes
 # remedy -> the target profile's cost key (None: no cost entry, always allowed)
-COST_KEY = {"keep_float": "float_node", "int16_activations": "int16_tensor", "per_channel": "per_channel",
+COST_KEY = {"keep_float": "float_node", "int16_activations": "int16_tensor", "int16_weights": "int16_tensor",
+            "per_channel": "per_channel",
             "calibration_method": "calibration_method", "symmetric": None, "reduced_range": None,
             "skip_first": "float_node", "explicit_range": "explicit_range", "keep_float_flagged": "float_node",
             "widen_range": "explicit_range", "scheme": "int16_tensor"}
+# the weight input of the ops ORT quantizes per channel, and its channel axis there (Gemm: 0 when transB)
+WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 SCHEME_SWITCHES = ("a16w8",)  # whole-model scheme switches the search tries (the target must run them)
 MODEL = "(model)"
 
@@ -47,6 +50,8 @@ class Change:
             return f"float {self.subject}"
         if self.remedy == "int16_activations":
             return f"int16 {self.subject}"
+        if self.remedy == "int16_weights":
+            return f"int16 weights {self.subject}"
         if self.remedy == "explicit_range":
             return f"{self.value} range {self.subject}"
         if self.remedy == "widen_range":
@@ -86,6 +91,16 @@ class Graph:
         # widen_range: tensor -> the calibrated range joined with what the evaluation data reach (set by run_search)
         self.reach: dict[str, tuple[float, float]] = {}
         self.units = Units(model, activations, self.order)
+        # int16_weights: node -> (its weight initializer, the axis ORT quantizes it per channel on, or None when
+        # ORT quantizes it per tensor)
+        inits = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+        per_tensor = per_tensor_fallbacks(model, Recipe(per_channel=True))
+        self.weights: dict[str, tuple[str, int | None]] = {}
+        for n in model.graph.node:
+            if n.name and n.op_type in WEIGHT_AXIS and len(n.input) > 1 and n.input[1] in inits:
+                trans_b = any(a.name == "transB" and a.i for a in n.attribute)
+                axis = 0 if n.op_type == "Gemm" and trans_b else WEIGHT_AXIS[n.op_type]
+                self.weights[n.name] = (n.input[1], None if n.input[1] in per_tensor else axis)
         self.quantizable = set(quantizable_op_types(self.base.exclude_op_types))
         self.neighbours: dict[str, set[str]] = {n: set() for n in self.outputs}
         for n in model.graph.node:
@@ -108,6 +123,20 @@ class Graph:
 
     def tensors_of(self, subject: str) -> list[str]:
         return self.units.tensors(subject)
+
+    def weights_of(self, subject: str, base: Recipe | None = None) -> dict[str, int | None]:
+        """int16_weights on a subject: weight -> per-channel axis of its nodes' weights that the recipe quantizes to
+        8 bits (a node kept in float, or a weight already in int16, changes nothing)."""
+        base = base or self.base
+        if base.weights == "int16":
+            return {}
+        out = {}
+        for n in self.units.nodes(subject):
+            if n in self.weights and n not in base.exclude_nodes:
+                w, axis = self.weights[n]
+                if base.overrides.get(w, {}).get("quant_type") != "int16":
+                    out[w] = axis
+        return out
 
     def wider_ranges(self, subject: str, base: Recipe) -> dict[str, tuple[float, float]]:
         """widen_range: the tensors a subject touches whose evaluation data reach beyond the calibrated range."""
@@ -177,6 +206,13 @@ def apply_changes(base: Recipe, changes: tuple[Change, ...], graph: Graph) -> Re
     for c in changes:  # a scheme switch last: it sets every activation's type (int16 overrides are then moot)
         if c.remedy == "scheme":
             r = scheme_recipe(c.value, r)
+    for c in changes:  # after the scheme, which drops every tensor's type override
+        if c.remedy == "int16_weights":
+            for w, axis in graph.weights_of(c.subject, base).items():
+                r.overrides[w] = {**r.overrides.get(w, {}), "quant_type": "int16", "symmetric": True, "axis": axis}
+    for o in r.overrides.values():  # a weight's axis: ORT quantizes it per channel only when the recipe does
+        if "axis" in o and (o["axis"] is None or not r.per_channel):
+            del o["axis"]
     r.exclude_nodes = sorted(set(r.exclude_nodes))
     r.overrides = dict(sorted(r.overrides.items()))
     return r
@@ -196,11 +232,13 @@ def float_nodes(changes: tuple[Change, ...], graph: Graph, base: Recipe | None =
 def counts(changes: tuple[Change, ...], graph: Graph) -> dict[str, int]:
     floats = float_nodes(changes, graph)
     int16 = {t for c in changes if c.remedy == "int16_activations" for t in graph.tensors_of(c.subject)}
+    weights = {w for c in changes if c.remedy == "int16_weights" for w in graph.weights_of(c.subject)}
     ranged = {t for c in changes if c.remedy == "explicit_range" for t in graph.tighter_ranges(c.subject, graph.base)}
     ranged |= {t for c in changes if c.remedy == "widen_range" for t in graph.wider_ranges(c.subject, graph.base)}
     scheme = {c.value for c in changes if c.remedy == "scheme"}
     if scheme:  # a16w8: every activation in int16
         int16 = set(graph.calibrated)
+    int16 |= weights
     return {"float_nodes": len(floats), "float_islands": graph.islands(floats), "int16_tensors": len(int16),
             "explicit_ranges": len(ranged)}
 
@@ -235,7 +273,8 @@ def within_budget(changes: tuple[Change, ...], graph: Graph, budget: SearchBudge
     return n["float_nodes"] <= budget.max_float_nodes and int16_ok
 
 
-COMBINABLE = {frozenset({"int16_activations", "widen_range"})}  # more bits over a wider range
+# more bits over a wider range; int16 activations and weights
+COMBINABLE = {frozenset({"int16_activations", "widen_range"}), frozenset({"int16_activations", "int16_weights"})}
 
 
 def compatible(changes: tuple[Change, ...], new: Change) -> bool:
@@ -314,6 +353,8 @@ def _node_changes(node: str, remedies: list[str], graph: Graph, base: Recipe) ->
         if remedy == "keep_float" and graph.float_nodes_of(node, base):
             out.append(Change(remedy, node))
         elif remedy == "int16_activations" and graph.tensors_of(node):
+            out.append(Change(remedy, node))
+        elif remedy == "int16_weights" and graph.weights_of(node, base):
             out.append(Change(remedy, node))
         elif remedy == "widen_range" and graph.wider_ranges(node, base):
             out.append(Change(remedy, node))

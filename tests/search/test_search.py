@@ -326,3 +326,28 @@ def test_candidates_keep_the_baseline_findings_when_no_requirement_reads_them(gr
     assert s["cost"] == "profile"  # the default: the target profile's costs choose
     assert not s["findings_measured"]
     assert all(c["finding_counts"] == r["finding_counts"] for c in s["candidates"])
+
+
+def test_a_search_stopped_by_its_budget_before_trying_a_remedy_asks_for_more_budget_not_qat():
+    """Orientation classifier under load: 10 whole-model trials filled max_seconds, keep_float and int16_weights
+    were never tried; recommending retraining then would rest on nothing. Once every allowed remedy was tried,
+    or the search ended on its own, the recommendation is QAT again."""
+    from qcheck.policy.spec import SearchBudget, SearchSpec
+    from qcheck.policy.targets import builtin_profile
+    from qcheck.search import recommend
+
+    def cand(remedy, value):
+        return {"id": 0, "changes": [{"remedy": remedy, "subject": "(model)", "value": None}], "passes": False,
+                "within_budget": True, "figure": "confirmed", "label": remedy, "cost": 1.0, "float_nodes": 0,
+                "int16_tensors": 0, "explicit_ranges": 0, "n_changes": 1, "shortfall": 1 - value, "failed": 1,
+                "requirements": [{"text": "top1 >= 0.95", "holds": False, "values": {"top1": value},
+                                  "shortfall": 1 - value}]}
+
+    spec = SearchSpec(budget=SearchBudget(max_seconds=900))
+    cpu = builtin_profile("cpu")
+    tried = [cand("scheme", 0.84)]
+    stopped = recommend(tried, spec, cpu, "max_seconds", ["scheme", "keep_float", "int16_weights"])
+    assert stopped["action"] == "a larger search.budget.max_seconds"
+    assert "before it tried keep_float, int16_weights" in stopped["reason"] and "top1 = 0.84" in stopped["reason"]
+    assert recommend(tried, spec, cpu, "max_seconds", ["scheme"])["action"] == "quantization-aware training"
+    assert recommend(tried, spec, cpu, None, ["scheme", "keep_float"])["action"] == "quantization-aware training"

@@ -142,3 +142,38 @@ def test_bisect_prefix_finds_the_shortest_passing_prefix():
     assert bisect_prefix(list("abcdefghijklmnop"), passes) == list("abcdef")
     assert len(tried) <= 1 + 4  # the whole list, then log2(16) halvings
     assert bisect_prefix(list("abc"), passes) is None  # even all of them fail
+
+
+def test_auto_takes_the_shortest_stem_when_only_the_whole_graph_passes_as_a_tail(tmp_path):
+    """Eight MatMuls in a chain; a candidate passes when it keeps mm0 and mm2 in float (what the error needs lies
+    near the inputs): every tail but the whole graph misses, so the region is the stem up to mm2, found by
+    bisection in a handful of judgements."""
+    from types import SimpleNamespace
+
+    import onnx
+    from helpers import matmul_stack
+
+    from qcheck.search.auto import Auto
+    from qcheck.search.space import Graph, apply_changes
+
+    model = onnx.load(str(matmul_stack(tmp_path / "m.onnx", layers=8)))
+    graph = Graph(model, {"x", "y"} | {f"h{i}" for i in range(7)})
+    judged = []
+
+    def judge(changes):
+        judged.append(changes)
+        return {"passes": {"mm0", "mm2"} <= set(apply_changes(graph.base, changes, graph).exclude_nodes)}
+
+    ctx = SimpleNamespace(evaluator=SimpleNamespace(graph=graph))
+    region = Auto()._region(ctx, (), judge, "keep_float")
+    assert region == Change("keep_float", "stem:mm2")
+    assert len(judged) <= 2 * (3 + 1)  # two bisections over 8 regions
+    # when a proper tail passes, it is the answer and no stem is tried
+    judged.clear()
+
+    def judge_tail(changes):
+        judged.append(changes)
+        return {"passes": "mm5" in apply_changes(graph.base, changes, graph).exclude_nodes}
+
+    assert Auto()._region(ctx, (), judge_tail, "keep_float") == Change("keep_float", "tail:mm5")
+    assert not any(c.subject.startswith("stem:") for changes in judged for c in changes)
