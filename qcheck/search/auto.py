@@ -138,10 +138,14 @@ class Auto(Strategy):
         found = bisect_prefix(ranked, lambda s: judge(start + tuple(s))["passes"])
         if found is not None:
             return start + tuple(found)
-        region = self._region(ctx, start, judge, remedy)
+        region, largest = self._region(ctx, start, judge, remedy)
         if region is None:
-            ctx.notes.append(f"auto: even {remedy} on the whole graph (and the top {len(units)} ranked units) does "
-                             f"not meet the requirements")
+            # the largest tail is the whole graph only when the first node can take the remedy (on a given model
+            # the nodes before its first Q/DQ pair cannot): name what was tried, not "the whole graph"
+            where = (f"its largest region ({largest.subject}, {len(g.units.nodes(largest.subject))} node(s))"
+                     if largest is not None else "no region (no node can take it)")
+            ctx.notes.append(f"auto: even {remedy} on {where} and the top {len(units)} ranked units does not meet "
+                             f"the requirements")
             return None
         units = split_region(region, g, remedy)
         # before delta debugging, the shortest prefix of the region's units in ranking order that still passes
@@ -156,19 +160,22 @@ class Auto(Strategy):
                          f"pass; they were then pruned")
         return start + tuple(prefix)
 
-    def _region(self, ctx: Context, start: tuple[Change, ...], judge: Judge, remedy: str) -> Change | None:
+    def _region(self, ctx: Context, start: tuple[Change, ...], judge: Judge,
+                remedy: str) -> tuple[Change | None, Change | None]:
         """The smallest region that passes with `remedy`: the shortest tail (from a node to the outputs) or, when
-        the whole tail is needed, the shortest stem (from the inputs to a node), both found by bisection."""
+        the whole tail is needed, the shortest stem (from the inputs to a node), both found by bisection; and the
+        largest tail (what a failure tried)."""
         g = ctx.evaluator.graph
         tails = [Change(remedy, f"tail:{n}") for n in g.order if unit_changes(f"tail:{n}", [remedy], g, g.base)]
+        largest = tails[0] if tails else None
         # tails[i] covers tails[i+1:]: the largest tail first; find the shortest tail that passes
         shortest = bisect_prefix(tails[::-1], lambda s: judge(start + (s[-1],))["passes"])
         if shortest is None or len(shortest) < len(tails):
-            return shortest[-1] if shortest else None
+            return (shortest[-1] if shortest else None), largest
         # only the whole graph passes as a tail: what it needs may lie near the inputs
         stems = [Change(remedy, f"stem:{n}") for n in g.order if unit_changes(f"stem:{n}", [remedy], g, g.base)]
         stem = bisect_prefix(stems, lambda s: judge(start + (s[-1],))["passes"])
-        return stem[-1] if stem else shortest[-1]
+        return (stem[-1] if stem else shortest[-1]), largest
 
     # ------------------------------------------------------------------ 4. integer remedies
 

@@ -165,8 +165,9 @@ def test_auto_takes_the_shortest_stem_when_only_the_whole_graph_passes_as_a_tail
         return {"passes": {"mm0", "mm2"} <= set(apply_changes(graph.base, changes, graph).exclude_nodes)}
 
     ctx = SimpleNamespace(evaluator=SimpleNamespace(graph=graph))
-    region = Auto()._region(ctx, (), judge, "keep_float")
+    region, largest = Auto()._region(ctx, (), judge, "keep_float")
     assert region == Change("keep_float", "stem:mm2")
+    assert largest == Change("keep_float", "tail:mm0")  # the whole graph: every matmul can be kept float
     assert len(judged) <= 2 * (3 + 1)  # two bisections over 8 regions
     # when a proper tail passes, it is the answer and no stem is tried
     judged.clear()
@@ -175,5 +176,8 @@ def test_auto_takes_the_shortest_stem_when_only_the_whole_graph_passes_as_a_tail
         judged.append(changes)
         return {"passes": "mm5" in apply_changes(graph.base, changes, graph).exclude_nodes}
 
-    assert Auto()._region(ctx, (), judge_tail, "keep_float") == Change("keep_float", "tail:mm5")
+    assert Auto()._region(ctx, (), judge_tail, "keep_float")[0] == Change("keep_float", "tail:mm5")
+    # nothing passes: no region, and the largest tail tried is named for the note
+    assert Auto()._region(ctx, (), lambda c: {"passes": False}, "keep_float") == (
+        None, Change("keep_float", "tail:mm0"))
     assert not any(c.subject.startswith("stem:") for changes in judged for c in changes)
