@@ -29,6 +29,14 @@ _SCHEMA = schema_path("target.schema.json")
 
 DEFAULT_TARGET = "cpu"  # a policy without `target:`
 REMEDY_COSTS = ("float_node", "float_island", "int16_tensor", "per_channel", "calibration_method", "explicit_range")
+# The target profile's remedy (a key of its `costs`) behind each rule and search remedy; remedies the target
+# cannot use (`TargetProfile.allows`) are neither proposed in findings nor tried by the search.
+REMEDY_COST_KEY: dict[str, str] = {
+    "keep_float": "float_node", "skip_first": "float_node", "keep_float_flagged": "float_node",
+    "int16_activations": "int16_tensor", "int16_weights": "int16_tensor", "scheme": "int16_tensor",
+    "per_channel": "per_channel", "calibration_method": "calibration_method", "explicit_range": "explicit_range",
+    "widen_range": "explicit_range",
+}
 
 
 @dataclass

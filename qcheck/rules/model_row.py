@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qcheck.policy.targets import REMEDY_COST_KEY
+
 MODEL_STATISTICS: dict[str, str] = {
     "target": "the policy's target hardware (cpu, gpu, npu, mcu, edgetpu)",
     "target_float_fallback": "true when the target can run nodes left in float next to integer ones",
@@ -25,14 +27,6 @@ MODEL_STATISTICS: dict[str, str] = {
     "flagged_nodes": "quantized nodes with at least one warning or error finding from tensor, node or output rules",
     "flagged_fraction": "flagged_nodes / quantized_nodes",
 }
-
-# The target profile's remedy (a key of its `costs`) behind each rule remedy; remedies the target cannot use
-# (`TargetProfile.allows`) are not proposed in findings.
-REMEDY_COST_KEY: dict[str, str] = {
-    "keep_float": "float_node", "skip_first": "float_node", "int16_activations": "int16_tensor",
-    "per_channel": "per_channel", "calibration_method": "calibration_method", "explicit_range": "explicit_range",
-}
-
 
 def _profile(target: Any):
     """A `targets.TargetProfile` for a profile, a built-in target name or None (a CPU); None if unknown."""

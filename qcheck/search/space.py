@@ -17,7 +17,7 @@ import onnx
 
 from qcheck.model.graph import GraphIndex
 from qcheck.policy.spec import SearchBudget
-from qcheck.policy.targets import TargetProfile
+from qcheck.policy.targets import REMEDY_COST_KEY, TargetProfile
 from qcheck.quantize.calibrate import METHODS, Recipe, per_tensor_fallbacks, quantizable_op_types
 from qcheck.quantize.schemes import scheme_recipe
 from qcheck.search.units import Units
@@ -27,11 +27,7 @@ MODEL_REMEDIES = ("scheme", "per_channel", "calibration_method", "symmetric", "r
                   "keep_float_flagged")
 FLOAT_NODE_REMEDIES = ("keep_float", "skip_first", "keep_float_flagged")  # costed and budgeted as float nodes
 # remedy -> the target profile's cost key (None: no cost entry, always allowed)
-COST_KEY = {"keep_float": "float_node", "int16_activations": "int16_tensor", "int16_weights": "int16_tensor",
-            "per_channel": "per_channel",
-            "calibration_method": "calibration_method", "symmetric": None, "reduced_range": None,
-            "skip_first": "float_node", "explicit_range": "explicit_range", "keep_float_flagged": "float_node",
-            "widen_range": "explicit_range", "scheme": "int16_tensor"}
+COST_KEY = {**REMEDY_COST_KEY, "symmetric": None, "reduced_range": None}
 # the weight input of the ops ORT quantizes per channel, and its channel axis there (Gemm: 0 when transB)
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}
 SCHEME_SWITCHES = ("a16w8",)  # whole-model scheme switches the search tries (the target must run them)

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from helpers import TESTS, basic_policy
 
+import qcheck
 from qcheck.cli.main import main
 from qcheck.errors import PolicyError
 from qcheck.policy.loader import load_policy
-from qcheck.policy.spec import RulesSpec
+from qcheck.policy.spec import SEARCH_REMEDIES, RulesSpec
 from qcheck.policy.targets import builtin_profile
 from qcheck.resources import builtin_pack_path
 from qcheck.results.layer_columns import TENSOR_STATISTICS
@@ -32,8 +33,10 @@ from qcheck.rules.packs import load_pack, load_rules
 
 CASES = TESTS / "rules"
 BUILTIN = {r.code: r for r in load_pack(builtin_pack_path())}
-REMEDIES = {"keep_float", "int16_activations", "per_channel", "calibration_method", "symmetric", "reduced_range",
-            "explicit_range", "skip_first", "qat"}
+# what a rule pack may propose: the schema's list, and each one the search can try (or QAT, which it cannot)
+REMEDIES = set(json.loads((Path(qcheck.__file__).parent / "schema" / "rulepack.schema.json").read_text())
+               ["$defs"]["rule"]["properties"]["remedies"]["items"]["enum"])
+assert REMEDIES - {"qat"} <= set(SEARCH_REMEDIES)
 ISSUE_LIST = [f"QC1{i:02d}" for i in range(1, 13)]  # the twelve diagnoses of the issue, in its order
 
 
@@ -288,6 +291,9 @@ def test_remedies_follow_what_the_target_allows():
     # an Edge TPU quantizes weights per tensor: per_channel is not proposed; skip_first needs float layers
     assert remedies_for(["per_channel", "skip_first", "calibration_method"], "edgetpu") == ["calibration_method"]
     assert remedies_for(["skip_first", "int16_activations"], builtin_profile("gpu")) == ["skip_first"]
+    # int16 weights need 16-bit tensors like int16 activations: a GPU target (int16: false) is not offered them
+    assert remedies_for(["int16_weights", "keep_float"], "gpu") == ["keep_float"]
+    assert remedies_for(["int16_weights", "keep_float"], "cpu") == ["int16_weights", "keep_float"]
 
 
 def test_model_row_counts_flagged_quantized_nodes_and_reads_the_verdict():
