@@ -29,6 +29,24 @@ class Problem:
         return text
 
 
+THIRD_PARTY = ("onnxruntime", "onnx")
+
+
+def raised_by_third_party(exc: BaseException, packages: tuple[str, ...] = THIRD_PARTY) -> bool:
+    """Whether `exc` was raised in `packages` (ONNX Runtime, onnx) rather than in qcheck's own code: the innermost
+    frame of its traceback that belongs to qcheck or to one of them decides (numpy called from either counts as its
+    caller). For the broad `except Exception` around a call into ORT's Python code, which raises plain ValueError,
+    AssertionError, KeyError ...: only those become the user's or the candidate's problem; a bug of qcheck's in
+    the same block must stay a bug (exit 3 with its traceback)."""
+    owner, tb = None, exc.__traceback__
+    while tb is not None:
+        top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if top == "qcheck" or top in packages:
+            owner = top
+        tb = tb.tb_next
+    return owner in packages
+
+
 def first_line(exc: BaseException, shown_as: dict | None = None) -> str:
     """The first line of an exception's message (ORT's run to pages), or its type when it has none.
 

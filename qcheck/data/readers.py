@@ -159,7 +159,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise DataError(Problem(f"cannot read .npy file: {exc}", file=str(path))) from None
+        raise DataError(Problem(f"cannot read .npy file: {exc}", file=str(path))) from exc
 
 
 def _npy_folder(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> list[Sample]:
@@ -233,7 +233,7 @@ def _npz(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> list[Sample]:
             with np.load(f, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         except Exception as exc:
-            raise DataError(Problem(f"cannot read .npz file: {exc}", file=str(f))) from None
+            raise DataError(Problem(f"cannot read .npz file: {exc}", file=str(f))) from exc
 
     if path.is_file():
         arrays = read(path)

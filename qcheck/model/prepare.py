@@ -177,7 +177,7 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     except Exception as exc:
         raise ModelError(Problem(f"the model's external data is truncated or does not match the model "
                                  f"({type(exc).__name__}: {exc})", file=str(path),
-                                 hint="copy the .onnx and its .data file again, together")) from None
+                                 hint="copy the .onnx and its .data file again, together")) from exc
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -190,7 +190,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 def dtype_name(elem_type: int) -> str:
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except Exception:
+    except (KeyError, TypeError, ValueError):  # a type numpy has no dtype for (bfloat16, float8, string ...)
         return TensorProto.DataType.Name(elem_type).lower()
 
 
@@ -242,7 +242,7 @@ def upgrade_opset(model: onnx.ModelProto, path: Path) -> tuple[onnx.ModelProto, 
     except Exception as exc:
         raise ModelError(Problem(
             f"the model uses opset {version}; upgrading it to {MIN_OPSET} failed: {exc}", file=str(path),
-            hint="export the model with opset 13 or newer")) from None
+            hint="export the model with opset 13 or newer")) from exc
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from qcheck.data.readers import DataSet
-from qcheck.errors import ModelError, Problem, first_line
+from qcheck.errors import ModelError, Problem, first_line, raised_by_third_party
 from qcheck.policy.spec import AnalysesSpec, QuantizationSpec
 from qcheck.quantize.histograms import collect_streamed
 from qcheck.scratch import temp_folder
@@ -168,6 +168,8 @@ def calibrate(float_model: Path, data: DataSet, q: QuantizationSpec, method: str
                 if exc is reader.failure:
                     raise
                 raise reader.failure from exc  # ORT wrapped it: the reader's own error is the one to show
+            if not raised_by_third_party(exc):  # e.g. in collect_streamed's own chunking: a bug of qcheck's
+                raise
             text = first_line(exc, {float_model: source or "the model", tmp: "(calibration copy)"})
             raise ModelError(Problem(f"calibration ({method}) failed in ONNX Runtime: {type(exc).__name__}: {text}",
                                      file=str(source) if source else None)) from exc
@@ -229,6 +231,8 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
     except ModelError:
         raise
     except Exception as exc:
+        if not raised_by_third_party(exc):  # qdq_quantizer's overrides and fallbacks are qcheck's own code
+            raise
         raise ModelError(Problem(f"ONNX Runtime could not quantize the model: {type(exc).__name__}: "
                                  f"{first_line(exc, {float_model: source or 'the model'})}",
                                  file=str(source) if source else None,

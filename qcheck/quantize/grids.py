@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from onnx import helper
 
-from qcheck.errors import ModelError, Problem, first_line
+from qcheck.errors import ModelError, Problem, first_line, raised_by_third_party
 from qcheck.quantize.calibrate import Ranges, Recipe, ort_overrides, qdq_quantizer
 
 
@@ -44,6 +44,8 @@ def _refused(what: str):
     except ModelError:
         raise
     except Exception as exc:  # ORT's quantization code raises plain ValueError/AssertionError/...
+        if not raised_by_third_party(exc):
+            raise
         raise ModelError(Problem(f"ONNX Runtime could not {what}: {type(exc).__name__}: {first_line(exc)}")) from exc
 
 

@@ -134,3 +134,39 @@ def test_histogram_calibrators_print_nothing(prepared, capfd, method):
     calibrate(pm.path, data, QuantizationSpec(calibration=method))
     out, _ = capfd.readouterr()
     assert out == ""
+
+
+def test_ort_refusing_a_build_is_a_model_error_but_a_bug_of_qchecks_stays_a_bug(prepared, monkeypatch, tmp_path):
+    # ORT's quantizer asserts on a NaN range ("scale issue"): the candidate's or the user's problem, a ModelError.
+    import dataclasses
+    import math
+
+    from qcheck.errors import ModelError
+    from qcheck.quantize import calibrate as calibrate_module
+
+    _, pm, data = prepared
+    ranges = calibrate(pm.path, data, QuantizationSpec())
+    broken = dataclasses.replace(ranges, ranges=dict(ranges.ranges, x=(math.nan, math.nan)))
+    with pytest.raises(ModelError, match="ONNX Runtime could not quantize the model: AssertionError"):
+        build_quantized(pm.path, broken, Recipe(), tmp_path / "nan.onnx")
+
+    # The same `except` must not turn qcheck's own code (the overrides it hands ORT) into "ONNX Runtime failed".
+    def bug(recipe):
+        raise KeyError("a bug in qcheck")
+
+    monkeypatch.setattr(calibrate_module, "ort_overrides", bug)
+    with pytest.raises(KeyError, match="a bug in qcheck"):
+        build_quantized(pm.path, ranges, Recipe(), tmp_path / "bug.onnx")
+
+
+def test_a_bug_in_qchecks_chunked_calibration_is_not_reported_as_ort_failing(prepared, monkeypatch):
+    from qcheck.quantize import calibrate as calibrate_module
+
+    _, pm, data = prepared
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in qcheck")
+
+    monkeypatch.setattr(calibrate_module, "collect_streamed", bug)
+    with pytest.raises(KeyError, match="a bug in qcheck"):
+        calibrate(pm.path, data, QuantizationSpec(calibration="entropy"))
