@@ -7,6 +7,7 @@ else that escapes is a bug in qcheck and is reported as one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -47,6 +48,10 @@ def raised_by_third_party(exc: BaseException, packages: tuple[str, ...] = THIRD_
     return owner in packages
 
 
+# ORT prefixes some messages with its C++ source file, line and function signature: no help to a user.
+_CPP_LOCATION = re.compile(r"[\w./\\-]+\.(?:h|hpp|cc|cpp):\d+ (?:[^()]*\([^()]*\)\s*(?:const\s*)?)?")
+
+
 def first_line(exc: BaseException, shown_as: dict | None = None) -> str:
     """The first line of an exception's message (ORT's run to pages), or its type when it has none.
 
@@ -55,6 +60,7 @@ def first_line(exc: BaseException, shown_as: dict | None = None) -> str:
     """
     text = str(exc).strip()
     text = text.splitlines()[0] if text else type(exc).__name__
+    text = _CPP_LOCATION.sub("", text)
     for path, name in (shown_as or {}).items():
         text = text.replace(str(path), str(name))
     return text

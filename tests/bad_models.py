@@ -181,3 +181,22 @@ def quantized_cnn_5_classes(path: Path) -> Path:
 
 
 MODELS.update(quantized_cnn=quantized_cnn, quantized_cnn_5_classes=quantized_cnn_5_classes)
+
+
+def no_outputs(path: Path) -> Path:
+    """x -> Relu -> r, and the graph declares no outputs (nothing to run)."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu1")]
+    return _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])], [], {}, path,
+                 check=False)
+
+
+def graph_cycle(path: Path) -> Path:
+    """a = x + b, b = Relu(a): a cycle, which ONNX forbids and ONNX Runtime refuses to load."""
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="add1"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu1"),
+             helper.make_node("Relu", ["a"], ["y"], name="relu2")]
+    return _save(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], {}, path, check=False)
+
+
+MODELS.update(no_outputs=no_outputs, graph_cycle=graph_cycle)

@@ -78,12 +78,24 @@ def check_runtime_loads(path: Path, model: onnx.ModelProto, source: Path) -> Non
         return
     except Exception as exc:  # ORT raises Fail / InvalidGraph / NotImplemented
         text = first_line(exc, {path: source})  # the user knows their file, not our working copy
-    ops = unsupported_ops(model)
-    opset = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), None)
-    detail = "\n    ".join(ops) if ops else text
-    raise ModelError(Problem(
-        f"ONNX Runtime {ort.__version__} cannot load the model (opset {opset}):\n    {detail}"
-        + (f"\n    (ONNX Runtime says: {text})" if ops else ""),
-        file=str(source),
-        hint="replace or decompose these ops in the exporter, or export for an opset that has them"
-        if ops else "check the op types and opset the model uses against ONNX Runtime's support"))
+        ops = unsupported_ops(model)
+        opset = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), None)
+        detail = "\n    ".join(ops) if ops else text
+        raise ModelError(Problem(
+            f"ONNX Runtime {ort.__version__} cannot load the model (opset {opset}):\n    {detail}"
+            + (f"\n    (ONNX Runtime says: {text})" if ops else ""),
+            file=str(source), hint=_load_hint(ops, text))) from exc
+
+
+# ORT's words for a graph that breaks ONNX's own rules (not an op it lacks).
+_MALFORMED = ("invalid model", "not acyclic", "duplicate definition", "same node name", "shapeinferenceerror",
+              "type error", "typeinferenceerror")
+
+
+def _load_hint(ops: list[str], ort_text: str) -> str:
+    if ops:
+        return "replace or decompose these ops in the exporter, or export for an opset that has them"
+    if any(word in ort_text.lower() for word in _MALFORMED):
+        return ("the graph itself breaks ONNX's rules: export the model again; onnx.checker.check_model(path, "
+                "full_check=True) lists every problem")
+    return "check the op types and opset the model uses against ONNX Runtime's support"

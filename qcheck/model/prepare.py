@@ -115,6 +115,9 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise ModelError(Problem("not a readable ONNX model: it has no graph nodes (wrong or truncated file?)",
                                  file=str(path)))
+    if not model.graph.output:
+        raise ModelError(Problem("the model declares no graph outputs, so there is nothing to run or compare",
+                                 file=str(path), hint="export the model with its outputs (graph.output) declared"))
     return model
 
 
