@@ -9,6 +9,7 @@ Joining an existing cluster (`auto`, `ray://host:port`) is left as Ray does it.
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,9 +42,11 @@ def connected(address: str | None, cpus: int):
     if address and address.startswith("ray://"):
         _client_token_auth()
     try:
-        with _loopback(address is None):
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **({} if address else {"num_cpus": cpus, "_node_ip_address": LOOPBACK}))
+        # Ray's client warns of a timeout on stderr before it raises; the error below says it once
+        with _loopback(address is None), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **({} if address else {"num_cpus": cpus, "_node_ip_address": LOOPBACK}))
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise QcheckError(Problem(f"cannot reach the Ray cluster at {address or 'a new local cluster'}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",

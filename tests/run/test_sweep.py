@@ -139,6 +139,24 @@ def test_matrix_mistakes_are_refused_at_their_line_before_any_run(zoo):
     assert "big.sweep.yaml:2:" in str(info.value) and f"{4 ** 8:,} runs" in str(info.value)  # line 2: matrix:
 
 
+def test_a_recursive_glob_over_too_many_folders_is_refused_at_its_line(zoo, monkeypatch):
+    """`/**/*.yaml` would walk the whole disk (it hung a sweep before): a recursive glob over more folders than
+    the limit is refused at its line; the same glob over a tree within the limit still finds the policy."""
+    import qcheck.run.sweep.spec as spec
+
+    tree = zoo / "tree"
+    for i in range(6):
+        (tree / f"d{i}").mkdir(parents=True)
+    (tree / "d3" / "p.yaml").write_text((zoo / "small.yaml").read_text().replace("model: ", "model: ../../"))
+    (zoo / "wide.sweep.yaml").write_text("out: wide\npolicies:\n  - tree/**/*.yaml\n")
+    monkeypatch.setattr(spec, "MAX_GLOB_FOLDERS", 5)  # the tree holds 7 folders: tree and d0..d5
+    with pytest.raises(PolicyError) as info:
+        load_sweep(zoo / "wide.sweep.yaml")
+    assert "wide.sweep.yaml:3:" in str(info.value) and "more than 5 folders" in str(info.value)
+    monkeypatch.setattr(spec, "MAX_GLOB_FOLDERS", 7)
+    assert [Path(j.policy).name for j in load_sweep(zoo / "wide.sweep.yaml").jobs] == ["p.yaml"]
+
+
 def test_values_whose_folder_names_would_collide_get_distinct_folders(zoo):
     """'a b', 'a-b' and 'a/b' all slug to 'a-b': each gets a short hash of its overrides; 'a_b' keeps its name."""
     (zoo / "names.sweep.yaml").write_text('policies: [small.yaml]\nmatrix:\n  report.title: ["a b", "a-b", "a/b", a_b]\n')

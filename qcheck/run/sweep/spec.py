@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,6 +39,7 @@ def is_sweep_document(doc: Any) -> bool:
     return isinstance(doc, dict) and "policies" in doc and "model" not in doc
 
 
+MAX_GLOB_FOLDERS = 20_000  # a recursive glob over more is a typo, not a zoo
 MAX_RUNS = 5000  # runs one sweep file may expand to: a matrix typo must not queue a million runs
 
 
@@ -117,9 +119,13 @@ def _policy_files(doc: dict, folder: Path, file: str) -> list[Path]:
     problems = []
     for i, entry in enumerate(entries):
         pattern = str(Path(entry).expanduser() if Path(entry).expanduser().is_absolute() else folder / entry)
+        keys = ["policies", i] if isinstance(doc["policies"], list) else ["policies"]
+        if glob.has_magic(entry) and too_wide(pattern):
+            problems.append(Problem(f"the glob '{entry}' would search more than {MAX_GLOB_FOLDERS:,} folders", file,
+                                    line_of(doc, keys), hint="start it at the folder that holds the policies"))
+            continue
         matches = sorted(Path(m).resolve() for m in glob.glob(pattern, recursive=True)) if glob.has_magic(entry) \
             else [Path(pattern).resolve()]
-        keys = ["policies", i] if isinstance(doc["policies"], list) else ["policies"]
         if not matches or not all(m.is_file() for m in matches):
             problems.append(Problem(f"no policy file {'matches' if glob.has_magic(entry) else 'at'} '{entry}'", file,
                                     line_of(doc, keys), hint="paths and globs start at the sweep file's folder"))
@@ -129,6 +135,20 @@ def _policy_files(doc: dict, folder: Path, file: str) -> list[Path]:
     if problems:
         raise PolicyError(problems)
     return found
+
+
+def too_wide(pattern: str) -> bool:
+    """Whether a recursive glob would walk more than MAX_GLOB_FOLDERS folders (`/**/*.yaml` walks the whole disk)."""
+    if "**" not in pattern:
+        return False
+    parts = Path(pattern).parts
+    root = Path(*parts[: next(i for i, part in enumerate(parts) if glob.has_magic(part))] or ["."])
+    walked = 0
+    for _ in os.walk(root):  # followlinks=False: a symlink loop is not walked forever
+        walked += 1
+        if walked > MAX_GLOB_FOLDERS:
+            return True
+    return False
 
 
 def is_sweep_file(path: Path) -> bool:
