@@ -80,6 +80,9 @@ def _check_one(path: Path, rel: Path, env: jinja2.Environment, builtin: Path) ->
         return Problem(f"report template: syntax error: {exc.message}", str(path), exc.lineno)
     except RecursionError:
         return Problem("report template: nested too deeply", str(path))
+    problem = _extends_problem(tree, path, rel, builtin)
+    if problem:
+        return problem
     original = builtin / rel
     if not original.is_file():
         return None  # a new partial: what its includer passes is unknown here; rendering checks it
@@ -91,3 +94,28 @@ def _check_one(path: Path, rel: Path, env: jinja2.Environment, builtin: Path) ->
     line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == unknown[0]), None)
     return Problem(f"report template: undefined name '{unknown[0]}'", str(path), line,
                    hint=f"a template can use: {', '.join(sorted(CONTEXT_NAMES))}")
+
+
+def _extends_problem(tree: nodes.Template, path: Path, rel: Path, builtin: Path) -> Problem | None:
+    """A template that extends itself (endless), or overrides a block its built-in parent does not have (ignored
+    by Jinja without a word: a misspelt block name would silently change nothing)."""
+    extends = next(tree.find_all(nodes.Extends), None)
+    if extends is None or not isinstance(extends.template, nodes.Const):
+        return None
+    parent = str(extends.template.value)
+    if parent == rel.as_posix():
+        return Problem(f"report template extends itself ('{parent}')", str(path), extends.lineno,
+                       hint=f'extend the built-in one: {{% extends "qcheck/{parent}" %}}')
+    if not parent.startswith("qcheck/") or not (builtin / parent.removeprefix("qcheck/")).is_file():
+        return None
+    known = _blocks(builtin / parent.removeprefix("qcheck/"))
+    for block in tree.find_all(nodes.Block):
+        if block.name not in known:
+            return Problem(f"report template: block '{block.name}' is not a block of {parent}, so it would never "
+                           f"be shown", str(path), block.lineno, hint=f"its blocks are: {', '.join(sorted(known))}")
+    return None
+
+
+def _blocks(template: Path) -> set[str]:
+    env = jinja2.Environment()
+    return {b.name for b in env.parse(template.read_text(encoding="utf-8")).find_all(nodes.Block)}
