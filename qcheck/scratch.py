@@ -54,6 +54,17 @@ def temp_folder(kind: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def install_file(src: Path, dest: Path) -> None:
+    """Put a finished file at `dest` in one step: a copy beside it first (same file system), then a rename, so an
+    interrupted copy never leaves a half-written `dest` over a good one."""
+    staged = dest.with_name(f".{dest.name}.qcheck-{unique_suffix()}")
+    try:
+        shutil.copyfile(src, staged)
+        os.replace(staged, dest)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -11,17 +11,18 @@ from qcheck.errors import Problem
 from qcheck.policy.yaml_spans import line_of
 
 
-def schema_problems(doc: Any, schema: dict, filename: str) -> list[Problem]:
-    """Every schema violation in `doc`, as sentences pointing at lines, sorted by line."""
+def schema_problems(doc: Any, schema: dict, filename: str, what: str = "the policy") -> list[Problem]:
+    """Every schema violation in `doc`, as sentences pointing at lines, sorted by line. `what`: the document's
+    kind as a sentence names it ("the lock file")."""
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in validator.iter_errors(doc):
-        problems.extend(_explain(error, doc, filename))
+        problems.extend(_explain(error, doc, filename, what))
     unique = {(p.line or 0, p.message): p for p in problems}
     return [unique[k] for k in sorted(unique)]
 
 
-def _explain(error: jsonschema.ValidationError, doc: Any, filename: str) -> list[Problem]:
+def _explain(error: jsonschema.ValidationError, doc: Any, filename: str, what: str) -> list[Problem]:
     path = list(error.absolute_path)
     where = _describe_path(path)
     line = line_of(doc, path)
@@ -36,13 +37,13 @@ def _explain(error: jsonschema.ValidationError, doc: Any, filename: str) -> list
         return out
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        place = f"'{where}'" if where else "the policy"
+        place = f"'{where}'" if where else what
         return [Problem(f"{place} is missing the required key '{missing}'", filename, line)]
     if error.validator == "anyOf":
         # Pick the alternative whose type matches what was written, and explain that one.
         for sub in sorted(error.context, key=lambda e: len(list(e.absolute_path)), reverse=True):
             if sub.validator != "type":
-                return _explain(sub, doc, filename)
+                return _explain(sub, doc, filename, what)
         kinds = [s.get("type", "?") for s in error.schema.get("anyOf", []) if isinstance(s, dict)]
         kinds = [k for k in kinds if k != "?"] or ["string", "mapping"]
         return [Problem(f"'{where}' must be a {' or a '.join(_type_word(k) for k in kinds)}, got {_show(error.instance)}", filename, line)]

@@ -143,6 +143,6 @@ def resolve_target(spec: Any, folder: Path, file: str, line: int | None) -> Targ
 def _validate(doc: Any, file: str) -> None:
     from qcheck.policy.schema_messages import schema_problems  # policy imports this module
 
-    problems = schema_problems(doc, json.loads(_SCHEMA.read_text(encoding="utf-8")), file)
+    problems = schema_problems(doc, json.loads(_SCHEMA.read_text(encoding="utf-8")), file, "the target profile")
     if problems:
         raise PolicyError(problems)

@@ -22,7 +22,7 @@ from qcheck.policy.schema_messages import schema_problems
 from qcheck.policy.yaml_spans import load_yaml, to_plain
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.resources import schema_path
-from qcheck.scratch import temp_folder
+from qcheck.scratch import install_file, temp_folder
 
 LOCK_NAME = "policy.lock.yaml"
 LOCK_VERSION = 1
@@ -76,7 +76,7 @@ def read_lock(path: Path) -> dict:
         raise QcheckError(Problem(f"not a qcheck lock file (no lock_version: {LOCK_VERSION})", file=str(path),
                                   hint="`qcheck run` writes policy.lock.yaml into its output folder"))
     problems = schema_problems(doc, json.loads(schema_path("lock.schema.json").read_text(encoding="utf-8")),
-                               str(path))
+                               str(path), "the lock file")
     if problems:
         for p in problems:
             p.hint = p.hint or "the lock was edited by hand; run `qcheck run` again to write a new one"
@@ -111,7 +111,10 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
         notes.append(f"the lock was written with ONNX Runtime {doc['versions'].get('onnxruntime')}, this is "
                      f"{onnxruntime.__version__}: the bytes may differ")
     out = Path(out) if out else folder / "model.applied.onnx"
+    _check_out(out, doc, {"the float model": model_path, "the lock file": lock_path}, folder)
+    final, out = out, None
     with temp_folder("apply") as tmp:
+        out = Path(tmp) / "model.applied.onnx"  # moved over `final` only once whole
         # a given model's float original is read as the run read it: not optimized (its nodes are the given's twins)
         prepared = prepare_model(load_onnx(model_path), model_path, dict(doc["model"].get("input_shapes") or {}),
                                  Path(tmp), optimize=not doc.get("given"))
@@ -124,9 +127,31 @@ def apply_lock(lock_path: Path, out: Path | None = None, model: Path | None = No
             _rebuild_given(doc, prepared, ranges, recipe, out, folder, where)
         else:
             build_quantized(prepared.path, ranges, recipe, out, source=model_path)
-    built = file_sha256(out)
-    return {"out": str(out), "sha256": built, "expected": doc["quantized_model"]["sha256"],
+        built = file_sha256(out)
+        try:
+            install_file(out, final)
+        except OSError as exc:
+            raise QcheckError(Problem(f"cannot write {final}: {exc.strerror or exc}",
+                                      hint="choose a folder you can write to with --out")) from exc
+    return {"out": str(final), "sha256": built, "expected": doc["quantized_model"]["sha256"],
             "identical": built == doc["quantized_model"]["sha256"], "notes": notes}
+
+
+def _check_out(out: Path, doc: dict, inputs: dict[str, Path], folder: Path) -> None:
+    """`--out` must not be a file this apply reads (`--out model.onnx` replaced the user's float model) nor a
+    folder; an existing file elsewhere is replaced, as asked, but only once the new model is whole."""
+    for key, what in (("ranges", "the locked ranges"), ("given", "the quantized model it edits")):
+        if (doc.get(key) or {}).get("file" if key == "ranges" else "path"):
+            name = Path(doc[key]["file" if key == "ranges" else "path"])
+            inputs[what] = name if name.is_absolute() else folder / name
+    if out.is_dir():
+        raise QcheckError(Problem(f"--out {out} is a folder", hint="give a file name, e.g. --out model.int8.onnx"))
+    if not out.parent.is_dir():
+        raise QcheckError(Problem(f"--out {out}: the folder {out.parent} does not exist", hint="create it first"))
+    for what, path in inputs.items():
+        if out.resolve() == path.resolve() or (out.exists() and path.exists() and out.samefile(path)):
+            raise QcheckError(Problem(f"--out {out} is {what} this apply reads; writing there would replace it",
+                                      hint="give another file name, e.g. --out model.int8.onnx"))
 
 
 def _locked_ranges(doc: dict, folder: Path, where: str) -> Ranges | None:

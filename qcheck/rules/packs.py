@@ -33,7 +33,7 @@ def load_pack(path: Path, layer_metrics: tuple[str, ...] | list[str] = ()) -> li
     doc = load_yaml(path, what="rule pack")
     if not isinstance(doc, dict):
         raise PolicyError(Problem("a rule pack must be a YAML mapping with `pack:` and `rules:`", str(path), 1))
-    problems = schema_problems(doc, _rule_schema(), str(path))
+    problems = schema_problems(doc, _rule_schema(), str(path), "the rule pack")
     if problems:
         raise PolicyError(problems)
     rules, problems = _build_rules(doc["rules"], doc["pack"], str(path), doc, ["rules"], layer_metrics)

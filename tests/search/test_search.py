@@ -264,6 +264,29 @@ def test_apply_without_search_and_when_the_calibration_data_changed(tmp_path, ca
     assert "calibration data changed" in err and "policy.lock.yaml" in err
 
 
+def test_apply_never_writes_over_what_it_reads_and_replaces_out_only_when_whole(tmp_path, capsys):
+    """`--out model.onnx` once replaced the user's float model with the int8 one. Every file apply reads is
+    refused as --out (exit 2, nothing changed); an existing other file is replaced by the whole rebuilt model."""
+    policy = _policy(tmp_path, search=False)
+    main(["run", str(policy), "--quiet"])
+    lock = tmp_path / "out" / "policy.lock.yaml"
+    inputs = [tmp_path / "model.onnx", lock, tmp_path / "out" / "ranges.json"]
+    before = [p.read_bytes() for p in inputs]
+    capsys.readouterr()
+    for target, what in zip(inputs, ["the float model", "the lock file", "the locked ranges"]):
+        assert main(["apply", str(lock), "--out", str(target)]) == 2
+        assert f"is {what} this apply reads" in capsys.readouterr().err
+    for target, words in ((tmp_path / "out", "is a folder"), (tmp_path / "nowhere" / "m.onnx", "does not exist")):
+        assert main(["apply", str(lock), "--out", str(target)]) == 2
+        assert words in capsys.readouterr().err
+    assert [p.read_bytes() for p in inputs] == before
+    old = tmp_path / "old.onnx"
+    old.write_bytes(b"an older build")
+    assert main(["apply", str(lock), "--out", str(old)]) == 0
+    assert old.read_bytes() == (tmp_path / "out" / "model.quant.onnx").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if ".qcheck-" in p.name]  # no staged copy left beside it
+
+
 def test_a_whole_model_remedy_with_its_own_calibration_is_locked_and_applied(tmp_path):
     """Entropy calibration clips the wide column's range, which helps the narrow ones: with a looser limit it
     passes, is calibrated once for the search, and its ranges are written next to the lock."""

@@ -92,7 +92,7 @@ def load_sweep(path: Path, out: Path | None = None) -> SweepSpec:
         raise PolicyError(exc.problems) from None
     if not isinstance(doc, dict):
         raise PolicyError(Problem("a sweep file must be a YAML mapping (policies:, matrix:, ...)", str(path), 1))
-    problems = schema_problems(doc, sweep_schema(), str(path))
+    problems = schema_problems(doc, sweep_schema(), str(path), "the sweep file")
     if problems:
         raise PolicyError(problems)
     folder = path.resolve().parent
