@@ -46,6 +46,14 @@ def test_docs_command_writes_and_checks(tmp_path, capsys):
     assert default_docs_dir().name == "docs"
 
 
+def test_docs_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "rules.md").write_text("our team's own notes\n")
+    assert main(["docs", "--out", str(tmp_path)]) == 2
+    assert "rules.md exists and was not written by `qcheck docs`" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["rules.md"]  # nothing written, the notes kept
+    assert (tmp_path / "rules.md").read_text() == "our team's own notes\n"
+
+
 def test_readme_points_at_the_generated_rule_reference_instead_of_copying_it():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "[docs/rules.md](docs/rules.md)" in readme
