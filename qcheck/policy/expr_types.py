@@ -4,7 +4,8 @@ Every name a requirement reads (`model.cosine`, `findings.error`, a metric) is
 a number, so the type of every part of the line is known before anything is
 evaluated. A line that is not a comparison (a tuple from a stray comma, a
 bare string, a bare name) is always true or meaningless; a comparison of a
-number with text is always false; both are refused when the policy loads.
+number with text is always false, and so is one of constants only (`1 < 2`) or
+of a value with itself; all are refused when the policy loads.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def _what(node: ast.expr) -> str:
     if isinstance(node, ast.BoolOp):
         return "a part joined by and/or is not a comparison"
     return f"it is {type(node).__name__.lower()}"
+
+
+def _reads_a_value(node: ast.expr) -> bool:
+    """Whether an expression reads a name (a metric, a count), not only constants and function names."""
+    functions = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+    return any(isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in functions
+               and getattr(n, "id", None) not in ("True", "False") for n in ast.walk(node))
 
 
 def _type(node: ast.expr, text: str) -> str:
@@ -92,6 +100,13 @@ def _type(node: ast.expr, text: str) -> str:
                 hint = " (remove the quotes)" if other == TEXT else ""
                 raise fail(f"compares a number with {other}{hint}: every name in a requirement is a number")
             left = right
+        sides = [node.left, *node.comparators]
+        if not any(_reads_a_value(side) for side in sides):
+            raise fail("compares constants only, so it holds (or fails) whatever the model does: compare a "
+                       "measured value, e.g. `model.cosine >= 0.99`")
+        for a, b in zip(sides, sides[1:]):
+            if ast.dump(a) == ast.dump(b):
+                raise fail(f"compares {ast.unparse(a)} with itself, so it holds (or fails) whatever the model does")
         return BOOL
     if isinstance(node, ast.Call):
         name = getattr(node.func, "id", "")
