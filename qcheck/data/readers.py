@@ -326,6 +326,11 @@ def load_image(path: Path, size: tuple[int, int], pre: Preprocess, info: InputIn
             with Image.open(path) as img:
                 if img.width * img.height > limit:
                     raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+                if img.mode.startswith(("I", "F")):  # PIL's conversion to 8 bits would clip every value over 255
+                    raise DataError(Problem(
+                        f"the image has {'16-bit' if ';16' in img.mode else '32-bit'} pixels (mode {img.mode}); the "
+                        "image reader takes 8-bit images, and converting would clip every value above 255",
+                        file=str(path), hint="save the samples as 8-bit images, or preprocess them into .npy arrays"))
                 img = img.convert("L" if pre.color == "GRAY" else "RGB")
             img = fit_image(img, size, pre)
             a = np.asarray(img, dtype=np.float32)

@@ -71,6 +71,12 @@ def build(tmp: Path, name: str, spec) -> None:
                 (path / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a picture")
             else:
                 Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path / f"{i}.png")
+    elif "png16" in spec:  # a folder of 16-bit grayscale PNGs (values to 65535, as depth or medical images are)
+        from PIL import Image
+
+        path.mkdir()
+        for i in range(spec["png16"]):
+            Image.fromarray(np.random.default_rng(i).integers(0, 65535, (20, 24), dtype=np.uint16)).save(path / f"{i}.png")
     elif "int64" in spec:  # one sample per value, each an int64 array of shape [1]
         path.mkdir()
         for i, v in enumerate(spec["int64"]):
