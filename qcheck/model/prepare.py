@@ -235,6 +235,25 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> No
     del model.graph.value_info[:]
 
 
+def initializers_as_constants(model: onnx.ModelProto) -> str | None:
+    """Weights also listed as graph inputs (what IR version 3 required) become plain initializers, IR 4 or newer.
+
+    As inputs they are values a caller may replace, so ONNX Runtime folds nothing through them, and every model
+    qcheck derives would have to list its own new initializers as inputs too (an IR 3 model that lacks one does
+    not load). qcheck never feeds them: `graph_inputs` leaves them out already.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    listed = [vi for vi in model.graph.input if vi.name in inits]
+    if not listed and model.ir_version >= 4:
+        return None
+    kept = [vi for vi in model.graph.input if vi.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = max(model.ir_version, 4)
+    return (f"{len(listed)} weight(s) were also listed as graph inputs (IR version 3 style); they are read as "
+            f"constant weights" if listed else None)
+
+
 def upgrade_opset(model: onnx.ModelProto, path: Path) -> tuple[onnx.ModelProto, str | None]:
     version = default_opset(model)
     if version >= MIN_OPSET:
@@ -316,6 +335,9 @@ def prepare_model(model: onnx.ModelProto, source: Path, shapes: dict[str, list[i
     fix_input_shapes(model, shapes)
     notes = []
     model, note = upgrade_opset(model, source)
+    if note:
+        notes.append(note)
+    note = initializers_as_constants(model)
     if note:
         notes.append(note)
     flow = sorted({n.op_type for n in model.graph.node} & CONTROL_FLOW_OPS)

@@ -170,3 +170,35 @@ def test_a_bug_in_qchecks_chunked_calibration_is_not_reported_as_ort_failing(pre
     monkeypatch.setattr(calibrate_module, "collect_streamed", bug)
     with pytest.raises(KeyError, match="a bug in qcheck"):
         calibrate(pm.path, data, QuantizationSpec(calibration="entropy"))
+
+
+def test_weights_listed_as_graph_inputs_ir3_are_read_as_constants(tmp_path):
+    """IR version 3 (ONNX's model zoo of 2017-18) lists every weight as a graph input too. The analyses' emulation
+    model then failed to load (its new zero points were not inputs): exit 3 on real models. Prepared, the weights
+    are plain initializers, and the whole run, analyses included, gives the numbers of the same model in IR 8."""
+    from helpers import write_policy
+
+    from qcheck.policy.loader import load_policy
+    from qcheck.run.pipeline import run
+
+    results = {}
+    for ir in (3, 8):
+        folder = tmp_path / f"ir{ir}"
+        folder.mkdir()
+        src = small_cnn(folder / "m.onnx", opset=9)
+        model = onnx.load(str(src))
+        model.ir_version = ir
+        if ir == 3:
+            model.graph.input.extend(onnx.helper.make_tensor_value_info(i.name, i.data_type, i.dims)
+                                     for i in model.graph.initializer)
+        onnx.save(model, str(src))
+        write_npy_samples(folder / "calib", 4)
+        policy = write_policy(folder / "qcheck.yaml", {
+            "model": "m.onnx", "data": {"calibration": "calib"}, "require": ["model.cosine >= 0.9"],
+            "analyses": {"sensitivity": True, "curves": False}, "report": {"out": "out", "formats": ["html"]}})
+        results[ir] = run(load_policy(policy))
+    assert any("listed as graph inputs" in n for n in results[3]["model"]["notes"])
+    for key in ("rmse_scale", "cosine"):
+        assert [t[key] for t in results[3]["tensors"]] == [t[key] for t in results[8]["tensors"]]
+    timeless = [{k: v for k, v in r["analyses"]["sensitivity"].items() if k != "seconds"} for r in results.values()]
+    assert timeless[0] == timeless[1] and timeless[0]["nodes"]
