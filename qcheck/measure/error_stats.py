@@ -110,10 +110,18 @@ DOT_CHUNK = 1 << 16  # BLAS dot products of float32 drift beyond ~1e-7 relative 
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> float:
-    """<a, b> of two flat arrays: BLAS dot products (one read, no temporary) over chunks, summed in float64."""
-    if a.size <= DOT_CHUNK:
-        return float(np.dot(a, b))
-    return math.fsum(float(np.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK])) for i in range(0, a.size, DOT_CHUNK))
+    """<a, b> of two flat arrays: BLAS dot products (one read, no temporary) over chunks, summed in float64.
+    A float32 product past float32's range (values beyond ~1.8e19, as a diverging activation reaches) is taken
+    again in float64, so a sum of squares is never inf while every value is finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if a.size <= DOT_CHUNK:
+            value = float(np.dot(a, b))
+        else:
+            value = math.fsum(float(np.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK]))
+                              for i in range(0, a.size, DOT_CHUNK))
+    if math.isfinite(value) or a.dtype == np.float64 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return value
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)))
 
 
 def merged_spread(n_a: int, sum_a: float, m2_a: float, n_b: int, sum_b: float, m2_b: float) -> float:
@@ -132,6 +140,17 @@ def error_sums(f: np.ndarray, q: np.ndarray, extent: bool = True) -> SampleSums:
     tensors' own precision: one difference, one absolute value, and otherwise reads (sums, chunked dot
     products, min/max); no float64 copy. `extent`: also the float tensor's min and max. Sums that overflow
     float32 are taken again in float64."""
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow is caught below: float64 then
+        sums = _sums(f, q)
+    if f.dtype != np.float64 and not all(math.isfinite(v) for v in (sums.sum_e, sums.sum_ee, sums.sum_abs,
+                                                                      sums.sum_ff, sums.sum_qq)):
+        return error_sums(f.astype(np.float64), q.astype(np.float64), extent)
+    if extent:
+        sums.fmin, sums.fmax = float(f.min()), float(f.max())
+    return sums
+
+
+def _sums(f: np.ndarray, q: np.ndarray) -> SampleSums:
     e = f - q
     n = e.size
     sum_e = float(e.sum())
@@ -146,13 +165,7 @@ def error_sums(f: np.ndarray, q: np.ndarray, extent: bool = True) -> SampleSums:
         t = e - c
         centered = max(dot(t, t) - n * (mean - float(c)) ** 2, 0.0)
     t = np.abs(e, out=e)
-    sums = SampleSums(n, sum_e, float(t.sum()), float(t.max()), sum_ee, centered, dot(f, f), dot(q, q))
-    if f.dtype != np.float64 and not all(math.isfinite(v) for v in (sum_e, sum_ee, sums.sum_abs, sums.sum_ff,
-                                                                      sums.sum_qq)):
-        return error_sums(f.astype(np.float64), q.astype(np.float64), extent)
-    if extent:
-        sums.fmin, sums.fmax = float(f.min()), float(f.max())
-    return sums
+    return SampleSums(n, sum_e, float(t.sum()), float(t.max()), sum_ee, centered, dot(f, f), dot(q, q))
 
 
 class SquaredErrorAccumulator:

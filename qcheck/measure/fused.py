@@ -124,7 +124,9 @@ def reduce_sample(f: np.ndarray, quant: Quantized, local: np.ndarray | None, wei
         return False
     shift = dist.shift_for(f) if dist is not None else 0.0
     moments = dist is not None and max(abs(fmin - shift), abs(fmax - shift)) <= FLOAT32_POWERS
-    sums = _chunked(f1, quant, q1, l1, w1 if weight_err is not None else None, np.float32(shift) if moments else None)
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 squares past its range: the accumulators' path
+        sums = _chunked(f1, quant, q1, l1, w1 if weight_err is not None else None,
+                        np.float32(shift) if moments else None)
     if sums is None:
         return False
     whole_sums, local_sums, mom, weight_ee, rest_ee, sum_qq = sums

@@ -82,6 +82,31 @@ def test_a_non_finite_sample_is_left_to_the_accumulators_untouched():
     assert accs[0].n == 0 and accs[2].n == 0 and accs[2].shift is None
 
 
+def test_activations_beyond_float32_squares_give_finite_sums_and_no_warnings(monkeypatch):
+    """A diverging activation (values ~1e20, as ONNX's own test copy of Inception v1 reaches) squares past float32's
+    range: the sums are taken again in float64, equal to a float64 computation, and nothing is printed (numpy's
+    overflow warnings reached the user's terminal, dozens per run)."""
+    import warnings
+
+    monkeypatch.setattr(fused, "CHUNK", 4096)
+    rng = np.random.default_rng(5)
+    f = (rng.standard_normal((1, 4, 33, 35)) * 1e20).astype(np.float32)
+    q = (f * np.float32(1.001)).astype(np.float32)
+    e = (f.astype(np.float64) - q.astype(np.float64)).ravel()
+    for path in ("fused", "accumulators"):
+        accs = _accumulators(scale=1e18)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if path == "fused":
+                fused.reduce_sample(f, fused.Quantized(q), None, None, accs[0], None, None, None, None)
+            if accs[0].n == 0:  # the fused path leaves a non-finite sum to the accumulators
+                accs[0].update(f, q)
+            accs[3].update(f, q)
+        assert accs[0].sum_ee == pytest.approx(float(np.dot(e, e)), rel=1e-6), path
+        assert accs[3].mean_squared_error() == pytest.approx(float(np.dot(e, e)) / e.size, rel=1e-6)
+        assert math.isfinite(accs[0].result().rmse_scale)
+
+
 def _built(tmp_path, samples: int):
     """The residual CNN, calibrated and quantized (ORT's QDQ), and its samples."""
     src = residual_cnn(tmp_path / "model.onnx")
