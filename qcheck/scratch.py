@@ -65,6 +65,17 @@ def install_file(src: Path, dest: Path) -> None:
         staged.unlink(missing_ok=True)
 
 
+def write_text_whole(path: Path, text: str) -> None:
+    """Write `text` to `path` in one step (staged beside it, then renamed): never a half-written file over a
+    good one, whatever ends the write (a full disk, a kill)."""
+    staged = path.with_name(f".{path.name}.qcheck-{unique_suffix()}")
+    try:
+        staged.write_text(text, encoding="utf-8")
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

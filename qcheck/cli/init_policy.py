@@ -25,6 +25,7 @@ import yaml
 
 from qcheck.errors import Problem, QcheckError
 from qcheck.model.prepare import InputInfo, default_opset, graph_inputs, load_onnx
+from qcheck.scratch import write_text_whole
 
 IMAGE_SIZE_GUESS = 224  # for images whose height/width the model leaves dynamic
 
@@ -239,7 +240,7 @@ def write_policy(model: Path, out: Path, data: str | None = None, force: bool = 
     text = policy_text(facts, out, data)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        write_text_whole(out, text)  # --force: the old policy stays whole until the new one is
     except OSError as exc:
         raise QcheckError(Problem(f"cannot write the policy: {exc.strerror or exc}", file=str(out))) from None
     return out
