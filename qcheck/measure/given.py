@@ -3,8 +3,9 @@
 The seam between `quantize.given` (which reads the model into a `QDQMap`
 keyed by the float model's tensor names) and the measurement qcheck runs on
 its own models: QDQ and QOperator models go through `per_tensor.measure`
-unchanged (QOperator in whole-model mode only: per-layer replay needs Q/DQ
-pairs), dynamic models through `by_name.measure_by_name`.
+unchanged (a QOperator model's per-layer twin is built from its equivalent QDQ
+model, `GivenModel.qdq`, and fed the given model's own integer tensors), dynamic
+models through `by_name.measure_by_name`.
 
 Then the exported-range statistics (seed 003: a QAT export's ranges come from
 training-time estimates that may not have converged): for every activation
@@ -41,14 +42,16 @@ def measure_given(given: GivenModel, qmodel: onnx.ModelProto, float_model: onnx.
     if given.qmap is None:  # dynamic: no fixed grid
         return measure_by_name(float_model, qmodel, data, generic_metrics, "dynamic", include_weights=include_weights,
                                progress=progress, tasks=tasks)
-    if given.format == "qoperator":
+    twin_of = given.editable  # the QDQ form; a QOperator model that could not be converted has none
+    if twin_of is None and given.format == "qoperator":
         modes = [m for m in modes if m != "local"] or ["whole"]
     m = measure(float_model, qmodel, given.qmap, data, {}, metrics, modes, include_weights=include_weights,
-                progress=progress, tasks=tasks, need=need, layer_metrics=layer_metrics, memory_mb=memory_mb)
-    if given.format == "qoperator":
+                progress=progress, tasks=tasks, need=need, layer_metrics=layer_metrics, memory_mb=memory_mb,
+                twin_of=twin_of)
+    if twin_of is None and given.format == "qoperator":
         for t in m.tensors:
             if t.kind == "activation":
-                t.per_layer_missing = "per-layer replay needs Q/DQ pairs; this QOperator model has none"
+                t.per_layer_missing = "per-layer replay needs the model as Q/DQ pairs, and it could not be converted"
     return m
 
 

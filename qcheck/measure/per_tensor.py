@@ -156,12 +156,15 @@ def measure(
     layer_metrics: LayerMetrics | None = None,
     fused: bool = True,
     memory_mb: int | None = None,
+    twin_of: onnx.ModelProto | None = None,
 ) -> Measurement:
     """`tasks`: task metrics (qcheck.measure.tasks), each fed every sample's float and quantized model outputs.
     `need`: the statistics the rules read (`rules.needed_statistics`); optional statistics no one
     needs are not computed (None = compute everything). `layer_metrics`: the policy's own per-tensor
     statistics, fed the arrays this pass compares (measure.layer_metrics). `fused`: see `reduce_tensor`.
-    `memory_mb`: what one sample's measured tensors may take at once (measure.sessions); None: no bound."""
+    `memory_mb`: what one sample's measured tensors may take at once (measure.sessions); None: no bound.
+    `twin_of`: the QDQ model whose nodes the per-layer twin copies, when `qmodel` has no Q/DQ pairs (a given
+    QOperator model's equivalent QDQ model, with the same integer tensor names); default `qmodel`."""
     index = GraphIndex(float_model)
     outputs = index.output_names
     notes: list[str] = []
@@ -170,7 +173,7 @@ def measure(
     shapes = _shapes(float_model)
     sessions = open_sessions(float_model, qmodel, qmap, activations, shapes, modes,
                              with_weight_twin=need is None or "weight_error_share" in need,
-                             budget_bytes=None if memory_mb is None else memory_mb << 20)
+                             budget_bytes=None if memory_mb is None else memory_mb << 20, twin_of=twin_of)
     if len(sessions.groups) > 1:
         notes.append(f"one sample's measured tensors take more than memory_mb ({memory_mb} MB): they were measured "
                      f"in {len(sessions.groups)} groups, each model run once per group")

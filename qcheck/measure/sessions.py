@@ -75,10 +75,11 @@ def split(activations: list[QuantizedTensor], sizes: list[int], budget: int) -> 
 
 def open_sessions(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: QDQMap,
                   activations: list[QuantizedTensor], shapes: dict[str, list], modes: list[str],
-                  with_weight_twin: bool, budget_bytes: int | None) -> Sessions:
-    """Sessions and groups for `activations`; `budget_bytes` None: one group."""
+                  with_weight_twin: bool, budget_bytes: int | None, twin_of: onnx.ModelProto | None = None) -> Sessions:
+    """Sessions and groups for `activations`; `budget_bytes` None: one group; `twin_of`: see `per_tensor.measure`."""
     outputs = [o.name for o in float_model.graph.output]
-    twin = build_twin(qmodel, float_model, qmap, with_weight_twin=with_weight_twin) if "local" in modes else None
+    twin_of = qmodel if twin_of is None else twin_of
+    twin = build_twin(twin_of, float_model, qmap, with_weight_twin=with_weight_twin) if "local" in modes else None
     f_sess = make_session(with_outputs(float_model, [t.name for t in activations if t.name not in outputs]),
                           "float model", spin=False)
     known = [int(np.prod(s)) for s in shapes.values() if s and all(isinstance(d, int) and d > 0 for d in s)]
@@ -86,7 +87,7 @@ def open_sessions(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: Q
     sizes = [tensor_bytes(t, shapes, twin, typical) for t in activations]
     parts = [activations] if budget_bytes is None else split(activations, sizes, budget_bytes)
     twins = [twin] if len(parts) == 1 else [
-        build_twin(qmodel, float_model, qmap, with_weight_twin=with_weight_twin, only={t.name for t in part})
+        build_twin(twin_of, float_model, qmap, with_weight_twin=with_weight_twin, only={t.name for t in part})
         if twin is not None else None for part in parts]
     q_names = [t.q_output for t in activations] + (sorted(set(twin.inputs.values())) if twin else [])
     q_sess = make_session(with_outputs(qmodel, q_names), "quantized model", spin=False)

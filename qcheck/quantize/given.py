@@ -31,9 +31,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qcheck.errors import ModelError
 from qcheck.model.graph import GraphIndex
 from qcheck.quantize.calibrate import Recipe
-from qcheck.quantize.given_formats import SAME_GRID_OPS, QOp, given_format, qop_spec
+from qcheck.quantize.given_formats import SAME_GRID_OPS, QOp, given_format, qop_spec, weight_axis
+from qcheck.quantize.given_qoperator import qoperator_to_qdq
 from qcheck.quantize.given_match import TensorMatch, adopt_float_names
 from qcheck.quantize.qdq import QDQMap, QuantizedTensor, read_qdq
 from qcheck.quantize.schemes import BuiltScheme
@@ -61,6 +63,12 @@ class GivenModel:
     matched_by: dict[str, str] = field(default_factory=dict)  # float tensor -> "name" | "structure"
     notes: list[str] = field(default_factory=list)
     model: onnx.ModelProto | None = None  # the model to measure (see read_given)
+    qdq: onnx.ModelProto | None = None  # a QOperator model as the equivalent QDQ model (`given_qoperator`)
+
+    @property
+    def editable(self) -> onnx.ModelProto | None:
+        """The QDQ form the per-layer twin, the emulation model and the search's edits work on (None: none)."""
+        return self.model if self.format == "qdq" else self.qdq
 
     @property
     def activation_bits(self) -> int:
@@ -227,10 +235,16 @@ def _read_qoperator(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, match
     fnodes = [n.name for n in qmodel.graph.node
               if qop_spec(n) is None and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
               and not any(i in grids for i in n.input)]
-    notes = ["QOperator model: statistics are whole-model (float model against the given model's integer tensors, "
-             "dequantized with their own scales); per-layer statistics and the switchable analyses need Q/DQ pairs "
-             "and are not available for this format"]
-    return GivenModel("qoperator", QDQMap(tensors, qnodes, fnodes), unmatched, how, notes, model=qmodel)
+    notes = ["QOperator model: whole-model statistics compare the float model with the given model's integer tensors "
+             "dequantized with their own scales; per-layer statistics, the analyses and the search work on the "
+             "equivalent QDQ model (each integer op as Q/DQ pairs made from its own scales around its float op)"]
+    try:
+        qdq = _read_qdq(qoperator_to_qdq(qmodel, float_model), float_model).model
+    except ModelError as exc:
+        qdq = None
+        notes = [f"QOperator model: statistics are whole-model only; per-layer statistics, the analyses and the "
+                 f"search need it as Q/DQ pairs, and {exc.problems[0].message}"]
+    return GivenModel("qoperator", QDQMap(tensors, qnodes, fnodes), unmatched, how, notes, model=qmodel, qdq=qdq)
 
 
 def _qoperator_weights(node, spec: QOp, match: TensorMatch, grid, f_inits, tensors, how, unmatched, inits) -> None:
@@ -243,7 +257,7 @@ def _qoperator_weights(node, spec: QOp, match: TensorMatch, grid, f_inits, tenso
         if w >= len(node.input) or node.input[w] not in inits:
             continue
         f_name = match.float_input(node, float_pos[w])
-        t = grid(node.input[w], node.input[s], node.input[z], "weight", axis=_weight_axis(spec.float_op, twin))
+        t = grid(node.input[w], node.input[s], node.input[z], "weight", axis=weight_axis(spec.float_op, twin))
         if t is None:
             continue
         if f_name is None or f_name not in f_inits:
@@ -271,15 +285,6 @@ def _qoperator_bias(node, spec: QOp, weight: QuantizedTensor, match: TensorMatch
                                                0 if scale.size > 1 else None, q_initializer=name,
                                                consumers=list(weight.consumers)))
     how.setdefault(f_name, how.get(weight.name, "structure"))
-
-
-def _weight_axis(float_op: str, twin: onnx.NodeProto | None) -> int:
-    """The output-channel axis per-channel scales run along: Conv [M, C, kh, kw] 0; MatMul [K, N] 1; Gemm by transB."""
-    if float_op == "MatMul":
-        return 1
-    if float_op == "Gemm" and twin is not None:
-        return 0 if next((a.i for a in twin.attribute if a.name == "transB"), 0) else 1
-    return 0
 
 
 # --------------------------------------------------------------------------- the run's "built" model

@@ -252,4 +252,4 @@ def rebuild_given(given_path: Path, float_model: onnx.ModelProto, shapes: dict[s
     """What `qcheck apply` does for a lock on a given model: the user's file read as a run reads it, then the
     locked recipe's edits."""
     model = normalize_given(load_onnx(given_path), shapes)
-    return build_given(read_given(model, float_model).model, float_model, base, ranges, recipe, out)
+    return build_given(read_given(model, float_model).editable, float_model, base, ranges, recipe, out)

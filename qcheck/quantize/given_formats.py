@@ -54,6 +54,15 @@ def qop_spec(node: onnx.NodeProto) -> QOp | None:
     return QOPERATOR_OPS.get(node.op_type)
 
 
+def weight_axis(float_op: str, twin: onnx.NodeProto | None) -> int:
+    """The output-channel axis per-channel scales run along: Conv [M, C, kh, kw] 0; MatMul [K, N] 1; Gemm by transB."""
+    if float_op == "MatMul":
+        return 1
+    if float_op == "Gemm" and twin is not None:
+        return 0 if next((a.i for a in twin.attribute if a.name == "transB"), 0) else 1
+    return 0
+
+
 # Ops that run on integer tensors unchanged (ORT's QOperator format): their output keeps the input's grid.
 SAME_GRID_OPS = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Split",
                  "Resize", "Identity", "Pad", "SpaceToDepth", "DepthToSpace", "Relu"}

@@ -221,9 +221,9 @@ def _check_given(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir,
                                              progress=lambda i, n: console.progress("measure", i, n),
                                              tasks=loaded.tasks, need=needed_statistics(loaded.rules))
     analyses = None
-    if given.format == "qdq":  # the emulation model switches Q/DQ pairs: QOperator and dynamic models have none
+    if given.editable is not None:  # the emulation model switches Q/DQ pairs (QOperator: its QDQ form; dynamic: none)
         analyses = _analyses(policy, loaded, built, float_model, Ranges("given", given.grid_ranges(), 0), rows,
-                             stages, console, emulation=lambda: _given_emulation(given.model, float_model))
+                             stages, console, emulation=lambda: _given_emulation(given.editable, float_model))
     with stages.stage("rules", console):
         main_run = judge_built(built, m, policy, loaded.rules, given.qmap, kinds, rows=rows)
         write_layer_stats(main_run.rows, out_dir.path("layer_stats.csv"), list(policy.layer_metrics))
@@ -242,22 +242,24 @@ def _check_given(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir,
 def _search_given(policy: Policy, loaded: Loaded, given, scheme: str, main_run: SchemeRun,
                   float_model: onnx.ModelProto, analyses: dict | None, final: Final, work: Path, out_dir: OutputDir,
                   stages: Stages, console: Console) -> tuple[dict | None, Final, str | None]:
-    """The search on a given QDQ model: its candidates are edits to it, starting from its own grids; a chosen fix
-    becomes the run's model and is locked as the given model's hash plus the edits."""
-    if given.format != "qdq":
+    """The search on a given QDQ model (a QOperator model: its equivalent QDQ model): its candidates are edits to
+    it, starting from its own grids; a chosen fix becomes the run's model and is locked as the given model's hash
+    plus the edits."""
+    if given.editable is None:
+        why = given.notes[0] if given.format == "qoperator" else f"this quantized model is {given.format}: its " \
+            "activations get their scale at run time, with no pairs to edit"
         raise QcheckError(policy.problem_at(
-            ("search",), f"the search edits a given model's QuantizeLinear/DequantizeLinear pairs, and this "
-                         f"quantized model is in {given.format} format (it has none)",
+            ("search",), f"the search edits a given model's QuantizeLinear/DequantizeLinear pairs; {why}",
             hint="remove `search:`, or give the model in QDQ format (e.g. ONNX Runtime's quantize_static with "
                  "quant_format=QDQ)"))
     from qcheck.search.stage import given_candidate_findings, write_policy_lock
 
     built_recipe = final.recipe
-    base = given_base_recipe(built_recipe, given.model, float_model)
+    base = given_base_recipe(built_recipe, given.editable, float_model)
     start = Final(recipe=base, ranges=Ranges(GIVEN_METHOD, given.grid_ranges(), 0), ranges_file=None)
 
     def build_with(ranges: Ranges, recipe: Recipe, path: Path) -> Path:
-        return build_given(given.model, float_model, base, ranges, recipe, path)
+        return build_given(given.editable, float_model, base, ranges, recipe, path)
 
     search = _search(policy, loaded, main_run, float_model, analyses, start, work, out_dir, stages, console,
                      build_with=build_with,

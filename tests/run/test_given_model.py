@@ -154,13 +154,55 @@ def test_qoperator_model_statistics_agree_with_numpy(made):
     assert r1["whole_max_abs_error"] == pytest.approx(ref["max_abs"], rel=1e-6)
     assert r1["whole_mean_error"] == pytest.approx(ref["mean"], rel=1e-6, abs=1e-12)
     assert r1["whole_cosine"] == pytest.approx(ref["cosine"], rel=1e-9)
-    assert r1["rmse_scale"] is None and "QOperator" in r1["per_layer_missing"]
     # the weight: the float initializer against QLinearConv's int8 weight with its per-channel scales
     w = numpy_helper.to_array(next(i for i in onnx.load(str(made / "model.onnx")).graph.initializer if i.name == "w2"))
     wq = (inits[conv2.input[3]].astype(np.float64) - inits[conv2.input[5]].reshape(-1, 1, 1, 1)) \
         * inits[conv2.input[4]].reshape(-1, 1, 1, 1)
     assert rows["w2"]["mean_squared_error"] == pytest.approx(float(np.mean((w - wq) ** 2)), rel=1e-6)
     assert rows["b2"]["kind"] == "bias" and rows["w2"]["per_channel"] is True
+
+
+def test_qoperator_per_layer_statistics_replay_each_integer_op_in_float(made):
+    """Per layer: QLinearConv 2's float twin (Conv, and the Relu its output grid took in) fed its integer input
+    dequantized with its own input scale, against its integer output dequantized with its output scale; computed
+    here with ORT on a two-node float graph and numpy. Every activation's per-layer statistics are those of the
+    QDQ model from the same calibration (ORT fuses its pairs into the same integer kernels)."""
+    path = _static(made, "qop_l.onnx", quant_format=QuantFormat.QOperator)
+    res = _run(made, "qop_l", quantized="qop_l.onnx", analyses=False)
+    assert not any("per-layer statistics are not available" in n for n in res["measure"]["notes"])
+    qm = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in qm.graph.initializer}
+    conv2 = next(n for n in qm.graph.node if n.op_type == "QLinearConv" and n.input[3].startswith("w2"))
+    f_inits = [i for i in onnx.load(str(made / "model.onnx")).graph.initializer if i.name in ("w2", "b2")]
+    twin = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["in", "w2", "b2"], ["c"], pads=[1, 1, 1, 1]),
+         onnx.helper.make_node("Relu", ["c"], ["out"])], "twin",
+        [onnx.helper.make_tensor_value_info("in", onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)], initializer=f_inits),
+        opset_imports=[onnx.helper.make_opsetid("", 13)])
+    twin_sess = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def deq(q: np.ndarray, s: str, z: str) -> np.ndarray:
+        return (q.astype(np.int32) - inits[z].astype(np.int32)).astype(np.float32) * inits[s].astype(np.float32)
+
+    err = []
+    for f in sorted((made / "calib").glob("*.npy"), key=lambda p: int(p.stem)):
+        q = _dequantized(path, [conv2.input[0], conv2.output[0]], {"x": np.load(f)})
+        local = twin_sess.run(None, {"in": deq(q[conv2.input[0]], conv2.input[1], conv2.input[2])})[0]
+        err.append((local.astype(np.float64) - deq(q[conv2.output[0]], conv2.input[6], conv2.input[7])).ravel())
+    mse = float(np.mean(np.concatenate(err) ** 2))
+    r2 = _rows(res)["r2"]
+    assert r2["mean_squared_error"] == pytest.approx(mse, rel=1e-5)
+    assert r2["rmse_scale"] == pytest.approx(np.sqrt(mse) / float(inits[conv2.input[6]]), rel=1e-5)
+    _static(made, "qdq_l.onnx")
+    qdq = _rows(_run(made, "qdq_l", quantized="qdq_l.onnx", analyses=False))
+    rows = _rows(res)
+    assert {n for n, r in rows.items() if r["kind"] == "activation"} == {n for n, r in qdq.items()
+                                                                        if r["kind"] == "activation"}
+    for name, row in rows.items():
+        for key in ("mean_squared_error", "rmse_scale", "weight_error_share"):
+            if row["kind"] == "activation" and qdq[name][key] is not None:
+                assert row[key] == pytest.approx(qdq[name][key], rel=1e-5), (name, key)
 
 
 def test_dynamic_model_statistics_agree_with_numpy(made):
