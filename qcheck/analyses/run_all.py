@@ -22,12 +22,14 @@ from qcheck.analyses.sensitivity import MAX_WORKERS, Config, ConfigRunner, node_
 from qcheck.analyses.switchable import SwitchableModel, build_switchable
 from qcheck.compute.shards import open_shards
 from qcheck.data.readers import DataSet
-from qcheck.model.runtime import usable_cores
+from qcheck.errors import first_line
+from qcheck.model.runtime import ort_errors, usable_cores
 from qcheck.policy.spec import AnalysesSpec, MetricSpec
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.qdq import read_qdq
 from qcheck.scratch import temp_folder
 
+MAX_BATCH = 8  # samples per run of the emulation model, when the model takes a batch
 # Statistics the analyses add to every tensor row of the node they belong to (see catalog.py).
 NODE_STATISTICS = ("sensitivity_rank", "sensitivity_cosine", "weight_only_cosine", "activation_only_cosine",
                    "recovered_cosine")
@@ -47,7 +49,13 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
     """`metrics`: the policy's metrics; `make_tasks`: fresh task-metric accumulators every configuration is
     scored with (the pipeline gives the one `spec.metric` names, when it is a task metric).
     `emulation`: a switchable model built from a given quantized model (its own scales; `ranges` then are its
-    grids); confirmation, which builds real models from `recipe` and calibrated ranges, is skipped for it."""
+    grids); confirmation, which builds real models from `recipe` and calibrated ranges, is skipped for it.
+
+    Batches: `ConfigRunner` probes the full emulation model with every switch on; a run later in the analyses
+    (a suffix copy, switches off) can still fail in ONNX Runtime on a batch only. Seen on PP-OCR's classifier
+    given as ORT's QDQ model before its Constant nodes were made initializers: "Shape mismatch attempting to
+    re-use buffer. {1,2,1,1} != {4,2,1,1}" in the Identity of a switch's off branch, on an Add broadcasting a
+    Reshape of a constant bias [1,C,1,1] over the batch. Then everything runs again one sample at a time."""
     if spec.metric == "auto":  # a policy's loader resolves auto to the required metric; unresolved: cosine
         spec = replace(spec, metric="cosine")
     timings: dict[str, float] = {}
@@ -60,22 +68,32 @@ def run_analyses(spec: AnalysesSpec, float_path: Path, float_model: onnx.ModelPr
         clock = now
 
     sw = emulation or build_emulation(float_path, float_model, ranges, recipe)
+    batches: list[int] = []
     with open_shards(spec.executor, threads=min(MAX_WORKERS, usable_cores())) as shards:
-        out = _run(spec, sw, float_path, float_model, ranges, recipe, data, metrics, progress, make_tasks,
-                   emulation is not None, shards, lap)
+        args = (spec, sw, float_path, float_model, ranges, recipe, data, metrics, progress, make_tasks,
+                emulation is not None, shards, lap)
+        try:
+            out = _run(*args, max_batch=MAX_BATCH, batches=batches)
+        except ort_errors() as exc:
+            if not batches or batches[0] < 2:
+                raise
+            out = _run(*args, max_batch=1, batches=batches)
+            out["notes"].insert(0, f"samples ran one at a time: ONNX Runtime failed on a batch of {batches[0]} "
+                                   f"inside the emulation model ({first_line(exc)[:300]}); the results are the same, "
+                                   "only slower")
     out["timings"] = timings
     return out
 
 
 def _run(spec: AnalysesSpec, sw: SwitchableModel, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges,
          recipe: Recipe, data: DataSet, metrics: dict[str, MetricSpec], progress, make_tasks, given: bool, shards,
-         lap: Callable[[str], None]) -> dict:
+         lap: Callable[[str], None], max_batch: int, batches: list[int]) -> dict:
+    """The analyses with at most `max_batch` samples per run; the batch chosen is appended to `batches`."""
     samples = list(range(min(spec.samples, len(data))))
-    # A given model's emulation runs one sample at a time: batched, ONNX Runtime failed on a real one (PP-OCR's
-    # classifier quantized by quantize_static: "Shape mismatch attempting to re-use buffer" inside a switch).
-    runner = ConfigRunner(sw, data, samples, metrics, max_batch=1 if given else 8,
+    runner = ConfigRunner(sw, data, samples, metrics, max_batch=max_batch,
                           activation_budget=spec.memory_mb << 20, make_tasks=make_tasks, shards=shards,
                           shards_per_group=spec.shards)
+    batches.append(runner.batch)
     lap("build")
     out: dict = {"samples": len(samples), "batch": runner.batch, "switches": len(sw.switches), "nodes": len(sw.nodes),
                  "metric": spec.metric,

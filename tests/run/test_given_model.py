@@ -106,11 +106,26 @@ def test_analyses_run_on_the_given_models_own_scales(made):
     res = _run(made, "qdq_a", quantized="qdq_a.onnx", analyses={"confirm": True, "samples": 8})
     a = res["analyses"]
     assert a["switches"] == 12 and a["confirm"] is None
+    assert a["batch"] == 8  # the given model's emulation runs its 8 samples in one batch, as qcheck's own
     assert any("confirmation" in n for n in a["notes"])
     assert {n["node"] for n in a["sensitivity"]["nodes"]} == {"conv1", "conv2", "gap", "flatten", "fc"}
     curve = next(c for c in a["curves"]["curves"] if c["label"] == "all quantized")
     assert curve["points"][-1]["tensor"] == "logits"
     assert curve["points"][-1]["cosine"] == pytest.approx(res["model_metrics"]["aggregate"]["cosine"], abs=1e-6)
+
+
+def test_analyses_of_a_qoperator_model_run_on_its_qdq_form(made):
+    """A QOperator model has no pairs to switch: its analyses run on the equivalent QDQ model (given_qoperator), which
+    here computes exactly what ORT's integer kernels do, so they equal the QDQ model's from the same calibration."""
+    _static(made, "qop_a.onnx", quant_format=QuantFormat.QOperator)
+    qop = _run(made, "qop_a", quantized="qop_a.onnx", analyses={"samples": 8})
+    qdq = _run(made, "qdq_a2", quantized=str(_static(made, "qdq_a2.onnx")), analyses={"samples": 8})
+    a, b = qop["analyses"], qdq["analyses"]
+    assert a["switches"] == b["switches"] == 12 and a["batch"] == 8
+    assert [(n["node"], round(n["views"]["node"]["cosine"], 6)) for n in a["sensitivity"]["nodes"]] == \
+        [(n["node"], round(n["views"]["node"]["cosine"], 6)) for n in b["sensitivity"]["nodes"]]
+    curve = next(c for c in a["curves"]["curves"] if c["label"] == "all quantized")
+    assert curve["points"][-1]["cosine"] == pytest.approx(qop["model_metrics"]["aggregate"]["cosine"], abs=1e-6)
 
 
 def _dequantized(model: Path, outputs: list[str], sample: dict) -> dict[str, np.ndarray]:
