@@ -136,14 +136,15 @@ def test_keeping_a_node_float_reads_the_float_tensors_and_weights(made):
     assert _cosine(made, Path(res["output_folder"]) / "model.fixed.onnx") >= 0.9999
 
 
-def test_search_on_a_qoperator_model_is_refused(made, tmp_path):
-    from onnxruntime.quantization import QuantFormat
+def test_search_on_a_dynamic_model_is_refused(made, tmp_path):
+    """A dynamically quantized model has no fixed grids and no pairs to edit: the search is refused, saying why."""
+    from onnxruntime.quantization import quantize_dynamic
 
-    _static(made, "qop_s.onnx", quant_format=QuantFormat.QOperator)
-    policy = write_policy(made / "qop_s.yaml", {
-        "model": "model.onnx", "quantized": "qop_s.onnx", "data": {"calibration": "calib"}, "require": [REQUIRE],
+    quantize_dynamic(str(made / "pre.onnx"), str(made / "dyn_s.onnx"))
+    policy = write_policy(made / "dyn_s.yaml", {
+        "model": "model.onnx", "quantized": "dyn_s.onnx", "data": {"calibration": "calib"}, "require": [REQUIRE],
         "analyses": False, "search": {}, "report": {"out": str(tmp_path / "out"), "formats": ["html"]}})
     with pytest.raises(QcheckError) as err:
         run(load_policy(policy))
     text = str(err.value)
-    assert "qoperator format" in text and "remove `search:`" in text
+    assert "this quantized model is dynamic" in text and "remove `search:`" in text
