@@ -38,6 +38,12 @@ REMEDY_COST_KEY: dict[str, str] = {
     "widen_range": "explicit_range",
 }
 
+# On a quantized model given to qcheck (`quantized:`), each range the search moves is an edit of the exported model
+# (a QAT export's trained grids), whatever the hardware charges for a range (0 on most targets): at least this per
+# tensor, so one tensor re-ranged is cheaper than one int16 tensor (0.5 on cpu), and a calibration method switch,
+# which re-ranges every tensor, costs what it is.
+GIVEN_RANGE_EDIT_COST = 0.1
+
 
 @dataclass
 class TargetProfile:

@@ -35,8 +35,8 @@ from qcheck.errors import ModelError
 from qcheck.model.graph import GraphIndex
 from qcheck.quantize.calibrate import Recipe
 from qcheck.quantize.given_formats import SAME_GRID_OPS, QOp, given_format, qop_spec, weight_axis
-from qcheck.quantize.given_qoperator import qoperator_to_qdq
 from qcheck.quantize.given_match import TensorMatch, adopt_float_names
+from qcheck.quantize.given_qoperator import qoperator_to_qdq
 from qcheck.quantize.qdq import QDQMap, QuantizedTensor, read_qdq
 from qcheck.quantize.schemes import BuiltScheme
 

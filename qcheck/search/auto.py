@@ -6,12 +6,12 @@
 2. find: bisection over the ranked units (the chain or tensor group of each ranked node, keep the first k) and
    over regions (the tail of the topological order from a node on; when only the whole graph passes as a tail,
    the stem up to a node), until some set passes; with each per-unit remedy in turn (float, int16 weights,
-   int16 activations, widened ranges) until one finds a set within the budget;
+   int16 activations, widened ranges, tighter calibrated ranges) until one finds a set within the budget;
 3. prune the passing set to a 1-minimal one by delta debugging: removing any one remaining change breaks a
    requirement (a tail region is first split into its units: chains where nodes share a scale, else nodes, and
    cut to the shortest prefix of them in ranking order that passes);
-4. replace each float remedy by an integer one (int16, a widened range, both) where that still passes and
-   costs less on the target.
+4. replace each float remedy by an integer one (int16, a widened or a tighter range, int16 with a widened range)
+   where that still passes and costs less on the target.
 
 Steps 2-4 judge candidates by *screening* them on the grid emulation model (`screen.py`) when there is one;
 then the result is *confirmed*: the final set, else the 1-minimal one, else the set found, is built with ONNX
@@ -30,12 +30,13 @@ from qcheck.search.evaluate import BudgetExhausted, sort_key
 from qcheck.search.space import Change, counts, unit_changes, within_budget
 
 # what a region or ranked unit gets to find a fix, each in turn until one finds a set within the budget
-FIND_REMEDIES = ("keep_float", "int16_weights", "int16_activations", "widen_range")
+# (explicit_range: the tighter ranges search.explicit_range_from calibrates, where the policy allows it)
+FIND_REMEDIES = ("keep_float", "int16_weights", "int16_activations", "widen_range", "explicit_range")
 Judge = Callable[[tuple[Change, ...]], dict]  # Evaluator.screen or Evaluator.evaluate
 # whole-model starts the search runs from in turn, closest first, until one leads to a confirmed fix: units
 # complete one scheme where they cannot complete another (int16 weights on a16w8 activations, not on per-tensor)
 STARTS = 2
-INTEGER_REMEDIES = (("int16_activations",), ("widen_range",), ("int16_activations", "widen_range"),
+INTEGER_REMEDIES = (("int16_activations",), ("widen_range",), ("explicit_range",), ("int16_activations", "widen_range"),
                     ("int16_activations", "int16_weights"))
 
 
@@ -131,9 +132,8 @@ class Auto(Strategy):
     def _find_with(self, ctx: Context, start: tuple[Change, ...], judge: Judge,
                    remedy: str) -> tuple[Change, ...] | None:
         g = ctx.evaluator.graph
-        units = [u for u in g.units.ranked_units(ctx.ranking, ctx.spec.candidates)
-                 if unit_changes(u, [remedy], g, g.base)]
-        ranked = [Change(remedy, u) for u in units]
+        ranked = _changes(g, remedy, g.units.ranked_units(ctx.ranking, ctx.spec.candidates))
+        units = [c.subject for c in ranked]
         ctx.evaluator.focus([start + tuple(ranked)])
         found = bisect_prefix(ranked, lambda s: judge(start + tuple(s))["passes"])
         if found is not None:
@@ -166,14 +166,14 @@ class Auto(Strategy):
         the whole tail is needed, the shortest stem (from the inputs to a node), both found by bisection; and the
         largest tail (what a failure tried)."""
         g = ctx.evaluator.graph
-        tails = [Change(remedy, f"tail:{n}") for n in g.order if unit_changes(f"tail:{n}", [remedy], g, g.base)]
+        tails = _changes(g, remedy, [f"tail:{n}" for n in g.order])
         largest = tails[0] if tails else None
         # tails[i] covers tails[i+1:]: the largest tail first; find the shortest tail that passes
         shortest = bisect_prefix(tails[::-1], lambda s: judge(start + (s[-1],))["passes"])
         if shortest is None or len(shortest) < len(tails):
             return (shortest[-1] if shortest else None), largest
         # only the whole graph passes as a tail: what it needs may lie near the inputs
-        stems = [Change(remedy, f"stem:{n}") for n in g.order if unit_changes(f"stem:{n}", [remedy], g, g.base)]
+        stems = _changes(g, remedy, [f"stem:{n}" for n in g.order])
         stem = bisect_prefix(stems, lambda s: judge(start + (s[-1],))["passes"])
         return (stem[-1] if stem else shortest[-1]), largest
 
@@ -206,13 +206,14 @@ class Auto(Strategy):
 
 def split_region(region: Change, g, remedy: str) -> list[Change]:
     """A region's units: each node's shared-scale chain where it has one, else the node itself."""
-    out: list[Change] = []
-    for n in g.float_nodes_of(region.subject) if remedy == "keep_float" else g.units.nodes(region.subject):
-        unit = g.units.chain_of(n) or n
-        change = Change(remedy, unit)
-        if change not in out and unit_changes(unit, [remedy], g, g.base):
-            out.append(change)
-    return out
+    nodes = g.float_nodes_of(region.subject) if remedy == "keep_float" else g.units.nodes(region.subject)
+    return list(dict.fromkeys(_changes(g, remedy, [g.units.chain_of(n) or n for n in nodes])))
+
+
+def _changes(g, remedy: str, subjects: list[str]) -> list[Change]:
+    """`remedy` on each subject where it changes something (as `unit_changes` makes it: explicit_range carries the
+    method its ranges come from)."""
+    return [c for s in subjects for c in unit_changes(s, [remedy], g, g.base)]
 
 
 def bisect_prefix(items: list, passes: Callable[[list], bool]) -> list | None:

@@ -17,8 +17,9 @@ import onnx
 
 from qcheck.model.graph import GraphIndex
 from qcheck.policy.spec import SearchBudget
-from qcheck.policy.targets import REMEDY_COST_KEY, TargetProfile
+from qcheck.policy.targets import GIVEN_RANGE_EDIT_COST, REMEDY_COST_KEY, TargetProfile
 from qcheck.quantize.calibrate import METHODS, Recipe, per_tensor_fallbacks, quantizable_op_types
+from qcheck.quantize.given_edit import GIVEN_METHOD
 from qcheck.quantize.schemes import scheme_recipe
 from qcheck.search.units import Units
 
@@ -97,7 +98,7 @@ class Graph:
                 trans_b = any(a.name == "transB" and a.i for a in n.attribute)
                 axis = 0 if n.op_type == "Gemm" and trans_b else WEIGHT_AXIS[n.op_type]
                 self.weights[n.name] = (n.input[1], None if n.input[1] in per_tensor else axis)
-        self.quantizable = set(quantizable_op_types(self.base.exclude_op_types))
+        self.quantizable = self.quantizable_ops(self.base)
         self.neighbours: dict[str, set[str]] = {n: set() for n in self.outputs}
         for n in model.graph.node:
             for i in n.input:
@@ -106,9 +107,17 @@ class Graph:
                     self.neighbours[p].add(n.name)
                     self.neighbours[n.name].add(p)
 
+    def quantizable_ops(self, base: Recipe) -> set[str]:
+        """The op types keep_float can change: those ORT quantizes; on a given model every op type, as a node there
+        that reads dequantized values sees quantized ones whatever its type (a Div or HardSigmoid between pairs;
+        the given base recipe's exclude_nodes hold the nodes that do not)."""
+        if base.calibration == GIVEN_METHOD:
+            return set(self.op_types.values())
+        return set(quantizable_op_types(base.exclude_op_types))
+
     def first_quantizable(self, base: Recipe, n: int) -> list[str]:
         """skip_first: the first n nodes, in topological order, that the base recipe would quantize."""
-        ops = set(quantizable_op_types(base.exclude_op_types))
+        ops = self.quantizable_ops(base)
         return [m for m in self.order if self.op_types[m] in ops and m not in base.exclude_nodes][:n]
 
     def float_nodes_of(self, subject: str, base: Recipe | None = None) -> list[str]:
@@ -240,20 +249,30 @@ def counts(changes: tuple[Change, ...], graph: Graph) -> dict[str, int]:
 
 
 def cost(changes: tuple[Change, ...], graph: Graph, target: TargetProfile) -> float:
-    """What the candidate costs on the target (relative units from the profile; inf when not allowed)."""
+    """What the candidate costs on the target (relative units from the profile; inf when not allowed). On a given
+    quantized model a moved range is an edit of that model: at least GIVEN_RANGE_EDIT_COST per tensor, and a
+    calibration method switch moves every tensor's."""
     n = counts(changes, graph)
+    given = graph.base.calibration == GIVEN_METHOD
     total = 0.0
     if n["float_nodes"]:
         total += target.cost("float_node", n["float_nodes"]) + target.cost("float_island", n["float_islands"])
     if n["int16_tensors"]:
         total += target.cost("int16_tensor", n["int16_tensors"])
     if n["explicit_ranges"]:
-        total += target.cost("explicit_range", n["explicit_ranges"])
+        total += _range_cost(target, "explicit_range", n["explicit_ranges"], given)
     for c in changes:
         key = COST_KEY[c.remedy]
-        if c.remedy in MODEL_REMEDIES and key is not None and c.remedy not in FLOAT_NODE_REMEDIES + ("scheme",):
+        if c.remedy == "calibration_method" and given:
+            total += _range_cost(target, key, max(len(graph.calibrated), 1), given)
+        elif c.remedy in MODEL_REMEDIES and key is not None and c.remedy not in FLOAT_NODE_REMEDIES + ("scheme",):
             total += target.cost(key, 1)
     return total
+
+
+def _range_cost(target: TargetProfile, key: str, tensors: int, given: bool) -> float:
+    value = target.cost(key, tensors)
+    return max(value, GIVEN_RANGE_EDIT_COST * tensors) if given else value
 
 
 def allowed(remedy: str, target: TargetProfile) -> bool:

@@ -8,6 +8,7 @@ test_search.py.
 
 from qcheck.policy.spec import SearchBudget, SearchSpec
 from qcheck.policy.targets import builtin_profile
+from qcheck.quantize.calibrate import Recipe
 from qcheck.search.base import STRATEGIES, Context, select
 from qcheck.search.evaluate import BudgetExhausted
 from qcheck.search.space import Change, cost
@@ -16,6 +17,7 @@ from qcheck.search.space import Change, cost
 class StubGraph:
     def __init__(self, nodes):
         self.outputs = {n: [n + ":0"] for n in nodes}
+        self.base = Recipe()
 
     def islands(self, float_nodes):
         return len(float_nodes)
