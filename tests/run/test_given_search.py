@@ -13,6 +13,7 @@ import pytest
 import yaml
 from helpers import small_cnn, write_npy_samples, write_policy
 from onnx import numpy_helper
+from onnxruntime.quantization import QuantFormat, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from test_given_model import _edit_scale, _static
 
@@ -148,3 +149,77 @@ def test_search_on_a_dynamic_model_is_refused(made, tmp_path):
         run(load_policy(policy))
     text = str(err.value)
     assert "this quantized model is dynamic" in text and "remove `search:`" in text
+
+
+def test_auto_tries_explicit_range_per_unit(made):
+    """auto with explicit_range alone (ranges from minmax on the calibration data ORT made the model from): it tries
+    it on the ranked units, finds r1 re-ranged, and gives r1 back the scale the edit multiplied by 30."""
+    res = _run(made, "auto_ranged", {"remedies": ["explicit_range"], "explicit_range_from": "minmax"})
+    assert res["search"]["strategy"] == "auto" and res["search"]["status"] == "found"
+    chosen = res["search"]["candidates"][res["search"]["chosen"]]
+    assert [c["remedy"] for c in chosen["changes"]] == ["explicit_range"]
+    assert set(res["lock"]["recipe"]["overrides"]) == {"r1"}
+    fixed = onnx.load(str(Path(res["output_folder"]) / "model.fixed.onnx"))
+    assert _pair(fixed, "r1")[0] == pytest.approx(_pair(onnx.load(str(made / "qdq.onnx")), "r1")[0], rel=1e-5)
+
+
+def test_a_calibration_switch_on_a_given_model_costs_a_range_edit_per_tensor(made):
+    """Re-calibrating a given model moves every activation's grid (6 here): 6 x GIVEN_RANGE_EDIT_COST = 0.6 on target
+    cpu, where ranges are otherwise free; int16 on r1 alone costs 0.5. Both pass; the smaller edit is chosen (with a
+    calibration switch at cost 0 the switch won)."""
+    from qcheck.policy.targets import GIVEN_RANGE_EDIT_COST
+
+    res = _run(made, "recal", {"strategy": "greedy", "remedies": ["calibration_method", "int16_activations"]})
+    cands = res["search"]["candidates"]
+    switch = [c for c in cands if [x["remedy"] for x in c["changes"]] == ["calibration_method"] and c["passes"]]
+    assert switch and switch[0]["cost"] == pytest.approx(6 * GIVEN_RANGE_EDIT_COST)
+    chosen = cands[res["search"]["chosen"]]
+    assert [c["remedy"] for c in chosen["changes"]] == ["int16_activations"] and chosen["cost"] == pytest.approx(0.5)
+    assert res["lock"]["recipe"]["overrides"] == {"r1": {"quant_type": "int16"}}
+
+
+def _div_model(path: Path) -> None:
+    """x -> Conv -> Mul(k) -> Div(d) -> Conv -> y: ORT quantizes the Mul's output and not the Div, which then reads
+    the dequantized Mul output (as PP-OCR's hard-swish Divs do)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    arrays = {"w1": rng.standard_normal((8, 3, 3, 3)) * 0.3, "k": np.array(1.5), "d": np.array(6.0),
+              "w2": rng.standard_normal((4, 8, 3, 3)) * 0.2}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c1", "k"], ["m"], name="mul"),
+             helper.make_node("Div", ["m", "d"], ["v"], name="div"),
+             helper.make_node("Conv", ["v", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "div", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_auto_keeps_a_node_float_that_only_reads_dequantized_values(made, tmp_path):
+    """The Mul's grid x0.1 clips m. Keeping the Mul float is not enough: the Div (an op ORT does not quantize) still
+    reads m through its pair, and int16 over the same clipped range clips too. auto makes the Div float with the Mul
+    (the Div is editable on a given model whatever its op type), which reads m unclipped; the fix passes."""
+    from test_given_model import _Reader
+
+    _div_model(tmp_path / "model.onnx")
+    write_npy_samples(tmp_path / "calib", 8)
+    quantize_static(str(tmp_path / "model.onnx"), str(tmp_path / "qdq.onnx"), _Reader(tmp_path / "calib"),
+                    quant_format=QuantFormat.QDQ, per_channel=False)
+    given = onnx.load(str(tmp_path / "qdq.onnx"))
+    assert any(n.op_type == "Div" and n.input[0] != "m" for n in given.graph.node)  # it reads DequantizeLinear(m)
+    _edit_scale(tmp_path / "qdq.onnx", tmp_path / "narrow.onnx", "m", 0.1)
+    policy = write_policy(tmp_path / "p.yaml", {
+        "model": "model.onnx", "quantized": "narrow.onnx", "data": {"calibration": "calib"},
+        "require": ["model.cosine >= 0.999"], "analyses": False, "search": {},
+        "report": {"out": "out", "formats": ["html"]}})
+    res = run(load_policy(policy))
+    assert res["search"]["baseline_verdict"]["status"] == "fail"
+    assert res["search"]["status"] == "found" and res["verdict"]["status"] == "pass"
+    lock = yaml.safe_load((Path(res["output_folder"]) / "policy.lock.yaml").read_text())
+    added = set(lock["recipe"]["exclude_nodes"]) - set(lock["given"]["base_recipe"]["exclude_nodes"])
+    assert "div" in added
+    fixed = onnx.load(str(Path(res["output_folder"]) / "model.fixed.onnx"))
+    assert next(n for n in fixed.graph.node if n.op_type == "Div").input[0] == "m"
