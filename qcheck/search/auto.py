@@ -154,7 +154,11 @@ class Auto(Strategy):
         by_rank = sorted(units, key=lambda c: min((rank.get(n, 1 << 30) for n in g.units.nodes(c.subject)),
                                                   default=1 << 30))
         ctx.evaluator.focus([start + tuple(by_rank)])
-        prefix = bisect_prefix(by_rank, lambda s: judge(start + tuple(s))["passes"]) or units
+        prefix = bisect_prefix(by_rank, lambda s: judge(start + tuple(s))["passes"])
+        if prefix is None:  # its units together do not do what the region does: prune the region's own set
+            ctx.notes.append(f"auto: the region {region.subject} passes with {remedy} but its {len(units)} unit(s) "
+                             "together do not; the region itself was pruned")
+            return start + (region,)
         ctx.notes.append(f"auto: bisection found the region {region.subject} ({len(g.units.nodes(region.subject))} "
                          f"node(s)) with {remedy}; its {len(prefix)} highest-ranked unit(s) of {len(units)} still "
                          f"pass; they were then pruned")
@@ -205,9 +209,15 @@ class Auto(Strategy):
 
 
 def split_region(region: Change, g, remedy: str) -> list[Change]:
-    """A region's units: each node's shared-scale chain where it has one, else the node itself."""
+    """A region's units: each node's shared-scale chain where it links one, else the node itself (the units together
+    change every node the region changes)."""
     nodes = g.float_nodes_of(region.subject) if remedy == "keep_float" else g.units.nodes(region.subject)
-    return list(dict.fromkeys(_changes(g, remedy, [g.units.chain_of(n) or n for n in nodes])))
+
+    def unit(n: str) -> str:  # a node that writes into a chain without linking it (a Conv feeding one) is its own
+        chain = g.units.chain_of(n)
+        return chain if chain is not None and n in g.units.nodes(chain) else n
+
+    return list(dict.fromkeys(_changes(g, remedy, [unit(n) for n in nodes])))
 
 
 def _changes(g, remedy: str, subjects: list[str]) -> list[Change]:

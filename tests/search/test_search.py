@@ -374,3 +374,22 @@ def test_a_search_stopped_by_its_budget_before_trying_a_remedy_asks_for_more_bud
     assert "before it tried keep_float, int16_weights" in stopped["reason"] and "top1 = 0.84" in stopped["reason"]
     assert recommend(tried, spec, cpu, "max_seconds", ["scheme"])["action"] == "quantization-aware training"
     assert recommend(tried, spec, cpu, None, ["scheme", "keep_float"])["action"] == "quantization-aware training"
+
+
+def test_a_regions_units_change_every_node_the_region_changes(tmp_path):
+    """auto splits a passing region into units before pruning it. gap writes into the chain gap -> flat (one grid
+    through Flatten) without linking it (its input r2 is on another grid), so the chain's nodes are flatten alone:
+    gap must stay a unit of its own, or the units together leave it quantized and no longer pass as the region did."""
+    import onnx
+    from helpers import small_cnn
+
+    from qcheck.search.auto import split_region
+
+    model = onnx.load(str(small_cnn(tmp_path / "m.onnx")))
+    g = Graph(model, {"x", "c1", "r1", "c2", "r2", "gap", "flat", "logits"})
+    g.units.chains = {"chain:gap": ["gap", "flat"]}
+    assert g.units.chain_of("gap") == "chain:gap" and g.units.nodes("chain:gap") == ["flatten"]
+    region = Change("keep_float", "tail:relu2")
+    units = split_region(region, g, "keep_float")
+    assert Change("keep_float", "gap") in units and Change("keep_float", "chain:gap") in units
+    assert sorted(n for u in units for n in g.float_nodes_of(u.subject)) == sorted(g.float_nodes_of(region.subject))
