@@ -104,7 +104,7 @@ def test_the_search_fixes_the_unconverged_range_it_names(made):
 
 
 def test_a_new_range_from_the_calibration_data_restores_the_exported_one(made):
-    """explicit_range (greedy: auto does not try it per unit) from minmax on the calibration data: ORT made the unedited model with minmax on the same
+    """explicit_range (greedy) from minmax on the calibration data: ORT made the unedited model with minmax on the same
     data, so the re-ranged r1 gets back the scale the edit multiplied by 30."""
     res = _run(made, "ranged", {"strategy": "greedy", "remedies": ["explicit_range"],
                                     "explicit_range_from": "minmax"})
