@@ -44,11 +44,7 @@ class _Converter:
         self.inits: list[onnx.TensorProto] = []
 
     def unique(self, name: str) -> str:
-        out, k = name, 1
-        while out in self.used:
-            out, k = f"{name}_{k}", k + 1
-        self.used.add(out)
-        return out
+        return _unique(name, self.used)
 
     def float_output(self, q_tensor: str) -> str:
         """The name the float op's output takes: the float model's, else one derived from the integer tensor's."""
@@ -69,11 +65,7 @@ class _Converter:
         return self.dequantized[key]
 
     def unique_node(self, name: str) -> str:
-        out, k = name, 1
-        while out in self.node_names:
-            out, k = f"{name}_{k}", k + 1
-        self.node_names.add(out)
-        return out
+        return _unique(name, self.node_names)
 
     def quantize(self, float_tensor: str, scale: str, zero_point: str, q_tensor: str) -> None:
         self.nodes.append(onnx.helper.make_node("QuantizeLinear", [float_tensor, scale, zero_point], [q_tensor],
@@ -142,6 +134,15 @@ class _Converter:
             if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[1] in self.q.initializers:
                 self.grids[node.output[0]] = (node.input[1], node.input[2])
             self.nodes.append(node)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name_1`, `name_2` ... the first not in `taken` (then added to it)."""
+    out, k = name, 1
+    while out in taken:
+        out, k = f"{name}_{k}", k + 1
+    taken.add(out)
+    return out
 
 
 def qoperator_to_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> onnx.ModelProto:
