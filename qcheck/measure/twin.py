@@ -28,6 +28,8 @@ TWIN_PREFIX = "qcheck_twin::"
 TWIN_W_PREFIX = "qcheck_twin_wq::"
 DQ_WEIGHT_PREFIX = "qcheck_dqw::"
 INPUT_PREFIX = "qcheck_in::"
+DEQUANTIZED_PREFIX = "qcheck_dq::"  # a dequantized copy: apart from INPUT_PREFIX, as a model may read a tensor both
+# as it is and through its Q/DQ pair (ORT's QOperator format: a float reader of a tensor an integer op also reads)
 
 
 @dataclass
@@ -80,7 +82,7 @@ class _Builder:
         """The twin's dequantized copy of activation `t`: the quantized run's integer tensor fed in, and a copy of
         the quantized model's own DequantizeLinear (ORT's kernel: the numbers the quantized nodes read, with no
         float copy of every tensor made in Python)."""
-        name = INPUT_PREFIX + t.name
+        name = DEQUANTIZED_PREFIX + t.name
         if name in self.dequantizers:
             return name
         feed = INPUT_PREFIX + t.q_output
@@ -88,7 +90,7 @@ class _Builder:
         self.graph_inputs[feed] = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
         node = onnx.NodeProto()
         node.CopyFrom(dq)
-        node.name = INPUT_PREFIX + (dq.name or t.name)
+        node.name = DEQUANTIZED_PREFIX + (dq.name or t.name)
         node.input[0] = feed
         del node.output[:]
         node.output.append(name)
