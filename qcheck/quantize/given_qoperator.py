@@ -136,7 +136,9 @@ class _Converter:
         else:
             if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[1] in self.q.initializers:
                 self.grids[node.output[0]] = (node.input[1], node.input[2])
-            self.nodes.append(node)
+            kept = onnx.NodeProto()
+            kept.CopyFrom(node)  # the caller clears the graph the node belongs to
+            self.nodes.append(kept)
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -148,14 +150,34 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
+def _free_float_names(model: onnx.ModelProto) -> None:
+    """A DequantizeLinear that gives float readers an integer op's output writes that tensor's float name (ORT's
+    QOperator format); the float op of the QDQ form writes it instead (what the twin and the search pair by name),
+    so such a DequantizeLinear's output is renamed, in place, to `X_DequantizeLinear_Output` (graph outputs keep
+    theirs)."""
+    inits = {i.name for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    taken = {o for n in model.graph.node for o in n.output} | inits | {i.name for i in model.graph.input}
+    renames: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] not in inits and node.output[0] not in outputs:
+            renames[node.output[0]] = _unique(f"{node.output[0]}_DequantizeLinear_Output", taken)
+            node.output[0] = renames[node.output[0]]
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in renames:
+                node.input[k] = renames[name]
+
+
 def qoperator_to_qdq(qmodel: onnx.ModelProto, float_model: onnx.ModelProto) -> onnx.ModelProto:
     """The QDQ model equivalent to a QOperator model (normalized as `given_edit.normalize_given` leaves it); the
     same bytes for the same input (`qcheck apply` rebuilds a search's edits on it)."""
-    c = _Converter(qmodel, float_model)
-    for node in qmodel.graph.node:
-        c.add(node)
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
+    _free_float_names(out)
+    c = _Converter(out, float_model)
+    for node in list(out.graph.node):
+        c.add(node)
     del out.graph.node[:]
     out.graph.node.extend(c.nodes)
     out.graph.initializer.extend(c.inits)

@@ -147,3 +147,38 @@ def test_a_channels_last_op_leaves_a_qoperator_model_whole_model_only(made):  # 
     given = read_given(m, onnx.load(str(made / "model.onnx")))
     assert given.format == "qoperator" and given.editable is None and given.qmap.tensors
     assert f"node {gap.name}" in given.notes[0] and "whole-model only" in given.notes[0]
+
+
+def test_an_integer_output_that_float_ops_also_read_is_replayed_per_layer(tmp_path):
+    """Conv -> c read by a QLinearConv and by an Exp ORT leaves float: the QOperator model gives the Exp c through a
+    DequantizeLinear that writes the name c. The QDQ form's Conv writes c itself (that DequantizeLinear renamed), so
+    conv1's per-layer twin is found and c has per-layer statistics, as in the QDQ model from the same calibration."""
+    rng = np.random.default_rng(2)
+    arrays = {"w1": rng.standard_normal((4, 3, 3, 3)) * 0.3, "w2": rng.standard_normal((4, 4, 3, 3)) * 0.3}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Exp", ["c"], ["e"], name="exp"),
+             helper.make_node("Conv", ["c", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [vi("e"), vi("y")],
+                              initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    xs = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
+    (tmp_path / "calib").mkdir()
+    for i, x in enumerate(xs):
+        np.save(tmp_path / "calib" / f"{i}.npy", x)
+    rows = {}
+    for fmt in (QuantFormat.QOperator, QuantFormat.QDQ):
+        quantize_static(str(tmp_path / "model.onnx"), str(tmp_path / f"{fmt}.onnx"), _Samples(xs), quant_format=fmt,
+                        per_channel=False)
+        policy = write_policy(tmp_path / f"{fmt}.yaml", {
+            "model": "model.onnx", "quantized": f"{fmt}.onnx", "data": {"calibration": "calib"},
+            "require": ["model.cosine >= 0.9"], "analyses": False, "report": {"out": f"out{fmt}", "formats": ["html"]}})
+        rows[fmt] = {r["name"]: r for r in run(load_policy(policy))["tensors"]}
+    qop = onnx.load(str(tmp_path / f"{QuantFormat.QOperator}.onnx"))
+    assert any(n.op_type == "DequantizeLinear" and n.output[0] == "c" for n in qop.graph.node)
+    assert rows[QuantFormat.QOperator]["c"]["rmse_scale"] is not None
+    assert rows[QuantFormat.QOperator]["c"]["rmse_scale"] == pytest.approx(rows[QuantFormat.QDQ]["c"]["rmse_scale"],
+                                                                            rel=1e-5)
