@@ -157,14 +157,16 @@ class Graph:
 
     def tighter_ranges(self, node: str, base: Recipe) -> dict[str, tuple[float, float]]:
         """explicit_range: the subject's tensors whose explicit range is narrower than the calibrated one
-        (and that the policy does not already give an rmin/rmax)."""
+        (and that the policy does not already give an rmin/rmax). On a given model, whose grids qcheck did not
+        calibrate, any range other than its own: a wider one too (a QAT export's range that clips)."""
+        given = base.calibration == GIVEN_METHOD
         out = {}
         for t in self.tensors_of(node):
             if t not in self.explicit_ranges or {"rmin", "rmax"} & set(base.overrides.get(t, {})):
                 continue
             lo, hi = self.explicit_ranges[t]
             clo, chi = self.calibrated.get(t, (lo, hi))
-            if lo < hi and (lo > clo or hi < chi):
+            if lo < hi and (lo > clo or hi < chi or given and (lo, hi) != (clo, chi)):
                 out[t] = (lo, hi)
         return out
 

@@ -223,3 +223,16 @@ def test_auto_keeps_a_node_float_that_only_reads_dequantized_values(made, tmp_pa
     assert "div" in added
     fixed = onnx.load(str(Path(res["output_folder"]) / "model.fixed.onnx"))
     assert next(n for n in fixed.graph.node if n.op_type == "Div").input[0] == "m"
+
+
+def test_auto_gives_a_clipping_range_the_wider_calibrated_one(made, tmp_path):
+    """r1's grid x0.1 clips it (what a QAT range estimate that stopped too early looks like). explicit_range on a given
+    model takes the range explicit_range_from calibrates even where it is wider than the model's own: auto finds r1,
+    and minmax on the data ORT calibrated the model with gives r1 back its original scale."""
+    _edit_scale(made / "qdq.onnx", made / "narrow_r1.onnx", "r1", 0.1)
+    res = _run(made, "widened_by_range", {"remedies": ["explicit_range"], "explicit_range_from": "minmax"},
+               quantized="narrow_r1.onnx")
+    assert res["search"]["status"] == "found" and res["verdict"]["status"] == "pass"
+    assert set(res["lock"]["recipe"]["overrides"]) == {"r1"}
+    fixed = onnx.load(str(Path(res["output_folder"]) / "model.fixed.onnx"))
+    assert _pair(fixed, "r1")[0] == pytest.approx(_pair(onnx.load(str(made / "qdq.onnx")), "r1")[0], rel=1e-5)
