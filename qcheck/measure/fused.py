@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcheck.measure import kernel
 from qcheck.measure.error_stats import (
     FLOAT32_POWERS,
     DistributionAccumulator,
@@ -114,6 +115,8 @@ def reduce_sample(f: np.ndarray, quant: Quantized, local: np.ndarray | None, wei
             or (local is not None and (l1 is None or local.shape != f.shape or local_acc is None or not local_acc.fused))
             or (weight_only is not None and (w1 is None or weight_only.shape != f.shape or local is None))):
         return False
+    if kernel.available() and (quant.scale is not None or q.dtype == np.float32):
+        return _compiled(f, quant, local, weight_only, whole, local_acc, dist, weight_err, rest_err)
     extremes = None
     if dist is not None and dist.axis is not None and f.ndim > dist.axis:
         extremes = channel_extremes(f, dist.axis)
@@ -143,6 +146,43 @@ def reduce_sample(f: np.ndarray, quant: Quantized, local: np.ndarray | None, wei
             dist.add_moments(f1.size, *mom)
             if extremes is not None:
                 dist.add_extremes(*extremes)
+    return True
+
+
+def _compiled(f: np.ndarray, quant: Quantized, local: np.ndarray | None, weight_only: np.ndarray | None,
+              whole: ErrorAccumulator, local_acc: ErrorAccumulator | None, dist: DistributionAccumulator | None,
+              weight_err: SquaredErrorAccumulator | None, rest_err: SquaredErrorAccumulator | None) -> bool:
+    """`reduce_sample` by the compiled one-pass kernel (measure/kernel.py); False, with nothing added, when a sum is
+    not finite."""
+    axis = dist.axis if dist is not None and dist.axis is not None and f.ndim > dist.axis else None
+    shift = None
+    if dist is not None:  # the accumulator's shift (the first sample's mean), kept only once a sample is added
+        shift = dist.shift if dist.shift is not None else float(f.mean(dtype=np.float64))
+    with_w = weight_only is not None and weight_err is not None and rest_err is not None
+    scale, zp = (quant.scale, quant.zero_point) if quant.scale is not None else (1.0, 0)
+    out, cmin, cmax = kernel.sums(f, quant.values, scale, zp, local, weight_only if with_w else None, shift, axis)
+    fmin, fmax = float(cmin.min()), float(cmax.max())
+    if not (np.all(np.isfinite(out)) and math.isfinite(fmin) and math.isfinite(fmax)):
+        return False
+    n = f.size
+
+    def pair(at: int, sum_qq: float, lo: float = math.nan, hi: float = math.nan) -> SampleSums:
+        sum_e, sum_abs, max_abs, sum_ee, sum_dd, sum_d, sum_aa = (float(v) for v in out[at:at + kernel.N_WHOLE])
+        return SampleSums(n, sum_e, sum_abs, max_abs, sum_ee, max(sum_dd - sum_d * sum_d / n, 0.0), sum_aa, sum_qq,
+                          lo, hi)
+
+    sum_qq = float(out[kernel.SUM_QQ])
+    whole.add_sums(pair(kernel.WHOLE, sum_qq, fmin, fmax), flat_float=f.ravel())
+    if local is not None:
+        local_acc.add_sums(pair(kernel.LOCAL, sum_qq))
+    if with_w:
+        weight_err.add(n, float(out[kernel.WEIGHT_EE]))
+        rest_err.add(n, float(out[kernel.REST_EE]))
+    if dist is not None:
+        dist.shift = shift
+        dist.add_moments(n, *(float(v) for v in out[kernel.MOMENTS:kernel.MOMENTS + 4]))
+        if axis is not None:
+            dist.add_extremes(cmin, cmax)
     return True
 
 

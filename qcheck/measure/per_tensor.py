@@ -53,6 +53,7 @@ from qcheck.model.graph import GraphIndex
 from qcheck.model.runtime import usable_cores
 from qcheck.policy.spec import MetricSpec
 from qcheck.quantize.qdq import QDQMap, QuantizedTensor
+from qcheck.results.layer_columns import DISTRIBUTION_GROUP, PER_LAYER_ERROR, PER_LAYER_GROUP, PER_LAYER_STATISTICS
 
 
 def workers() -> int:
@@ -98,8 +99,7 @@ class TensorRecord:
                                               "zero_point", "per_channel", "range", "calib_min", "calib_max")}
         local = asdict(self.local) if self.local else {}
         whole = asdict(self.whole) if self.whole else {}
-        for key in ("num_elements", "mean_error", "stddev", "max_abs_error", "mean_abs_error", "mean_squared_error",
-                    "rmse", "rmse_scale", "cosine", "sqnr"):
+        for key in PER_LAYER_ERROR:
             out[key] = local.get(key)
         # distribution facts come from the true float model's tensor
         for key in ("clip_fraction", "max_overshoot", "float_min", "float_max", "spread_steps"):
@@ -123,6 +123,7 @@ class Measurement:
     samples: int = 0
     notes: list[str] = field(default_factory=list)
     tasks: dict[str, dict] = field(default_factory=dict)  # task metric name -> qcheck.measure.tasks result
+    not_computed: dict[str, str] = field(default_factory=dict)  # a group of columns left null -> why
     layer_metric_seconds: dict[str, float] = field(default_factory=dict)  # time each layer metric took
 
 
@@ -159,8 +160,10 @@ def measure(
     twin_of: onnx.ModelProto | None = None,
 ) -> Measurement:
     """`tasks`: task metrics (qcheck.measure.tasks), each fed every sample's float and quantized model outputs.
-    `need`: the statistics the rules read (`rules.needed_statistics`); optional statistics no one
-    needs are not computed (None = compute everything). `layer_metrics`: the policy's own per-tensor
+    `need`: every statistic something in the run reads (run/needs.py: the rules, the report's settings, the
+    search); optional statistics no one reads are not computed (None = compute everything), and the per-layer twin
+    runs only when a per-layer column or a per-layer layer metric is read (`Measurement.not_computed` says what was
+    left out and why). `layer_metrics`: the policy's own per-tensor
     statistics, fed the arrays this pass compares (measure.layer_metrics). `fused`: see `reduce_tensor`.
     `memory_mb`: what one sample's measured tensors may take at once (measure.sessions); None: no bound.
     `twin_of`: the QDQ model whose nodes the per-layer twin copies, when `qmodel` has no Q/DQ pairs (a given
@@ -170,6 +173,9 @@ def measure(
     notes: list[str] = []
     activations = [t for t in qmap.tensors.values() if t.kind == "activation"]
     want_dist = need is None or bool(need & set(DISTRIBUTION_STATISTICS))
+    not_computed = skipped_statistics(need, modes, layer_metrics)
+    if PER_LAYER_GROUP in not_computed:
+        modes = [m for m in modes if m != "local"]
     shapes = _shapes(float_model)
     sessions = open_sessions(float_model, qmodel, qmap, activations, shapes, modes,
                              with_weight_twin=need is None or "weight_error_share" in need,
@@ -192,7 +198,8 @@ def measure(
             _measure_sample(data[i], data.samples[i].label, sessions, index, acc, compared, want_dist, pool, fused)
             if progress:
                 progress(i + 1, len(data))
-    records = _activation_records(activations, acc, index, ranges, modes, sessions.twin, want_dist)
+    records = _activation_records(activations, acc, index, ranges, modes, sessions.twin, want_dist,
+                                  not_computed.get(PER_LAYER_GROUP))
     if include_weights:
         records += _weight_records(float_model, qmodel, qmap, index, want_dist, layer_metrics)
     if layer_metrics is not None:
@@ -200,7 +207,29 @@ def measure(
             rec.layer_metrics = layer_metrics.values(rec.name)
     records.sort(key=lambda r: (r.order, r.kind != "activation", r.name))
     return Measurement(records, compared.output_results(), compared.user_results(), len(data), notes,
-                       compared.task_results(), dict(layer_metrics.seconds) if layer_metrics else {})
+                       compared.task_results(), not_computed,
+                       dict(layer_metrics.seconds) if layer_metrics else {})
+
+
+NOT_READ = ("not computed: nothing in this run reads them (no rule of the loaded packs or `rules.inline`, no {what}); "
+            "a rule, layer metric or report setting that names one of them makes qcheck measure them")
+
+
+def skipped_statistics(need: set[str] | None, modes: list[str], layer_metrics: LayerMetrics | None) -> dict[str, str]:
+    """The optional column groups this measurement leaves out, each with the reason the report and CSV give.
+    The per-layer twin is left out only when whole-model mode is on (the float tensor's extent and clipping come
+    from there) and no per-layer column or per-layer (`mode: local`) layer metric is read."""
+    if need is None:
+        return {}
+    out = {}
+    if not need & set(DISTRIBUTION_STATISTICS):
+        out[DISTRIBUTION_GROUP] = NOT_READ.format(what="report setting") + f" ({', '.join(DISTRIBUTION_STATISTICS)})"
+    user_local = layer_metrics is not None and "local" in layer_metrics.modes()
+    if "local" in modes and "whole" in modes and not user_local and not need & set(PER_LAYER_STATISTICS):
+        out[PER_LAYER_GROUP] = NOT_READ.format(what="layer metric in `mode: local`, `report.graph.color_by` or "
+                                                    "search ranking without node sensitivity") + \
+            f" ({', '.join(PER_LAYER_STATISTICS)}); the whole-model columns (whole_*) are measured"
+    return out
 
 
 def _accumulators(activations: list[QuantizedTensor], shapes: dict[str, list], index: GraphIndex,
@@ -326,7 +355,7 @@ def _check_outputs_finite(f_vals: dict, outputs: list[str], index: GraphIndex, l
 
 def _activation_records(activations: list[QuantizedTensor], acc: _Accumulators, index: GraphIndex,
                         ranges: dict[str, tuple[float, float]], modes: list[str], twin: Twin | None,
-                        want_dist: bool) -> list[TensorRecord]:
+                        want_dist: bool, per_layer_skipped: str | None = None) -> list[TensorRecord]:
     records = []
     for t in activations:
         producer = index.producer.get(t.name)
@@ -350,7 +379,7 @@ def _activation_records(activations: list[QuantizedTensor], acc: _Accumulators, 
                 rec.weight_error_share = _share(acc.weight_err[t.name].mean_squared_error(),
                                                 acc.rest_err[t.name].mean_squared_error())
         else:
-            rec.per_layer_missing = "per-layer mode is off (measure.modes)"
+            rec.per_layer_missing = per_layer_skipped or "per-layer mode is off (measure.modes)"
         if producer is not None:
             rec.input_range_ratio = _input_range_ratio(producer, ranges)
         records.append(rec)

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from qcheck.report.graph_layout import GAP_Y, NODE_H, NODE_W, Layout, layout
+from qcheck.results.layer_columns import PER_LAYER_GROUP
 
 MAX_PAGES = 8  # beyond this, the PDF shows the regions around the top findings instead
 PAGE_W, PAGE_H = 900.0, 1150.0  # layout units per PDF page (about 0.57 pt each on A4: 11 px text is 6 pt)
@@ -46,8 +47,14 @@ class NodeView:
 
 
 def color_by_of(results: dict) -> str:
+    """The policy's `report.graph.color_by`; by default per-layer rmse/scale, or the whole-model one when the
+    per-layer statistics were not computed (results.measure.not_computed)."""
     report = (results["policy"]["document"] or {}).get("report") or {}
-    return ((report.get("graph") or {}).get("color_by")) or "rmse_scale"
+    named = (report.get("graph") or {}).get("color_by")
+    if named:
+        return named
+    skipped = (results.get("measure") or {}).get("not_computed") or {}
+    return "whole_rmse_scale" if PER_LAYER_GROUP in skipped else "rmse_scale"
 
 
 def node_views(results: dict, nodes: list[dict], color_by: str) -> list[NodeView]:

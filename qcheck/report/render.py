@@ -20,6 +20,7 @@ from qcheck.report.analysis_plots import analysis_plots
 from qcheck.report.graph_view import graph_view
 from qcheck.report.template_check import check_templates, from_user_template, template_problem
 from qcheck.resources import templates_dir
+from qcheck.results.layer_columns import PER_LAYER_GROUP
 from qcheck.results.next_step import next_step, partial_float_rows
 
 
@@ -155,8 +156,12 @@ def build_context(results: dict) -> dict:
         groups.append({"rule": rules.get(code, {"code": code, "name": items[0]["rule"], "summary": "", "why": "", "fix": ""}),
                        "severity": items[0]["severity"], "findings": items})
     acts = [t for t in results["tensors"] if t["kind"] == "activation"]
-    worst = sorted((t for t in acts if isinstance(t.get("rmse_scale"), float) and math.isfinite(t["rmse_scale"])),
-                   key=lambda t: -t["rmse_scale"])[:25]
+    # without the per-layer twin (nothing read its columns: results.measure.not_computed) the worst are ranked by
+    # the whole-model rmse/scale, and the report says so
+    per_layer_skipped = (results["measure"].get("not_computed") or {}).get(PER_LAYER_GROUP)
+    key = "whole_rmse_scale" if per_layer_skipped else "rmse_scale"
+    worst = sorted((t for t in acts if isinstance(t.get(key), float) and math.isfinite(t[key])),
+                   key=lambda t: -t[key])[:25]
     figures = {k: svg_data_uri(v) for k, v in plots.all_plots(results).items()}
     _, _, measured_worse = partial_float_rows(results)
     graph = graph_view(results)
@@ -166,6 +171,7 @@ def build_context(results: dict) -> dict:
                       "uri": svg_data_uri(plots.layer_metric_per_layer(results, m["name"]))}
                      for m in results["layer_metrics"] if m["chart"]]
     return {"r": results, "graph": graph, "layer_figures": layer_figures, "groups": groups, "worst": worst, "figures": figures,
+            "per_layer_skipped": per_layer_skipped,
             "next_step": next_step(results), "worst_sample": worst_sample(results),
             "measured_worse": {r["label"] for r in measured_worse},
             "odd_values": odd_values(results["tensors"]),

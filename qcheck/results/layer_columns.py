@@ -71,3 +71,12 @@ TENSOR_STATISTICS: dict[str, str] = {
     "whole_cosine": "cosine similarity, whole-model mode",
     "whole_sqnr": "SQNR in dB, whole-model mode",
 }
+
+# The per-layer (local) columns: measured by the per-layer twin (measure/twin.py), which runs only when something in
+# the run reads one of them (run/needs.py); otherwise null, and `per_layer_missing` says why.
+PER_LAYER_ERROR = ("num_elements", "mean_error", "stddev", "max_abs_error", "mean_abs_error", "mean_squared_error",
+                   "rmse", "rmse_scale", "cosine", "sqnr")
+PER_LAYER_STATISTICS = (*PER_LAYER_ERROR, "weight_error_share")
+# the keys of `results.measure.not_computed` (column groups left null when nothing reads them)
+PER_LAYER_GROUP = "per-layer statistics"
+DISTRIBUTION_GROUP = "distribution statistics"

@@ -34,6 +34,8 @@ def _complete(data: dict) -> None:
     data.setdefault("peak_memory_mb", {})
     data.setdefault("layer_metrics", [])
     data.setdefault("graph", [])
+    if isinstance(data.get("measure"), dict):  # files before the twin ran only when read: everything was measured
+        data["measure"].setdefault("not_computed", {})
     # before per-stage peaks: each figure was the process's peak up to the end of that stage
     data.setdefault("peak_memory_method", "cumulative: the process's peak resident memory up to the end of each stage")
     verdict = data.get("verdict")

@@ -103,6 +103,8 @@ class MeasureInfo:
     modes: list[str]
     samples: int
     notes: list[str]
+    not_computed: dict[str, str] = _doc("optional column groups left null in `tensors` because nothing in the run reads "
+                                        "them (qcheck.run.needs), each with the reason", default_factory=dict)
 
 
 @dataclass

@@ -51,10 +51,11 @@ from qcheck.results.schema import (
     QuantizationInfo,
     Results,
 )
-from qcheck.rules.engine import by_recovery, needed_statistics
+from qcheck.rules.engine import by_recovery
 from qcheck.rules.scheme_run import SchemeRun, build_for, judge_built, measure_built, measure_given_built, node_split
 from qcheck.run.load_stage import Loaded, load
 from qcheck.run.memory import StagePeak
+from qcheck.run.needs import statistics_read
 from qcheck.run.output_folder import Origin, OutputDir
 from qcheck.scratch import sweep_temp, temp_folder
 
@@ -183,7 +184,7 @@ def _check(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir, stage
     with stages.stage("measure", console):
         m, qmap, kinds = measure_built(built, policy, float_model, evaluation, ranges,
                                        progress=lambda i, n: console.progress("measure", i, n), tasks=loaded.tasks,
-                                       need=needed_statistics(loaded.rules))
+                                       need=statistics_read(policy, loaded.rules))
         rows = [t.row() for t in m.tensors]
     analyses = _analyses(policy, loaded, built, float_model, ranges, rows, stages, console)
     with stages.stage("rules", console):
@@ -219,7 +220,7 @@ def _check_given(policy: Policy, loaded: Loaded, work: Path, out_dir: OutputDir,
     with stages.stage("measure", console):
         m, rows, kinds = measure_given_built(given, policy, float_model, loaded.evaluation,
                                              progress=lambda i, n: console.progress("measure", i, n),
-                                             tasks=loaded.tasks, need=needed_statistics(loaded.rules))
+                                             tasks=loaded.tasks, need=statistics_read(policy, loaded.rules))
     analyses = None
     if given.editable is not None:  # the emulation model switches Q/DQ pairs (QOperator: its QDQ form; dynamic: none)
         analyses = _analyses(policy, loaded, built, float_model, Ranges("given", given.grid_ranges(), 0), rows,
@@ -387,7 +388,8 @@ def _results(policy: Policy, loaded: Loaded, built, m, qmap, kinds: dict, main_r
         compare=comparison,
         model_metrics=ModelMetrics(aggregate=main_run.aggregate, outputs=m.outputs, user=m.user_metrics, tasks=m.tasks),
         model_statistics=main_run.model_statistics,
-        measure=MeasureInfo(modes=policy.measure.modes, samples=m.samples, notes=m.notes),
+        measure=MeasureInfo(modes=policy.measure.modes, samples=m.samples, notes=m.notes,
+                            not_computed=dict(m.not_computed)),
         tensors=main_run.rows,
         layer_metrics=[LayerMetricInfo(name=name, expr=spec.expression.text if spec.expression is not None else None,
                                        function=spec.function, over=spec.over, mode=spec.mode, chart=spec.chart,

@@ -19,6 +19,9 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+RANKING_READS = ("cosine", "rmse_scale")  # the per-layer columns `rank_nodes` orders by (qcheck.run.needs asks)
+
+
 def rank_nodes(rows: list[dict]) -> list[dict]:
     """[{node, op_type, cosine, rmse_scale, order}] for every node with a measured tensor, worst first;
     cosine and rmse_scale are None for a node none of whose tensors has the statistic."""
