@@ -102,13 +102,14 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     result, chosen, chosen_ranges = run_search(
         policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
         calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m,
-                                           source=prepared.source),
+                                           source=prepared.source, memory_mb=policy.analyses.memory_mb),
         base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
         finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
         make_tasks=lambda: build_tasks(policy, prepared.outputs),
         labels=labels[:len(samples)], findings_of=findings_of,
         proposed=proposed_remedies(findings), flagged=flagged_nodes(findings),
-        reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax"),
+        reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax",
+                                   memory_mb=policy.analyses.memory_mb),
         held_out=([evaluation[i] for i in held], labels[len(samples):]) if n_held else None, build_with=build_with)
     result["ranking_source"] = source
     result["judged_on"] = judged_on(policy.data)

@@ -322,3 +322,26 @@ def test_keep_float_flagged_keeps_every_node_a_warning_proposes_to_float_at_once
     # over the float-node budget it is not tried
     r = run(load_policy(_policy(tmp_path / "b", remedies=("keep_float_flagged",), budget=0)))
     assert r["search"]["status"] == "failed" and r["search"]["trials"] == 1
+
+
+def test_the_searchs_own_calibrations_hold_to_the_policys_memory_mb(tmp_path, monkeypatch):
+    """explicit_range calibrates again with the policy's histogram method: within `analyses.memory_mb`, as the
+    run's own calibration (before, the search's calls used the default 1024 MB)."""
+    from qcheck.search import stage
+
+    seen = []
+    real = stage.calibrate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("memory_mb"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "calibrate", spy)
+    path = _range_policy(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["analyses"] = {"memory_mb": 64, "sensitivity": False, "curves": False, "distributions": False,
+                       "confirm": False}
+    path.write_text(yaml.safe_dump(doc))
+    r = run(load_policy(path))
+    assert r["search"]["status"] == "found"
+    assert seen and all(m == 64 for m in seen)
