@@ -1,8 +1,10 @@
 """The fused chunked reduction (qcheck.measure.fused) gives the statistics the accumulators' own passes give, and
 measuring in groups that fit memory_mb (qcheck.measure.sessions) gives the statistics of one group.
 
-The chunk size is made small here so that every tensor spans several chunks and a remainder: the
-per-chunk sums, the spread merged over chunks, the extent taken from channel extremes are all exercised."""
+Every test runs twice: with the compiled one-pass kernel (qcheck.measure.kernel, numba) and with numpy's chunks
+(what runs without numba). The chunk size is made small here so that every tensor spans several chunks and a
+remainder: the per-chunk sums, the spread merged over chunks, the extent taken from channel extremes are all
+exercised."""
 
 import math
 from dataclasses import asdict
@@ -13,7 +15,7 @@ import pytest
 from helpers import residual_cnn, write_npy_samples
 
 from qcheck.data.readers import open_data
-from qcheck.measure import fused
+from qcheck.measure import fused, kernel
 from qcheck.measure.error_stats import DistributionAccumulator, ErrorAccumulator, SquaredErrorAccumulator
 from qcheck.measure.per_tensor import measure
 from qcheck.model.prepare import load_onnx, prepare_model
@@ -21,6 +23,15 @@ from qcheck.policy.spec import DataSource, Preprocess, QuantizationSpec
 from qcheck.quantize.calibrate import Recipe, build_quantized, calibrate
 from qcheck.quantize.grid import dequantize
 from qcheck.quantize.qdq import read_qdq
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def way(request, monkeypatch):
+    if request.param == "numpy":
+        monkeypatch.setattr(kernel, "numba", None)
+    elif not kernel.available():
+        pytest.skip("numba is not installed")
+    return request.param
 
 
 def _accumulators(scale=0.02):
@@ -142,3 +153,23 @@ def test_measurement_in_groups_that_fit_memory_mb_is_the_same(tmp_path):
     assert not one.notes and any(f"in {groups} groups" in n for n in split.notes)
     assert [r.row() for r in split.tensors] == [r.row() for r in one.tensors]
     assert split.outputs == one.outputs
+
+
+@pytest.mark.parametrize("dtype,zero_point", [(np.int8, -3), (np.int16, 7), (np.uint8, 128)])
+def test_sequence_tensors_and_integer_types(dtype, zero_point):
+    """[N, T, C] tensors (channels on the last axis) and int8/int16/uint8 grids: the sums and the channel extremes
+    are the accumulators' own."""
+    rng = np.random.default_rng(11)
+    info = np.iinfo(dtype)
+    plain = (ErrorAccumulator(scale=0.01, qrange=(-1.0, 1.0)), DistributionAccumulator(channel_axis=2))
+    fast = (ErrorAccumulator(scale=0.01, qrange=(-1.0, 1.0)), DistributionAccumulator(channel_axis=2))
+    for _ in range(2):
+        f = (rng.standard_normal((2, 40, 24)) * 0.3 * np.linspace(0.5, 3, 24)).astype(np.float32)
+        q = np.clip(np.round(f / np.float32(0.01)) + zero_point, info.min, info.max).astype(dtype)
+        plain[0].update(f, dequantize(q, 0.01, zero_point))
+        plain[1].update(f)
+        assert fused.reduce_sample(f, fused.Quantized(q, 0.01, zero_point), None, None, fast[0], None, fast[1],
+                                   None, None)
+    _same(asdict(plain[0].result()), asdict(fast[0].result()))
+    _same(asdict(plain[1].result()), asdict(fast[1].result()), rel=1e-5)
+    assert fast[1].result().channels == 24 and fast[1].cmin.tolist() == plain[1].cmin.tolist()
