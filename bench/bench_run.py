@@ -78,9 +78,21 @@ def make_images(folder: Path, n: int) -> None:
             img.crop((left, top, left + cw, top + ch)).save(folder / f"{i:04d}.png")
 
 
-def policy_for(name: str, tmp: Path, samples: int, analyses: bool) -> Path:
-    """A policy file for `name` whose evaluation data are `samples` images."""
+def per_layer_rules() -> list[str]:
+    """The built-in rules that read a per-layer column (the twin runs for them)."""
+    from qcheck.policy.spec import RulesSpec
+    from qcheck.results.layer_columns import PER_LAYER_STATISTICS
+    from qcheck.rules.packs import load_rules
+
+    return [r.code for r in load_rules(RulesSpec(), "bench") if r.needs & set(PER_LAYER_STATISTICS)]
+
+
+def policy_for(name: str, tmp: Path, samples: int, analyses: bool, whole_rules: bool = False) -> Path:
+    """A policy file for `name` whose evaluation data are `samples` images; `whole_rules`: the built-in rules less
+    those that read per-layer columns (so no per-layer twin runs)."""
     doc = yaml.safe_load((EXAMPLE / "qcheck.yaml").read_text())
+    if whole_rules:
+        doc["rules"] = {"packs": ["builtin"], "disable": per_layer_rules()}
     make_images(tmp / "eval", samples)
     doc["data"]["calibration"] = str(EXAMPLE / "images" / "calibration")
     doc["data"]["evaluation"] = str(tmp / "eval")
@@ -134,21 +146,26 @@ def _add(*pairs: tuple[float, float]) -> tuple[float, float]:
 
 
 def _read_all(values) -> None:
+    """One read of each returned tensor: the float ones and the quantized run's integers (a sum)."""
     for v in values:
         if isinstance(v, np.ndarray) and v.dtype.kind == "f":
             v.sum(dtype=np.float64)
+        elif isinstance(v, np.ndarray) and v.dtype.kind in "iu":
+            v.sum(dtype=np.int64)
 
 
 def floors(policy_path: Path, results: dict) -> dict[str, float]:
     """Seconds of the model runs each stage cannot avoid (see the module docstring)."""
     import onnx
 
+    from qcheck.measure.per_tensor import skipped_statistics
     from qcheck.measure.twin import build_twin
     from qcheck.model.runtime import make_session, with_outputs
     from qcheck.policy.loader import load_policy
     from qcheck.quantize.qdq import read_qdq
-    from qcheck.rules.engine import needed_statistics
+    from qcheck.results.layer_columns import PER_LAYER_GROUP
     from qcheck.run.load_stage import load
+    from qcheck.run.needs import statistics_read
 
     policy = load_policy(policy_path)
     out: dict[str, tuple[float, float]] = {}
@@ -172,8 +189,9 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
         f_sess = make_session(with_outputs(float_model, [t.name for t in acts if t.name not in outputs]), "float",
                               spin=False)
         twin = None
-        if "local" in policy.measure.modes:
-            need = needed_statistics(loaded.rules)
+        need = statistics_read(policy, loaded.rules)  # as the run decides whether the twin runs
+        if "local" in policy.measure.modes and PER_LAYER_GROUP not in skipped_statistics(need, policy.measure.modes,
+                                                                                          None):
             twin = build_twin(qmodel, float_model, qmap, with_weight_twin="weight_error_share" in need)
         q_names = [t.q_output for t in acts] + (sorted(set(twin.inputs.values())) if twin else [])
         q_sess = make_session(with_outputs(qmodel, q_names), "quantized", spin=False)
@@ -184,6 +202,7 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
             for s in samples:
                 _read_all(f_sess.run(None, s))
                 q_vals = dict(zip(q_out, q_sess.run(None, s)))
+                _read_all(q_vals.values())
                 if with_twin and t_sess is not None:
                     _read_all(t_sess.run(None, {k: q_vals[v] for k, v in twin.inputs.items()}))
 
@@ -231,7 +250,8 @@ def one(policy_path: Path) -> dict:
                    "samples": results["measure"]["samples"], "tensors": len(results["tensors"]),
                    "timings": dict(results["timings"], render=results["render_seconds"]),
                    "peak_mb": results["peak_memory_mb"], "method": results.get("peak_memory_method", ""),
-                   "notes": results["measure"].get("notes", []), "cpu": cpu}
+                   "notes": results["measure"].get("notes", []), "cpu": cpu,
+                   "not_computed": results["measure"].get("not_computed", {})}
         figures["floors"] = floors(policy_path, results)
     return figures
 
@@ -250,6 +270,9 @@ def show(name: str, f: dict) -> None:
                  f"{cpu / floor[1]:>6.1f}" if floor and cpu is not None else f"{'-':>6}",
                  f"  {peak:>8.0f}" if peak is not None else f"  {'-':>8}"]
         print(f"{stage:<10} " + " ".join(cells))
+    skipped = f.get("not_computed", {})
+    print(f"{'':<10} per-layer twin: {'not run (no rule reads its columns)' if 'per-layer statistics' in skipped else 'ran'}"
+          f"; distribution statistics: {'not computed' if 'distribution statistics' in skipped else 'computed'}")
     plain = f["floors"].get("measure (float + int8 only)")
     if plain and "measure" in f["timings"] and "measure" in f["cpu"]:
         print(f"{'':<10} measure against the float and int8 runs alone (no twin): {plain[0]:.2f} s wall, ratio "
@@ -265,17 +288,22 @@ def main() -> None:
     ap.add_argument("--samples", default="8,32,128")
     ap.add_argument("--analyses", action=argparse.BooleanOptionalAction, default=False,
                     help="keep the example's analyses (node sensitivity of every node; slow at 128 samples)")
+    ap.add_argument("--whole-rules", action="store_true",
+                    help="the built-in rules less those reading per-layer columns: the per-layer twin does not run")
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: one run, JSON on stdout
     args = ap.parse_args()
     if args.one:
         print("BENCH " + json.dumps(one(args.one)))
         return
-    print(f"load average at start {os.getloadavg()}, {os.cpu_count()} cores")
+    from qcheck.measure import kernel
+
+    print(f"load average at start {os.getloadavg()}, {os.cpu_count()} cores; compiled statistics kernel "
+          f"(numba): {'yes' if kernel.available() else 'no'}")
     jobs = [(str(args.policy), None)] if args.policy else [
         (m, int(n)) for m in args.models.split(",") for n in args.samples.split(",")]
     for name, n in jobs:
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(name) if n is None else policy_for(name, Path(tmp), n, args.analyses)
+            path = Path(name) if n is None else policy_for(name, Path(tmp), n, args.analyses, args.whole_rules)
             proc = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
                                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
