@@ -9,6 +9,9 @@ the float tensor's extent comes from its channel extremes (which the distributio
 are added in float64 and the error's spread is merged over chunks with Chan et al.'s formula, so the numbers
 are those of the separate passes to float32 rounding (tests/measure/test_fused.py compares them).
 
+With numba installed, `reduce_sample` hands the arrays to the compiled kernel (measure/kernel.py: every sum in
+one pass, no chunk loop in Python); the numpy chunks below are what runs without it.
+
 Only float32 tensors with a scalar scale and range take this path (every activation ORT quantizes per
 tensor); the rest, and any sample with a non-finite sum, are left to the accumulators' own `update`.
 """

@@ -9,7 +9,8 @@ Three ONNX Runtime sessions run on each evaluation sample:
 - a *twin* model for per-layer ("local") mode, as in TFLite's debugger (measure/twin.py): a float
   copy of each quantized node, fed with the inputs the quantized node saw in the
   quantized run (its integers, dequantized inside the twin) and with the float weights. Comparing the
-  twin's output with the quantized node's output isolates the error that node adds.
+  twin's output with the quantized node's output isolates the error that node adds. It runs only when
+  something reads a per-layer column (`need`, from run/needs.py; `skipped_statistics`).
 
 Whole-model mode compares the float model's tensor with the quantized run's,
 so errors accumulate along the graph. Weights are compared directly:
@@ -19,8 +20,9 @@ Statistics accumulate per sample (`error_stats.ErrorAccumulator`), so memory hol
 one sample's tensors at a time, and no more of them than `memory_mb` allows (measure/sessions.py:
 beyond it, the tensors are measured in groups). Per sample, `reduce_tensor` is the one place a
 tensor's arrays (float, quantized, per-layer twin) are read: every statistic's sums are taken there in
-one chunked pass (measure/fused.py), on as many threads as there are cores (tensors are independent;
-the results do not depend on the threads' order).
+one compiled pass (measure/kernel.py; numpy chunks without numba: measure/fused.py), on as many threads as
+there are cores (tensors are independent; the kernel releases the GIL; the results do not depend on the
+threads' order).
 """
 
 from __future__ import annotations
