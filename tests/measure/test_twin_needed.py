@@ -82,3 +82,22 @@ def test_what_a_run_reads(tmp_path):
     # the search ranks nodes by per-layer statistics when node sensitivity does not rank them
     assert {"cosine", "rmse_scale"} <= read(analyses=False, search={"strategy": "greedy"})
     assert "cosine" not in read(search={"strategy": "greedy"})
+
+
+def test_a_layer_metric_in_local_mode_keeps_the_twin(tmp_path):
+    from qcheck.measure.layer_metrics import LayerMetrics
+    from qcheck.measure.per_tensor import skipped_statistics
+    from qcheck.policy.spec import LayerMetricSpec
+    from qcheck.results.layer_columns import DISTRIBUTION_GROUP
+
+    modes = ["local", "whole"]
+    local = LayerMetrics({"m": LayerMetricSpec(name="m", mode="local")}, tmp_path)
+    whole = LayerMetrics({"m": LayerMetricSpec(name="m", mode="whole")}, tmp_path)
+    assert PER_LAYER_GROUP not in skipped_statistics({"whole_cosine"}, modes, local)
+    assert PER_LAYER_GROUP in skipped_statistics({"whole_cosine"}, modes, whole)
+    assert PER_LAYER_GROUP not in skipped_statistics({"rmse_scale"}, modes, None)
+    assert skipped_statistics(None, modes, None) == {}  # no `need`: everything
+    # per-layer mode alone: the twin is all there is, it runs
+    assert PER_LAYER_GROUP not in skipped_statistics({"whole_cosine"}, ["local"], None)
+    assert DISTRIBUTION_GROUP in skipped_statistics({"whole_cosine"}, modes, None)
+    assert DISTRIBUTION_GROUP not in skipped_statistics({"kurtosis"}, modes, None)
