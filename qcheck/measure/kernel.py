@@ -4,7 +4,7 @@ measure/fused.py walks a tensor's arrays in cache-sized chunks, but each chunk s
 calls (a difference, its sum, its square sum, ...), one after the other. These kernels (compiled by numba,
 cached on disk after the first run) read each element once and add it to every sum at once: `_whole` reads
 the float tensor and the quantized integers (the whole-model error sums, the quantized tensor's square sum,
-the float tensor's shifted moments and per-channel extremes); `_local_split` reads the per-layer twin's output,
+the float tensor's shifted moments and per-channel extremes); `_local` reads the per-layer twin's output,
 the weights-only twin's and the integers again (one byte each) for the per-layer sums and the weights' share.
 
 Sums are taken in float64 from float32 elements (the difference of two float32 values is exact in float64),
@@ -101,28 +101,10 @@ def _whole(f, q, s32, z32, ce, shift, out, cmin, cmax):  # pragma: no cover - co
     out[MOMENTS], out[MOMENTS + 1], out[MOMENTS + 2], out[MOMENTS + 3] = m1, m2, m3, m4
 
 
-def _local(a, q, s32, z32, ce, out):  # pragma: no cover - compiled
-    """The per-layer twin's output `a` (flat float32) against the quantized run's: out[LOCAL:LOCAL + N_WHOLE]."""
-    s_e = s_abs = s_ee = s_dd = s_d = s_ff = 0.0
-    mx = np.int32(0)
-    for i in range(a.size):
-        fv = np.float64(a[i])
-        qv = np.float64((np.float32(q[i]) - z32) * s32)
-        e = fv - qv
-        s_e += e
-        s_abs += abs(e)
-        s_ee += e * e
-        d = e - ce
-        s_dd += d * d
-        s_d += d
-        s_ff += fv * fv
-        mx = max(mx, bits(np.float32(abs(e))))
-    out[7], out[8], out[9], out[10], out[11], out[12], out[13] = s_e, s_abs, mx, s_ee, s_dd, s_d, s_ff
-
-
-def _local_split(a, w, q, s32, z32, ce, out):  # pragma: no cover - compiled
-    """`_local` and, in the same read, the weights' part of the error (twin - weights-only twin `w`) and the
-    rest (weights-only twin - quantized) as square sums."""
+def _local(a, w, q, s32, z32, ce, out):  # pragma: no cover - compiled
+    """The per-layer twin's output `a` (flat float32) against the quantized run's: out[LOCAL:LOCAL + N_WHOLE]; and,
+    in the same read, the weights' part of the error (twin - weights-only twin `w`) and the rest (weights-only
+    twin - quantized) as square sums (without a weights-only twin, `w` is `a` and the caller ignores them)."""
     s_e = s_abs = s_ee = s_dd = s_d = s_ff = 0.0
     wee = ree = 0.0
     mx = np.int32(0)
@@ -160,7 +142,7 @@ if numba is not None:
     _jit = numba.njit(cache=True, nogil=True, fastmath=True)
     bits = intrinsic(_bits)
     ordered = _jit(_ordered)
-    _whole_c, _local_c, _local_split_c, _mean_error_c = (_jit(fn) for fn in (_whole, _local, _local_split, _mean_error))
+    _whole_c, _local_c, _mean_error_c = (_jit(fn) for fn in (_whole, _local, _mean_error))
 
 def as_3d(a: np.ndarray, axis: int | None) -> np.ndarray:
     """A C-contiguous array viewed as (outer, channels, inner) around `axis` (None: one channel)."""
@@ -184,11 +166,10 @@ def sums(f: np.ndarray, q: np.ndarray, scale: float, zero_point: int, local: np.
     _whole_c(f3, q3, s32, z32, _mean_error_c(f1, q1, s32, z32), float(shift or 0.0), out, cmin, cmax)
     if local is not None:
         l1 = np.ascontiguousarray(local).reshape(-1)
-        ce = _mean_error_c(l1, q1, s32, z32)
-        if weight_only is not None:
-            _local_split_c(l1, np.ascontiguousarray(weight_only).reshape(-1), q1, s32, z32, ce, out)
-        else:
-            _local_c(l1, q1, s32, z32, ce, out)
+        w1 = np.ascontiguousarray(weight_only).reshape(-1) if weight_only is not None else l1
+        _local_c(l1, w1, q1, s32, z32, _mean_error_c(l1, q1, s32, z32), out)
+        if weight_only is None:
+            out[WEIGHT_EE] = out[REST_EE] = 0.0
     for at in (WHOLE + 2, LOCAL + 2):  # the largest |error|, kept as its float32 bits
         out[at] = float(np.int32(out[at]).view(np.float32))
     return out, _from_ordered(cmin), _from_ordered(cmax)

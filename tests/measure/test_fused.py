@@ -173,3 +173,16 @@ def test_sequence_tensors_and_integer_types(dtype, zero_point):
     _same(asdict(plain[0].result()), asdict(fast[0].result()))
     _same(asdict(plain[1].result()), asdict(fast[1].result()), rel=1e-5)
     assert fast[1].result().channels == 24 and fast[1].cmin.tolist() == plain[1].cmin.tolist()
+
+
+def test_the_per_layer_pair_without_a_weights_only_twin():
+    """weight_error_share not read: the twin has no weights-only copy; the per-layer sums are the same."""
+    rng = np.random.default_rng(5)
+    plain, fast = _accumulators(), _accumulators()
+    for _ in range(2):
+        f, q, quant, local, _ = _samples(rng, 0, True)
+        plain[0].update(f, q)
+        plain[1].update(local, q)
+        assert fused.reduce_sample(f, quant, local, None, fast[0], fast[1], None, None, None)
+    for p, g in zip(plain[:2], fast[:2]):
+        _same(asdict(p.result()), asdict(g.result()))
