@@ -5,9 +5,9 @@
 
 On the example's real tensors (float model, quantized run, per-layer twin), CPU seconds per sample of:
 the float and quantized runs with every measured tensor exposed; the twin's run; and the reduction of
-every tensor's statistics done two ways on the same arrays, alternating so that both see the same machine
-load: fused (qcheck.measure.fused: one chunked pass per tensor) and each accumulator's own passes (the
-computation measurement used before, still its fallback). Single-threaded reductions: CPU time is the cost
+every tensor's statistics done three ways on the same arrays, alternating so that all see the same machine
+load: the compiled one-pass kernel (qcheck.measure.kernel, what runs), numpy chunks (qcheck.measure.fused, what
+runs without numba) and each accumulator's own passes (the fallback for what neither takes). Single-threaded reductions: CPU time is the cost
 whatever the cores. Prints the machine's load; asserts nothing.
 """
 
@@ -59,9 +59,13 @@ def main() -> None:
         shapes = per_tensor._shapes(fm)
         sessions = open_sessions(fm, qm, qmap, acts, shapes, policy.measure.modes, "weight_error_share" in need, None)
         group = sessions.groups[0]
-        cpu = {"float + int8 runs": 0.0, "twin run": 0.0, "reduce, fused": 0.0, "reduce, own passes": 0.0}
+        from qcheck.measure import kernel
+
+        compiled = kernel.numba
+        labels = {"compiled": "reduce, compiled kernel", "chunks": "reduce, numpy chunks", "own": "reduce, own passes"}
+        cpu = {"float + int8 runs": 0.0, "twin run": 0.0, **dict.fromkeys(labels.values(), 0.0)}
         accs = {way: per_tensor._accumulators(acts, shapes, per_tensor.GraphIndex(fm), sessions.twin, True)
-                for way in (True, False)}
+                for way in labels}
         for i in range(args.samples):
             sample = loaded.evaluation[i]
             c0 = time.process_time()
@@ -80,16 +84,21 @@ def main() -> None:
                 local = t_vals.get(group.twin.outputs.get(t.name, ""))
                 w_only = t_vals.get(group.twin.weight_outputs.get(t.name, "")) if local is not None else None
                 jobs.append((t, ref, q_vals[t.q_output], local, w_only))
-            for way in ((True, False) if i % 2 == 0 else (False, True)):
+            order = list(labels) if i % 2 == 0 else list(labels)[::-1]
+            for way in order:
+                kernel.numba = compiled if way == "compiled" else None
                 c0 = time.process_time()
                 for t, ref, q, local, w_only in jobs:
-                    per_tensor.reduce_tensor(per_tensor.TensorSample(t, ref, q, local, w_only), accs[way], True, way)
-                cpu["reduce, fused" if way else "reduce, own passes"] += time.process_time() - c0
+                    per_tensor.reduce_tensor(per_tensor.TensorSample(t, ref, q, local, w_only), accs[way], True,
+                                             way != "own")
+                if i > 0:  # the first sample loads the compiled kernel from numba's cache: not counted
+                    cpu[labels[way]] += time.process_time() - c0
+            kernel.numba = compiled
         elements = sum(j[1].size for j in jobs)
     print(f"{args.model}: {len(jobs)} activations, {elements / 1e6:.1f} M float elements per sample, "
           f"{args.samples} samples; CPU seconds per sample:")
     for k, v in cpu.items():
-        print(f"  {k:<20} {v / args.samples:6.3f}")
+        print(f"  {k:<24} {v / max(args.samples - (1 if k.startswith('reduce') else 0), 1):6.3f}")
     print(f"load average at end {os.getloadavg()}")
 
 
