@@ -16,9 +16,10 @@ models and samples, plus one read of every tensor it measures:
 - quantize: writing the quantized model once;
 - measure: decoding the evaluation samples, the float model with every measured tensor exposed +
   the quantized model with every measured tensor exposed over them, plus one read (a sum) of each
-  returned float tensor; in per-layer mode (measure.modes: local) also the per-layer twin (a float copy
-  of each quantized node fed the quantized run's inputs: a model run per-layer statistics cannot avoid)
-  and one read of its outputs. The floor without the twin is printed on its own line;
+  returned tensor, float and integer; when the run runs the per-layer twin (something reads a per-layer
+  column: qcheck.run.needs, as the run decides) also the twin (a float copy of each quantized node fed the
+  quantized run's inputs: a model run per-layer statistics cannot avoid) and one read of its outputs. The
+  floor without the twin is printed on its own line, and whether the twin ran;
 - analyses: one float pass over its samples for each node ranked (suffix copies can run below it);
   load, quantize, rules and render run no model: no floor.
 
@@ -27,6 +28,7 @@ scales so that 128 samples differ); calibration is the example's 10 images. Mode
 (PP-OCRv4 detector at 320x320; its analyses with --analyses), the same detector at
 384x384 and the PP-OCRv4 recognizer at 48x320 from the rapidocr-onnxruntime wheel (fetched by
 qcheck's own `fetch:`; copied from $QCHECK_BENCH_MODELS, default /work/models, when there).
+`--whole-rules`: the built-in rules less those that read per-layer columns, so the twin does not run.
 Prints figures and the machine's load; asserts nothing.
 """
 
