@@ -139,7 +139,8 @@ def _mean_error(a, q, s32, z32):  # pragma: no cover - compiled
 
 
 if numba is not None:
-    _jit = numba.njit(cache=True, nogil=True, fastmath=True)
+    # reassociation lets the sums vectorize; no nnan/ninf: a NaN or infinity must still show in the sums
+    _jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     bits = intrinsic(_bits)
     ordered = _jit(_ordered)
     _whole_c, _local_c, _mean_error_c = (_jit(fn) for fn in (_whole, _local, _mean_error))
