@@ -40,12 +40,15 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                reach_of: Callable[[], Ranges] | None = None,
                held_out: tuple[list[dict], list[str]] | None = None,
                build_with: Callable[[Ranges, Recipe, Path], Path] | None = None,
+               shards=None, shards_per_group: int | None = None, memory_mb: int | None = None,
                ) -> tuple[dict, Recipe | None, Ranges | None]:
     """Search; returns (the search's results as plain data, the chosen recipe and its ranges, or None, None).
     `held_out`: samples (and their labels) the search never sees; the chosen candidate, or the policy's recipe
     when none is chosen, is judged on them (`result["holdout"]`). `build_with(ranges, recipe, path)`: builds a
     candidate instead of ORT's quantizer from the float model (a given model's edits, `quantize.given_edit`);
-    such candidates are all built (the screening model emulates qcheck's own grids and weights, not theirs)."""
+    such candidates are all built (the screening model emulates qcheck's own grids and weights, not theirs).
+    `shards`, `shards_per_group`, `memory_mb`: where candidates known in advance are screened together
+    (`Evaluator.screen_many`; the policy's analyses.executor, analyses.shards, analyses.memory_mb)."""
     by_method = {ranges.method: ranges}
 
     def ranges_for(method: str) -> Ranges:
@@ -63,7 +66,8 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         range_notes.append("widen_range: ranges widened to what the evaluation data reach are set from the data the "
                            "candidates are judged on; confirm such a fix on data it has not seen")
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
-                   spec.budget, workdir, log, make_tasks, labels, findings_of)
+                   spec.budget, workdir, log, make_tasks, labels, findings_of, shards=shards,
+                   shards_per_group=shards_per_group, memory_mb=memory_mb)
     if build_with is not None:
         ev.build = lambda recipe, path: build_with(ranges_for(recipe.calibration), recipe, path)
     _find_chains(ev, graph, float_model, base)
@@ -77,6 +81,9 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     STRATEGIES[spec.strategy]().run(ctx)
     ctx.notes += untried_remedies(spec.remedies, ev.candidates, ctx.notes, ev.stopped_by)
     effects = finding_effects(ev, proposed or {}, ctx.usable)
+    if ev.built_screener is not None and ev.built_screener.over_memory:
+        ctx.notes.append(f"screening: one batch of samples with its reference's values exceeds analyses.memory_mb "
+                         f"({memory_mb} MB); it was sent to the workers whole")
 
     chosen = select(ev.candidates)
     built = confirmed(ev.candidates)
@@ -150,16 +157,20 @@ def finding_effects(ev: Evaluator, proposed: dict[str, list[str]], usable: list[
     built = confirmed(ev.candidates)
     if not built or built[0]["passes"] or not math.isfinite(built[0]["shortfall"]) or ev.screener is None:
         return {}
-    out = {}
+    tried = {}
     for node, remedies in list(proposed.items())[:FINDING_NODES]:
         changes = unit_changes(node, [r for r in remedies if r in usable], ev.graph, ev.graph.base)[:1]
-        if not changes:
-            continue
-        try:
-            cand = ev.screen(changes)
-        except BudgetExhausted:
-            break
-        if math.isfinite(cand["shortfall"]):
+        if changes:
+            tried[node] = tuple(changes)
+    try:  # every one is screened: together, in shards (`Evaluator.screen_many`)
+        ev.screen_many(list(tried.values()))
+    except BudgetExhausted:  # those screened before the budget ran out still count
+        pass
+    out = {}
+    for node, changes in tried.items():
+        key = ev.recipe(changes).key()
+        cand = ev.screened.get(key) or ev.by_key.get(key)
+        if cand is not None and math.isfinite(cand["shortfall"]):
             out[node] = round(built[0]["shortfall"] - cand["shortfall"], 6)
     return out
 
@@ -187,7 +198,11 @@ def _screening_figures(ev: Evaluator) -> dict | None:
     n = sum(c["figure"] == "screened" for c in ev.candidates)
     return {"candidates": n, "batch": sc.batch, "runs": sc.runs, "seconds": round(sc.seconds, 3),
             "float_pass_seconds": round(ev.float_seconds, 4),
-            "float_passes_per_candidate": round(sc.seconds / n / ev.float_seconds, 3) if n and ev.float_seconds else None}
+            "float_passes_per_candidate": round(sc.seconds / n / ev.float_seconds, 3) if n and ev.float_seconds else None,
+            # where candidates screened together ran (Evaluator.screen_many); groups: references' data sent out,
+            # more than one per reference when analyses.memory_mb split them
+            "shards": {**ev.shards.describe(), "per_group": ev.shards_per_group or ev.shards.workers}
+            if ev.shards is not None else None}
 
 
 def _find_chains(ev: Evaluator, graph: Graph, float_model: onnx.ModelProto, base: Recipe) -> None:

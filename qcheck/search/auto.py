@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qcheck.search.base import Context, Strategy, register
-from qcheck.search.evaluate import BudgetExhausted, sort_key
+from qcheck.search.evaluate import BudgetExhausted, Lookahead, sort_key
 from qcheck.search.space import Change, counts, unit_changes, within_budget
 
 # what a region or ranked unit gets to find a fix, each in turn until one finds a set within the budget
@@ -78,7 +78,9 @@ class Auto(Strategy):
         if found is None:
             return None
         ev.focus([found])
-        minimal = tuple(ddmin(list(found), lambda s: judge(tuple(s))["passes"]))
+        if judge == ev.screen and ev.shards is not None:  # a level's subsets screened together, in shards
+            judge = Lookahead(ev, ev.shards.workers)
+        minimal = tuple(ddmin(list(found), lambda s: judge(tuple(s))["passes"], getattr(judge, "announce", None)))
         ev.focus([minimal] + [self._integer_variant(ctx, minimal, c, combo) for c in minimal
                               for combo in INTEGER_REMEDIES])
         final = self._integer(ctx, minimal, judge)
@@ -240,17 +242,22 @@ def bisect_prefix(items: list, passes: Callable[[list], bool]) -> list | None:
     return items[:hi]
 
 
-def ddmin(items: list, passes: Callable[[list], bool]) -> list:
-    """Delta debugging (Zeller): a 1-minimal subset of a passing `items` (removing any one element fails)."""
+def ddmin(items: list, passes: Callable[[list], bool], announce: Callable[[list], None] | None = None) -> list:
+    """Delta debugging (Zeller): a 1-minimal subset of a passing `items` (removing any one element fails).
+    `announce(sets)`: told the sets a level will ask `passes` about, in order, before it asks."""
     n = 2
     while len(items) >= 2:
         size = -(-len(items) // n)
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        if announce and len(chunks) > 2:
+            announce(chunks)
         for chunk in chunks:
             if len(chunks) > 2 and passes(chunk):  # (with two chunks, a chunk is the other's complement)
                 items, n = chunk, 2
                 break
         else:
+            if announce:
+                announce([[x for x in items if x not in chunk] for chunk in chunks])
             for chunk in chunks:
                 rest = [x for x in items if x not in chunk]
                 if rest and passes(rest):

@@ -68,8 +68,12 @@ class Evaluator:
                  finding_counts: dict, target: TargetProfile, graph: Graph, budget: SearchBudget, workdir: Path,
                  log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
                  labels: list[str] | None = None,
-                 findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None, workers: int | None = None):
+                 findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None, workers: int | None = None,
+                 shards=None, shards_per_group: int | None = None, memory_mb: int | None = None):
+        """`shards`: where `screen_many` runs candidates (qcheck.compute.shards; default: threads of this process),
+        `shards_per_group` shards per reference, each group's data sent in parts of at most `memory_mb`."""
         self.float_path, self.ranges_for, self.base = float_path, ranges_for, base
+        self.shards, self.shards_per_group, self.memory_mb = shards, shards_per_group, memory_mb
         self.workers = max(1, workers or usable_cores())  # candidates built and judged at once (evaluate_many)
         # findings_of: the candidate measured per tensor and the rule packs evaluated on it -> its finding counts.
         # Given only when a `require:` line names findings.* (it costs a per-tensor measurement per candidate).
@@ -204,14 +208,65 @@ class Evaluator:
             return self.evaluate(changes)
         if self.exhausted(screened=True):
             raise BudgetExhausted(self.stopped_by)
-        cand = self._record(changes, key, "screened")
         try:  # a grid ORT cannot compute (the build would fail the same way) is recorded like a failed build
-            reference = self.screener.config(self.recipe(tuple(c for c in changes if c.subject == MODEL)))
-            got = self.screener.run(self.screener.config(recipe), reference)
-            cand.update({**self._verdict(got, self.finding_counts), "findings_measured": False, "size_bytes": None})
+            outcome = self.screener.run(*self._screen_configs(changes))
         except candidate_errors() as exc:
-            cand.update(_failed_build(exc, len(self.require)))
+            outcome = error_text(exc)
+        return self._record_screened(key, changes, outcome)
+
+    def _screen_configs(self, changes: tuple[Change, ...]) -> tuple:
+        """The candidate's grid setting and its reference's: its whole-model changes (it runs from its first
+        difference from them on)."""
+        reference = self.screener.config(self.recipe(tuple(c for c in changes if c.subject == MODEL)))
+        return self.screener.config(self.recipe(changes)), reference
+
+    def _record_screened(self, key: str, changes: tuple[Change, ...], outcome: list[dict] | str) -> dict:
+        """A screened candidate from its outputs per sample, or the text of the error ORT refused it with."""
+        cand = self._record(changes, key, "screened")
+        cand.update(_failed_build(outcome, len(self.require)) if isinstance(outcome, str) else
+                    {**self._verdict(outcome, self.finding_counts), "findings_measured": False, "size_bytes": None})
         return self._add(cand, changes, self.screened)
+
+    def screen_many(self, sets: list[tuple[Change, ...]]) -> list[dict]:
+        """`screen` for each change set, the screened ones as shards on `self.shards` (`Screener.run_many`: one
+        group per reference, the candidates split into shards), those screening cannot express built
+        (`evaluate_many`); recorded in the order given, so ids, log and figures are those of screening them one by
+        one, wherever the shards ran. Raises BudgetExhausted, after recording what ran, when the budget is spent."""
+        sets = [tuple(sorted(set(changes))) for changes in sets]
+        if self.screener is None:
+            return self.evaluate_many(sets)
+        start = 0
+        while start < len(sets):  # runs of screenable and of built sets, in order
+            screenable = self.screener.screenable(self.recipe(sets[start]))
+            end = start + 1
+            while end < len(sets) and self.screener.screenable(self.recipe(sets[end])) == screenable:
+                end += 1
+            (self._screen_run if screenable else self.evaluate_many)(sets[start:end])
+            start = end
+        return [self.by_key.get(key) or self.screened[key] for key in (self.recipe(c).key() for c in sets)]
+
+    def _screen_run(self, sets: list[tuple[Change, ...]]) -> None:
+        todo: dict[str, tuple[Change, ...]] = {}
+        for changes in sets:
+            key = self.recipe(changes).key()
+            if key not in self.by_key and key not in self.screened:
+                todo.setdefault(key, changes)
+        if not todo:
+            return
+        if self.exhausted(screened=True):
+            raise BudgetExhausted(self.stopped_by)
+        outcomes: dict[str, list[dict] | str] = {}
+        pairs: list = []
+        for key, changes in todo.items():
+            try:  # as in `screen`
+                pairs.append((key, self._screen_configs(changes)))
+            except candidate_errors() as exc:
+                outcomes[key] = error_text(exc)
+        memory = self.memory_mb << 20 if self.memory_mb else None
+        got = self.screener.run_many([p for _, p in pairs], self.shards, self.shards_per_group, memory)
+        outcomes.update(zip((key for key, _ in pairs), got))
+        for key, changes in todo.items():
+            self._record_screened(key, changes, outcomes[key])
 
     def focus(self, sets: list[tuple[Change, ...]]) -> None:
         """Screening is about to try subsets and variants of these change sets (all on the whole-model changes of
@@ -325,6 +380,28 @@ class Evaluator:
         return float(figures["median_ms"])
 
 
+class Lookahead:
+    """A judge (`Evaluator.screen`) for a loop that asks about change sets one at a time, in an order announced in
+    advance (a level of delta debugging): asked about one, it screens it and the next ones, as many as the shards
+    run at once, together (`Evaluator.screen_many`). The loop gets the answers it gets one at a time; at most
+    `width - 1` candidates are screened that the loop then does not ask about."""
+
+    def __init__(self, ev: Evaluator, width: int):
+        self.ev, self.width, self.coming = ev, max(1, width), []
+
+    def announce(self, sets: list) -> None:
+        self.coming = [tuple(sorted(set(s))) for s in sets]
+
+    def __call__(self, changes: tuple[Change, ...]) -> dict:
+        changes = tuple(sorted(set(changes)))
+        screener = self.ev.screener
+        if self.width > 1 and changes in self.coming and screener is not None:
+            i = self.coming.index(changes)
+            # only what screening expresses: a candidate built for real counts against max_trials, so none ahead
+            self.ev.screen_many([s for s in self.coming[i:i + self.width] if screener.screenable(self.ev.recipe(s))])
+        return self.ev.screen(changes)
+
+
 def candidate_errors() -> tuple[type[BaseException], ...]:
     """What building or running a candidate raises when ONNX Runtime (or onnx) refuses it: ORT's quantizer
     (wrapped as ModelError by `build_quantized` and `quantize.grids`), its sessions and runs, onnx's checker and
@@ -334,10 +411,16 @@ def candidate_errors() -> tuple[type[BaseException], ...]:
     return (ModelError, *ort_errors(), onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
 
-def _failed_build(exc: Exception, n_require: int) -> dict:
-    """The record of a candidate ONNX Runtime could not build or run: it fails every line, infinitely far."""
+def error_text(exc: Exception) -> str:
+    """What a candidate's record says of the error ONNX Runtime refused it with."""
     problems = getattr(exc, "problems", None)
-    text = problems[0].message if problems else f"{type(exc).__name__}: {exc}"
+    return problems[0].message if problems else f"{type(exc).__name__}: {exc}"
+
+
+def _failed_build(exc: Exception | str, n_require: int) -> dict:
+    """The record of a candidate ONNX Runtime could not build or run (the error, or its text): it fails every
+    line, infinitely far."""
+    text = exc if isinstance(exc, str) else error_text(exc)
     return {"passes": False, "failed": max(n_require, 1), "shortfall": math.inf, "requirements": [], "metrics": {},
             "finding_counts": {}, "findings_measured": False, "size_bytes": None, "error": text.splitlines()[0][:300]}
 

@@ -41,8 +41,8 @@ class Exhaustive(Strategy):
         if len(sets) > ctx.spec.budget.max_trials:
             ctx.notes.append(f"exhaustive: {len(sets)} combinations, more than max_trials "
                              f"({ctx.spec.budget.max_trials}); the cheapest were tried")
-        try:
-            for s in sets:
-                ev.evaluate(s)
+        try:  # as many at once as candidates are built at once, the budget checked between them
+            for i in range(0, len(sets), ev.workers):
+                ev.evaluate_many(sets[i:i + ev.workers])
         except BudgetExhausted:
             pass

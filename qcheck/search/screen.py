@@ -34,6 +34,7 @@ import onnx
 
 from qcheck.analyses.suffix import FixedSuffixes, first_readers
 from qcheck.analyses.switchable import GRID_INPUTS, SWITCH_INPUT, SwitchableModel, build_switchable, stack
+from qcheck.compute.shards import ThreadShards, check_cancelled
 from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.grids import GridCalculator
@@ -92,6 +93,83 @@ def inline_settings(sw: SwitchableModel, cfg: Config) -> dict[int, dict[str, flo
             for k in np.flatnonzero(cfg.mask).tolist()}
 
 
+@dataclass
+class Candidate:
+    """One screened candidate as a worker runs it: from node `cut` on, the switches `placed` set anew."""
+
+    cut: int
+    inline: dict[int, dict[str, float]]  # inline_settings of its setting
+    placed: tuple[int, ...]  # the switches it sets differently from its reference
+    mask: np.ndarray
+
+
+@dataclass
+class ScreenGroup:
+    """What every candidate screened against one reference reads: shared once per reference (and per batch range,
+    `Screener.run_many`). Pickled, it leaves its prepared suffix builder behind: a worker prepares its own once."""
+
+    model: onnx.ModelProto  # the grid emulation model
+    feeds: list[dict[str, np.ndarray]]  # per batch: the model inputs
+    values: list[dict[str, np.ndarray]]  # per batch: the reference's values at the cuts
+    ref_outputs: list[dict[str, np.ndarray]]  # per batch: the reference's model outputs
+    outputs: list[str]
+    batched: bool
+    threads: int  # intra-op threads of each candidate's session
+    suffixes: FixedSuffixes | None = None
+
+    def fixed(self) -> FixedSuffixes:
+        if self.suffixes is None:
+            self.suffixes = FixedSuffixes(self.model)
+        return self.suffixes
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "suffixes": None}
+
+    def batch_range(self, lo: int, hi: int) -> ScreenGroup:
+        return ScreenGroup(self.model, self.feeds[lo:hi], self.values[lo:hi], self.ref_outputs[lo:hi], self.outputs,
+                           self.batched, self.threads, self.suffixes)
+
+    def batch_bytes(self, b: int) -> int:
+        return sum(v.nbytes for d in (self.feeds[b], self.values[b], self.ref_outputs[b]) for v in d.values())
+
+
+def group_bytes(group: ScreenGroup) -> int:
+    return group.model.ByteSize() + sum(group.batch_bytes(b) for b in range(len(group.feeds)))
+
+
+def suffix_outputs(group: ScreenGroup, item: Candidate, mapper=map) -> list[dict[str, np.ndarray]]:
+    """Per batch of `group`, the model outputs of the candidate `item`: its suffix (every switch fixed) run from its
+    cut on the reference's values there. `mapper` spreads the batches (threads of this process) or not (a shard).
+    One screening and its shards both call it, so where a candidate runs cannot change its figures."""
+    values = group.values if item.cut else [{} for _ in group.feeds]
+    suffix = group.fixed().build(item.cut, item.inline, set(item.placed), {**group.feeds[0], **values[0]},
+                                 group.batched)
+    session = make_session(suffix.model, "screening suffix", threads=group.threads, quiet=True, basic=True)
+    mask = {SWITCH_INPUT: item.mask}
+
+    def one(b: int) -> dict[str, np.ndarray]:
+        inputs = {n: values[b][n] if n in values[b] else group.feeds[b][n] for n in suffix.inputs}
+        got = dict(zip(suffix.outputs, session.run(suffix.outputs, {**inputs, **mask})))
+        return {o: got[o] if o in got else group.ref_outputs[b][o] for o in group.outputs}
+
+    return list(mapper(one, range(len(group.feeds))))
+
+
+def screen_shard(group: ScreenGroup, items: list[Candidate]) -> list:
+    """A shard of candidates (qcheck.compute.shards): per candidate its outputs per batch, or the text of the error
+    ONNX Runtime refused it with (recorded as a failed candidate, as a build error is)."""
+    from qcheck.search.evaluate import candidate_errors, error_text
+
+    out: list = []
+    for item in items:
+        check_cancelled()
+        try:
+            out.append(suffix_outputs(group, item))
+        except candidate_errors() as exc:
+            out.append(error_text(exc))
+    return out
+
+
 class Screener:
     """Runs recipes on the grid emulation model over the evaluation samples: per sample, the model outputs.
     `workers`: threads the samples run on (default: the usable cores)."""
@@ -118,6 +196,8 @@ class Screener:
         self.runs = 0  # forward passes of a batch (full or suffix)
         self.node_runs = 0.0  # the same, weighted by the share of the graph's nodes each ran
         self.seconds = 0.0  # spent running (and setting up suffixes)
+        self.group_ranges = 0  # shard groups sent to a pool's workers (more than the references: memory_mb split)
+        self.over_memory = False  # one batch's data alone exceeded memory_mb (it was sent anyway)
 
     # ------------------------------------------------------------------ recipes -> settings
 
@@ -174,6 +254,94 @@ class Screener:
         finally:
             self.seconds += time.perf_counter() - clock
 
+    def run_many(self, pairs: list[tuple[Config, Config]], shards=None, per_group: int | None = None,
+                 memory_bytes: int | None = None) -> list[list[dict[str, np.ndarray]] | str]:
+        """`run` for each (setting, reference) pair, as shards on `shards` (qcheck.compute.shards; default: threads of
+        this process): one shard group per reference, whose values at the cuts go to the workers once (in ranges of
+        batches of at most `memory_bytes` each), its candidates split into `per_group` shards (default: the pool's
+        workers). Per pair: the outputs per sample, or the text of the error ONNX Runtime refused it with."""
+        clock = time.perf_counter()
+        shards = shards or ThreadShards(self.workers)
+        results: list = [None] * len(pairs)
+        by_reference: dict[bytes, list[int]] = {}
+        for i, (_, reference) in enumerate(pairs):
+            by_reference.setdefault(reference.key(), []).append(i)
+        try:
+            for members in by_reference.values():
+                got = self._run_group([pairs[i] for i in members], shards, per_group, memory_bytes)
+                for i, result in zip(members, got):
+                    results[i] = result
+        finally:
+            self.seconds += time.perf_counter() - clock
+        return results
+
+    def _run_group(self, pairs: list[tuple[Config, Config]], shards, per_group: int | None,
+                   memory_bytes: int | None) -> list:
+        """One reference's candidates (`run_many`)."""
+        from qcheck.search.evaluate import candidate_errors, error_text
+
+        reference = pairs[0][1]
+        try:
+            ref = self._reference_values(reference)
+        except candidate_errors() as exc:  # what ORT refuses in the reference, it refuses in every candidate on it
+            return [error_text(exc)] * len(pairs)
+        results: list = [None] * len(pairs)
+        items: dict[int, Candidate] = {}
+        for j, (cfg, _) in enumerate(pairs):
+            item = self._item(cfg, reference, ref)
+            if item is None:
+                results[j] = self._per_sample(ref.outputs)
+            else:
+                items[j] = item
+        if not items:
+            return results
+        # one intra-op thread per session in a pool's worker, as on this process's threads over the cores
+        threads = 1 if self.workers > 1 or shards.kind != "threads" else 0
+        group = ScreenGroup(self.sw.model, self.feeds, ref.values, ref.outputs, self.outputs, self.batch > 1,
+                            threads, self.suffixes)
+        todo = list(items)
+        n = min(per_group or shards.workers, len(todo))
+        parts = [todo[w::n] for w in range(n)]  # interleaved: neighbouring candidates cost alike
+        per_batch: dict[int, list] = {j: [] for j in todo}
+        failed: dict[int, str] = {}
+        for lo, hi in self._batch_ranges(group, shards, memory_bytes):
+            sub = group.batch_range(lo, hi)
+            handle = shards.share(sub, group_bytes(sub) if shards.kind != "threads" else 0)
+            try:
+                got = shards.map(screen_shard, handle, [[items[j] for j in part] for part in parts])
+            finally:
+                shards.release(handle)
+            for part, outcomes in zip(parts, got):
+                for j, outcome in zip(part, outcomes):
+                    if isinstance(outcome, str):
+                        failed.setdefault(j, outcome)
+                    else:
+                        per_batch[j] += outcome
+        for j in todo:
+            results[j] = failed[j] if j in failed else self._per_sample(per_batch[j])
+            for _ in self.feeds:
+                self._count(items[j].cut)
+        return results
+
+    def _batch_ranges(self, group: ScreenGroup, shards, memory_bytes: int | None) -> list[tuple[int, int]]:
+        """The batches in consecutive ranges whose data (with the model) stay within `memory_bytes`: what one shard
+        group sends its workers. Threads share the data as they are: one range."""
+        n = len(group.feeds)
+        if shards.kind == "threads" or not memory_bytes:
+            return [(0, n)]
+        room = memory_bytes - group.model.ByteSize()
+        ranges, lo, size = [], 0, 0
+        for b in range(n):
+            nbytes = group.batch_bytes(b)
+            if b > lo and size + nbytes > room:
+                ranges.append((lo, b))
+                lo, size = b, 0
+            size += nbytes
+            self.over_memory |= size > room  # one batch alone exceeds it: sent anyway, and said
+        ranges.append((lo, n))
+        self.group_ranges += len(ranges)
+        return ranges
+
     def focus(self, reference: Config, variable: set[int]) -> None:
         """Candidates that differ from `reference` only in the switches `variable` are coming: keep the reference's
         values at the first node that reads one of them, so each such candidate runs from there on."""
@@ -184,26 +352,24 @@ class Screener:
 
     def _run(self, cfg: Config, reference: Config) -> list[dict[str, np.ndarray]]:
         ref = self._reference_values(reference)
+        item = self._item(cfg, reference, ref)
+        if item is None:
+            return self._per_sample(ref.outputs)
+        group = ScreenGroup(self.sw.model, self.feeds, ref.values, ref.outputs, self.outputs, self.batch > 1,
+                            1 if self.workers > 1 else 0, self.suffixes)
+        per_batch = suffix_outputs(group, item, self._map)
+        for _ in per_batch:
+            self._count(item.cut)
+        return self._per_sample(per_batch)
+
+    def _item(self, cfg: Config, reference: Config, ref: _Reference) -> Candidate | None:
+        """What a screening worker needs to run `cfg` from its reference's values (None: `cfg` is the reference)."""
         diff = cfg.differs(reference)
         if not len(diff):
-            return self._per_sample(ref.outputs)
+            return None
         start = min(self.first[k] for k in diff)
         cut = max((c for c in ref.cuts if c <= start), default=0)
-        values = ref.values if cut else [{} for _ in self.feeds]
-        suffix = self.suffixes.build(cut, inline_settings(self.sw, cfg), set(diff.tolist()),
-                                     {**self.feeds[0], **values[0]}, self.batch > 1)
-        session = self._session(suffix.model, "screening suffix")
-        mask = {SWITCH_INPUT: cfg.mask}
-
-        def one(b: int) -> dict[str, np.ndarray]:
-            inputs = {n: values[b][n] if n in values[b] else self.feeds[b][n] for n in suffix.inputs}
-            got = dict(zip(suffix.outputs, session.run(suffix.outputs, {**inputs, **mask})))
-            return {o: got[o] if o in got else ref.outputs[b][o] for o in self.outputs}
-
-        per_batch = self._map(one, range(len(self.feeds)))
-        for _ in per_batch:
-            self._count(cut)
-        return self._per_sample(per_batch)
+        return Candidate(cut, inline_settings(self.sw, cfg), tuple(diff.tolist()), cfg.mask)
 
     def _session(self, model: onnx.ModelProto, what: str):
         """A session for one setting: ORT's basic optimizations only (what the nodes say, bit for bit: the values

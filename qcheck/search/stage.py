@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qcheck.compute.shards import open_shards
 from qcheck.errors import QcheckError
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.prepare import file_sha256
+from qcheck.model.runtime import usable_cores
 from qcheck.quantize.calibrate import build_quantized, calibrate
 from qcheck.quantize.lock import LOCK_NAME, data_fingerprint, lock_document, write_lock
 from qcheck.rules.requirements import judge
@@ -99,18 +101,22 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     findings_of = ((given_findings_of or candidate_findings(policy, rules, float_model, evaluation))
                    if rules is not None and names_findings(policy.require) else None)
     ranking, source = candidate_ranking(rows, findings, sensitivity)
-    result, chosen, chosen_ranges = run_search(
-        policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
-        calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m,
-                                           source=prepared.source, memory_mb=policy.analyses.memory_mb),
-        base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
-        finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
-        make_tasks=lambda: build_tasks(policy, prepared.outputs),
-        labels=labels[:len(samples)], findings_of=findings_of,
-        proposed=proposed_remedies(findings), flagged=flagged_nodes(findings),
-        reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax",
-                                   memory_mb=policy.analyses.memory_mb),
-        held_out=([evaluation[i] for i in held], labels[len(samples):]) if n_held else None, build_with=build_with)
+    # candidates known in advance are screened together where the analyses' shards run (analyses.executor)
+    with open_shards(policy.analyses.executor, threads=usable_cores()) as shards:
+        result, chosen, chosen_ranges = run_search(
+            policy.search, float_path=prepared.path, float_model=float_model, ranges=ranges,
+            calibrate_with=lambda m: calibrate(prepared.path, calib, policy.quantization, method=m,
+                                               source=prepared.source, memory_mb=policy.analyses.memory_mb),
+            base=recipe, samples=samples, metrics=policy.metrics, require=policy.require,
+            finding_counts=finding_counts, target=policy.target, ranking=ranking, workdir=work, log=log,
+            make_tasks=lambda: build_tasks(policy, prepared.outputs),
+            labels=labels[:len(samples)], findings_of=findings_of,
+            proposed=proposed_remedies(findings), flagged=flagged_nodes(findings),
+            reach_of=lambda: calibrate(prepared.path, evaluation, policy.quantization, method="minmax",
+                                       memory_mb=policy.analyses.memory_mb),
+            held_out=([evaluation[i] for i in held], labels[len(samples):]) if n_held else None,
+            build_with=build_with, shards=shards, shards_per_group=policy.analyses.shards,
+            memory_mb=policy.analyses.memory_mb)
     result["ranking_source"] = source
     result["judged_on"] = judged_on(policy.data)
     if result["judged_on"] == "calibration":
