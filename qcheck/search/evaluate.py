@@ -69,7 +69,7 @@ class Evaluator:
                  log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
                  labels: list[str] | None = None,
                  findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None, workers: int | None = None,
-                 shards=None, shards_per_group: int | None = None, memory_mb: int | None = None):
+                 shards=None, shards_per_group: int | None = None, memory_mb: float | None = None):
         """`shards`: where `screen_many` runs candidates (qcheck.compute.shards; default: threads of this process),
         `shards_per_group` shards per reference, each group's data sent in parts of at most `memory_mb`."""
         self.float_path, self.ranges_for, self.base = float_path, ranges_for, base
@@ -262,7 +262,7 @@ class Evaluator:
                 pairs.append((key, self._screen_configs(changes)))
             except candidate_errors() as exc:
                 outcomes[key] = error_text(exc)
-        memory = self.memory_mb << 20 if self.memory_mb else None
+        memory = int(self.memory_mb * (1 << 20)) if self.memory_mb else None
         got = self.screener.run_many([p for _, p in pairs], self.shards, self.shards_per_group, memory)
         outcomes.update(zip((key for key, _ in pairs), got))
         for key, changes in todo.items():

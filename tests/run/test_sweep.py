@@ -202,17 +202,6 @@ def test_ray_executor_without_ray_says_how_to_install_it(zoo, monkeypatch, capsy
 
 # ---- a real local Ray cluster --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
-    from qcheck.compute.ray_cluster import start_local
-
-    ray = start_local(2)  # a new cluster, ours, on the loopback address
-    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_sweep_gives_the_local_summary(zoo, local_sweep, ray_cluster):
     code = main(["sweep", str(zoo / "sweep.yaml"), "--executor", "ray", "--out", str(zoo / "ray-out"), "--quiet"])
     summary = _summary(zoo / "ray-out")

@@ -39,6 +39,10 @@ class StubEvaluator:
         self.graph, self.target = StubGraph(nodes), builtin_profile("cpu")
         self.needed, self.rule, self.max_trials = set(needed), shortfall, max_trials
         self.candidates, self.by_key, self.stopped_by = [], {}, None
+        self.workers = 2  # exhaustive judges this many at once (evaluate_many)
+
+    def evaluate_many(self, sets):
+        return [self.evaluate(s) for s in sets]
 
     def evaluate(self, changes):
         key = tuple(sorted(set(changes)))
