@@ -20,7 +20,7 @@ from qcheck.analyses.confirm import confirm
 from qcheck.analyses.curves import MAX_VALUES, error_curves
 from qcheck.analyses.sensitivity import MAX_WORKERS, Config, ConfigRunner, node_sensitivity
 from qcheck.analyses.switchable import SwitchableModel, build_switchable
-from qcheck.compute.shards import open_shards
+from qcheck.compute.shards import open_shards, retry_note
 from qcheck.data.readers import DataSet
 from qcheck.errors import first_line
 from qcheck.model.runtime import ort_errors, usable_cores
@@ -145,7 +145,7 @@ def _run(spec: AnalysesSpec, sw: SwitchableModel, float_path: Path, float_model:
     # where the suffix groups' shards ran (threads of this process unless `analyses.executor` says otherwise)
     out["shards"] = {**shards.describe(), "per_group": runner.shards_per_group,
                      **{k: round(v, 3) for k, v in runner.shard_time.items()}}
-    out["notes"] = runner.notes + ([] if not given or not spec.confirm else [
+    out["notes"] = runner.notes + retry_note(shards, "node sensitivity") + ([] if not given or not spec.confirm else [
         "confirmation on real quantized models is skipped: it rebuilds models from calibrated ranges, and this model "
         "was given, not built by qcheck"])
     return out

@@ -22,13 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from qcheck.compute.ray_cluster import connected
+from qcheck.errors import Problem, QcheckError
 from qcheck.model.runtime import usable_cores
-from qcheck.policy.spec import ExecutorSpec
+from qcheck.policy.spec import DEFAULT_RETRIES, ExecutorSpec
 from qcheck.scratch import new_temp_folder
 
 Done = Callable[[int], None]  # called with a shard's index when it finishes, in completion order
@@ -68,7 +70,8 @@ class ThreadShards:
         _cancel.clear()
         with ThreadPoolExecutor(min(self.workers, len(shards)) or 1) as pool:
             try:
-                return _gather({pool.submit(fn, handle, s): i for i, s in enumerate(shards)}, len(shards), done)
+                return _gather({pool.submit(fn, handle, s): i for i, s in enumerate(shards)}, [None] * len(shards),
+                               done)
             except BaseException:
                 _cancel.set()  # the running shards stop at their next step, so leaving the pool does not wait long
                 raise
@@ -80,17 +83,26 @@ class ThreadShards:
         pass
 
 
+class WorkerLost(QcheckError):
+    """A worker process kept dying (killed, out of memory): the machine's resources, not the user's input nor a bug
+    of qcheck's. Exit code 2 (see README, "Exit codes"), with what to change."""
+
+
 class ProcessShards:
     """Shards on a pool of worker processes on this machine (spawned once, reused for every group). A group's data
-    are pickled once to a file in a temporary folder; each worker loads a file once and keeps the latest."""
+    are pickled once to a file in a temporary folder; each worker loads a file once and keeps the latest.
+    A worker that dies (killed, out of memory) breaks the pool: the shards that did not finish run again on a fresh
+    pool, up to `max_retries` times per map; then WorkerLost."""
 
     kind = "local"
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, max_retries: int = DEFAULT_RETRIES):
         self.workers = max(1, workers)
+        self.max_retries = max_retries
         self.tasks = 0
         self.groups = 0  # share() calls: shard groups whose data went to the workers
         self.bytes_shared = 0
+        self.retries = 0  # pools started again because a worker died
         self._pool: ProcessPoolExecutor | None = None
         self._folder: Path | None = None
 
@@ -108,29 +120,47 @@ class ProcessShards:
         Path(handle).unlink(missing_ok=True)
 
     def map(self, fn: Callable, handle: str, shards: Sequence, done: Done | None = None) -> list:
-        if self._pool is None:
-            # spawn, not fork: the driver holds ONNX Runtime's and BLAS's threads, which a forked child inherits locked
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         self.tasks += len(shards)
-        return _gather({self._pool.submit(_call_with_file, fn, handle, s): i for i, s in enumerate(shards)},
-                       len(shards), done)
+        results: dict[int, Any] = {}
+        for attempt in range(self.max_retries + 1):
+            if self._pool is None:
+                # spawn, not fork: the driver holds ONNX Runtime's and BLAS's threads, which a forked child inherits
+                # locked
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                _gather({self._pool.submit(_call_with_file, fn, handle, s): i for i, s in enumerate(shards)
+                         if i not in results}, results, done)
+                return [results[i] for i in range(len(shards))]
+            except BrokenProcessPool:  # a worker died: the shards that did not finish run again on a fresh pool
+                self._stop_pool(abort=True)
+                if attempt < self.max_retries:
+                    self.retries += 1
+        raise WorkerLost(Problem(
+            f"a worker process of the local pool died {self.max_retries + 1} time(s) running the same shards "
+            f"(killed, or out of memory: {self.workers} worker(s), each holding a shard group's data)",
+            hint="give it more memory or fewer workers (--workers, analyses.executor.workers), smaller shard groups "
+                 "(analyses.memory_mb), or run without analyses.executor (threads of one process)"))
 
     def describe(self) -> dict:
         return {"kind": self.kind, "workers": self.workers, "groups": self.groups, "tasks": self.tasks,
-                "bytes_shared": self.bytes_shared}
+                "bytes_shared": self.bytes_shared, "retries": self.retries}
 
     def close(self, abort: bool = False) -> None:
-        """`abort` (an interrupt, an error): the workers end now, not after the shards they are running. The pool's
-        own map of its workers (`_processes`) is the only handle on them; the public API cannot stop a call."""
+        self._stop_pool(abort)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def _stop_pool(self, abort: bool) -> None:
+        """`abort` (an interrupt, an error, a dead worker): the workers end now, not after the shards they are
+        running. The pool's own map of its workers (`_processes`) is the only handle on them; the public API cannot
+        stop a call."""
         if self._pool is not None:
             processes = list((self._pool._processes or {}).values()) if abort else []
             self._pool.shutdown(wait=not abort, cancel_futures=True)
             for process in processes:
                 process.terminate()
             self._pool = None
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
 
 
 _loaded: dict[str, Any] = {}  # in a worker process: the group data it read last, by file
@@ -196,8 +226,16 @@ class RayShards:
         pass
 
 
-def _gather(futures: dict, n: int, done: Done | None) -> list:
-    results: list = [None] * n
+def retry_note(pool, what: str) -> list[str]:
+    """The note a run's results carry when workers of the local pool died and their shards ran again."""
+    n = getattr(pool, "retries", 0)
+    return [f"{what}: a worker process of the local pool died {n} time(s) (killed, or out of memory?); the shards it "
+            "had not finished ran again on a fresh pool (the same computation: the same results)"] if n else []
+
+
+def _gather(futures: dict, results: dict | list, done: Done | None) -> dict | list:
+    """Each future's result into `results` at its index, as they finish (those that finished stay there when
+    another fails)."""
     pending = set(futures)
     try:
         while pending:
@@ -224,7 +262,7 @@ def open_shards(spec: ExecutorSpec | None, threads: int | None = None) -> Iterat
         with connected(spec.address, spec.workers or usable_cores()) as ray:
             yield RayShards(ray, spec)
         return
-    pool = ProcessShards(spec.workers or usable_cores())
+    pool = ProcessShards(spec.workers or usable_cores(), spec.max_retries)
     try:
         yield pool
     except BaseException:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 
+from qcheck.compute.shards import retry_note
 from qcheck.policy.spec import MetricSpec, Requirement, SearchSpec
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe
@@ -81,6 +82,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     STRATEGIES[spec.strategy]().run(ctx)
     ctx.notes += untried_remedies(spec.remedies, ev.candidates, ctx.notes, ev.stopped_by)
     effects = finding_effects(ev, proposed or {}, ctx.usable)
+    ctx.notes += retry_note(shards, "screening")
     if ev.built_screener is not None and ev.built_screener.over_memory:
         ctx.notes.append(f"screening: one batch of samples with its reference's values exceeds analyses.memory_mb "
                          f"({memory_mb} MB); it was sent to the workers whole")

@@ -53,3 +53,75 @@ def test_an_interrupted_map_on_threads_stops_its_other_shards_at_their_next_step
         pool.map(_long_or_failing, 30_000, [0, 1])  # shard 1 alone: 300 s
     assert time.monotonic() - start < 60  # it stopped at its next step (seconds on a loaded machine), not after 300 s
     assert pool.map(_long_or_failing, 3, [1, 2]) == [1, 2]  # the next map starts afresh
+
+
+def _square_slowly(folder: str, shard: int) -> int:
+    """Writes the worker's pid where the test sees it, then takes a while: time for the test to kill it."""
+    import os
+    from pathlib import Path
+
+    (Path(folder) / f"{shard}-{os.getpid()}.pid").write_text("")
+    time.sleep(2.0)
+    return shard * shard
+
+
+def _kill_first_worker(folder, killed: list, stop) -> None:
+    """SIGKILL to the first worker seen running a shard, as the OOM killer sends it."""
+    import os
+    import signal
+
+    while not stop.is_set() and not killed:
+        for mark in folder.glob("*.pid"):
+            pid = int(mark.stem.split("-")[1])
+            os.kill(pid, signal.SIGKILL)
+            killed.append((int(mark.stem.split("-")[0]), pid))
+            return
+        time.sleep(0.01)
+
+
+def test_a_killed_worker_costs_a_fresh_pool_not_the_run(tmp_path):
+    """A worker of the local pool killed in the middle of a shard: the shards that had not finished run again on a
+    fresh pool; every result comes back, in shard order, and the pool says it retried."""
+    import threading
+
+    from qcheck.compute.shards import retry_note
+
+    pool, killed, stop = ProcessShards(2, max_retries=2), [], threading.Event()
+    watcher = threading.Thread(target=_kill_first_worker, args=(tmp_path, killed, stop))
+    watcher.start()
+    try:
+        got = pool.map(_square_slowly, pool.share(str(tmp_path)), [1, 2, 3, 4])
+    finally:
+        stop.set()
+        watcher.join()
+        pool.close()
+    assert killed, "no worker was seen running"
+    shard, pid = killed[0]
+    assert got == [1, 4, 9, 16]
+    assert pool.describe()["retries"] == 1
+    # the killed shard ran again, in another process
+    assert {int(p.stem.split("-")[1]) for p in tmp_path.glob(f"{shard}-*.pid")} - {pid}
+    assert "died 1 time(s)" in retry_note(pool, "screening")[0]
+
+
+def _die(shared, shard):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_that_keeps_dying_ends_with_a_message_not_a_traceback():
+    """Past max_retries fresh pools: WorkerLost, exit code 2 (the machine's resources: not the user's input, not a
+    bug of qcheck's), saying what to change."""
+    from qcheck.compute.shards import WorkerLost
+
+    pool = ProcessShards(1, max_retries=1)
+    try:
+        with pytest.raises(WorkerLost) as info:
+            pool.map(_die, pool.share(0), [0])
+    finally:
+        pool.close()
+    assert info.value.exit_code == 2 and pool.describe()["retries"] == 1
+    text = str(info.value)
+    assert "died 2 time(s)" in text and "out of memory" in text and "--workers" in text
