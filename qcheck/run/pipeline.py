@@ -20,14 +20,14 @@ import onnx
 from qcheck import __version__
 from qcheck.analyses.run_all import attach_node_statistics, node_statistics, run_analyses
 from qcheck.analyses.switchable import SwitchableModel, build_switchable
-from qcheck.compute.ray_cluster import import_ray
+from qcheck.compute.ray_cluster import connected
 from qcheck.data.finite import check_ranges_finite
 from qcheck.data.readers import DataSet
 from qcheck.errors import Problem, QcheckError
 from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.graph import GraphIndex
 from qcheck.model.prepare import file_sha256
-from qcheck.model.runtime import run_failure
+from qcheck.model.runtime import run_failure, usable_cores
 from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
 from qcheck.policy.yaml_spans import line_of
@@ -100,8 +100,16 @@ def environment() -> dict:
 def run(policy: Policy, out: Path | None = None, console: Console | None = None) -> dict:
     """Run the whole check; returns the results (also written, with the report, to the output folder)."""
     console = console or Console()
-    if policy.analyses.any and policy.analyses.executor and policy.analyses.executor.kind == "ray":
-        import_ray()  # before anything runs or is written: without Ray, say how to install it
+    ray = policy.analyses.executor if policy.analyses.executor and policy.analyses.executor.kind == "ray" else None
+    if ray is None or not (policy.analyses.any or policy.search):
+        return _run_and_write(policy, out, console)
+    # before anything runs or is written (without Ray, say how to install it); one connection for the analyses'
+    # shards and the search's screening, not a cluster started for each
+    with connected(ray.address, ray.workers or usable_cores()):
+        return _run_and_write(policy, out, console)
+
+
+def _run_and_write(policy: Policy, out: Path | None, console: Console) -> dict:
     stages = Stages()
     out_dir = output_dir(policy, out)
     sweep_temp()  # temporary folders of killed runs

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import residual_cnn, small_cnn, write_npy_samples, write_policy
+from helpers import matmul_stack, residual_cnn, small_cnn, write_npy_samples, write_policy
 from pypdf import PdfReader
 
 from qcheck.cli.main import main
@@ -208,6 +208,50 @@ def test_ray_sweep_gives_the_local_summary(zoo, local_sweep, ray_cluster):
     assert code == 1 and summary["executor"]["kind"] == "ray" and summary["executor"]["cluster_cpus"] == 2
     assert not any(r["reused"] for r in summary["runs"])
     assert comparable(summary) == comparable(local_sweep[1])  # same rows, same numbers
+
+
+def _stack_policy(folder: Path) -> Path:
+    """A policy whose search screens: eight MatMuls, each adding a little int8 error (helpers.matmul_stack)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    matmul_stack(folder / "model.onnx")
+    write_npy_samples(folder / "calib", 16, shape=(1, 32))
+    write_npy_samples(folder / "eval", 8, shape=(1, 32), seed=7, scale=0.5)
+    return write_policy(folder / "stack.yaml", {
+        "model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+        "metrics": {"y_err": {"output": "y", "metric": "max_abs"}}, "require": ["y_err <= 0.01"],
+        "analyses": {"samples": 4, "curves": False, "distributions": False, "confirm": False},
+        "report": {"formats": ["html"]},
+        "search": {"remedies": ["int16_activations", "keep_float"],
+                   "budget": {"max_float_nodes": 8, "max_int16_tensors": 8, "max_trials": 40}}})
+
+
+def test_a_ray_sweep_runs_each_runs_analyses_and_screening_on_its_cluster(tmp_path, ray_cluster):
+    """`qcheck sweep --executor ray`: a run's node sensitivity and the search's screening go to the cluster its
+    task runs on (not to threads of the task's process), with the numbers of the same run on this machine."""
+    from qcheck.policy.loader import load_policy
+    from qcheck.run.pipeline import run
+
+    policy = _stack_policy(tmp_path)
+    (tmp_path / "sweep.yaml").write_text("policies: [stack.yaml]\nout: out\n")
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--executor", "ray", "--quiet"]) == 0
+    [path] = (tmp_path / "out" / "runs").glob("*/*/results.json")
+    on_ray = json.loads(path.read_text())
+    run(load_policy(policy), out=tmp_path / "here")
+    here = json.loads((tmp_path / "here" / "results.json").read_text())  # as written: infinities as text
+    assert on_ray["analyses"]["shards"]["kind"] == "ray" and here["analyses"]["shards"]["kind"] == "threads"
+    screening = on_ray["search"]["screening"]["shards"]
+    assert screening["kind"] == "ray" and screening["tasks"] > 0 and screening["groups"] > 0
+    assert on_ray["analyses"]["sensitivity"]["nodes"] == here["analyses"]["sensitivity"]["nodes"]
+
+    def by_recipe(results):
+        return {c["recipe_key"]: {k: v for k, v in c.items() if k not in ("id", "latency_ms")}
+                for c in results["search"]["candidates"]}
+
+    ray_cands, local_cands = by_recipe(on_ray), by_recipe(here)
+    common = set(ray_cands) & set(local_cands)
+    assert len(common) > 10 and all(ray_cands[k] == local_cands[k] for k in common)
+    chosen = [r["search"]["candidates"][r["search"]["chosen"]]["recipe_key"] for r in (on_ray, here)]
+    assert chosen[0] == chosen[1] and on_ray["verdict"]["status"] == "pass"
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""Where a sweep's runs execute: a local process pool (the default) or a Ray cluster.
+"""Where a sweep's runs execute: a local process pool (the default) or a Ray cluster (and, there, each run's
+analyses and screening shards too, as tasks of the same cluster).
 
 Both call `task.run_job` with a Job and hand its row to `on_result` in the driver as soon as
 the run finishes, in completion order, so the driver can record it (a sweep interrupted
@@ -111,7 +112,10 @@ def run_ray(jobs: list[Job], spec: ExecutorSpec, on_result: OnResult) -> dict:
     # no address: a new cluster on this machine (on 127.0.0.1), sized like the local executor
     with connected(spec.address, spec.workers or default_workers()) as ray:
         task = ray.remote(run_job).options(num_cpus=spec.num_cpus, max_retries=spec.max_retries)
-        refs = {task.remote(job): job for job in jobs}
+        # each run's analyses and screening shards go to the same cluster (a task's own Ray is the cluster's),
+        # unless its policy says where (analyses.executor)
+        shards = ExecutorSpec("ray", num_cpus=spec.num_cpus, max_retries=spec.max_retries)
+        refs = {task.remote(job, shards): job for job in jobs}
         try:
             _collect_ray(ray, refs, on_result)
         except KeyboardInterrupt:  # on a cluster that outlives this sweep, stop its runs too
