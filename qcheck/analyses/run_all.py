@@ -143,7 +143,8 @@ def _run(spec: AnalysesSpec, sw: SwitchableModel, float_path: Path, float_model:
     out["activations"] = runner.activations or None
     out["workers"] = runner.workers
     # where the suffix groups' shards ran (threads of this process unless `analyses.executor` says otherwise)
-    out["shards"] = {**shards.describe(), "per_group": runner.shards_per_group,
+    # split_groups: suffix groups sent in parts, their data beyond analyses.memory_mb
+    out["shards"] = {**shards.describe(), "per_group": runner.shards_per_group, "split_groups": runner.split_groups,
                      **{k: round(v, 3) for k, v in runner.shard_time.items()}}
     out["notes"] = runner.notes + retry_note(shards, "node sensitivity") + ([] if not given or not spec.confirm else [
         "confirmation on real quantized models is skipped: it rebuilds models from calibrated ranges, and this model "

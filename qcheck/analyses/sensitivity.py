@@ -36,10 +36,10 @@ import numpy as np
 
 from qcheck.analyses.activation_store import DEFAULT_BUDGET, ActivationStore
 from qcheck.analyses.score import Score, sample_labels, update_batch
-from qcheck.analyses.shard_work import BatchValues, GroupWork, run_shard
+from qcheck.analyses.shard_work import BatchRange, BatchValues, GroupWork, ShardPart, run_shard
 from qcheck.analyses.suffix import Group, Suffix, base_model, first_readers, plan, specialize, typed
 from qcheck.analyses.switchable import SWITCH_INPUT, SwitchableModel, free_batch_dimension, stack
-from qcheck.compute.shards import ThreadShards
+from qcheck.compute.shards import ThreadShards, byte_ranges
 from qcheck.data.readers import DataSet
 from qcheck.errors import first_line
 from qcheck.model.runtime import make_session, ort_errors, usable_cores
@@ -93,6 +93,8 @@ class ConfigRunner:
         self.shards = shards or ThreadShards(max(1, min(MAX_WORKERS, usable_cores())))
         self.workers = self.shards.workers
         self.shard_time = {"seconds": 0.0, "session_seconds": 0.0}
+        self.split_groups = 0  # suffix groups sent in parts (their data exceed analyses.memory_mb)
+        self.over_memory = False
         self.shards_per_group = max(1, shards_per_group or self.workers)
         self.session, self.batch = self._batched_session(max_batch)
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -194,27 +196,50 @@ class ConfigRunner:
         parts = [members[w::n] for w in range(n)]  # interleaved: neighbouring nodes cost alike
         # One intra-op thread whatever the pool: ORT's threaded kernels may split a sum differently, and a shard's
         # numbers must not depend on how many shards ran at once (measured on PP-OCRv4's recognizer).
-        work = GroupWork(model=typed(suffix, values[0], self.batch > 1), threads=1,
-                         values=values, inputs=suffix.inputs, suffix_outputs=suffix.outputs, outputs=self.outputs,
-                         labels=labels, metrics=self.metrics, tasks=self.make_tasks(), off=self.sw.mask())
-        handle = self.shards.share(work, work.nbytes() if self.shards.kind != "threads" else 0)
-        try:
-            got = self.shards.map(run_shard, handle, [[configs[c].mask for c in part] for part in parts],
-                                  done=lambda w: tick(len(parts[w])))
-        finally:
-            self.shards.release(handle)
-        refused = next((g["refused"] for g in got if "refused" in g), None)
-        if refused is not None:  # as for the base model: slower, not wrong
-            self._note(f"a suffix copy could not be built ({refused}); its configurations ran on the full "
-                       "switchable model")
-            return None
-        self.runs += sum(g["runs"] for g in got)
-        for key in ("seconds", "session_seconds"):  # what the shards cost inside their workers
-            self.shard_time[key] += sum(g[key] for g in got)
+        model = typed(suffix, values[0], self.batch > 1)
+        ranges = self._batch_ranges(values, model)
+        scores: list = [None] * n
+        for r, (lo, hi) in enumerate(ranges):
+            last = r == len(ranges) - 1
+            work = GroupWork(model=model, threads=1, values=BatchRange(values, lo, hi) if len(ranges) > 1 else values,
+                             inputs=suffix.inputs, suffix_outputs=suffix.outputs, outputs=self.outputs,
+                             labels=labels[lo:hi], metrics=self.metrics, tasks=self.make_tasks(), off=self.sw.mask())
+            handle = self.shards.share(work, work.nbytes() if self.shards.kind != "threads" else 0)
+            try:
+                got = self.shards.map(run_shard, handle, [ShardPart([configs[c].mask for c in part], scores[w], last)
+                                                          for w, part in enumerate(parts)],
+                                      done=(lambda w: tick(len(parts[w]))) if last else None)
+            finally:
+                self.shards.release(handle)
+            refused = next((g["refused"] for g in got if "refused" in g), None)
+            if refused is not None:  # as for the base model: slower, not wrong
+                self._note(f"a suffix copy could not be built ({refused}); its configurations ran on the full "
+                           "switchable model")
+                return None
+            scores = [g.get("scores") for g in got]
+            self.runs += sum(g["runs"] for g in got)
+            for key in ("seconds", "session_seconds"):  # what the shards cost inside their workers
+                self.shard_time[key] += sum(g[key] for g in got)
         out: dict[int, dict] = {}
         for part, g in zip(parts, got):
             out.update(zip(part, g["results"]))
         return [out[c] for c in members]
+
+    def _batch_ranges(self, values: BatchValues, model) -> list[tuple[int, int]]:
+        """A group's batches in ranges whose data stay within analyses.memory_mb, each sent to the workers in turn
+        (threads share the data as they are: one range)."""
+        if self.shards.kind == "threads":
+            return [(0, len(values))]
+        room = self.activation_budget - model.ByteSize()
+        sizes = [values.batch_bytes(b) for b in range(len(values))]
+        ranges = byte_ranges(sizes, room)
+        if len(ranges) > 1:
+            self.split_groups += 1
+        if max(sizes) > room and not self.over_memory:
+            self.over_memory = True
+            self._note(f"one batch of samples with its suffix's values ({max(sizes) >> 20} MB) exceeds "
+                       f"analyses.memory_mb ({self.activation_budget >> 20} MB); it was sent to the workers whole")
+        return ranges
 
     def _keep_activations(self, suffixes: dict[int, Suffix], store: ActivationStore) -> bool:
         """One float run per batch, keeping the tensors at every cut; False when the model does not allow it."""

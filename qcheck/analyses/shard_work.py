@@ -42,10 +42,42 @@ class BatchValues:
         return {**{n: self.feeds[b][n] for n in self.names if n in self.feeds[b]}, **self.store.get(b, stored)}
 
     def nbytes(self) -> int:
+        return sum(self.batch_bytes(b) for b in range(len(self)))
+
+    def batch_bytes(self, b: int) -> int:
+        return sum(v.nbytes for v in self[b].values())
+
+    def __reduce__(self):
+        return list, ([self[b] for b in range(len(self))],)
+
+
+class BatchRange:
+    """Batches lo..hi-1 of a group's values: what one part of a group too large for analyses.memory_mb sends."""
+
+    def __init__(self, values: BatchValues, lo: int, hi: int):
+        self.values, self.lo, self.hi = values, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, b: int) -> dict[str, np.ndarray]:
+        return self.values[self.lo + b]
+
+    def nbytes(self) -> int:
         return sum(v.nbytes for b in range(len(self)) for v in self[b].values())
 
     def __reduce__(self):
         return list, ([self[b] for b in range(len(self))],)
+
+
+@dataclass
+class ShardPart:
+    """A shard's configurations over one range of the group's batches: the scores so far come in (None: the first
+    range) and go out (not the last range), so a split group accumulates every sample in the order it would whole."""
+
+    masks: list[np.ndarray]
+    scores: list[Score] | None = None
+    last: bool = True
 
 
 @dataclass
@@ -54,7 +86,7 @@ class GroupWork:
 
     model: onnx.ModelProto  # the group's suffix, its inputs typed
     threads: int  # intra-op threads of each shard's session
-    values: BatchValues | list[dict]  # per batch: see BatchValues
+    values: BatchValues | BatchRange | list[dict]  # per batch: see BatchValues
     inputs: list[str]  # what the suffix reads besides the switches
     suffix_outputs: list[str]  # the model outputs the suffix computes
     outputs: list[str]  # every model output, in the model's order
@@ -64,22 +96,25 @@ class GroupWork:
     off: np.ndarray  # the all-off mask: the reference
 
     def nbytes(self) -> int:
-        values = self.values.nbytes() if isinstance(self.values, BatchValues) else sum(
+        values = self.values.nbytes() if isinstance(self.values, (BatchValues, BatchRange)) else sum(
             v.nbytes for batch in self.values for v in batch.values())
         return values + self.model.ByteSize()
 
 
-def run_shard(work: GroupWork, masks: list[np.ndarray]) -> dict:
+def run_shard(work: GroupWork, shard: list[np.ndarray] | ShardPart) -> dict:
     """{"results": one score per mask, "runs": forward passes, "seconds": the shard's time in its worker,
     "session_seconds": of which building its session}; {"refused": why} when ONNX Runtime refuses the suffix
-    (the caller then runs the group on the full switchable model)."""
+    (the caller then runs the group on the full switchable model). A ShardPart that is not the last range of its
+    group returns {"scores": the scores so far} instead of results."""
+    part = shard if isinstance(shard, ShardPart) else ShardPart(shard)
+    masks = part.masks
     start = time.perf_counter()
     try:
         session = make_session(work.model, "suffix emulation model", threads=work.threads, quiet=True)
     except ort_errors() as exc:  # slower, not wrong: the caller notes it
         return {"refused": first_line(exc)}
     built = time.perf_counter() - start
-    scores = [Score(work.outputs, work.metrics, copy.deepcopy(work.tasks)) for _ in masks]
+    scores = part.scores or [Score(work.outputs, work.metrics, copy.deepcopy(work.tasks)) for _ in masks]
     for b, labels in enumerate(work.labels):
         values = work.values[b]
         feed = {n: values[n] for n in work.inputs}
@@ -92,5 +127,6 @@ def run_shard(work: GroupWork, masks: list[np.ndarray]) -> dict:
         for score, mask in zip(scores, masks):
             check_cancelled()
             update_batch(score, labels, work.outputs, ref, run(mask))
-    return {"results": [s.result() for s in scores], "runs": len(work.labels) * (len(masks) + 1),
+    done = {"results": [s.result() for s in scores]} if part.last else {"scores": scores}
+    return {**done, "runs": len(work.labels) * (len(masks) + 1),
             "seconds": time.perf_counter() - start, "session_seconds": built}

@@ -226,6 +226,18 @@ class RayShards:
         pass
 
 
+def byte_ranges(sizes: list[int], room: int) -> list[tuple[int, int]]:
+    """Consecutive ranges (lo, hi) of items whose sizes add up to at most `room` bytes each (an item alone may
+    exceed it): a shard group's batches split so that what one part sends its workers is bounded (memory_mb)."""
+    ranges, lo, size = [], 0, 0
+    for i, nbytes in enumerate(sizes):
+        if i > lo and size + nbytes > room:
+            ranges.append((lo, i))
+            lo, size = i, 0
+        size += nbytes
+    return ranges + [(lo, len(sizes))]
+
+
 def retry_note(pool, what: str) -> list[str]:
     """The note a run's results carry when workers of the local pool died and their shards ran again."""
     n = getattr(pool, "retries", 0)

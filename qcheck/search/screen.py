@@ -34,7 +34,7 @@ import onnx
 
 from qcheck.analyses.suffix import FixedSuffixes, first_readers
 from qcheck.analyses.switchable import GRID_INPUTS, SWITCH_INPUT, SwitchableModel, build_switchable, stack
-from qcheck.compute.shards import ThreadShards, check_cancelled
+from qcheck.compute.shards import ThreadShards, byte_ranges, check_cancelled
 from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.grids import GridCalculator
@@ -330,15 +330,9 @@ class Screener:
         if shards.kind == "threads" or not memory_bytes:
             return [(0, n)]
         room = memory_bytes - group.model.ByteSize()
-        ranges, lo, size = [], 0, 0
-        for b in range(n):
-            nbytes = group.batch_bytes(b)
-            if b > lo and size + nbytes > room:
-                ranges.append((lo, b))
-                lo, size = b, 0
-            size += nbytes
-            self.over_memory |= size > room  # one batch alone exceeds it: sent anyway, and said
-        ranges.append((lo, n))
+        sizes = [group.batch_bytes(b) for b in range(n)]
+        ranges = byte_ranges(sizes, room)
+        self.over_memory |= max(sizes) > room  # one batch alone exceeds it: sent anyway, and said
         self.group_ranges += len(ranges)
         return ranges
 

@@ -119,10 +119,26 @@ def test_shard_masks_cover_each_configuration_once(setup, many_groups):
 
     class Recording(ThreadShards):
         def map(self, fn, handle, shards, done=None):
-            seen.extend(m.tobytes() for shard in shards for m in shard)
+            seen.extend(m.tobytes() for shard in shards for m in shard.masks)
             return super().map(fn, handle, shards, done)
 
     runner = ConfigRunner(sw, data, list(range(SAMPLES)), metrics, max_batch=3, shards=Recording(2))
     configs = [Config(n.node, sw.mask(on=n.all)) for n in sw.nodes]
     runner.evaluate(configs)
     assert sorted(seen) == sorted(c.mask.tobytes() for c in configs)
+
+
+def test_groups_beyond_memory_mb_are_sent_in_parts_with_the_same_numbers(setup, in_process, many_groups):
+    """analyses.memory_mb below a suffix group's data: each range of batches goes to the workers on its own, the
+    scores so far travelling with the next range; every number as in one process."""
+    with open_shards(ExecutorSpec("local", workers=2)) as pool:
+        sw, data, metrics = setup
+        runner = ConfigRunner(sw, data, list(range(SAMPLES)), metrics, max_batch=3, shards=pool,
+                              activation_budget=1)  # one byte: every batch alone is over it
+        got = node_sensitivity(runner, "cosine", detail=3)
+        got.pop("seconds")
+    reference, in_process_runner = in_process
+    assert got == reference and runner.runs == in_process_runner.runs
+    groups = in_process_runner.shards.describe()["groups"]
+    assert runner.split_groups == groups and pool.describe()["groups"] == 2 * groups  # two batches: two parts each
+    assert any("exceeds analyses.memory_mb" in n for n in runner.notes)
