@@ -13,7 +13,7 @@ EPILOG_RUN = """example:
   qcheck run examples/ppocr-det/qcheck.yaml
   qcheck run policy.yaml --out reports/today --quiet
   qcheck run policy.yaml --junit qcheck.junit.xml --summary-md qcheck.md   # in CI
-  qcheck run policy.yaml --executor ray --address auto   # node sensitivity in shards on a Ray cluster
+  qcheck run policy.yaml --executor ray --address auto   # sensitivity and screening in shards on a Ray cluster
 
 exit codes: 0 requirements hold, 1 they do not, 2 policy/model/data error, 3 qcheck bug"""
 
@@ -121,13 +121,15 @@ def _add_run(sub) -> None:
     run.add_argument("--summary-md", type=Path, metavar="FILE",
                      help="also write a Markdown summary for a PR comment; appended to $GITHUB_STEP_SUMMARY when set")
     run.add_argument("--executor", choices=["local", "ray"],
-                     help="where node sensitivity's configurations run, in shards (default: the policy's "
-                          "analyses.executor, else threads of this process): local, a process pool; ray, a Ray cluster")
+                     help="where node sensitivity's configurations and the search's screened candidates run, in "
+                          "shards (default: the policy's analyses.executor, else threads of this process): local, a "
+                          "process pool; ray, a Ray cluster")
     run.add_argument("--workers", type=int, help="with --executor: local worker processes, or the CPUs of the local "
                                                  "Ray cluster it starts (default: the number of cores)")
     run.add_argument("--address", help="with --executor ray: auto (a running cluster) or ray://host:port (default: "
                                        "start a local cluster on 127.0.0.1)")
-    run.add_argument("--shards", type=int, help="shards per group of configurations (default: the workers)")
+    run.add_argument("--shards", type=int, help="shards per group of configurations or candidates (default: the "
+                                                   "workers)")
 
 
 def _add_report(sub) -> None:
