@@ -136,6 +136,25 @@ def test_ddmin_returns_a_one_minimal_set():
     assert all(not passes([x for x in [3, 7] if x != y]) for y in [3, 7])
 
 
+def test_ddmin_announces_each_levels_sets_before_it_asks_and_finds_the_same_set():
+    """What a Lookahead screens together (`Evaluator.screen_many`) is what the level then asks about, in order."""
+    from qcheck.search.auto import ddmin
+
+    announced, asked = [], []  # announced: (the level's sets, how many questions came before)
+
+    def passes(s):
+        asked.append(list(s))
+        return {3, 7} <= set(s)
+
+    assert ddmin(list(range(10)), passes, lambda sets: announced.append((sets, len(asked)))) == [3, 7]
+    assert len(announced) >= 3
+    # each level asks about a prefix of what it announced, in its order (stopping at its first passing set)
+    bounds = [n for _, n in announced[1:]] + [len(asked)]
+    for (sets, first), last in zip(announced, bounds):
+        got = asked[first:last]
+        assert got == sets[:len(got)] and got
+
+
 def test_bisect_prefix_finds_the_shortest_passing_prefix():
     from qcheck.search.auto import bisect_prefix
 
