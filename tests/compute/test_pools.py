@@ -125,3 +125,21 @@ def test_a_worker_that_keeps_dying_ends_with_a_message_not_a_traceback():
     assert info.value.exit_code == 2 and pool.describe()["retries"] == 1
     text = str(info.value)
     assert "died 2 time(s)" in text and "out of memory" in text and "--workers" in text
+
+
+def test_a_worker_killed_between_groups_is_replaced_before_the_next_group():
+    """The pool spawned by one group's map; a worker killed while idle (the OOM killer does not wait for a shard);
+    the next group's map finds the pool broken, starts a fresh one and gives every result."""
+    import os
+    import signal
+
+    pool = ProcessShards(2, max_retries=1)
+    try:
+        assert pool.map(divmod, pool.share(100), [7, 9]) == [(14, 2), (11, 1)]
+        worker = next(iter(pool._pool._processes.values()))  # the pool's own map of its workers
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(timeout=60)
+        assert pool.map(divmod, pool.share(50), [3, 4, 6]) == [(16, 2), (12, 2), (8, 2)]
+        assert pool.describe()["retries"] == 1
+    finally:
+        pool.close()
