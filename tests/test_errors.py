@@ -24,3 +24,28 @@ def test_first_line_keeps_a_message_without_a_source_location():
     assert first_line(ValueError("shape (1, 3) vs (1, 4): the model.h file is fine")) == \
         "shape (1, 3) vs (1, 4): the model.h file is fine"
     assert first_line(KeyError()) == "KeyError"
+
+
+def test_running_out_of_memory_is_exit_4_with_what_to_change(monkeypatch, capsys):
+    """MemoryError is the machine's limit, not the user's input nor a bug to report: exit 4, one message."""
+    from qcheck.cli import main as cli
+
+    def out_of_memory(args):
+        raise MemoryError()
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", out_of_memory)
+    assert cli.main(["validate", "policy.yaml"]) == 4
+    err = capsys.readouterr().err
+    assert "ran out of memory" in err and "memory_mb" in err and "Traceback" not in err
+
+
+def test_a_sweeps_exit_code_is_its_worst_runs_bug_first_then_input_then_resources():
+    from qcheck.run.sweep.summary import exit_code
+
+    def rows(*codes):
+        return [{"exit_code": c} for c in codes]
+
+    assert exit_code(rows(0, 1, 4)) == 4  # a lost worker: the sweep is incomplete, worth running again
+    assert exit_code(rows(4, 2, 1)) == 2  # but a policy error needs fixing first
+    assert exit_code(rows(2, 3, 4)) == 3  # and a bug is reported whatever else happened
+    assert exit_code(rows(0, 1)) == 1 and exit_code([]) == 0

@@ -92,6 +92,11 @@ def _main(argv: list[str] | None) -> int:
                 "the previous output folder is unchanged and the unfinished one was removed")
         print(f"qcheck: stopped by {signal.Signals(signum).name}; {kept}", file=sys.stderr)
         return 128 + signum
+    except MemoryError:  # the machine's memory, not the input nor (as far as qcheck can tell) a bug
+        print("qcheck: error: ran out of memory", file=sys.stderr)
+        print("  hint: lower analyses.memory_mb or data.limit, run fewer workers, or use a machine with more memory",
+              file=sys.stderr)
+        return exit_codes.RESOURCES
     except Exception:
         traceback.print_exc()
         print("\nqcheck: internal error (a bug in qcheck, not in your input); please report it with the traceback above",

@@ -19,7 +19,8 @@ def cmd_sweep(args) -> int:
     if not args.quiet:
         c = summary["counts"]
         print(f"{len(summary['runs'])} runs: {c['pass']} pass, {c['fail']} fail, {c['no-requirements']} without "
-              f"requirements, {c['error']} error, {c['bug']} qcheck bug; {summary['reused']} reused")
+              f"requirements, {c['error']} error, {c['bug']} qcheck bug"
+              + (f", {c['resources']} out of resources" if c["resources"] else "") + f"; {summary['reused']} reused")
         for r in summary["runs"]:
             if r["exit_code"] >= exit_codes.USER_ERROR:
                 print(f"  {r['run']}: {r['status']}: {r['message'].strip().splitlines()[-1 if r['status'] == 'bug' else 0]}")

@@ -85,7 +85,9 @@ class ThreadShards:
 
 class WorkerLost(QcheckError):
     """A worker process kept dying (killed, out of memory): the machine's resources, not the user's input nor a bug
-    of qcheck's. Exit code 2 (see README, "Exit codes"), with what to change."""
+    of qcheck's. Exit code 4 (see README, "Exit codes"): worth retrying, with what to change."""
+
+    exit_code = 4
 
 
 class ProcessShards:

@@ -112,7 +112,7 @@ def _die(shared, shard):
 
 
 def test_a_worker_that_keeps_dying_ends_with_a_message_not_a_traceback():
-    """Past max_retries fresh pools: WorkerLost, exit code 2 (the machine's resources: not the user's input, not a
+    """Past max_retries fresh pools: WorkerLost, exit code 4 (the machine's resources: not the user's input, not a
     bug of qcheck's), saying what to change."""
     from qcheck.compute.shards import WorkerLost
 
@@ -122,7 +122,7 @@ def test_a_worker_that_keeps_dying_ends_with_a_message_not_a_traceback():
             pool.map(_die, pool.share(0), [0])
     finally:
         pool.close()
-    assert info.value.exit_code == 2 and pool.describe()["retries"] == 1
+    assert info.value.exit_code == 4 and pool.describe()["retries"] == 1
     text = str(info.value)
     assert "died 2 time(s)" in text and "out of memory" in text and "--workers" in text
 

@@ -4,7 +4,7 @@ analyses and screening shards too, as tasks of the same cluster).
 Both call `task.run_job` with a Job and hand its row to `on_result` in the driver as soon as
 the run finishes, in completion order, so the driver can record it (a sweep interrupted
 later keeps it). A worker process that dies (killed, out of memory) is started again up to
-`max_retries` times; after that its run gets a row with exit code 3 and the sweep goes on.
+`max_retries` times; after that its run gets a row with exit code 4 (resources) and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _collect_local(futures: dict, tries: dict, max_retries: int, on_result: OnRe
             if tries[job.run_id] <= max_retries:
                 again.append(job)
                 continue
-            row = error_row(job, 3, f"the run's worker process died {tries[job.run_id]} times "
+            row = error_row(job, 4, f"the run's worker process died {tries[job.run_id]} times "
                                     "(killed, or out of memory?)")
         row["attempts"] = tries[job.run_id] + 1
         on_result(job, row)
@@ -134,5 +134,5 @@ def _collect_ray(ray, refs: dict, on_result: OnResult) -> None:
         try:
             row = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # the worker died more than max_retries times
-            row = error_row(job, 3, f"the run's Ray task failed: {str(exc).splitlines()[0]}")
+            row = error_row(job, 4, f"the run's Ray task failed: {str(exc).splitlines()[0]}")
         on_result(job, row)

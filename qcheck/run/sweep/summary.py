@@ -18,7 +18,10 @@ from qcheck import __version__
 from qcheck.run.sweep.spec import Job
 
 SUMMARY_VERSION = 1
-STATUS_BY_CODE = {0: "pass", 1: "fail", 2: "error", 3: "bug"}
+STATUS_BY_CODE = {0: "pass", 1: "fail", 2: "error", 3: "bug", 4: "resources"}  # qcheck.cli.exit_codes
+# The worst run's exit code is the sweep's, in this order: a bug first (it must be reported whatever else happened),
+# then a policy, model or data error (fix it), then resources that ran out (retry), a failure, a pass.
+SEVERITY = (3, 2, 4, 1, 0)
 CSV_COLUMNS = ["run", "policy", "model", "scheme", "target", "settings", "status", "exit_code", "cosine", "sqnr",
                "max_abs", "failing", "errors", "warnings", "recommended", "fix", "fix_cost", "seconds", "reused",
                "report", "message"]
@@ -59,8 +62,9 @@ def error_row(job: Job, code: int, message: str) -> dict:
 
 
 def exit_code(rows: list[dict]) -> int:
-    """The worst run decides: 3 (a bug) > 2 (a policy, model or data error) > 1 (fails) > 0."""
-    return max((r["exit_code"] for r in rows), default=0)
+    """The worst run decides: 3 (a bug) > 2 (a policy, model or data error) > 4 (resources ran out) > 1 (fails) > 0."""
+    codes = {r["exit_code"] for r in rows}
+    return next((c for c in SEVERITY if c in codes), 0)
 
 
 def recommend(rows: list[dict]) -> None:
