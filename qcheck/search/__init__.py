@@ -310,6 +310,12 @@ def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfil
     reason = f"No recipe within the budget ({limits}) on target '{target.name}' meets the requirements"
     if stopped_by:
         reason += f" (the search stopped at {stopped_by})"
+    edge = [c for c in confirmed(candidates) if c.get("passes_on_values") and not c["passes"] and c["n_changes"]
+            and c.get("within_budget", True)]
+    if edge:
+        reason += (f" with a margin for sampling noise: {len(edge)} candidate(s) met them on their values but not at "
+                   f"the {100 * spec.confidence:g}% bootstrap bound (search.confidence); lower it, or judge on more "
+                   f"evaluation samples, to accept such a fix")
     if near:
         c = near[0]
         misses = [f"`{q['text']}` ({line_text(q)}, "
