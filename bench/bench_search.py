@@ -317,7 +317,9 @@ def _first_value(c: dict | None) -> str:
     if not c or not c.get("requirements"):
         return "-"
     v = next(iter(c["requirements"][0]["values"].values()), None)
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    m = c["requirements"][0].get("margin") or {}
+    bound = f" (bound {m['bound']:.3f})" if m.get("bound") is not None else ""  # search.confidence
+    return (f"{v:.3f}" if isinstance(v, float) else str(v)) + bound
 
 
 def table_row(name: str, results: dict, wall: float, load: float | None) -> dict:
@@ -329,7 +331,8 @@ def table_row(name: str, results: dict, wall: float, load: float | None) -> dict
     for ch in (chosen or {}).get("changes", []):
         kinds[ch["remedy"]] = kinds.get(ch["remedy"], 0) + 1
     return {
-        "model": name, "requirement": s["candidates"][0]["requirements"][0]["text"],
+        "model": name, "requirement": f"`{s['candidates'][0]['requirements'][0]['text']}`" + (
+            f", confidence {s['margin']['confidence']:g}" if s.get("margin") else ""),
         "plain": f"{_first_value(s['candidates'][0])} / {_first_value(h.get('plain'))}",
         "fix": f"none ({(s.get('recommendation') or {}).get('action') or s['status']})" if chosen is None else
         f"{_first_value(chosen)} / {_first_value(h.get('chosen'))}" + (

@@ -50,7 +50,9 @@ class _Schema:
         if "anyOf" in node:
             return " or ".join(self.type_text(alt) for alt in node["anyOf"])
         t = node.get("type")
-        if "enum" in node:
+        if "const" in node:
+            text = f"`{json.dumps(node['const'])}`"
+        elif "enum" in node:
             text = "one of " + ", ".join(f"`{v}`" for v in node["enum"])
         elif t == "array":
             text = f"list of {self.type_text(node.get('items', {}))}"

@@ -224,12 +224,13 @@ class ErrorAccumulator:
         self.fmax = -math.inf
         self.sample_spreads: list[float] = []
         self.last_sums = (0.0, 0.0, 0.0)  # this sample's (sum f^2, sum q^2, sum e^2): per-sample cosine
+        self.last: SampleSums | None = None  # this sample's sums (None for an empty tensor)
 
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
         if reference.shape != test.shape:
             raise ValueError(f"shape mismatch: float {reference.shape} vs quantized {test.shape}")
         if reference.size == 0:
-            self.last_sums = (0.0, 0.0, 0.0)
+            self.last_sums, self.last = (0.0, 0.0, 0.0), None
             return
         f, q = working_pair(reference, test, self.exact)
         s = error_sums(f, q, extent=self.extent)
@@ -251,9 +252,10 @@ class ErrorAccumulator:
     def add_sums(self, s: SampleSums, flat_float: np.ndarray | None = None) -> None:
         """Adds one sample's sums. Called alone (`fused`), `flat_float` is the sample's float tensor, read only
         when it reaches beyond the grid (clipping is counted then)."""
-        self.last_sums = (0.0, 0.0, 0.0)
+        self.last_sums, self.last = (0.0, 0.0, 0.0), None
         if s.n == 0:
             return
+        self.last = s
         # the spread of the error around its mean, merged over samples (Chan et al.'s pairwise update)
         self.m2 = merged_spread(self.n, self.sum_e, self.m2, s.n, s.sum_e, s.centered)
         self.n += s.n

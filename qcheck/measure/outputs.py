@@ -37,6 +37,10 @@ def class_axis(shape: tuple[int, ...]) -> int | None:
     return None
 
 
+# one sample's sums in `OutputComparison.sample_sums`, in this order
+SAMPLE_COLUMNS = ("n", "sum_abs", "max_abs", "sum_ee", "sum_ff", "sum_qq", "hits1", "hits5", "total")
+
+
 @dataclass
 class TopK:
     hits1: int = 0
@@ -63,15 +67,23 @@ class OutputComparison:
     topk: TopK | None = None
     per_sample_cosine: list[float] = field(default_factory=list)
     shape: list[int] | None = None
+    # per sample, the sums every value is made of (SAMPLE_COLUMNS): what a bootstrap resamples (measure/resample.py)
+    sample_sums: list[tuple[float, ...]] = field(default_factory=list)
 
     def update(self, f: np.ndarray, q: np.ndarray) -> None:
         self.shape = list(f.shape)
         self.errors.update(f, q)
         self.per_sample_cosine.append(self.errors.last_cosine())
         axis = class_axis(f.shape)
+        hits = (0, 0, 0)
         if axis is not None:
             self.topk = self.topk or TopK()
+            before = (self.topk.hits1, self.topk.hits5, self.topk.total)
             self.topk.update(f, q, axis)
+            hits = (self.topk.hits1 - before[0], self.topk.hits5 - before[1], self.topk.total - before[2])
+        s = self.errors.last
+        sums = (s.n, s.sum_abs, s.max_abs, s.sum_ee, s.sum_ff, s.sum_qq) if s is not None else (0,) * 6
+        self.sample_sums.append(tuple(float(v) for v in (*sums, *hits)))
 
     def result(self) -> dict:
         s = self.errors.result()
@@ -123,6 +135,8 @@ class OutputMetrics:
     user: dict[str, tuple[MetricSpec, OutputComparison]]
     slices: dict[str, tuple]
     tasks: list
+    item_samples: list[list[int]] = field(default_factory=list)  # per task: each item's sample (its index)
+    n_samples: int = 0
 
     def update(self, label: str, f_vals: dict, q_vals: dict) -> None:
         """One sample's outputs (reference, compared)."""
@@ -134,8 +148,13 @@ class OutputMetrics:
                            apply_slice(q_vals[spec.output], self.slices[mname], f"metric '{mname}'"))
             except SliceError as exc:
                 raise DataError(Problem(str(exc))) from None
-        for task in self.tasks:
+        if len(self.item_samples) != len(self.tasks):
+            self.item_samples = [[] for _ in self.tasks]
+        for task, samples in zip(self.tasks, self.item_samples):
+            before = len(task.items)
             task.update(label, {n: f_vals[n] for n in self.outputs}, {n: q_vals[n] for n in self.outputs})
+            samples += [self.n_samples] * (len(task.items) - before)
+        self.n_samples += 1
 
     def output_results(self) -> list[dict]:
         return [self.comparisons[o].result() for o in self.outputs]

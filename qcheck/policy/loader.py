@@ -362,7 +362,8 @@ def _search(sd: dict) -> SearchSpec:
     return SearchSpec(**_given(sd, {
         "strategy": _same, "remedies": lambda r: list(dict.fromkeys(r)), "candidates": int, "width": int,
         "budget": lambda b: SearchBudget(**dict(b or {})), "finalists": int, "latency_repeats": int,
-        "cost": _same, "explicit_range_from": _same, "holdout": _same}))
+        "cost": _same, "explicit_range_from": _same, "holdout": _same,
+        "confidence": lambda c: float(c or 0)}))  # `off` (YAML false): no margin
 
 
 # `name==version` (extras allowed): handed to `pip download`, so never an option (-r ...), a path or a URL

@@ -198,6 +198,7 @@ SEARCH_STRATEGIES = ("auto", "greedy", "bisect", "exhaustive")
 SEARCH_REMEDIES = ("keep_float", "int16_activations", "int16_weights", "explicit_range", "widen_range", "skip_first",
                    "keep_float_flagged", "scheme", "per_channel", "calibration_method", "symmetric", "reduced_range")
 SEARCH_COSTS = ("profile", "latency")
+DEFAULT_CONFIDENCE = 0.9  # search.confidence
 
 
 @dataclass
@@ -224,6 +225,9 @@ class SearchSpec:
     # evaluation samples the search never sees, used to judge the model it recommends: a count (>= 1) or a
     # fraction (< 1) of the evaluation data, the last ones in its order; 0: none
     holdout: float = 0
+    # a candidate is a fix only when every requirement holds at its one-sided bootstrap bound at this confidence
+    # over the search's samples (a margin for sampling noise); 0 (or `off`): on the values themselves
+    confidence: float = DEFAULT_CONFIDENCE
 
 
 @dataclass

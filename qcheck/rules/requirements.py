@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from typing import Any
+
+import numpy as np
 
 from qcheck.errors import Problem, QcheckError
 from qcheck.policy.expr import EvalError, NotApplicable
@@ -56,6 +59,51 @@ def sureness(req: Requirement, env: dict[str, Any], holds: bool, intervals: dict
     if outcomes == {holds}:
         return True, f"sure: {'holds' if holds else 'fails'} across the {where}"
     return False, f"not sure: the {where} reaches both sides of the line; more evaluation samples would settle it"
+
+
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def with_margin(req: Requirement, env: dict[str, Any], resamples: dict[str, np.ndarray],
+                confidence: float) -> dict | None:
+    """The line judged with a margin for sampling noise, on bootstrap resamples of its values (`resamples`: name ->
+    [B], `measure.resample`). A line `side >= c` holds when its one-sided lower bound at `confidence` does: the
+    (1 - confidence) quantile of the side over the resamples, taken as an order statistic (no interpolation); `<=`
+    takes the upper bound, the `confidence` quantile. Any other line holds when it holds on at least `confidence`
+    of the resamples. None when the line reads no resampled value (findings.* counts, a value with no samples)."""
+    names = [n for n in sorted(req.expression.names) if n in resamples]
+    if not names:
+        return None
+    count = len(resamples[names[0]])
+    envs = ({**env, **{n: float(resamples[n][b]) for n in names}} for b in range(count))
+    limit = req.expression.limit
+    out = {"confidence": confidence, "resamples": count, "names": names}
+    if limit is None:
+        held = [_holds(req, e) for e in envs]
+        share = sum(h for h in held if h is not None) / max(sum(h is not None for h in held), 1)
+        return {**out, "bound": None, "share": share, "holds": share >= confidence}
+    sides = []
+    for e in envs:
+        try:
+            v = limit.side(e)
+        except NotApplicable:
+            continue
+        if isinstance(v, (int, float)) and not math.isnan(v):
+            sides.append(float(v))
+    if not sides:
+        return None
+    lower = limit.op in (">=", ">")
+    bound = float(np.quantile(sides, 1 - confidence, method="lower") if lower
+                  else np.quantile(sides, confidence, method="higher"))
+    return {**out, "bound": bound, "side": "lower" if lower else "upper",
+            "holds": bool(_COMPARE[limit.op](bound, limit.value))}
+
+
+def _holds(req: Requirement, env: dict[str, Any]) -> bool | None:
+    try:
+        return bool(req.expression.evaluate(env))
+    except (NotApplicable, EvalError, ArithmeticError, TypeError, ValueError):
+        return None
 
 
 def judge(requirements: list[Requirement], env: dict[str, Any], intervals: dict | None = None) -> dict:

@@ -18,10 +18,11 @@ from pathlib import Path
 import onnx
 
 from qcheck.compute.shards import retry_note
+from qcheck.measure.tasks.base import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from qcheck.policy.spec import MetricSpec, Requirement, SearchSpec
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe
-from qcheck.results.values_text import values_text
+from qcheck.results.values_text import line_text, margin_text
 from qcheck.search import auto, bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
 from qcheck.search.base import STRATEGIES, Context, closest, confirmed, select
 from qcheck.search.evaluate import BudgetExhausted, Evaluator, candidate_errors
@@ -68,7 +69,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
                            "candidates are judged on; confirm such a fix on data it has not seen")
     ev = Evaluator(float_path, float_model, ranges_for, base, samples, metrics, require, finding_counts, target, graph,
                    spec.budget, workdir, log, make_tasks, labels, findings_of, shards=shards,
-                   shards_per_group=shards_per_group, memory_mb=memory_mb)
+                   shards_per_group=shards_per_group, memory_mb=memory_mb, confidence=spec.confidence)
     if build_with is not None:
         ev.build = lambda recipe, path: build_with(ranges_for(recipe.calibration), recipe, path)
     _find_chains(ev, graph, float_model, base)
@@ -102,6 +103,9 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     result = {
         "strategy": spec.strategy,
         "cost": spec.cost,
+        # search.confidence: candidates that change something were judged at their bootstrap bounds
+        "margin": {"confidence": spec.confidence, "samples": len(samples), "resamples": BOOTSTRAP_RESAMPLES,
+                   "seed": BOOTSTRAP_SEED} if spec.confidence else None,
         "remedies": spec.remedies,
         "budget": vars(spec.budget).copy(),
         "latency_repeats": spec.latency_repeats,
@@ -287,6 +291,10 @@ def _why(chosen: dict, candidates: list[dict], target: TargetProfile, by: str = 
                 f"{chosen['cost']:g} on target '{target.name}'")
     text = (f"{chosen.get('brief', chosen['label'])} meets every requirement at cost {chosen['cost']:g} on target '{target.name}'"
             f" ({chosen['float_nodes']} float node(s), {chosen['int16_tensors']} int16 tensor(s))")
+    bounds = [f"{q['text']}: {margin_text(q)}" for q in chosen["requirements"] if q.get("margin")]
+    if bounds:
+        text += (f", with a margin for sampling noise (search.confidence {chosen['confidence']:g}, bootstrap over "
+                 f"the search's samples): {'; '.join(bounds)}")
     others = len(passing) - 1
     if others:
         text += f"; it is the cheapest of {len(passing)} passing candidates (ties go to fewer changes)"
@@ -319,9 +327,15 @@ def recommend_qat(candidates: list[dict], spec: SearchSpec, target: TargetProfil
     reason = f"No recipe within the budget ({limits}) on target '{target.name}' meets the requirements"
     if stopped_by:
         reason += f" (the search stopped at {stopped_by})"
+    edge = [c for c in confirmed(candidates) if c.get("passes_on_values") and not c["passes"] and c["n_changes"]
+            and c.get("within_budget", True)]
+    if edge:
+        reason += (f" with a margin for sampling noise: {len(edge)} candidate(s) met them on their values but not at "
+                   f"the {100 * spec.confidence:g}% bootstrap bound (search.confidence); lower it, or judge on more "
+                   f"evaluation samples, to accept such a fix")
     if near:
         c = near[0]
-        misses = [f"`{q['text']}` ({values_text(q['values'])}, "
+        misses = [f"`{q['text']}` ({line_text(q)}, "
                   f"{100 * q['shortfall']:.3g}% short)" for q in c["requirements"] if not q["holds"]]
         reason += (f". Closest: {c.get('brief', c['label'])} (cost {c['cost']:g}: {c['float_nodes']} float node(s), "
                    f"{c['int16_tensors']} int16 tensor(s), {c['explicit_ranges']} re-ranged tensor(s)), which misses "

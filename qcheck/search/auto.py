@@ -28,6 +28,7 @@ from collections.abc import Callable
 from qcheck.search.base import Context, Strategy, register
 from qcheck.search.evaluate import BudgetExhausted, Lookahead, sort_key
 from qcheck.search.space import Change, counts, unit_changes, within_budget
+from qcheck.search.units import PREFIXES
 
 # what a region or ranked unit gets to find a fix, each in turn until one finds a set within the budget
 # (explicit_range: the tighter ranges search.explicit_range_from calibrates, where the policy allows it)
@@ -80,7 +81,7 @@ class Auto(Strategy):
         ev.focus([found])
         if judge == ev.screen and ev.shards is not None:  # a level's subsets screened together, in shards
             judge = Lookahead(ev, ev.shards.workers)
-        minimal = tuple(ddmin(list(found), lambda s: judge(tuple(s))["passes"], getattr(judge, "announce", None)))
+        minimal = self._minimize(ctx, found, judge)
         ev.focus([minimal] + [self._integer_variant(ctx, minimal, c, combo) for c in minimal
                               for combo in INTEGER_REMEDIES])
         final = self._integer(ctx, minimal, judge)
@@ -183,6 +184,29 @@ class Auto(Strategy):
         stem = bisect_prefix(stems, lambda s: judge(start + (s[-1],))["passes"])
         return (stem[-1] if stem else shortest[-1]), largest
 
+    # ------------------------------------------------------------------ 3. minimize
+
+    def _minimize(self, ctx: Context, found: tuple[Change, ...], judge: Judge) -> tuple[Change, ...]:
+        """A 1-minimal subset of `found`; when it is over the budget, its units (tensor groups, chains, regions)
+        are split into their nodes and that set is pruned again: one node of a group may be all the fix needs."""
+        def passes(s: list[Change]) -> bool:
+            return judge(tuple(s))["passes"]
+
+        announce = getattr(judge, "announce", None)  # Lookahead: a level's subsets screened together
+        minimal = tuple(ddmin(list(found), passes, announce))
+        g = ctx.evaluator.graph
+        if within_budget(minimal, g, ctx.evaluator.budget):
+            return minimal
+        split = split_units(minimal, g)
+        if split == minimal or not passes(list(split)):
+            return minimal
+        ctx.evaluator.focus([split])
+        smaller = tuple(ddmin(list(split), passes, announce))
+        ctx.notes.append(f"auto: the 1-minimal set ({len(minimal)} change(s)) was over the budget; its units split into "
+                         f"their nodes and pruned again give {len(smaller)} change(s)"
+                         + ("" if within_budget(smaller, g, ctx.evaluator.budget) else ", still over the budget"))
+        return smaller
+
     # ------------------------------------------------------------------ 4. integer remedies
 
     def _integer(self, ctx: Context, changes: tuple[Change, ...], judge: Judge) -> tuple[Change, ...]:
@@ -226,6 +250,19 @@ def _changes(g, remedy: str, subjects: list[str]) -> list[Change]:
     """`remedy` on each subject where it changes something (as `unit_changes` makes it: explicit_range carries the
     method its ranges come from)."""
     return [c for s in subjects for c in unit_changes(s, [remedy], g, g.base)]
+
+
+def split_units(changes: tuple[Change, ...], g) -> tuple[Change, ...]:
+    """Each change on a unit of several nodes (a tensor group, a chain, a region) replaced by the same remedy on each
+    of its nodes that it changes something on (the unit's float nodes for keep_float); other changes kept."""
+    out: list[Change] = []
+    for c in changes:
+        nodes = g.units.nodes(c.subject) if c.subject.startswith(PREFIXES) else []
+        parts = [x for n in nodes for x in unit_changes(n, [c.remedy], g, g.base)]
+        for x in parts if len(parts) > 1 else [c]:
+            if x not in out:
+                out.append(x)
+    return tuple(out)
 
 
 def bisect_prefix(items: list, passes: Callable[[list], bool]) -> list | None:

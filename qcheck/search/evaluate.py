@@ -22,13 +22,15 @@ import numpy as np
 from qcheck.errors import ModelError
 from qcheck.measure.latency import measure_latency
 from qcheck.measure.outputs import aggregate_model_metrics, compare_outputs
+from qcheck.measure.resample import resampled_values
+from qcheck.measure.tasks.base import bootstrap_weights
 from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.policy.expr import ExprError, Expression, NotApplicable
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
-from qcheck.results.values_text import values_text
-from qcheck.rules.requirements import judge, requirement_env
+from qcheck.results.values_text import line_text
+from qcheck.rules.requirements import judge, requirement_env, with_margin
 from qcheck.search.space import MODEL, Change, Graph, apply_changes, cost, counts, within_budget
 
 
@@ -53,6 +55,11 @@ def shortfall(expression: Expression | str, values: dict) -> float:
         return math.inf
     if not isinstance(value, (int, float)) or math.isnan(value):
         return math.inf
+    return limit_gap(limit, value)
+
+
+def limit_gap(limit, value: float) -> float:
+    """How far `value` (the side of `side op c`) is from meeting the limit, relative to c (0 when it does)."""
     c = limit.value
     gap = (c - value) if limit.op in (">=", ">") else (value - c)
     return max(gap, 0.0) / max(abs(c), 1e-12)
@@ -69,11 +76,15 @@ class Evaluator:
                  log: Callable[[str], None] = lambda m: None, make_tasks: Callable[[], list] | None = None,
                  labels: list[str] | None = None,
                  findings_of: Callable[[Path, Recipe, Ranges], dict] | None = None, workers: int | None = None,
-                 shards=None, shards_per_group: int | None = None, memory_mb: float | None = None):
+                 shards=None, shards_per_group: int | None = None, memory_mb: float | None = None,
+                 confidence: float = 0.0):
         """`shards`: where `screen_many` runs candidates (qcheck.compute.shards; default: threads of this process),
         `shards_per_group` shards per reference, each group's data sent in parts of at most `memory_mb`."""
         self.float_path, self.ranges_for, self.base = float_path, ranges_for, base
         self.shards, self.shards_per_group, self.memory_mb = shards, shards_per_group, memory_mb
+        # search.confidence: a candidate that changes something passes only when every requirement holds at its
+        # one-sided bootstrap bound at this confidence (0: on the value itself)
+        self.confidence = confidence
         self.workers = max(1, workers or usable_cores())  # candidates built and judged at once (evaluate_many)
         # findings_of: the candidate measured per tensor and the rule packs evaluated on it -> its finding counts.
         # Given only when a `require:` line names findings.* (it costs a per-tensor measurement per candidate).
@@ -224,7 +235,8 @@ class Evaluator:
         """A screened candidate from its outputs per sample, or the text of the error ORT refused it with."""
         cand = self._record(changes, key, "screened")
         cand.update(_failed_build(outcome, len(self.require)) if isinstance(outcome, str) else
-                    {**self._verdict(outcome, self.finding_counts), "findings_measured": False, "size_bytes": None})
+                    {**self._verdict(outcome, self.finding_counts, bool(changes)), "findings_measured": False,
+                     "size_bytes": None})
         return self._add(cand, changes, self.screened)
 
     def screen_many(self, sets: list[tuple[Change, ...]]) -> list[dict]:
@@ -321,29 +333,50 @@ class Evaluator:
                           if self.findings_of and changes else self.finding_counts)
         sess = make_session(path, "quantized candidate", threads=threads)
         got = [dict(zip(self.outputs, sess.run(self.outputs, sample))) for sample in self.samples]
-        return {**self._verdict(got, finding_counts), "findings_measured": self.findings_of is not None,
+        return {**self._verdict(got, finding_counts, bool(changes)), "findings_measured": self.findings_of is not None,
                 "size_bytes": path.stat().st_size}
 
-    def _verdict(self, got: list[dict], finding_counts: dict) -> dict:
-        """The requirements judged on a candidate's outputs per sample (compared with the float model's)."""
+    def _verdict(self, got: list[dict], finding_counts: dict, changed: bool = True) -> dict:
+        """The requirements judged on a candidate's outputs per sample (compared with the float model's). With
+        `confidence` and a candidate that changes something (`changed`; the policy's own recipe is judged as the
+        verdict judges it), each line must also hold at its bootstrap bound (`requirements.with_margin`)."""
         compared = compare_outputs(self.outputs, self.metrics, self.make_tasks())
         for label, f_vals, q_vals in zip(self.labels, self.float_outputs, got):
             compared.update(label, f_vals, q_vals)
         env = requirement_env(aggregate_model_metrics(compared.output_results()), compared.user_results(),
                               finding_counts, compared.task_results())
         verdict = judge(self.require, env)
+        lines = [{"text": q["text"], "holds": q["holds"], "values": q["values"]} for q in verdict["requirements"]]
         gaps = [shortfall(r.expression, q["values"]) if not q["holds"] else 0.0
                 for r, q in zip(self.require, verdict["requirements"])]
+        margins = self._margins(compared, env) if changed and self.confidence > 0 else [None] * len(lines)
+        for r, line, m, i in zip(self.require, lines, margins, range(len(lines))):
+            if m is None:
+                continue
+            line["margin"] = m
+            if line["holds"] and not m["holds"]:  # holds on the value, not at its bound: short by the bound's gap
+                line["holds"] = False
+                gaps[i] = limit_gap(r.expression.limit, m["bound"]) if m["bound"] is not None else 1.0
+        for line, g in zip(lines, gaps):
+            line["shortfall"] = g
+        failed = sum(not line["holds"] for line in lines)
         return {
-            "passes": verdict["status"] != "fail",
-            "failed": verdict["failed"],
+            "passes": failed == 0,
+            "passes_on_values": verdict["status"] != "fail",  # without the margin
+            "failed": failed,
             "shortfall": sum(gaps),
-            "requirements": [{"text": q["text"], "holds": q["holds"], "values": q["values"], "shortfall": g}
-                             for q, g in zip(verdict["requirements"], gaps)],
+            "requirements": lines,
             "metrics": {k: v for k, v in env.items() if not k.startswith("findings.")},
             # the candidate's own findings when measured per tensor; else the policy's recipe's
             "finding_counts": dict(finding_counts),
+            "confidence": self.confidence if changed and self.confidence > 0 else None,
         }
+
+    def _margins(self, compared, env: dict) -> list[dict | None]:
+        """Each requirement's bootstrap bound over this evaluator's samples (seeded: the same draws every time)."""
+        weights = bootstrap_weights(len(self.samples))
+        values = resampled_values(compared, weights)
+        return [with_margin(r, env, values, self.confidence) for r in self.require]
 
     def changes_of(self, cand: dict) -> tuple[Change, ...]:
         return self._changes[cand["id"]]
@@ -356,6 +389,7 @@ class Evaluator:
     def on(self, samples: list[dict], labels: list[str]) -> Evaluator:
         """The same judge on other samples (search.holdout), with the float model's outputs for them."""
         other = copy.copy(self)
+        other.confidence = 0.0  # judged on the values themselves: whether the fix holds on samples it has not seen
         sess = make_session(self.float_path, "float model")
         other.samples, other.labels = samples, labels
         other.float_outputs = [dict(zip(self.outputs, sess.run(self.outputs, s))) for s in samples]
@@ -453,7 +487,7 @@ def trial_line(cand: dict) -> str:
         return f"  {trial}: {label} -> could not be built or run ({cand['error']})"
     failing = [q for q in cand["requirements"] if not q["holds"]]
     if not failing:
-        shown = "; ".join(values_text(q["values"]) for q in cand["requirements"])
+        shown = "; ".join(line_text(q) for q in cand["requirements"])
         return f"  {trial}: {label} -> meets the requirements" + (f" ({shown})" if shown else "")
     return (f"  {trial}: {label} -> misses "
-            + "; ".join(f"{q['text']} ({values_text(q['values'])})" for q in failing))
+            + "; ".join(f"{q['text']} ({line_text(q)})" for q in failing))

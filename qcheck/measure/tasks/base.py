@@ -64,18 +64,22 @@ def evaluate_stat(stat: Stat, comps: np.ndarray, weights: np.ndarray | None = No
         value = _nanmax(per_item)
     else:
         value = float(stat.combine(comps.sum(axis=0)))
-    w = weights if weights is not None else bootstrap_weights(n)
-    if stat.kind == "max":
-        masked = np.where(w > 0, per_item[None, :], np.nan)
-        with np.errstate(all="ignore"):
-            boot = np.array([_nanmax(row) for row in masked], dtype=np.float64)
-    else:
-        with np.errstate(all="ignore"):
-            boot = np.asarray(stat.combine(w @ comps), dtype=np.float64)
+    boot = resampled(stat, comps, weights if weights is not None else bootstrap_weights(n))
     boot = boot[np.isfinite(boot)] if boot.size else boot
     tail = (1 - confidence) / 2 * 100
     ci = [float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))] if boot.size else [None, None]
     return {"value": _clean(value), "ci": ci, "per_sample": [_clean(v) for v in per_item]}
+
+
+def resampled(stat: Stat, comps: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The stat's value on each resample: [B] from comps [n, k] and weights [B, n] (how often each item is drawn);
+    NaN where a resample leaves it undefined."""
+    if stat.kind == "max":
+        masked = np.where(weights > 0, stat.combine(comps)[None, :], np.nan)
+        with np.errstate(all="ignore"):
+            return np.array([_nanmax(row) for row in masked], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        return np.asarray(stat.combine(weights @ comps), dtype=np.float64)
 
 
 def _nanmax(values: np.ndarray) -> float:
