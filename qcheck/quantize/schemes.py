@@ -95,7 +95,10 @@ def scheme_recipe(scheme: str, base: Recipe, io: str = "int8") -> Recipe:
         # ORT gives every activation one type: the inputs' and outputs' type is the activations' type.
         return replace(base, activations=io)
     if scheme == "a16w8":
-        overrides = {k: {f: v for f, v in o.items() if f != "quant_type"} for k, o in base.overrides.items()}
+        # an 8-bit type set for the int8 scheme would undo the scheme on that tensor; a 16-bit one (int16 weights,
+        # an int16 tensor) is what the user asked for on top of it and stays
+        overrides = {k: {f: v for f, v in o.items() if f != "quant_type" or v in ("int16", "uint16")}
+                     for k, o in base.overrides.items()}
         return replace(base, activations="int16", weights="int8", overrides=overrides)
     raise ValueError(f"scheme {scheme} has no QDQ recipe")
 

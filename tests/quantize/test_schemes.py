@@ -129,6 +129,21 @@ def test_a16w8_lists_the_ops_that_stay_float(tmp_path):
     assert sorted(f["op_type"] for f in b.float_ops) == ["Erf", "HardSigmoid"]
 
 
+def test_a16w8_keeps_a_policys_16_bit_overrides_and_drops_its_8_bit_ones(tmp_path):
+    """scheme a16w8 with `overrides: {w1: {quant_type: int16}}` built w1 in int8 without a word (the scheme dropped
+    every override's type). A 16-bit type is asked on top of the scheme and stays; an 8-bit one would undo the
+    scheme on that tensor and goes."""
+    from dataclasses import replace
+
+    prep, _, q, ranges = prepared(tmp_path, small_cnn, (1, 3, 16, 16))
+    recipe = replace(Recipe.from_policy(q), overrides={"w1": {"quant_type": "int16", "axis": 0},
+                                                       "r1": {"quant_type": "uint8"}})
+    b = build_scheme("a16w8", prep.path, tmp_path / "q.onnx", recipe, ranges)
+    inits = {i.name: i.data_type for i in onnx.load(str(b.path)).graph.initializer}
+    assert inits["w1_quantized"] == TensorProto.INT16 and inits["w2_quantized"] == TensorProto.INT8
+    assert inits["r1_zero_point"] == TensorProto.INT16  # not the uint8 of the int8 policy
+
+
 # --------------------------------------------------------------------------- dynamic and float16
 
 
