@@ -145,12 +145,24 @@ def build_scheme(scheme: str, float_model: Path, out_path: Path, recipe: Recipe,
                                       hint="add data.calibration, or use scheme dynamic or float16"))
         built = _build_calibrated(scheme, float_model, out_path, scheme_recipe(scheme, recipe, io), ranges, io,
                                   source)
+        built.notes += _dropped_overrides(recipe, built.recipe)
     elif scheme == "dynamic":
         built = build_dynamic(float_model, out_path, recipe, source)
     else:
         built = build_float16(float_model, out_path, io, recipe, source)
     built.build_seconds = time.perf_counter() - start
     return built
+
+
+def _dropped_overrides(asked: Recipe, built: Recipe) -> list[str]:
+    """A note naming the tensors whose override type the scheme did not keep (a16w8 drops 8-bit types)."""
+    dropped = sorted(k for k, o in asked.overrides.items()
+                     if "quant_type" in o and built.overrides.get(k, {}).get("quant_type") != o["quant_type"])
+    if not dropped:
+        return []
+    shown = ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+    return [f"quantization.overrides: the quant_type of {shown} is not used under this scheme ({built.activations} "
+            f"activations, {built.weights} weights; an 8-bit type would undo it on that tensor)"]
 
 
 def _build_calibrated(scheme: str, float_model: Path, out_path: Path, recipe: Recipe, ranges: Ranges,

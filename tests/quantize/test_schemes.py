@@ -142,6 +142,9 @@ def test_a16w8_keeps_a_policys_16_bit_overrides_and_drops_its_8_bit_ones(tmp_pat
     inits = {i.name: i.data_type for i in onnx.load(str(b.path)).graph.initializer}
     assert inits["w1_quantized"] == TensorProto.INT16 and inits["w2_quantized"] == TensorProto.INT8
     assert inits["r1_zero_point"] == TensorProto.INT16  # not the uint8 of the int8 policy
+    assert [n for n in b.notes if "overrides" in n] == [
+        "quantization.overrides: the quant_type of r1 is not used under this scheme (int16 activations, int8 "
+        "weights; an 8-bit type would undo it on that tensor)"]
 
 
 # --------------------------------------------------------------------------- dynamic and float16
