@@ -54,26 +54,29 @@ def temp_folder(kind: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def install_file(src: Path, dest: Path) -> None:
-    """Put a finished file at `dest` in one step: a copy beside it first (same file system), then a rename, so an
-    interrupted copy never leaves a half-written `dest` over a good one."""
+@contextmanager
+def replaced_whole(dest: Path) -> Iterator[Path]:
+    """A path beside `dest` (same file system) for the block to write; when the block ends normally it is renamed
+    over `dest` in one step, so whatever ends the write (a full disk, a kill) never leaves a half-written `dest`
+    over a good one. Nothing is left beside it either way."""
     staged = dest.with_name(f".{dest.name}.qcheck-{unique_suffix()}")
     try:
-        shutil.copyfile(src, staged)
+        yield staged
         os.replace(staged, dest)
     finally:
         staged.unlink(missing_ok=True)
 
 
+def install_file(src: Path, dest: Path) -> None:
+    """Put a finished file at `dest` in one step (a copy beside it, then a rename)."""
+    with replaced_whole(dest) as staged:
+        shutil.copyfile(src, staged)
+
+
 def write_text_whole(path: Path, text: str) -> None:
-    """Write `text` to `path` in one step (staged beside it, then renamed): never a half-written file over a
-    good one, whatever ends the write (a full disk, a kill)."""
-    staged = path.with_name(f".{path.name}.qcheck-{unique_suffix()}")
-    try:
+    """Write `text` to `path` in one step (staged beside it, then renamed)."""
+    with replaced_whole(path) as staged:
         staged.write_text(text, encoding="utf-8")
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:

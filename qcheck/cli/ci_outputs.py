@@ -15,6 +15,7 @@ from pathlib import Path
 from qcheck.errors import Problem, QcheckError
 from qcheck.results.next_step import next_step
 from qcheck.results.values_text import value_text, values_text
+from qcheck.scratch import write_text_whole
 
 
 def _case(suite: ET.Element, classname: str, name: str, failure: str | None, detail: str = "") -> None:
@@ -108,11 +109,9 @@ def write_outputs(junit: Path | None, junit_text: str, summary: Path | None, sum
         if path is None:
             continue
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_whole(path, text)
         except OSError as exc:
             raise QcheckError(Problem(f"cannot write {path}: {exc.strerror}", hint="choose a writable path")) from None
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")

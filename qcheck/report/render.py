@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from qcheck.report.template_check import check_templates, from_user_template, te
 from qcheck.resources import templates_dir
 from qcheck.results.layer_columns import PER_LAYER_GROUP
 from qcheck.results.next_step import next_step, partial_float_rows
+from qcheck.scratch import replaced_whole
 
 
 def _num(value, digits: int = 3) -> str:
@@ -232,9 +232,8 @@ def _optional_source(env: jinja2.Environment, name: str) -> str | None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with replaced_whole(path) as staged:
+        staged.write_bytes(data)
 
 
 def render_report(results: dict, out_dir: Path, formats: list[str], template_dirs: list[Path] | None = None,

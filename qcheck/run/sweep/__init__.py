@@ -8,7 +8,6 @@ run), reuses finished runs whose fingerprint matches, hands the rest to an execu
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from qcheck.policy.spec import ExecutorSpec
 from qcheck.run.sweep.fingerprint import run_fingerprint
 from qcheck.run.sweep.spec import Job, SweepSpec, is_sweep_file, job_policy, load_sweep
 from qcheck.run.sweep.summary import build_summary, error_row, summary_csv
+from qcheck.scratch import write_text_whole
 
 __all__ = ["run_sweep", "validate_sweep", "load_sweep", "is_sweep_file", "ExecutorSpec"]
 
@@ -93,9 +93,7 @@ def _finished(out: Path, job: Job) -> dict | None:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_whole(path, text)
 
 
 def write_summary(summary: dict, folder: Path, formats: tuple[str, ...]) -> None:
