@@ -66,6 +66,29 @@ def first_line(exc: BaseException, shown_as: dict | None = None) -> str:
     return text
 
 
+# Characters a terminal or an SVG would act on rather than show: C0/C1 controls (ESC starts a terminal command; XML
+# forbids them, so WeasyPrint drops a plot whose label holds one) and the bidi overrides that reorder what is shown
+# ("Trojan source"). A hostile model can put them in its node and tensor names.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control and bidi character shown as its escape (`\\x1b`, `\\u202e`); newlines and tabs kept."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1] if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                            text)
+
+
+def printable_data(value):
+    """`printable` applied to every string in nested dicts and lists (keys too): results as a report shows them."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable_data(k): printable_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable_data(v) for v in value]
+    return value
+
+
 class QcheckError(Exception):
     """A problem the user can fix. Holds one or more `Problem`s, all reported at once."""
 

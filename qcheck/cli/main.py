@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from qcheck.cli import apply, diff, docs, exit_codes, init, report, rules, run, sweep, validate
 from qcheck.cli.parser import build_parser
-from qcheck.errors import QcheckError
+from qcheck.errors import QcheckError, printable
 
 COMMANDS = {"run": run.cmd_run, "report": report.cmd_report, "rules": rules.cmd_rules, "init": init.cmd_init,
             "validate": validate.cmd_validate, "docs": docs.cmd_docs, "apply": apply.cmd_apply, "diff": diff.cmd_diff,
@@ -80,7 +80,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         return COMMANDS[args.command](args)
     except QcheckError as exc:
-        print(f"qcheck: error: {exc}", file=sys.stderr)
+        print(f"qcheck: error: {printable(str(exc))}", file=sys.stderr)
         if getattr(args, "json", False):  # CI parsing stdout gets the error too
             print(json.dumps({"error": [{"message": p.message, "file": p.file, "line": p.line, "hint": p.hint}
                                         for p in exc.problems], "exit_code": exc.exit_code}, indent=1))

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import TextIO
 
+from qcheck.errors import printable
+
 PLAIN_INTERVAL = 30.0  # seconds between plain progress lines: CI logs see one at least every minute
 
 # What a stage counts, when the bar should say so; other stages show bare counts.
@@ -131,7 +133,7 @@ class Reporter:
         if self.mode == "json":
             self._write(json.dumps({"event": "log", "message": msg}) + "\n")
         else:
-            self._write(f"  {msg}\n")
+            self._write(f"  {printable(msg)}\n")
 
     def progress(self, stage: str, done: int, total: int) -> None:
         now = self.clock()

@@ -9,6 +9,7 @@ from qcheck import __version__
 from qcheck.cli import exit_codes
 from qcheck.cli.progress import Reporter
 from qcheck.cli.summary import json_summary, report_path, text_summary
+from qcheck.errors import printable
 
 
 def cmd_run(args) -> int:
@@ -32,7 +33,7 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(json_summary(results), indent=1, default=str))
     elif not args.quiet:
-        print(text_summary(results))
+        print(printable(text_summary(results)))
     return exit_codes.FAIL if status == "fail" else exit_codes.PASS
 
 

@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 
 from qcheck.cli import exit_codes
+from qcheck.errors import printable
 
 
 def cmd_sweep(args) -> int:
@@ -14,7 +15,7 @@ def cmd_sweep(args) -> int:
     spec = load_sweep(args.sweep, out=args.out)
     executor = replace(spec.executor, **{k: v for k, v in (("kind", args.executor), ("workers", args.workers),
                                                             ("address", args.address)) if v is not None})
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log = (lambda m: None) if args.quiet else (lambda m: print(printable(m), file=sys.stderr, flush=True))
     summary = run_sweep(spec, executor, force=args.force, log=log)
     if not args.quiet:
         c = summary["counts"]
@@ -23,6 +24,7 @@ def cmd_sweep(args) -> int:
               + (f", {c['resources']} out of resources" if c["resources"] else "") + f"; {summary['reused']} reused")
         for r in summary["runs"]:
             if r["exit_code"] >= exit_codes.USER_ERROR:
-                print(f"  {r['run']}: {r['status']}: {r['message'].strip().splitlines()[-1 if r['status'] == 'bug' else 0]}")
+                print(printable(f"  {r['run']}: {r['status']}: "
+                               f"{r['message'].strip().splitlines()[-1 if r['status'] == 'bug' else 0]}"))
         print(f"summary: {spec.out / 'summary' / 'summary.html'}")
     return summary["exit_code"]

@@ -6,6 +6,7 @@ import json
 
 from qcheck.cli import exit_codes
 from qcheck.cli.progress import Reporter
+from qcheck.errors import printable
 
 
 def cmd_validate(args) -> int:
@@ -21,7 +22,7 @@ def cmd_validate(args) -> int:
     if args.json:
         print(json.dumps({"valid": True, **summary}, indent=1))
     elif not args.quiet:
-        print(_sweep_text(args.policy, summary) if sweep else _policy_text(args.policy, summary))
+        print(printable(_sweep_text(args.policy, summary) if sweep else _policy_text(args.policy, summary)))
     return exit_codes.PASS
 
 

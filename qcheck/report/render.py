@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import logging
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import jinja2
@@ -13,7 +15,7 @@ from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-from qcheck.errors import Problem, QcheckError
+from qcheck.errors import Problem, QcheckError, printable_data
 from qcheck.report import plots
 from qcheck.report.analysis_plots import analysis_plots
 from qcheck.report.graph_view import graph_view
@@ -210,6 +212,7 @@ def render_html(results: dict, template_dirs: list[Path] | None = None) -> str:
     from qcheck.report import toc
 
     env = environment(template_dirs)
+    results = printable_data(results)  # a model's names may hold control characters: shown as escapes
     try:
         css, _, _ = env.loader.get_source(env, "report.css")  # a team folder may bring its own stylesheet
         extra = _optional_source(env, "extra.css")  # ... or only additions to ours
@@ -246,11 +249,11 @@ def render_report(results: dict, out_dir: Path, formats: list[str], template_dir
         written.append(path)
     if "pdf" in formats:
         log("writing the PDF ...")
-        written.append(write_pdf(html, out_dir / "report.pdf"))
+        written.append(write_pdf(html, out_dir / "report.pdf", log))
     return written
 
 
-def write_pdf(html: str, path: Path) -> Path:
+def write_pdf(html: str, path: Path, log: Callable[[str], None] = lambda m: None) -> Path:
     try:
         import weasyprint
     except (ImportError, OSError) as exc:  # OSError: Pango or its fonts are missing
@@ -258,9 +261,38 @@ def write_pdf(html: str, path: Path) -> Path:
             f"cannot make the PDF: WeasyPrint is not usable here ({exc})",
             hint="install Pango (Debian/Ubuntu: apt-get install libpango-1.0-0 libpangoft2-1.0-0), "
                  "or set report.formats: [html]")) from None
-    pdf = weasyprint.HTML(string=html, base_url=str(path.parent), url_fetcher=_embedded_only()).write_pdf()
+    with weasyprint_errors() as errors:
+        pdf = weasyprint.HTML(string=html, base_url=str(path.parent), url_fetcher=_embedded_only()).write_pdf()
+    for message in dict.fromkeys(errors):
+        log(f"warning: {path.name}: WeasyPrint left out what it could not draw: {message}")
     write_atomic(path, pdf)
     return path
+
+
+@contextmanager
+def weasyprint_errors():
+    """WeasyPrint's errors (an image it cannot load, a template's `<img src=file:...>` the fetcher refuses) as
+    short lines, kept from the terminal: its own log lines carry whole data: URIs, megabytes of base64."""
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            args = tuple(_short(a) for a in record.args) if isinstance(record.args, tuple) else record.args
+            records.append(str(record.msg) % args if args else str(record.msg))
+
+    logger, handler = logging.getLogger("weasyprint"), Keep(logging.ERROR)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:60] + "..." if text.startswith("data:") and len(text) > 60 else text[:300]
 
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qcheck.errors import printable_data
 from qcheck.report.render import environment, write_atomic, write_pdf
 
 
@@ -19,7 +20,7 @@ def sweep_context(summary: dict) -> dict:
 def render_sweep_html(summary: dict) -> str:
     env = environment()
     css, _, _ = env.loader.get_source(env, "report.css")
-    return env.get_template("sweep_summary.html.j2").render(css=css, **sweep_context(summary))
+    return env.get_template("sweep_summary.html.j2").render(css=css, **sweep_context(printable_data(summary)))
 
 
 def render_sweep_summary(summary: dict, folder: Path, formats: list[str]) -> list[Path]:
