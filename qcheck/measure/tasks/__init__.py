@@ -36,8 +36,10 @@ def build(policy, model_outputs: list[str]) -> list[TaskMetric]:
             if key in opts:
                 path = _resolve(policy.folder, opts[key])
                 if not path.is_file():
-                    problems.append(policy.problem_at(("metrics", name, key), f"metric '{name}': {key} file not "
-                                                      f"found: {path}"))
+                    why = ("not found" if not path.exists() else
+                           "is a folder" if path.is_dir() else "is not a regular file (a pipe, device or socket)")
+                    problems.append(policy.problem_at(("metrics", name, key), f"metric '{name}': {key} file {why}: "
+                                                      f"{path}"))
                 opts[key] = str(path)
         if problems:
             continue

@@ -13,6 +13,7 @@ same computation on different weights.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,22 @@ def shape_error(metric: str, message: str, hint: str | None = None) -> DataError
     return DataError(Problem(f"metric '{metric}': {message}", hint=hint))
 
 
+def class_index(v) -> int | None:
+    """A label as a class index: an integer, or a float or text that is one exactly; None otherwise."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v.strip())
+        except ValueError:
+            return None
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        return int(v)
+    return None
+
+
 def load_labels(path: Path, metric: str, kind: str) -> list:
     """Labels from .npy (one per row), .json (a list) or .txt (one per line). kind: 'int' or 'str'."""
     try:
@@ -249,10 +266,10 @@ def load_labels(path: Path, metric: str, kind: str) -> list:
     if kind == "int":
         out = []
         for i, v in enumerate(raw):
-            try:
-                out.append(int(str(v).strip()) if not isinstance(v, (int, float)) else int(v))
-            except ValueError:
+            index = class_index(v)
+            if index is None:  # 1.5, inf, NaN, true, "cat": none names a class; int() would truncate or crash
                 raise DataError(Problem(f"metric '{metric}': label {i + 1} is {v!r}, not a class index",
-                                        file=str(path), line=i + 1 if path.suffix == ".txt" else None)) from None
+                                        file=str(path), line=i + 1 if path.suffix == ".txt" else None))
+            out.append(index)
         return out
     return [str(v) for v in raw]

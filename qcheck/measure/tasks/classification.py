@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qcheck.errors import DataError, Problem
 from qcheck.measure.tasks.base import Stat, TaskMetric, ratio, shape_error, take
 
 
@@ -48,6 +49,12 @@ class Classification(TaskMetric):
         if label is not None:
             if fr.shape[0] != 1:
                 raise shape_error(self.name, f"labels need one prediction per sample; this output gives {fr.shape[0]}")
+            if not 0 <= label < fr.shape[1]:  # it could never be right: labels made for another model or set
+                raise DataError(Problem(f"metric '{self.name}': label {index + 1} is {label}, but the output has "
+                                        f"{fr.shape[1]} classes (0 to {fr.shape[1] - 1})",
+                                        file=self.options.get("labels"),
+                                        line=index + 1 if str(self.options.get("labels")).endswith(".txt") else None,
+                                        hint="the labels must be class indices of this model's output"))
             comps.update(correct_f=float(top_f[0] == label), correct_q=float(top_q[0] == label), labeled=1.0)
             details["label"] = label
         return comps, details
