@@ -18,8 +18,9 @@ models and samples, plus one read of every tensor it measures:
   the quantized model with every measured tensor exposed over them, plus one read (a sum) of each
   returned tensor, float and integer; when the run runs the per-layer twin (something reads a per-layer
   column: qcheck.run.needs, as the run decides) also the twin (a float copy of each quantized node fed the
-  quantized run's inputs: a model run per-layer statistics cannot avoid) and one read of its outputs. The
-  floor without the twin is printed on its own line, and whether the twin ran;
+  quantized run's inputs: a model run per-layer statistics cannot avoid) and one read of its outputs, and
+  its copy with dequantized weights on the samples the measurement runs it on (weight_error_share: 8,
+  evenly spread). The floor without the twin is printed on its own line, and whether the twin ran;
 - analyses: one float pass over its samples for each node ranked (suffix copies can run below it);
   load, quantize, rules and render run no model: no floor.
 
@@ -160,7 +161,7 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
     """Seconds of the model runs each stage cannot avoid (see the module docstring)."""
     import onnx
 
-    from qcheck.measure.per_tensor import skipped_statistics
+    from qcheck.measure.per_tensor import WEIGHT_SHARE_SAMPLES, skipped_statistics, spread
     from qcheck.measure.twin import build_twin
     from qcheck.model.runtime import make_session, with_outputs
     from qcheck.policy.loader import load_policy
@@ -195,18 +196,23 @@ def floors(policy_path: Path, results: dict) -> dict[str, float]:
         if "local" in policy.measure.modes and PER_LAYER_GROUP not in skipped_statistics(need, policy.measure.modes,
                                                                                           None):
             twin = build_twin(qmodel, float_model, qmap, with_weight_twin="weight_error_share" in need)
-        q_names = [t.q_output for t in acts] + (sorted(set(twin.inputs.values())) if twin else [])
+        q_names = [t.q_output for t in acts] + (twin.fed() if twin else [])
         q_sess = make_session(with_outputs(qmodel, q_names), "quantized", spin=False)
         t_sess = make_session(twin.model, "twin", spin=False) if twin and twin.outputs else None
+        w_sess = (make_session(twin.weight_model, "weight twin", spin=False)
+                  if t_sess is not None and twin.weight_model is not None else None)
+        weighed = spread(len(samples), WEIGHT_SHARE_SAMPLES)  # as the measurement runs the weight twin
         q_out = [o.name for o in q_sess.get_outputs()]
 
         def passes(with_twin: bool) -> None:
-            for s in samples:
+            for i, s in enumerate(samples):
                 _read_all(f_sess.run(None, s))
                 q_vals = dict(zip(q_out, q_sess.run(None, s)))
                 _read_all(q_vals.values())
                 if with_twin and t_sess is not None:
                     _read_all(t_sess.run(None, {k: q_vals[v] for k, v in twin.inputs.items()}))
+                if with_twin and w_sess is not None and i in weighed:
+                    _read_all(w_sess.run(None, {k: q_vals[v] for k, v in twin.weight_inputs.items()}))
 
         out["measure"] = _add(decode_eval, _timed(lambda: passes(True)))
         out["measure (float + int8 only)"] = _add(decode_eval, _timed(lambda: passes(False)))

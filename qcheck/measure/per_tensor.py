@@ -63,6 +63,9 @@ def workers() -> int:
     return max(1, min(4, usable_cores()))
 
 
+# weight_error_share is a share of error energy, estimated well from a few samples; its twin (every quantized node
+# again, with dequantized weights) costs about as much as the float and int8 runs together, so it runs on this many
+WEIGHT_SHARE_SAMPLES = 8
 DISTRIBUTION_STATISTICS = ("skewness", "kurtosis", "bimodality", "channels", "channel_range_ratio", "worst_channel")
 
 
@@ -195,9 +198,15 @@ def measure(
     acc = _accumulators(activations, shapes, index, sessions.twin, want_dist)
     acc.user = layer_metrics
     compared = compare_outputs(outputs, metrics, tasks)  # task metrics come as `tasks`
+    weighed = spread(len(data), WEIGHT_SHARE_SAMPLES)
+    if any(g.weight_sess is not None for g in sessions.groups) and len(weighed) < len(data):
+        notes.append(f"weight_error_share is estimated on {len(weighed)} of the {len(data)} evaluation samples, "
+                     f"evenly spread (a share of error energy; its twin with dequantized weights costs as much as "
+                     f"the float and int8 runs together); every other statistic reads every sample")
     with ThreadPoolExecutor(max_workers=workers()) as pool:
         for i in range(len(data)):
-            _measure_sample(data[i], data.samples[i].label, sessions, index, acc, compared, want_dist, pool, fused)
+            _measure_sample(data[i], data.samples[i].label, sessions, index, acc, compared, want_dist, pool, fused,
+                            weights=i in weighed)
             if progress:
                 progress(i + 1, len(data))
     records = _activation_records(activations, acc, index, ranges, modes, sessions.twin, want_dist,
@@ -306,11 +315,18 @@ def _quantized(s: TensorSample) -> Quantized:
     return Quantized(s.quant)
 
 
+def spread(n: int, k: int) -> set[int]:
+    """`k` sample indices out of `n`, evenly spread, first and last included (all of them when n <= k)."""
+    return set(range(n)) if n <= k else {round(i * (n - 1) / (k - 1)) for i in range(k)}
+
+
 def _measure_sample(sample: dict, label: str, sessions: Sessions, index: GraphIndex, acc: _Accumulators,
-                    compared: OutputMetrics, want_dist: bool, pool: ThreadPoolExecutor, fused: bool = True) -> None:
-    """One sample, group by group (one group unless memory_mb says otherwise): only a group's tensors are held."""
+                    compared: OutputMetrics, want_dist: bool, pool: ThreadPoolExecutor, fused: bool = True,
+                    weights: bool = True) -> None:
+    """One sample, group by group (one group unless memory_mb says otherwise): only a group's tensors are held.
+    `weights`: also run the twin with dequantized weights (weight_error_share)."""
     for g, group in enumerate(sessions.groups):
-        f_vals, q_vals, t_vals = sessions.run(group, sample)
+        f_vals, q_vals, t_vals = sessions.run(group, sample, weights)
         if g == 0:
             _check_outputs_finite(f_vals, compared.outputs, index, label)
             compared.update(label, f_vals, q_vals)
@@ -321,8 +337,8 @@ def _measure_sample(sample: dict, label: str, sessions: Sessions, index: GraphIn
             if ref is None:
                 continue
             local = t_vals[twin.outputs[t.name]] if t_vals and t.name in twin.outputs else None
-            w_only = (t_vals[twin.weight_outputs[t.name]] if local is not None and t.name in twin.weight_outputs
-                      else None)
+            w_only = t_vals.get(twin.weight_outputs[t.name]) if local is not None and t.name in twin.weight_outputs \
+                else None
             jobs.append(TensorSample(t, ref, q_vals[t.q_output], local, w_only))
         for _ in pool.map(lambda j: reduce_tensor(j, acc, want_dist, fused),
                           sorted(jobs, key=lambda j: -j.float.size)):

@@ -30,6 +30,8 @@ class Group:
     q_names: list[str]
     twin: Twin | None
     twin_sess: Any
+    weight_sess: Any = None  # the twin's copies with dequantized weights
+
 
 
 @dataclass
@@ -39,14 +41,18 @@ class Sessions:
     twin: Twin | None  # the twin of every quantized node (what per-layer mode can measure); None: mode off
     groups: list[Group]
 
-    def run(self, group: Group, sample: dict) -> tuple[dict, dict, dict]:
-        """The group's tensors on one sample: float model's, quantized run's, per-layer twin's."""
+    def run(self, group: Group, sample: dict, weights: bool = True) -> tuple[dict, dict, dict]:
+        """The group's tensors on one sample: float model's, quantized run's, per-layer twin's (with its copies
+        with dequantized weights when `weights`)."""
         f_vals = dict(zip(group.float_names, self.float.run(group.float_names, sample)))
         q_vals = dict(zip(group.q_names, self.quant.run(group.q_names, sample)))
         t_vals = {}
-        if group.twin_sess is not None:  # fed the integers: the twin dequantizes them as the quantized model does
-            names = [o.name for o in group.twin_sess.get_outputs()]
-            t_vals = dict(zip(names, group.twin_sess.run(None, {k: q_vals[v] for k, v in group.twin.inputs.items()})))
+        # fed the integers: the twin dequantizes them as the quantized model does
+        for sess, feeds in ((group.twin_sess, group.twin.inputs if group.twin else {}),
+                            (group.weight_sess if weights else None, group.twin.weight_inputs if group.twin else {})):
+            if sess is not None:
+                names = [o.name for o in sess.get_outputs()]
+                t_vals.update(zip(names, sess.run(None, {k: q_vals[v] for k, v in feeds.items()})))
         return f_vals, q_vals, t_vals
 
 
@@ -89,7 +95,7 @@ def open_sessions(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: Q
     twins = [twin] if len(parts) == 1 else [
         build_twin(twin_of, float_model, qmap, with_weight_twin=with_weight_twin, only={t.name for t in part})
         if twin is not None else None for part in parts]
-    q_names = [t.q_output for t in activations] + (sorted(set(twin.inputs.values())) if twin else [])
+    q_names = [t.q_output for t in activations] + (twin.fed() if twin else [])
     q_sess = make_session(with_outputs(qmodel, q_names), "quantized model", spin=False)
     f_out = {o.name for o in f_sess.get_outputs()}  # a graph input is not among them: it is read from the sample
     q_outputs = [o.name for o in qmodel.graph.output]
@@ -98,7 +104,9 @@ def open_sessions(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, qmap: Q
         # the model's outputs (compared once per sample) come with the first group
         f_names = [n for n in dict.fromkeys([*(outputs if i == 0 else []), *(t.name for t in part)]) if n in f_out]
         q = list(dict.fromkeys([*(q_outputs if i == 0 else []), *(t.q_output for t in part),
-                                *(sorted(set(tw.inputs.values())) if tw else [])]))
+                                *(tw.fed() if tw else [])]))
         t_sess = make_session(tw.model, "per-layer twin model", spin=False) if tw and tw.outputs else None
-        groups.append(Group(part, f_names, q, tw, t_sess))
+        w_sess = (make_session(tw.weight_model, "per-layer twin model with dequantized weights", spin=False)
+                  if tw and tw.weight_model is not None and tw.outputs else None)
+        groups.append(Group(part, f_names, q, tw, t_sess, w_sess))
     return Sessions(f_sess, q_sess, twin, groups)

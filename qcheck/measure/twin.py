@@ -3,7 +3,10 @@
 Comparing the twin's output with the quantized node's output isolates the
 error that node adds (per-layer, "local" mode). With a weight twin, a second
 copy of each node with dequantized weights measures the error the weights
-alone cause (`weight_error_share`).
+alone cause (`weight_error_share`). The two copies are two models: the
+weights-only one costs as much as the first and only a share is read from
+it, so the measurement may run it on fewer samples (ONNX Runtime computes
+every node of a model whatever outputs a run asks for).
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ class Twin:
     # q_output of a quantized activation, dequantized inside the twin)
     outputs: dict[str, str]  # float tensor name -> twin output name
     weight_outputs: dict[str, str]  # float tensor name -> output of the twin with dequantized weights
+    weight_model: onnx.ModelProto | None = None  # the copies with dequantized weights (None: no weight twin)
+    weight_inputs: dict[str, str] = field(default_factory=dict)  # as `inputs`, for `weight_model`
+
+    def fed(self) -> list[str]:
+        """The quantized run's tensors the twin's models read."""
+        return sorted(set(self.inputs.values()) | set(self.weight_inputs.values()))
 
 
 @dataclass
@@ -199,12 +208,28 @@ def build_twin(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, qmap: QDQM
     b = _Builder(GraphIndex(qmodel), GraphIndex(float_model), qmap)
     for node in qmodel.graph.node:
         b.add(node, with_weight_twin, only)
+    dequantizers = [n for n in b.nodes if n.output[0] in b.dequantizers]
+    copies = [n for n in b.nodes if n.output[0] not in b.dequantizers and not n.name.startswith(TWIN_W_PREFIX)]
+    weight_copies = [n for n in b.nodes if n.name.startswith(TWIN_W_PREFIX)]
+    model, inputs = _model(b, dequantizers, copies, list(b.outputs.values()), qmodel, "qcheck_twin")
+    weights = (_model(b, dequantizers, weight_copies, list(b.weight_outputs.values()), qmodel, "qcheck_weight_twin")
+               if weight_copies else (None, {}))
+    return Twin(model, inputs, b.outputs, b.weight_outputs, *weights)
+
+
+def _model(b: _Builder, dequantizers: list[onnx.NodeProto], copies: list[onnx.NodeProto], outputs: list[str],
+           qmodel: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A model of `copies` and the dequantizers they read, with the feeds and initializers these need; its graph
+    inputs -> the quantized run's tensors they are fed."""
+    read = {i for n in copies for i in n.input if i}
+    nodes = [n for n in dequantizers if n.output[0] in read] + copies
+    read |= {i for n in nodes for i in n.input if i}
     graph = onnx.helper.make_graph(
-        b.nodes, "qcheck_twin",
-        [onnx.helper.make_tensor_value_info(n, t, None) for n, t in b.graph_inputs.items()],
-        [onnx.ValueInfoProto(name=o) for o in list(b.outputs.values()) + list(b.weight_outputs.values())],
-        initializer=list(b.inits.values()),
+        nodes, name,
+        [onnx.helper.make_tensor_value_info(n, t, None) for n, t in b.graph_inputs.items() if n in read],
+        [onnx.ValueInfoProto(name=o) for o in outputs],
+        initializer=[t for n, t in b.inits.items() if n in read],
     )
-    twin_model = onnx.helper.make_model(graph, opset_imports=list(qmodel.opset_import))
-    twin_model.ir_version = qmodel.ir_version
-    return Twin(twin_model, b.feeds, b.outputs, b.weight_outputs)
+    model = onnx.helper.make_model(graph, opset_imports=list(qmodel.opset_import))
+    model.ir_version = qmodel.ir_version
+    return model, {k: v for k, v in b.feeds.items() if k in read}

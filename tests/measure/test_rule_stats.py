@@ -82,7 +82,42 @@ def test_weight_error_share_matches_plain_onnxruntime(conv_runs, variant):
     dequantized weights and y_q the quantized model's output: the per-layer twin, rebuilt with plain ORT."""
     tmp, *runs = conv_runs
     results = dict(zip(["per_tensor", "per_channel"], runs))[variant]
-    qmodel = onnx.load(str(tmp / f"out-{variant}" / "model.quant.onnx"))
+    share, rmse_scale = plain_share(tmp, tmp / f"out-{variant}", range(8))
+    y = row(results, "y")
+    assert y["weight_error_share"] == pytest.approx(share, rel=1e-3)
+    assert 0.0 <= y["weight_error_share"] <= 1.0
+    assert y["rmse_scale"] == pytest.approx(rmse_scale, rel=1e-3)
+    if variant == "per_tensor":
+        # one step of 20/127 on weights of +-0.5: the weights cause nearly all of the error
+        assert y["weight_error_share"] > 0.9
+        assert {"QC101", "QC108"} <= codes_on(results, "tensor", "y")
+
+
+def test_weight_error_share_reads_eight_evenly_spread_samples_of_more(tmp_path):
+    """With 12 evaluation samples the twin with dequantized weights runs on 8 of them, evenly spread (0, 2, 3, 5,
+    6, 8, 9, 11: round(i * 11 / 7)); the share is theirs exactly, every other statistic reads all 12, and the
+    results say so."""
+    outlier_channel_conv(tmp_path / "model.onnx", outlier=20.0)
+    rng = np.random.default_rng(5)
+    # the four samples left out are wide (the weights' error grows with the input, the output's rounding does
+    # not), the eight read narrow: the share over the eight differs from the share over all twelve
+    skipped = {1, 4, 7, 10}
+    write_arrays(tmp_path / "calib", [rng.uniform(0.0, 1.0 if i in skipped else 0.05, (1, 4, 8, 8))
+                                      for i in range(12)])
+    results = run(tmp_path, "twelve", {"model": "model.onnx", "data": {"calibration": "calib"},
+                                       "quantization": {"per_channel": False}})
+    y = row(results, "y")
+    share_8, _ = plain_share(tmp_path, tmp_path / "out-twelve", [0, 2, 3, 5, 6, 8, 9, 11])
+    share_12, rmse_scale_12 = plain_share(tmp_path, tmp_path / "out-twelve", range(12))
+    assert abs(share_8 - share_12) > 1e-2  # the subset is told apart
+    assert y["weight_error_share"] == pytest.approx(share_8, rel=1e-4)
+    assert y["rmse_scale"] == pytest.approx(rmse_scale_12, rel=1e-3)
+    assert any("weight_error_share is estimated on 8 of the 12" in n for n in results["measure"]["notes"])
+
+
+def plain_share(tmp, out, indices) -> tuple[float, float]:
+    """The Conv's weight_error_share and rmse/scale over the samples `indices`, with plain ORT sessions."""
+    qmodel = onnx.load(str(out / "model.quant.onnx"))
     init = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
     sx, zx = float(init["x_scale"]), int(init["x_zero_point"])
     shape = (-1, 1, 1, 1) if init["w_scale"].size > 1 else ()  # per channel: one scale per output channel
@@ -95,7 +130,7 @@ def test_weight_error_share_matches_plain_onnxruntime(conv_runs, variant):
     w_sess = ort.InferenceSession(twin_w.SerializeToString())
     q_sess = ort.InferenceSession(qmodel.SerializeToString())
     sum_w = sum_rest = sum_all = n = 0.0
-    for i in range(8):
+    for i in indices:
         x = np.load(tmp / "calib" / f"{i}.npy")
         x_hat = ((np.clip(np.rint(x / sx) + zx, 0, 255) - zx) * sx).astype(np.float32)
         y_f = f_sess.run(None, {"x": x_hat})[0].astype(np.float64)
@@ -105,14 +140,7 @@ def test_weight_error_share_matches_plain_onnxruntime(conv_runs, variant):
         sum_rest += float(((y_w - y_q) ** 2).sum())
         sum_all += float(((y_f - y_q) ** 2).sum())
         n += y_f.size
-    y = row(results, "y")
-    assert y["weight_error_share"] == pytest.approx(sum_w / (sum_w + sum_rest), rel=1e-3)
-    assert 0.0 <= y["weight_error_share"] <= 1.0
-    assert y["rmse_scale"] == pytest.approx(math.sqrt(sum_all / n) / float(init["y_scale"]), rel=1e-3)
-    if variant == "per_tensor":
-        # one step of 20/127 on weights of +-0.5: the weights cause nearly all of the error
-        assert y["weight_error_share"] > 0.9
-        assert {"QC101", "QC108"} <= codes_on(results, "tensor", "y")
+    return sum_w / (sum_w + sum_rest), math.sqrt(sum_all / n) / float(init["y_scale"])
 
 
 def test_per_channel_weights_take_the_weight_share_down(conv_runs):
