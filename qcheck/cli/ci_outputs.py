@@ -15,6 +15,7 @@ from pathlib import Path
 from qcheck.errors import Problem, QcheckError
 from qcheck.results.next_step import next_step
 from qcheck.results.values_text import value_text, values_text
+from qcheck.run.output_folder import add_to_manifest, read_manifest
 from qcheck.scratch import write_text_whole
 
 
@@ -35,6 +36,36 @@ def _document(name: str, cases: list[tuple[str, str, str | None, str]], seconds:
         _case(suite, *c)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+EXAMPLE_NAMES = {"--junit": "qcheck-junit.xml", "--summary-md": "qcheck-summary.md"}
+# how each CI output begins: a file that begins so is the same output of an earlier command, replaced freely
+_BEGINS = {"--junit": b'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="qcheck"', "--summary-md": b"## qcheck"}
+
+
+def _same_kind(target: Path, flag: str) -> bool:
+    try:
+        with open(target, "rb") as fh:
+            return fh.read(len(_BEGINS[flag])) == _BEGINS[flag]
+    except OSError:
+        return False
+
+
+def _written_by_a_run(target: Path) -> str | None:
+    for folder in target.parents:
+        listed = read_manifest(folder)
+        if listed is not None:
+            name = target.relative_to(folder).as_posix()
+            return f"it is the {name} of the qcheck run in {folder}" if name in listed else None
+    return None
+
+
+def _list_in_output_folder(path: Path) -> None:
+    path = path.resolve()
+    for folder in path.parents:
+        if read_manifest(folder) is not None:
+            add_to_manifest(folder, [path.relative_to(folder).as_posix()])
+            return
 
 
 def run_junit(results: dict) -> str:
@@ -102,9 +133,35 @@ def diff_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_paths(paths: dict[str, Path | None], inputs: list[tuple[str, Path]]) -> None:
+    """Before anything runs: a CI output (`--junit`, `--summary-md`) must not replace a file the command reads
+    (the policy, the model, a results file, ...) or land in one of its folders, nor be a folder, nor be asked
+    for twice."""
+    seen: dict[Path, str] = {}
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        target = Path(path).expanduser().resolve()
+        why = ("it is a folder" if target.is_dir() else seen.get(target) and f"{seen[target]} writes it too"
+               or (None if _same_kind(target, flag) else _written_by_a_run(target)))
+        for what, given in inputs:
+            if why:
+                break
+            g = Path(given).expanduser().resolve()
+            if target == g:
+                why = f"it is the {what}"
+            elif g.is_dir() and target.is_relative_to(g):
+                why = f"it is inside the {what} ({g})"
+        if why:
+            raise QcheckError(Problem(f"{flag}: refusing to write {path}: {why}",
+                                      hint=f"give {flag} a file of its own, e.g. {flag} {EXAMPLE_NAMES[flag]}"))
+        seen[target] = flag
+
+
 def write_outputs(junit: Path | None, junit_text: str, summary: Path | None, summary_text: str) -> None:
     """Write the files asked for (each replaced whole, never half-written); with a summary asked for,
-    append it to $GITHUB_STEP_SUMMARY too when that is set (GitHub Actions shows it on the run's page)."""
+    append it to $GITHUB_STEP_SUMMARY too when that is set (GitHub Actions shows it on the run's page).
+    A file written into a qcheck output folder is added to its manifest: the next run may replace it."""
     for path, text in ((junit, junit_text), (summary, summary_text)):
         if path is None:
             continue
@@ -112,6 +169,7 @@ def write_outputs(junit: Path | None, junit_text: str, summary: Path | None, sum
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text_whole(path, text)
+            _list_in_output_folder(path)
         except OSError as exc:
             raise QcheckError(Problem(f"cannot write {path}: {exc.strerror}", hint="choose a writable path")) from None
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -14,6 +14,12 @@ def cmd_diff(args) -> int:
 
     if args.tolerance < 0:
         raise QcheckError("--tolerance must be >= 0")
+    if args.junit or args.summary_md:
+        from qcheck.cli.ci_outputs import check_paths
+
+        check_paths({"--junit": args.junit, "--summary-md": args.summary_md},
+                    [(f"results of run {k}", p / "results.json" if p.is_dir() else p)
+                     for k, p in (("A", args.a), ("B", args.b))])
     d = diff_runs(load_run(args.a), load_run(args.b), args.tolerance)
     print(json.dumps(encode(d), indent=1) if args.json else format_diff(d))
     if args.junit or args.summary_md:

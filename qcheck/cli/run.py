@@ -17,6 +17,11 @@ def cmd_run(args) -> int:
     from qcheck.run.pipeline import Console, run
 
     policy = load_policy(args.policy)
+    if args.junit or args.summary_md:
+        from qcheck.cli.ci_outputs import check_paths
+        from qcheck.run.pipeline import user_inputs
+
+        check_paths({"--junit": args.junit, "--summary-md": args.summary_md}, user_inputs(policy))
     shard_options(policy.analyses, args)
     term = Reporter.for_terminal(quiet=args.quiet, json_lines=args.json)
     term.log(f"qcheck {__version__}: {args.policy}")

@@ -151,13 +151,24 @@ def _run_and_write(policy: Policy, out: Path | None, console: Console) -> dict:
 def output_dir(policy: Policy, out: Path | None) -> OutputDir:
     """The run's output folder, refused when replacing it could delete something of the user's."""
     origin = Origin(flag="--out") if out else Origin(file=str(policy.path), line=line_of(policy._doc, ["report", "out"]))
-    data = [(f"{k} data folder", s.path) for k, s in (("calibration", policy.data.calibration),
+    return OutputDir(out or policy.report.out, origin, user_inputs(policy), inside_forbidden=data_folders(policy))
+
+
+def data_folders(policy: Policy) -> list[tuple[str, Path]]:
+    return [(f"{k} data folder", s.path) for k, s in (("calibration", policy.data.calibration),
                                                       ("evaluation", policy.data.evaluation)) if s is not None]
-    protected = [("policy file", policy.path), ("model", policy.model.path), *data]
-    protected += [("quantized model", policy.quantized.path)] if policy.quantized else []
-    protected += [("report template folder", t) for t in policy.report.templates]
-    protected += [("rule pack", Path(p)) for p in policy.rules.packs if p != "builtin"]
-    return OutputDir(out or policy.report.out, origin, protected, inside_forbidden=data)
+
+
+def user_inputs(policy: Policy) -> list[tuple[str, Path]]:
+    """Every file and folder of the user's a run reads, with what it is: never to be replaced or written into."""
+    inputs = [("policy file", policy.path), ("model", policy.model.path), *data_folders(policy)]
+    inputs += [("quantized model", policy.quantized.path)] if policy.quantized else []
+    inputs += [("report template folder", t) for t in policy.report.templates]
+    inputs += [("rule pack", Path(p)) for p in policy.rules.packs if p != "builtin"]
+    for name, spec in policy.metrics.items():
+        inputs += [(f"{key} file of metric '{name}'", policy.folder / Path(spec.options[key]).expanduser())
+                   for key in ("labels", "charset") if isinstance(spec.options.get(key), str)]
+    return inputs
 
 
 def _run(policy: Policy, out_dir: OutputDir, stages: Stages, console: Console) -> Results:

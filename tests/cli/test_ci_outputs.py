@@ -130,3 +130,37 @@ def test_unwritable_junit_path_is_a_user_error(ci_run, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code = main(["diff", str(tmp / "out"), str(tmp / "out"), "--junit", str(tmp_path / "file" / "j.xml")])
     assert code == 2 and "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,target", [("--junit", "qcheck.yaml"), ("--summary-md", "model.onnx"),
+                                         ("--junit", "calib/0.npy"), ("--summary-md", "calib/new.md")])
+def test_a_ci_output_never_replaces_or_lands_among_what_the_run_reads(tmp_path, capsys, flag, target):
+    """`--junit qcheck.yaml` replaced the policy with JUnit XML and `--summary-md model.onnx` the model (exit 0)."""
+    policy = basic_policy(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["run", str(policy), "--quiet", flag, str(tmp_path / target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: refusing to write" in err and ("it is the" in err or "inside the calibration data" in err)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written, nothing ran
+
+
+def test_a_ci_output_inside_the_output_folder_survives_the_next_run(tmp_path, capsys):
+    """`--junit out/junit.xml` is what a CI job writes; the second run refused the folder ('files qcheck did not
+    write'). It is listed in the folder's manifest now; a run's own files (report.html) stay refused."""
+    policy = basic_policy(tmp_path)
+    for _ in range(2):
+        assert main(["run", str(policy), "--quiet", "--junit", str(tmp_path / "out" / "junit.xml"),
+                     "--summary-md", str(tmp_path / "out" / "ci" / "summary.md")]) == 0
+    manifest = json.loads((tmp_path / "out" / ".qcheck-manifest.json").read_text())
+    assert {"junit.xml", "ci/summary.md"} <= set(manifest["files"])
+    ET.parse(tmp_path / "out" / "junit.xml")
+    assert main(["run", str(policy), "--quiet", "--junit", str(tmp_path / "out" / "report.html")]) == 2
+    assert "it is the report.html of the qcheck run" in capsys.readouterr().err
+
+
+def test_diff_does_not_write_over_the_results_it_compares(ci_run, tmp_path, capsys):
+    tmp, _, _ = ci_run
+    results = tmp / "out" / "results.json"
+    before = results.read_bytes()
+    assert main(["diff", str(tmp / "out"), str(tmp / "out"), "--summary-md", str(results)]) == 2
+    assert "refusing to write" in capsys.readouterr().err and results.read_bytes() == before
