@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from qcheck.errors import Problem, QcheckError
+from qcheck.policy.paths import expand_home
 from qcheck.results.next_step import next_step
 from qcheck.results.values_text import value_text, values_text
 from qcheck.run.output_folder import add_to_manifest, read_manifest
@@ -141,13 +142,13 @@ def check_paths(paths: dict[str, Path | None], inputs: list[tuple[str, Path]]) -
     for flag, path in paths.items():
         if path is None:
             continue
-        target = Path(path).expanduser().resolve()
+        target = expand_home(path).resolve()
         why = ("it is a folder" if target.is_dir() else seen.get(target) and f"{seen[target]} writes it too"
                or (None if _same_kind(target, flag) else _written_by_a_run(target)))
         for what, given in inputs:
             if why:
                 break
-            g = Path(given).expanduser().resolve()
+            g = expand_home(given).resolve()
             if target == g:
                 why = f"it is the {what}"
             elif g.is_dir() and target.is_relative_to(g):

@@ -18,6 +18,7 @@ from qcheck.measure.tasks.detection import Detection
 from qcheck.measure.tasks.python import DEFAULT_TIMEOUT, PythonMetric, resolve
 from qcheck.measure.tasks.regression import Regression
 from qcheck.measure.tasks.segmentation import Segmentation
+from qcheck.policy.paths import expand_home
 from qcheck.policy.task_options import TASKS, outputs_used
 
 
@@ -71,9 +72,7 @@ def build(policy, model_outputs: list[str]) -> list[TaskMetric]:
 
 
 def _resolve(folder, p):
-    from pathlib import Path
-
-    q = Path(p).expanduser()
+    q = expand_home(p)
     return q if q.is_absolute() else folder / q
 
 
