@@ -120,12 +120,12 @@ def test_report_re_renders_identically_from_results_alone(finished_run, tmp_path
 
 
 def test_requirements_decide_the_exit_code(tmp_path):
-    policy = basic_policy(tmp_path, require=["model.cosine >= 0.9", "model.top1 >= 1.01"])
+    policy = basic_policy(tmp_path, require=["model.cosine >= 0.9", "model.sqnr >= 1000"])
     assert run_cli("run", policy, "--quiet") == 1
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     first, second = results["verdict"]["requirements"]
     assert first["holds"] and not second["holds"]
-    assert second["values"]["model.top1"] <= 1.0
+    assert second["values"]["model.sqnr"] < 1000
 
 
 def test_clipping_is_flagged_and_reported_in_the_pdf(tmp_path):

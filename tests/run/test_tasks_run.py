@@ -119,10 +119,10 @@ def test_task_metric_policy_mistakes_name_the_line(tmp_path, capsys):
 def test_missing_output_and_wrong_label_count(tmp_path, capsys):
     (tmp_path / "short.txt").write_text("0\n1\n")
     extra = {"other": {"task": "segmentation", "output": "nope"}}
-    code, _ = classifier_run(tmp_path, ["cls >= 0"], labels=False, extra=extra)
+    code, _ = classifier_run(tmp_path, ["cls >= 0.5"], labels=False, extra=extra)
     assert code == 2 and "the model has no output named 'nope'" in capsys.readouterr().err
     extra = {"short": {"task": "classification", "output": "logits", "labels": "short.txt"}}
-    code, _ = classifier_run(tmp_path, ["cls >= 0"], labels=False, extra=extra)
+    code, _ = classifier_run(tmp_path, ["cls >= 0.5"], labels=False, extra=extra)
     assert code == 2 and "2 labels, but the evaluation data gave 4" in capsys.readouterr().err
 
 
