@@ -297,12 +297,21 @@ class Evaluator:
         by a clear margin, even when every other sample is given the float model's outputs (its best case: the
         value on all the samples can only be worse, so the candidate fails it on all of them)."""
         completed = seen + self.float_outputs[len(seen):]
-        verdict = self._verdict(completed, self.finding_counts, changed=False)
-        for r, line, ok in zip(self.require, verdict["requirements"], self.raceable):
-            value = next(iter(line["values"].values()), None) if len(line["values"]) == 1 else None
-            if ok and not line["holds"] and isinstance(value, (int, float)) and math.isfinite(value) \
+        raced = [r for r, ok in zip(self.require, self.raceable) if ok]
+        names = {n.partition(".")[0] for r in raced for n in r.expression.names}
+        # only what those lines read: a task's values, a policy metric's, every output's only for `model.*`
+        compared = compare_outputs(self.outputs, {n: m for n, m in self.metrics.items() if n in names},
+                                   [t for t in self.make_tasks() if t.name in names], model="model" in names)
+        for label, f_vals, q_vals in zip(self.labels, self.float_outputs, completed):
+            compared.update(label, f_vals, q_vals)
+        env = requirement_env(aggregate_model_metrics(compared.output_results()), compared.user_results(),
+                              self.finding_counts, compared.task_results())
+        for r, line in zip(raced, judge(raced, env)["requirements"]):
+            value = next(iter(line["values"].values()), None)
+            if not line["holds"] and isinstance(value, (int, float)) and math.isfinite(value) \
                     and limit_gap(r.expression.limit, value) > RACE_TOLERANCE:
-                return Raced(verdict, len(seen))
+                # the record: every line judged on the same outputs (no margin: it fails on a value already)
+                return Raced(self._verdict(completed, self.finding_counts, changed=False), len(seen))
         return None
 
     def screen_many(self, sets: list[tuple[Change, ...]], race: bool = False) -> list[dict]:
