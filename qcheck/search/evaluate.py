@@ -523,7 +523,7 @@ class Lookahead:
         return self.ev.screen(changes)
 
 
-RACE_STAGES = (0.25, 0.5, 0.75)  # the shares of the samples after which a raced candidate is judged
+RACE_STAGES = (0.125, 0.25, 0.5, 0.75)  # the shares of the samples after which a raced candidate is judged
 RACE_TOLERANCE = 1e-9  # a line fails at best by more than this share of its limit before it rejects (rounding)
 
 

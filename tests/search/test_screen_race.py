@@ -141,11 +141,12 @@ def test_which_lines_race(line, expected):
     assert raceable(Expression(line, requirement=True), metrics) is expected
 
 
-def test_stages_end_at_about_a_quarter_a_half_three_quarters_in_multiples_of_the_threads():
+def test_stages_end_at_about_an_eighth_a_quarter_a_half_three_quarters_in_multiples_of_the_threads():
     assert race_stages(4, 1) == [1, 2, 3, 4]
     assert race_stages(4, 2) == [2, 4]
     assert race_stages(3, 2) == [2, 3]
-    assert race_stages(32, 2) == [8, 16, 24, 32]
+    assert race_stages(32, 2) == [4, 8, 16, 24, 32]
+    assert race_stages(32, 1) == [4, 8, 16, 24, 32]
     assert race_stages(1, 2) == [1]
 
 
