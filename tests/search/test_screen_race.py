@@ -13,24 +13,20 @@ Two things make that safe, and both are tested here:
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from helpers import matmul_stack, write_npy_samples, write_policy
+from helpers import matmul_screening_setup
 
 from qcheck.compute.shards import ProcessShards, ThreadShards
-from qcheck.data.readers import open_data
 from qcheck.measure.outputs import aggregate_model_metrics, compare_outputs
 from qcheck.measure.tasks.classification import Classification
 from qcheck.measure.tasks.ctc import CTC
 from qcheck.measure.tasks.detection import Detection
 from qcheck.measure.tasks.regression import Regression
 from qcheck.measure.tasks.segmentation import Segmentation
-from qcheck.model.prepare import load_onnx, prepare_model
 from qcheck.policy.expr import Expression
-from qcheck.policy.loader import load_policy
 from qcheck.policy.metric_names import OUTPUT_METRICS, TASK_VALUES
-from qcheck.policy.spec import MetricSpec, Preprocess, SearchBudget
-from qcheck.quantize.calibrate import Recipe, calibrate
+from qcheck.policy.spec import MetricSpec, SearchBudget
+from qcheck.quantize.calibrate import Recipe
 from qcheck.rules.requirements import requirement_env
 from qcheck.search.evaluate import Evaluator, race_stages, raceable, trial_line
 from qcheck.search.screen import Screener, build_grid_model
@@ -161,18 +157,7 @@ SETS = ([tuple(Change("int16_activations", n) for n in LAYERS[:k]) for k in rang
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("screen-race")
-    matmul_stack(tmp / "model.onnx")
-    write_npy_samples(tmp / "calib", 16, shape=(1, 32))
-    write_npy_samples(tmp / "eval", 20, shape=(1, 32), seed=7, scale=0.5)
-    policy = load_policy(write_policy(tmp / "qcheck.yaml", {
-        "model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
-        "metrics": {"y_err": {"output": "y", "metric": "max_abs"}}, "require": ["y_err <= 0.003"]}))
-    src = tmp / "model.onnx"
-    pm = prepare_model(load_onnx(src), src, {}, tmp)
-    calib = open_data(policy.data.calibration, pm.inputs, Preprocess())
-    evaluation = open_data(policy.data.evaluation, pm.inputs, Preprocess())
-    ranges = calibrate(pm.path, calib, policy.quantization)
-    return tmp, policy, pm, onnx.load(str(pm.path)), ranges, [evaluation[i] for i in range(len(evaluation))]
+    return matmul_screening_setup(tmp, "y_err <= 0.003")
 
 
 def _evaluator(setup, race: bool, shards=None) -> Evaluator:
