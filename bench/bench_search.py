@@ -176,7 +176,10 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
     """What one screened candidate costs, in float passes over 32 evaluation samples: the policy's recipe with
     random subsets of the last 40 % of the graph's nodes in float (what delta debugging on a tail region tries),
     on the model focused on those nodes (the suffix from the first of them, every other switch fixed), for
-    `seconds`; then a few unfocused candidates on the full emulation model. The float pass is timed before and
+    `seconds`: first the emulation model's run alone (`Screener.run`), then each candidate judged as the search
+    judges it (`Evaluator.screen`: the run, the requirement with its bootstrap bound at confidence 0.9), without
+    and with racing (a candidate rejected on a share of the samples when it cannot pass; the same random candidates
+    in both). Then a few unfocused candidates on the full emulation model. The float pass is timed before and
     after (the machine's load changes both)."""
     import os
     import random
@@ -185,10 +188,13 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
     import onnx
     import yaml
 
+    from qcheck.measure.tasks import build as build_tasks
     from qcheck.model.runtime import make_session
     from qcheck.quantize.calibrate import Recipe, calibrate
     from qcheck.run.load_stage import load
+    from qcheck.search.evaluate import Evaluator
     from qcheck.search.screen import Screener, build_grid_model
+    from qcheck.search.space import Change, Graph
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -198,7 +204,8 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
         loaded = load(policy, folder)
         ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization)
         samples = [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
-        sw = build_grid_model(loaded.prepared.path, onnx.load(str(loaded.prepared.path)), ranges, Recipe(), folder)
+        fm = onnx.load(str(loaded.prepared.path))
+        sw = build_grid_model(loaded.prepared.path, fm, ranges, Recipe(), folder)
         screener = Screener(sw, loaded.prepared.path, lambda method: ranges, Recipe(), samples)
         float_session = make_session(loaded.prepared.path)
 
@@ -214,12 +221,28 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
         clock = time.perf_counter()
         screener.focus(screener.base_config, set(screener.config(Recipe(exclude_nodes=tail)).differs(
             screener.base_config).tolist()))
+        screener.run(screener.base_config)  # the reference's values at the cuts
         setup = time.perf_counter() - clock
-        rng, n, clock = random.Random(0), 0, time.perf_counter()
-        while time.perf_counter() - clock < seconds:
-            screener.run(screener.config(Recipe(exclude_nodes=rng.sample(tail, rng.randint(1, len(tail))))))
-            n += 1
-        focused = (time.perf_counter() - clock) / n
+
+        def timed(judge) -> tuple[float, int]:
+            rng, n, clock = random.Random(0), 0, time.perf_counter()
+            while time.perf_counter() - clock < seconds:
+                judge(rng.sample(tail, rng.randint(1, len(tail))))
+                n += 1
+            return (time.perf_counter() - clock) / n, n
+
+        focused, n_run = timed(lambda floats: screener.run(screener.config(Recipe(exclude_nodes=floats))))
+        ev = Evaluator(loaded.prepared.path, fm, lambda method: ranges, Recipe(), samples, policy.metrics,
+                       policy.require, {}, policy.target, Graph(fm, set(ranges.ranges)),
+                       SearchBudget(max_seconds=1e9), folder,
+                       make_tasks=lambda: build_tasks(policy, loaded.prepared.outputs), confidence=0.9)
+        ev.built_screener = screener
+        judged = {}
+        for race in (False, True):
+            ev.race, ev.screened, ev.candidates, runs = race, {}, [], screener.runs
+            each, n = timed(lambda floats: ev.screen(tuple(Change("keep_float", f) for f in floats)))
+            judged[race] = (each, n, sum(c["passes"] for c in ev.candidates),
+                            sum(bool(c.get("raced")) for c in ev.candidates), (screener.runs - runs) / n)
         clock = time.perf_counter()
         for k in range(3):
             screener.run(screener.config(Recipe(exclude_nodes=[nodes[k]])))
@@ -227,11 +250,16 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
         after, load_after = min(float_pass() for _ in range(3)), os.getloadavg()[0]
         unit = (before + after) / 2
         print(f"== {name}: {len(sw.model.graph.node)} nodes in the emulation model, {len(sw.switches)} switches, "
-              f"{len(samples)} samples, batch {screener.batch}; load average {load_before:.1f} -> {load_after:.1f}")
+              f"{len(samples)} samples, batch {screener.batch}; `{policy.require[0].text}`; load average "
+              f"{load_before:.1f} -> {load_after:.1f}")
         print(f"float pass over the samples: {before:.3f} s before, {after:.3f} s after")
-        print(f"focused on the last {len(tail)} of {len(nodes)} nodes: set-up {setup:.1f} s; {n} candidates in "
-              f"{seconds:.0f} s = {focused:.3f} s each = {focused / unit:.2f} float passes per sample; "
+        print(f"focused on the last {len(tail)} of {len(nodes)} nodes: set-up {setup:.1f} s; the run alone: {n_run} "
+              f"candidates in {seconds:.0f} s = {focused:.3f} s each = {focused / unit:.2f} float passes per sample; "
               f"{600 / focused:.0f} would fit in 10 minutes")
+        for race, (each, n, passed, raced, runs) in judged.items():
+            print(f"  judged ({'racing' if race else 'no racing'}): {n} candidates ({passed} pass, {raced} rejected "
+                  f"early; {runs:.2f} of {len(screener.batches)} batches run each) in {seconds:.0f} s = {each:.3f} s "
+                  f"each = {each / unit:.2f} float passes per sample; {600 / each:.0f} would fit in 10 minutes")
         print(f"unfocused (full emulation model): {full:.3f} s per candidate = {full / unit:.2f} float passes per sample")
         confirm_throughput(policy, loaded, ranges, samples, nodes, folder, unit)
 

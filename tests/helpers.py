@@ -387,3 +387,27 @@ def write_token_samples(folder: Path, n: int, length: int = 8, vocab: int = 64, 
     for i in range(n):
         np.save(folder / f"{i}.npy", rng.integers(0, vocab, (1, length)).astype(np.int32))
     return folder
+
+
+def matmul_screening_setup(tmp: Path, require: str) -> tuple:
+    """`matmul_stack` with 16 calibration and 20 evaluation samples (three screening batches of up to 8), its policy
+    requiring `require` of `y_err` (the largest error of y), prepared and calibrated: what the screening tests share.
+    (folder, policy, prepared model, float model, ranges, evaluation samples)."""
+    from qcheck.data.readers import open_data
+    from qcheck.model.prepare import load_onnx, prepare_model
+    from qcheck.policy.loader import load_policy
+    from qcheck.policy.spec import Preprocess
+    from qcheck.quantize.calibrate import calibrate
+
+    matmul_stack(tmp / "model.onnx")
+    write_npy_samples(tmp / "calib", 16, shape=(1, 32))
+    write_npy_samples(tmp / "eval", 20, shape=(1, 32), seed=7, scale=0.5)
+    policy = load_policy(write_policy(tmp / "qcheck.yaml", {
+        "model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+        "metrics": {"y_err": {"output": "y", "metric": "max_abs"}}, "require": [require]}))
+    src = tmp / "model.onnx"
+    pm = prepare_model(load_onnx(src), src, {}, tmp)
+    calib = open_data(policy.data.calibration, pm.inputs, Preprocess())
+    evaluation = open_data(policy.data.evaluation, pm.inputs, Preprocess())
+    ranges = calibrate(pm.path, calib, policy.quantization)
+    return tmp, policy, pm, onnx.load(str(pm.path)), ranges, [evaluation[i] for i in range(len(evaluation))]

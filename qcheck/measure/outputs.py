@@ -140,8 +140,8 @@ class OutputMetrics:
 
     def update(self, label: str, f_vals: dict, q_vals: dict) -> None:
         """One sample's outputs (reference, compared)."""
-        for name in self.outputs:
-            self.comparisons[name].update(f_vals[name], q_vals[name])
+        for name, cmp in self.comparisons.items():
+            cmp.update(f_vals[name], q_vals[name])
         for mname, (spec, cmp) in self.user.items():
             try:
                 cmp.update(apply_slice(f_vals[spec.output], self.slices[mname], f"metric '{mname}'"),
@@ -157,7 +157,7 @@ class OutputMetrics:
         self.n_samples += 1
 
     def output_results(self) -> list[dict]:
-        return [self.comparisons[o].result() for o in self.outputs]
+        return [self.comparisons[o].result() for o in self.outputs if o in self.comparisons]
 
     def user_results(self) -> dict[str, dict]:
         """The policy's generic metrics as results.json holds them."""
@@ -172,12 +172,14 @@ class OutputMetrics:
         return {t.name: t.result() for t in self.tasks}
 
 
-def compare_outputs(outputs: list[str], metrics: dict[str, MetricSpec], tasks: list | None = None) -> OutputMetrics:
-    """Fresh comparisons for `outputs`, the generic ones of `metrics` (task metrics come as `tasks`) and `tasks`."""
+def compare_outputs(outputs: list[str], metrics: dict[str, MetricSpec], tasks: list | None = None,
+                    model: bool = True) -> OutputMetrics:
+    """Fresh comparisons for `outputs`, the generic ones of `metrics` (task metrics come as `tasks`) and `tasks`.
+    `model=False`: no comparison of each whole output (no `model.*` value; what reads only the others skips it)."""
     generic = {name: spec for name, spec in metrics.items() if spec.task is None}
     return OutputMetrics(
         outputs=list(outputs),
-        comparisons={name: OutputComparison(name) for name in outputs},
+        comparisons={name: OutputComparison(name) for name in outputs} if model else {},
         user={name: (spec, OutputComparison(f"{spec.output}{spec.slice or ''}")) for name, spec in generic.items()},
         slices={name: parse_slice(spec.slice) if spec.slice else () for name, spec in generic.items()},
         tasks=list(tasks or []),

@@ -203,6 +203,8 @@ def _screening_figures(ev: Evaluator) -> dict | None:
         return None
     n = sum(c["figure"] == "screened" for c in ev.candidates)
     return {"candidates": n, "batch": sc.batch, "runs": sc.runs, "seconds": round(sc.seconds, 3),
+            # rejected by racing (`Evaluator._screen_pairs`) on a share of the samples
+            "raced": sum(bool(c.get("raced")) for c in ev.candidates),
             "float_pass_seconds": round(ev.float_seconds, 4),
             "float_passes_per_candidate": round(sc.seconds / n / ev.float_seconds, 3) if n and ev.float_seconds else None,
             # where candidates screened together ran (Evaluator.screen_many); groups: references' data sent out,

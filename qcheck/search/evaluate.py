@@ -9,12 +9,14 @@ counted here.
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,10 @@ from qcheck.measure.resample import resampled_values
 from qcheck.measure.tasks.base import bootstrap_weights
 from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.policy.expr import ExprError, Expression, NotApplicable
+from qcheck.policy.metric_names import OUTPUT_METRICS, TASK_VALUES, MetricName
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
+from qcheck.policy.task_options import TASKS
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.results.values_text import line_text
 from qcheck.rules.requirements import judge, requirement_env, with_margin
@@ -92,6 +96,10 @@ class Evaluator:
         # task metrics (qcheck.measure.tasks) are fed whole outputs; the others compare an output or a slice of one
         self.samples, self.require = samples, require
         self.metrics = {n: m for n, m in metrics.items() if getattr(m, "task", None) is None}
+        # racing (`_screen_pairs`): a screened candidate is judged after a share of the samples and, when a line it
+        # must meet fails even if every sample left gave the float model's outputs, rejected there
+        self.race = True
+        self.raceable = [raceable(r.expression, metrics) for r in require]
         self.make_tasks = make_tasks or (list)
         self.labels = labels or [str(i) for i in range(len(samples))]
         self.finding_counts, self.target, self.graph, self.budget = finding_counts, target, graph, budget
@@ -220,10 +228,10 @@ class Evaluator:
         if self.exhausted(screened=True):
             raise BudgetExhausted(self.stopped_by)
         try:  # a grid ORT cannot compute (the build would fail the same way) is recorded like a failed build
-            outcome = self.screener.run(*self._screen_configs(changes))
+            pair = self._screen_configs(changes)
         except candidate_errors() as exc:
-            outcome = error_text(exc)
-        return self._record_screened(key, changes, outcome)
+            return self._record_screened(key, changes, error_text(exc))
+        return self._record_screened(key, changes, self._screen_pairs([pair], race=self.race, many=False)[0])
 
     def _screen_configs(self, changes: tuple[Change, ...]) -> tuple:
         """The candidate's grid setting and its reference's: its whole-model changes (it runs from its first
@@ -231,19 +239,89 @@ class Evaluator:
         reference = self.screener.config(self.recipe(tuple(c for c in changes if c.subject == MODEL)))
         return self.screener.config(self.recipe(changes)), reference
 
-    def _record_screened(self, key: str, changes: tuple[Change, ...], outcome: list[dict] | str) -> dict:
-        """A screened candidate from its outputs per sample, or the text of the error ORT refused it with."""
+    def _record_screened(self, key: str, changes: tuple[Change, ...], outcome: list[dict] | str | Raced) -> dict:
+        """A screened candidate from its outputs per sample, the text of the error ORT refused it with, or its
+        rejection by racing."""
         cand = self._record(changes, key, "screened")
-        cand.update(_failed_build(outcome, len(self.require)) if isinstance(outcome, str) else
-                    {**self._verdict(outcome, self.finding_counts, bool(changes)), "findings_measured": False,
-                     "size_bytes": None})
+        cand.update(self._screened_figures(outcome, changes))
         return self._add(cand, changes, self.screened)
 
-    def screen_many(self, sets: list[tuple[Change, ...]]) -> list[dict]:
+    def _screened_figures(self, outcome: list[dict] | str | Raced, changes: tuple[Change, ...]) -> dict:
+        if isinstance(outcome, str):
+            return _failed_build(outcome, len(self.require))
+        if isinstance(outcome, Raced):  # the figures at best: its unseen samples taken as the float model's outputs
+            return {**outcome.verdict, "findings_measured": False, "size_bytes": None,
+                    "raced": {"samples": outcome.seen, "of": len(self.samples)}}
+        return {**self._verdict(outcome, self.finding_counts, bool(changes)), "findings_measured": False,
+                "size_bytes": None, "raced": None}
+
+    def _screen_pairs(self, pairs: list[tuple], race: bool, many: bool) -> list[list[dict] | str | Raced]:
+        """Per (setting, reference) pair: its outputs per sample, the text of the error ONNX Runtime refused it
+        with, or, racing, its rejection (`Raced`). Racing runs the samples in stages (RACE_STAGES of them) and, after
+        each but the last, rejects a candidate that cannot pass whatever the rest of the samples give
+        (`_cannot_pass`); the others run on, from where they were, with the same suffix session, so their outputs
+        are those of one run over all the samples. `many`: together, in shards (`Screener.run_many`)."""
+        screener, done, outputs = self.screener, {}, [[] for _ in pairs]
+        n = len(screener.batches)
+        # a stage runs as many batches as there are threads for them (fewer candidates than workers: several each)
+        step = max(1, -(-screener.workers // len(pairs))) if many else screener.workers
+        stages = race_stages(n, step) if race and any(self.raceable) else [n]
+        memory = int(self.memory_mb * (1 << 20)) if self.memory_mb else None
+        lo = 0
+        for hi in stages:
+            live = [i for i in range(len(pairs)) if i not in done]
+            keep = hi < n
+            if many:
+                got = screener.run_many([pairs[i] for i in live], self.shards, self.shards_per_group, memory,
+                                        (lo, hi), keep)
+            else:
+                try:
+                    got = [screener.run(*pairs[live[0]], (lo, hi), keep)]
+                except candidate_errors() as exc:
+                    got = [error_text(exc)]
+            for i, g in zip(live, got):
+                if isinstance(g, str):
+                    done[i] = g
+                    continue
+                outputs[i] += g
+                if keep and (raced := self._cannot_pass(outputs[i])) is not None:
+                    done[i] = raced
+            if len(done) == len(pairs):
+                break
+            lo = hi
+        screener.release()
+        return [done.get(i, outputs[i]) for i in range(len(pairs))]
+
+    def _cannot_pass(self, seen: list[dict]) -> Raced | None:
+        """Rejected after the samples `seen` (their outputs, in order): a line that can be raced (`raceable`) fails,
+        by a clear margin, even when every other sample is given the float model's outputs (its best case: the
+        value on all the samples can only be worse, so the candidate fails it on all of them)."""
+        completed = seen + self.float_outputs[len(seen):]
+        raced = [r for r, ok in zip(self.require, self.raceable) if ok]
+        names = {n.partition(".")[0] for r in raced for n in r.expression.names}
+        # only what those lines read: a task's values, a policy metric's, every output's only for `model.*`
+        compared = compare_outputs(self.outputs, {n: m for n, m in self.metrics.items() if n in names},
+                                   [t for t in self.make_tasks() if t.name in names], model="model" in names)
+        for label, f_vals, q_vals in zip(self.labels, self.float_outputs, completed):
+            compared.update(label, f_vals, q_vals)
+        env = requirement_env(aggregate_model_metrics(compared.output_results()), compared.user_results(),
+                              self.finding_counts, compared.task_results())
+        for r, line in zip(raced, judge(raced, env)["requirements"]):
+            value = next(iter(line["values"].values()), None)
+            if not line["holds"] and isinstance(value, (int, float)) and math.isfinite(value) \
+                    and limit_gap(r.expression.limit, value) > RACE_TOLERANCE:
+                # the record: every line judged on the same outputs (no margin: it fails on a value already)
+                return Raced(self._verdict(completed, self.finding_counts, changed=False), len(seen))
+        return None
+
+    def screen_many(self, sets: list[tuple[Change, ...]], race: bool = False) -> list[dict]:
         """`screen` for each change set, the screened ones as shards on `self.shards` (`Screener.run_many`: one
         group per reference, the candidates split into shards), those screening cannot express built
         (`evaluate_many`); recorded in the order given, so ids, log and figures are those of screening them one by
-        one, wherever the shards ran. Raises BudgetExhausted, after recording what ran, when the budget is spent."""
+        one, wherever the shards ran. Raises BudgetExhausted, after recording what ran, when the budget is spent.
+        `race`: candidates that cannot pass may be rejected on a share of the samples (`_screen_pairs`); without
+        it every candidate's figures are those of all the samples (one rejected earlier is screened again on all
+        of them: its record completed, under the same id)."""
         sets = [tuple(sorted(set(changes))) for changes in sets]
         if self.screener is None:
             return self.evaluate_many(sets)
@@ -253,32 +331,40 @@ class Evaluator:
             end = start + 1
             while end < len(sets) and self.screener.screenable(self.recipe(sets[end])) == screenable:
                 end += 1
-            (self._screen_run if screenable else self.evaluate_many)(sets[start:end])
+            if screenable:
+                self._screen_run(sets[start:end], race)
+            else:
+                self.evaluate_many(sets[start:end])
             start = end
         return [self.by_key.get(key) or self.screened[key] for key in (self.recipe(c).key() for c in sets)]
 
-    def _screen_run(self, sets: list[tuple[Change, ...]]) -> None:
+    def _screen_run(self, sets: list[tuple[Change, ...]], race: bool) -> None:
         todo: dict[str, tuple[Change, ...]] = {}
         for changes in sets:
             key = self.recipe(changes).key()
-            if key not in self.by_key and key not in self.screened:
+            raced = key in self.screened and self.screened[key].get("raced") and not race
+            if key not in self.by_key and (key not in self.screened or raced):
                 todo.setdefault(key, changes)
         if not todo:
             return
         if self.exhausted(screened=True):
             raise BudgetExhausted(self.stopped_by)
-        outcomes: dict[str, list[dict] | str] = {}
+        outcomes: dict[str, list[dict] | str | Raced] = {}
         pairs: list = []
         for key, changes in todo.items():
             try:  # as in `screen`
                 pairs.append((key, self._screen_configs(changes)))
             except candidate_errors() as exc:
                 outcomes[key] = error_text(exc)
-        memory = int(self.memory_mb * (1 << 20)) if self.memory_mb else None
-        got = self.screener.run_many([p for _, p in pairs], self.shards, self.shards_per_group, memory)
-        outcomes.update(zip((key for key, _ in pairs), got))
+        if pairs:
+            outcomes.update(zip((key for key, _ in pairs), self._screen_pairs([p for _, p in pairs], race, many=True)))
         for key, changes in todo.items():
-            self._record_screened(key, changes, outcomes[key])
+            if key in self.screened:  # rejected by racing before: completed on every sample
+                cand = self.screened[key]
+                cand.update(self._screened_figures(outcomes[key], changes))
+                self.log(trial_line(cand) + " (completed on every sample)")
+            else:
+                self._record_screened(key, changes, outcomes[key])
 
     def focus(self, sets: list[tuple[Change, ...]]) -> None:
         """Screening is about to try subsets and variants of these change sets (all on the whole-model changes of
@@ -432,8 +518,74 @@ class Lookahead:
         if self.width > 1 and changes in self.coming and screener is not None:
             i = self.coming.index(changes)
             # only what screening expresses: a candidate built for real counts against max_trials, so none ahead
-            self.ev.screen_many([s for s in self.coming[i:i + self.width] if screener.screenable(self.ev.recipe(s))])
+            self.ev.screen_many([s for s in self.coming[i:i + self.width] if screener.screenable(self.ev.recipe(s))],
+                                race=self.ev.race)
         return self.ev.screen(changes)
+
+
+RACE_STAGES = (0.125, 0.25, 0.5, 0.75)  # the shares of the samples after which a raced candidate is judged
+RACE_TOLERANCE = 1e-9  # a line fails at best by more than this share of its limit before it rejects (rounding)
+
+
+@dataclass
+class Raced:
+    """A screened candidate rejected after its first `seen` samples (`Evaluator._cannot_pass`): `verdict` is judged
+    with the other samples taken as the float model's outputs (its figures at best)."""
+
+    verdict: dict
+    seen: int
+
+
+def race_stages(n_batches: int, step: int) -> list[int]:
+    """Where a race's stages end, in batches: after about RACE_STAGES of them, in multiples of `step` (a stage keeps
+    that many threads busy), and at the end."""
+    ends = {min(n_batches, step * math.ceil(n_batches * f / step)) for f in RACE_STAGES} | {n_batches}
+    return sorted(e for e in ends if e > 0)
+
+
+# what every sample taken as the float model's outputs makes of the value of a `require:` name, per kind: its best
+# (the value on all the samples can only be worse). True for the ideal-valued comparisons and task values whose
+# components sum over samples with the float model fixing the denominator (hits / rows, inter / union, edits /
+# float length, tp / (tp + fp + fn)) or take their maximum; not for cosine (one scaled output could raise the
+# cosine of all the samples above the float outputs'), nor for values against labels or a python task's values.
+NOT_RACED = {"cosine"}
+
+
+def raceable(expression: Expression, metrics: dict[str, MetricSpec]) -> bool:
+    """Whether a `require:` line can reject a candidate early (`Evaluator._cannot_pass`): `name op c` with the
+    name's best case the float model's outputs (see NOT_RACED), compared in the direction that is better, or a
+    findings count (screening does not change it)."""
+    limit, names = expression.limit, expression.names
+    if limit is None or len(names) != 1:
+        return False
+    name = next(iter(names))
+    try:
+        side = ast.parse(expression.text, mode="eval").body
+    except SyntaxError:
+        return False
+    if not isinstance(side, ast.Compare) or name not in {ast.unparse(side.left), ast.unparse(side.comparators[0])}:
+        return False  # the side is a formula of the name, not the name
+    if name.startswith("findings."):
+        return True
+    kind = _metric_kind(name, metrics)
+    if kind is None or kind.ideal is None or kind.name in NOT_RACED:
+        return False
+    return kind.higher_is_better == (limit.op in (">=", ">"))
+
+
+def _metric_kind(name: str, metrics: dict[str, MetricSpec]) -> MetricName | None:
+    """What a `require:` name measures: a `model.*` output comparison, a policy metric's, a built-in task value."""
+    if name.startswith("model."):
+        return OUTPUT_METRICS.get(name[len("model."):])
+    metric, _, key = name.partition(".")
+    spec = metrics.get(metric)
+    if spec is None:
+        return None
+    if spec.task is None:
+        return OUTPUT_METRICS.get(spec.metric) if not key else None
+    if spec.task not in TASKS or spec.task == "python":
+        return None
+    return TASK_VALUES.get(key or TASKS[spec.task][1][0])
 
 
 def candidate_errors() -> tuple[type[BaseException], ...]:
@@ -481,7 +633,10 @@ def brief_label(changes: tuple[Change, ...], n: dict[str, int]) -> str:
 def trial_line(cand: dict) -> str:
     """One search trial for the log, with the values that decide it: "trial 3: fc in float -> misses
     `model.cosine >= 0.99` (model.cosine = 0.9812)"."""
-    trial = f"trial {cand['id']}" + (" (screened)" if cand.get("figure") == "screened" else "")
+    raced = cand.get("raced")
+    trial = f"trial {cand['id']}" + (" (screened)" if cand.get("figure") == "screened" and not raced else "") + (
+        f" (screened, raced: rejected after {raced['samples']} of {raced['of']} samples; the values are the best the "
+        f"other samples could give)" if raced else "")
     label = cand.get("brief", cand["label"])
     if cand.get("error"):
         return f"  {trial}: {label} -> could not be built or run ({cand['error']})"

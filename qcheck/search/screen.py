@@ -102,6 +102,11 @@ class Candidate:
     placed: tuple[int, ...]  # the switches it sets differently from its reference
     mask: np.ndarray
 
+    @property
+    def key(self) -> bytes:
+        """What its suffix session depends on (not the values it is fed): kept between a race's stages by it."""
+        return self.mask.tobytes() + repr((self.cut, self.placed, sorted(self.inline.items()))).encode()
+
 
 @dataclass
 class ScreenGroup:
@@ -116,6 +121,9 @@ class ScreenGroup:
     batched: bool
     threads: int  # intra-op threads of each candidate's session
     suffixes: FixedSuffixes | None = None
+    # by Candidate.key: the suffix sessions of candidates whose next stage of a race is coming (`Screener.run_many`,
+    # `keep`); this process only (a pool's worker builds its session again)
+    sessions: dict | None = None
 
     def fixed(self) -> FixedSuffixes:
         if self.suffixes is None:
@@ -123,11 +131,23 @@ class ScreenGroup:
         return self.suffixes
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "suffixes": None}
+        return {**self.__dict__, "suffixes": None, "sessions": None}
 
     def batch_range(self, lo: int, hi: int) -> ScreenGroup:
         return ScreenGroup(self.model, self.feeds[lo:hi], self.values[lo:hi], self.ref_outputs[lo:hi], self.outputs,
-                           self.batched, self.threads, self.suffixes)
+                           self.batched, self.threads, self.suffixes, self.sessions)
+
+    def session(self, item: Candidate):
+        """`item`'s suffix and its session: kept from an earlier stage of its race, else built (and kept when the
+        group keeps sessions)."""
+        if self.sessions is not None and item.key in self.sessions:
+            return self.sessions[item.key]
+        values = self.values[0] if item.cut else {}
+        suffix = self.fixed().build(item.cut, item.inline, set(item.placed), {**self.feeds[0], **values}, self.batched)
+        made = suffix, make_session(suffix.model, "screening suffix", threads=self.threads, quiet=True, basic=True)
+        if self.sessions is not None:
+            self.sessions[item.key] = made
+        return made
 
     def batch_bytes(self, b: int) -> int:
         return sum(v.nbytes for d in (self.feeds[b], self.values[b], self.ref_outputs[b]) for v in d.values())
@@ -142,9 +162,7 @@ def suffix_outputs(group: ScreenGroup, item: Candidate, mapper=map) -> list[dict
     cut on the reference's values there. `mapper` spreads the batches (threads of this process) or not (a shard).
     One screening and its shards both call it, so where a candidate runs cannot change its figures."""
     values = group.values if item.cut else [{} for _ in group.feeds]
-    suffix = group.fixed().build(item.cut, item.inline, set(item.placed), {**group.feeds[0], **values[0]},
-                                 group.batched)
-    session = make_session(suffix.model, "screening suffix", threads=group.threads, quiet=True, basic=True)
+    suffix, session = group.session(item)
     mask = {SWITCH_INPUT: item.mask}
 
     def one(b: int) -> dict[str, np.ndarray]:
@@ -193,6 +211,7 @@ class Screener:
         self._pool: ThreadPoolExecutor | None = None
         self._reference: _Reference | None = None  # the reference's outputs and values at every cut, per batch
         self._focus_cut: int | None = None  # see focus()
+        self._sessions: dict = {}  # ScreenGroup.sessions: candidates whose race goes on (run's `keep`)
         self.runs = 0  # forward passes of a batch (full or suffix)
         self.node_runs = 0.0  # the same, weighted by the share of the graph's nodes each ran
         self.seconds = 0.0  # spent running (and setting up suffixes)
@@ -245,22 +264,29 @@ class Screener:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, cfg: Config, reference: Config | None = None) -> list[dict[str, np.ndarray]]:
+    def run(self, cfg: Config, reference: Config | None = None, batches: tuple[int, int] | None = None,
+            keep: bool = False) -> list[dict[str, np.ndarray]]:
         """Per sample, the emulated model outputs. `reference`: a setting `cfg` differs from in a few switches
-        (its values at the cuts are kept, so `cfg` runs from the cut before its first difference on)."""
+        (its values at the cuts are kept, so `cfg` runs from the cut before its first difference on).
+        `batches`: only the batches lo..hi-1 of `self.batches` run (a stage of a race: the samples in them);
+        `keep`: a later stage of the same candidate follows (its session is kept for it)."""
         clock = time.perf_counter()
+        self._new_race(batches)
         try:
-            return self._run(cfg, reference or self.base_config)
+            return self._run(cfg, reference or self.base_config, batches or (0, len(self.feeds)), keep)
         finally:
             self.seconds += time.perf_counter() - clock
 
     def run_many(self, pairs: list[tuple[Config, Config]], shards=None, per_group: int | None = None,
-                 memory_bytes: int | None = None) -> list[list[dict[str, np.ndarray]] | str]:
+                 memory_bytes: int | None = None, batches: tuple[int, int] | None = None,
+                 keep: bool = False) -> list[list[dict[str, np.ndarray]] | str]:
         """`run` for each (setting, reference) pair, as shards on `shards` (qcheck.compute.shards; default: threads of
         this process): one shard group per reference, whose values at the cuts go to the workers once (in ranges of
         batches of at most `memory_bytes` each), its candidates split into `per_group` shards (default: the pool's
-        workers). Per pair: the outputs per sample, or the text of the error ONNX Runtime refused it with."""
+        workers). Per pair: the outputs per sample, or the text of the error ONNX Runtime refused it with.
+        `batches`, `keep`: as in `run`."""
         clock = time.perf_counter()
+        self._new_race(batches)
         shards = shards or ThreadShards(self.workers)
         results: list = [None] * len(pairs)
         by_reference: dict[bytes, list[int]] = {}
@@ -268,15 +294,25 @@ class Screener:
             by_reference.setdefault(reference.key(), []).append(i)
         try:
             for members in by_reference.values():
-                got = self._run_group([pairs[i] for i in members], shards, per_group, memory_bytes)
+                got = self._run_group([pairs[i] for i in members], shards, per_group, memory_bytes,
+                                      batches or (0, len(self.feeds)), keep)
                 for i, result in zip(members, got):
                     results[i] = result
         finally:
             self.seconds += time.perf_counter() - clock
         return results
 
+    def release(self) -> None:
+        """A race is over: the sessions kept for its next stages go."""
+        self._sessions.clear()
+
+    def _new_race(self, batches: tuple[int, int] | None) -> None:
+        """A run from the first batch starts anew: no session of an earlier race is kept."""
+        if not batches or batches[0] == 0:
+            self._sessions.clear()
+
     def _run_group(self, pairs: list[tuple[Config, Config]], shards, per_group: int | None,
-                   memory_bytes: int | None) -> list:
+                   memory_bytes: int | None, batches: tuple[int, int], keep: bool) -> list:
         """One reference's candidates (`run_many`)."""
         from qcheck.search.evaluate import candidate_errors, error_text
 
@@ -290,15 +326,14 @@ class Screener:
         for j, (cfg, _) in enumerate(pairs):
             item = self._item(cfg, reference, ref)
             if item is None:
-                results[j] = self._per_sample(ref.outputs)
+                results[j] = self._per_sample(ref.outputs[slice(*batches)], batches[0])
             else:
                 items[j] = item
         if not items:
             return results
         # one intra-op thread per session in a pool's worker, as on this process's threads over the cores
         threads = 1 if self.workers > 1 or shards.kind != "threads" else 0
-        group = ScreenGroup(self.sw.model, self.feeds, ref.values, ref.outputs, self.outputs, self.batch > 1,
-                            threads, self.suffixes)
+        group = self._group(ref, threads, batches, keep)
         todo = list(items)
         n = min(per_group or shards.workers, len(todo))
         parts = [todo[w::n] for w in range(n)]  # interleaved: neighbouring candidates cost alike
@@ -318,10 +353,19 @@ class Screener:
                     else:
                         per_batch[j] += outcome
         for j in todo:
-            results[j] = failed[j] if j in failed else self._per_sample(per_batch[j])
-            for _ in self.feeds:
+            results[j] = failed[j] if j in failed else self._per_sample(per_batch[j], batches[0])
+            for _ in per_batch[j]:
                 self._count(items[j].cut)
+            if not keep or j in failed:
+                self._sessions.pop(items[j].key, None)
         return results
+
+    def _group(self, ref: _Reference, threads: int, batches: tuple[int, int], keep: bool) -> ScreenGroup:
+        """The shard group of a reference's candidates, on the batches lo..hi-1: a stage that keeps sessions, or
+        follows one that did, shares them."""
+        lo, hi = batches
+        return ScreenGroup(self.sw.model, self.feeds[lo:hi], ref.values[lo:hi], ref.outputs[lo:hi], self.outputs,
+                           self.batch > 1, threads, self.suffixes, self._sessions if keep or self._sessions else None)
 
     def _batch_ranges(self, group: ScreenGroup, shards, memory_bytes: int | None) -> list[tuple[int, int]]:
         """The batches in consecutive ranges whose data (with the model) stay within `memory_bytes`: what one shard
@@ -344,17 +388,20 @@ class Screener:
                 and self._focus_cut not in self._reference.cuts:
             self._reference = None  # computed again with the new cut, when first needed
 
-    def _run(self, cfg: Config, reference: Config) -> list[dict[str, np.ndarray]]:
+    def _run(self, cfg: Config, reference: Config, batches: tuple[int, int], keep: bool) -> list[dict[str, np.ndarray]]:
         ref = self._reference_values(reference)
         item = self._item(cfg, reference, ref)
         if item is None:
-            return self._per_sample(ref.outputs)
-        group = ScreenGroup(self.sw.model, self.feeds, ref.values, ref.outputs, self.outputs, self.batch > 1,
-                            1 if self.workers > 1 else 0, self.suffixes)
-        per_batch = suffix_outputs(group, item, self._map)
+            return self._per_sample(ref.outputs[slice(*batches)], batches[0])
+        group = self._group(ref, 1 if self.workers > 1 else 0, batches, keep)
+        try:
+            per_batch = suffix_outputs(group, item, self._map)
+        finally:
+            if not keep:
+                self._sessions.pop(item.key, None)
         for _ in per_batch:
             self._count(item.cut)
-        return self._per_sample(per_batch)
+        return self._per_sample(per_batch, batches[0])
 
     def _item(self, cfg: Config, reference: Config, ref: _Reference) -> Candidate | None:
         """What a screening worker needs to run `cfg` from its reference's values (None: `cfg` is the reference)."""
@@ -379,9 +426,10 @@ class Screener:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="qcheck-screen")
         return list(self._pool.map(fn, items))
 
-    def _per_sample(self, per_batch: list[dict]) -> list[dict[str, np.ndarray]]:
+    def _per_sample(self, per_batch: list[dict], first: int = 0) -> list[dict[str, np.ndarray]]:
+        """Per sample, the outputs of the batches first, first + 1, ... given."""
         return [{o: out[o][i:i + 1] if self.batch > 1 else out[o] for o in self.outputs}
-                for out, chunk in zip(per_batch, self.batches) for i in range(len(chunk))]
+                for out, chunk in zip(per_batch, self.batches[first:]) for i in range(len(chunk))]
 
     def _count(self, cut: int) -> None:
         n = len(self.sw.model.graph.node)

@@ -12,16 +12,12 @@ whole-model change (symmetric activations: a second reference), and one candidat
 
 from __future__ import annotations
 
-import onnx
 import pytest
-from helpers import matmul_stack, write_npy_samples, write_policy
+from helpers import matmul_screening_setup
 
 from qcheck.compute.shards import ProcessShards, RayShards, ThreadShards
-from qcheck.data.readers import open_data
-from qcheck.model.prepare import load_onnx, prepare_model
-from qcheck.policy.loader import load_policy
-from qcheck.policy.spec import ExecutorSpec, Preprocess, SearchBudget
-from qcheck.quantize.calibrate import Recipe, calibrate
+from qcheck.policy.spec import ExecutorSpec, SearchBudget
+from qcheck.quantize.calibrate import Recipe
 from qcheck.search import finding_effects
 from qcheck.search.evaluate import Evaluator
 from qcheck.search.screen import Screener, build_grid_model
@@ -39,18 +35,7 @@ SETS = ([(Change("int16_activations", n),) for n in LAYERS[:4]]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("screen-shards")
-    matmul_stack(tmp / "model.onnx")
-    write_npy_samples(tmp / "calib", 16, shape=(1, 32))
-    write_npy_samples(tmp / "eval", 20, shape=(1, 32), seed=7, scale=0.5)
-    policy = load_policy(write_policy(tmp / "qcheck.yaml", {
-        "model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
-        "metrics": {"y_err": {"output": "y", "metric": "max_abs"}}, "require": ["y_err <= 0.01"]}))
-    src = tmp / "model.onnx"
-    pm = prepare_model(load_onnx(src), src, {}, tmp)
-    calib = open_data(policy.data.calibration, pm.inputs, Preprocess())
-    evaluation = open_data(policy.data.evaluation, pm.inputs, Preprocess())
-    ranges = calibrate(pm.path, calib, policy.quantization)
-    return tmp, policy, pm, onnx.load(str(pm.path)), ranges, [evaluation[i] for i in range(len(evaluation))]
+    return matmul_screening_setup(tmp, "y_err <= 0.01")
 
 
 def _evaluator(setup, shards=None, memory_mb=None) -> Evaluator:
@@ -68,6 +53,7 @@ def _evaluator(setup, shards=None, memory_mb=None) -> Evaluator:
 @pytest.fixture(scope="module")
 def one_by_one(setup) -> list[dict]:
     ev = _evaluator(setup)
+    ev.race = False  # every figure on all the samples, as screen_many gives them (racing: test_screen_race.py)
     for changes in SETS:
         ev.screen(changes)
     assert ev.screener.batch == 8 and len(ev.screener.batches) == 3
