@@ -54,7 +54,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=900.0, help="--zoo: the search's max_seconds")
     ap.add_argument("--throughput", nargs="+", choices=sorted(ZOO),
                     help="screening alone on these models: candidates per second on 32 samples (see screen_throughput)")
+    ap.add_argument("--confirm", nargs="+", choices=sorted(ZOO),
+                    help="what one confirmed candidate costs on these models, part by part (see confirm_breakdown)")
     args = ap.parse_args()
+    if args.confirm:
+        for name in args.confirm:
+            confirm_breakdown(name, args.models)
+        return
     if args.throughput:
         for name in args.throughput:
             screen_throughput(name, args.models, min(args.seconds, 120.0))
@@ -288,6 +294,74 @@ def confirm_throughput(policy, loaded, ranges, samples: list[dict], nodes: list[
         each = (time.perf_counter() - clock) / len(sets)
         print(f"confirmation, {workers} worker(s): {each:.2f} s per candidate built and judged = {each / unit:.1f} "
               f"float passes per sample (load average {os.getloadavg()[0]:.1f})")
+
+
+def confirm_breakdown(name: str, models: Path, n: int = 4) -> None:
+    """What one confirmed candidate costs, part by part, in float passes over 32 evaluation samples: ORT's quantizer
+    building it (with its save), the session, the run over the samples; for n candidates (a node in float each,
+    spread over the graph) built by ORT's quantizer alone ("before") and with `quantize.reuse` ("after": the policy's
+    recipe built first, as a search does), alternately so that both see the same load. Checks the two models are
+    the same bytes."""
+    import os
+    import time
+
+    import onnx
+    import yaml
+
+    from qcheck.model.runtime import make_session
+    from qcheck.quantize.calibrate import Recipe, build_quantized, calibrate
+    from qcheck.quantize.reuse import BuildReuse
+    from qcheck.run.load_stage import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        doc = zoo_policy(name, models, folder, 32)
+        (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+        policy = load_policy(folder / "qcheck.yaml")
+        loaded = load(policy, folder)
+        path = loaded.prepared.path
+        ranges = calibrate(path, loaded.calibration, policy.quantization)
+        samples = [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
+        float_session = make_session(path)
+
+        def float_pass() -> float:
+            clock = time.perf_counter()
+            for sample in samples:
+                float_session.run(None, sample)
+            return time.perf_counter() - clock
+
+        load_before, unit_before = os.getloadavg()[0], min(float_pass() for _ in range(2))
+        nodes = [node.name for node in onnx.load(str(path)).graph.node]
+        reuse = BuildReuse()
+        build_quantized(path, ranges, Recipe(), folder / "base.onnx", reuse=reuse)
+        parts = {"before": [0.0, 0.0, 0.0], "after": [0.0, 0.0, 0.0]}
+        same = True
+        for k in range(n):
+            recipe = Recipe(exclude_nodes=[nodes[(k + 1) * len(nodes) // (n + 1)]])
+            built = {}
+            for kind, given in (("before", None), ("after", reuse)):
+                out = folder / f"{kind}.onnx"
+                clock = time.perf_counter()
+                build_quantized(path, ranges, recipe, out, reuse=given)
+                built[kind] = out.read_bytes()
+                middle = time.perf_counter()
+                session = make_session(out)
+                ready = time.perf_counter()
+                for sample in samples:
+                    session.run(None, sample)
+                done = time.perf_counter()
+                for i, t in enumerate((middle - clock, ready - middle, done - ready)):
+                    parts[kind][i] += t / n
+            same &= built["before"] == built["after"]
+        unit = (unit_before + min(float_pass() for _ in range(2))) / 2
+        print(f"== {name}: {len(nodes)} nodes, {len(samples)} samples; float pass {unit:.2f} s; load average "
+              f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} (2 cores shared with other work)")
+        for kind, (build, session, run) in parts.items():
+            total = build + session + run
+            print(f"{kind:6s} per confirmed candidate: build {build:.2f} s / session {session:.2f} s / evaluate "
+                  f"{run:.2f} s = {build / unit:.2f} / {session / unit:.2f} / {run / unit:.2f} float passes, "
+                  f"{total / unit:.2f} in all")
+        print(f"the same model bytes both ways: {same}")
 
 
 def print_figures(results: dict) -> None:
