@@ -231,8 +231,7 @@ def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path:
         raise ValueError(f"recipe wants {recipe.calibration} ranges, got {ranges.method}")
     try:
         quantizer = qdq_quantizer(float_model, ranges, recipe, keep_removable_activations, reuse)
-        with reuse or contextlib.nullcontext():
-            quantizer.quantize_model()
+        quantizer.quantize_model()
     except ModelError:
         raise
     except Exception as exc:

@@ -5,13 +5,16 @@ ORT's Python quantizer redoes work whose result does not depend on what the cand
 
 - every weight's scales and zero points: a Python call per output channel (`_calc_initializer_quant_params`);
 - every weight's quantized copy (`quantize_onnx_initializer`, again per channel);
-- a scan of every input of every node for each tensor it rewires (`ONNXModel.replace_input_of_all_nodes`).
+- a scan of every input of every node for each tensor it rewires (`ONNXModel.replace_input_of_all_nodes`);
+- a scan of every initializer for each one it looks up by name (`find_by_name`, `ONNXModel.get_initializer`),
+  thousands of times per build.
 
 `BuildReuse` keeps the first two, keyed by everything they are computed from (the tensor, its role and axis,
 its override entry, the quantizer's types and options; the arguments of the call), for one float model; the
-scan skips, in C, the nodes that do not read the tensor. ORT still decides the whole model: which nodes and
-tensors are quantized, how they are wired, bias and activation parameters. The model it writes is the same,
-byte for byte, with or without reuse (tests/quantize/test_reuse.py builds each kind of change both ways).
+rewiring skips, in C, the nodes that do not read the tensor; lookups go through an index of the initializer
+list (`_InitializerIndex`). ORT still decides the whole model: which nodes and tensors are quantized, how they
+are wired, bias and activation parameters. The model it writes is the same, byte for byte, with or without
+reuse (tests/search/test_confirm_reuse.py builds each kind of change both ways).
 
 Only the search's candidates use it (`calibrate.build_quantized(reuse=...)`); `apply` and the main run's
 model are built by ORT's quantizer as it is.
@@ -24,7 +27,7 @@ import threading
 
 import numpy as np
 
-_ACTIVE = threading.local()  # the BuildReuse of the build running on this thread (the ORT patch reads it)
+_ACTIVE = threading.local()  # the build running on this thread: .reuse, .index (the ORT patches read them)
 _MISSING = object()  # a tensor ORT gives no initializer parameters (an activation)
 
 
@@ -46,13 +49,6 @@ class BuildReuse:
             if model_key != self.model_key:
                 self.model_key, self.params, self.weights = model_key, {}, {}
 
-    def __enter__(self):
-        _ACTIVE.reuse = self
-        return self
-
-    def __exit__(self, *exc):
-        _ACTIVE.reuse = None
-
 
 def reusing_quantizer_class():
     """ORT's QDQQuantizer with the weights' parameters taken from the active BuildReuse (made once)."""
@@ -60,13 +56,22 @@ def reusing_quantizer_class():
     if _CLASS is None:
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-        _install_weight_patch()
+        _install_patches()
 
         class ReusingQDQQuantizer(QDQQuantizer):
             def __init__(self, *args, reuse: BuildReuse, **kwargs):
                 super().__init__(*args, **kwargs)
                 self.reuse = reuse
                 _fast_rewiring(self.model)
+
+            def quantize_model(self):
+                index = _InitializerIndex(self.model.model.graph.initializer)
+                self.model.get_initializer = index.find
+                _ACTIVE.reuse, _ACTIVE.index = self.reuse, index
+                try:
+                    return super().quantize_model()
+                finally:
+                    _ACTIVE.reuse = _ACTIVE.index = None
 
             def _calc_initializer_quant_params(self):
                 return _initializer_params(self, super()._calc_initializer_quant_params)
@@ -119,13 +124,15 @@ def _initializer_params(q, compute) -> dict:
     return out
 
 
-def _install_weight_patch() -> None:
-    """Route `qdq_quantizer.quantize_onnx_initializer` through the active BuildReuse (a pure function of its
-    arguments and the weight's values, fixed for one float model). With no BuildReuse active on the thread (every
-    build but a search's candidates) it is ORT's function, called as it is."""
-    from onnxruntime.quantization import qdq_quantizer as module
+def _install_patches() -> None:
+    """Route ORT's `quantize_onnx_initializer` (in qdq_quantizer) and `find_by_name` (in every quantization module
+    that imported it) through the build running on this thread. With none (every build but a search's
+    candidates), or for another list than the model's initializers, they are ORT's functions, called as they are."""
+    import sys
 
-    original = module.quantize_onnx_initializer
+    from onnxruntime.quantization import qdq_quantizer, quant_utils
+
+    original = qdq_quantizer.quantize_onnx_initializer
     if getattr(original, "qcheck_reuse", False):
         return
 
@@ -141,8 +148,44 @@ def _install_weight_patch() -> None:
         out.CopyFrom(made)  # ORT appends it to the model: a copy, so the kept one stays as ORT made it
         return out
 
+    find = quant_utils.find_by_name
+
+    def find_by_name(item_name, item_list):
+        index = getattr(_ACTIVE, "index", None)
+        if index is not None and item_list is index.container:
+            return index.find(item_name)
+        return find(item_name, item_list)
+
     quantize_onnx_initializer.qcheck_reuse = True
-    module.quantize_onnx_initializer = quantize_onnx_initializer
+    qdq_quantizer.quantize_onnx_initializer = quantize_onnx_initializer
+    for name, module in list(sys.modules.items()):
+        if name.startswith("onnxruntime.quantization") and getattr(module, "find_by_name", None) is find:
+            module.find_by_name = find_by_name
+
+
+class _InitializerIndex:
+    """Where each name first appears in a model's initializer list, for ORT's lookups while it quantizes.
+
+    ORT appends initializers and removes some (a float bias, once quantized); it never renames one in the list,
+    and names are unique (`add_initializer` checks). So the index is extended with what was appended when the
+    entry that was last when it was extended still has that place and name (nothing before it went), and is made
+    again otherwise. A lookup returns what ORT's scan returns: the first initializer of that name, or None."""
+
+    def __init__(self, container):
+        self.container = container
+        self.first: dict[str, int] = {}
+        self.size, self.last = 0, None
+
+    def find(self, name: str):
+        c = self.container
+        n = len(c)
+        if self.size and (n < self.size or c[self.size - 1].name != self.last):
+            self.first, self.size = {}, 0  # something before the end went: index again
+        for i in range(self.size, n):
+            self.first.setdefault(c[i].name, i)
+        self.size, self.last = n, (c[n - 1].name if n else None)
+        i = self.first.get(name)
+        return c[i] if i is not None else None
 
 
 def _fast_rewiring(onnx_model) -> None:
