@@ -362,6 +362,35 @@ def confirm_breakdown(name: str, models: Path, n: int = 4) -> None:
                   f"{run:.2f} s = {build / unit:.2f} / {session / unit:.2f} / {run / unit:.2f} float passes, "
                   f"{total / unit:.2f} in all")
         print(f"the same model bytes both ways: {same}")
+        session_levels(folder / "after.onnx", samples)
+
+
+def session_levels(path: Path, samples: list[dict]) -> None:
+    """Session creation and run at ORT's graph optimization levels, and whether the outputs equal the default's
+    (ORT_ENABLE_ALL, what a confirmed candidate is judged with)."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from qcheck.model.runtime import session_options
+
+    model, reference = path.read_bytes(), None
+    for level in ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC"):
+        options = session_options()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        made = []
+        for _ in range(3):  # the least of three: the first creation also loads ORT's kernels
+            clock = time.perf_counter()
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            made.append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        outputs = [session.run(None, sample) for sample in samples]
+        ran = time.perf_counter() - clock
+        reference = reference or outputs
+        same = all(np.array_equal(a, b) for got, ref in zip(outputs, reference) for a, b in zip(got, ref))
+        print(f"  {level}: session {min(made):.2f} s, run {ran:.2f} s, outputs equal to ORT_ENABLE_ALL's: "
+              f"{same}")
 
 
 def print_figures(results: dict) -> None:

@@ -297,10 +297,11 @@ def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_remova
         raise ModelError(Problem(f"quantization overrides name tensor(s) the model does not have: {', '.join(unknown)}"))
     args = (model, recipe.per_channel, recipe.reduce_range, weight_type, act_type, tensors, [],
             list(recipe.exclude_nodes), op_types, extra)
-    if reuse is None:
+    reusing = reusing_quantizer_class() if reuse is not None else None
+    if reusing is None:
         return QDQQuantizer(*args)
     reuse.bind(_model_key(float_model))
-    return reusing_quantizer_class()(*args, reuse=reuse)
+    return reusing(*args, reuse=reuse)
 
 
 _INFERRED: dict[tuple, onnx.ModelProto] = {}  # the last float model shape-inferred, by (path, mtime, size)

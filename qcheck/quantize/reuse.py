@@ -51,14 +51,18 @@ class BuildReuse:
 
 
 def reusing_quantizer_class():
-    """ORT's QDQQuantizer with the weights' parameters taken from the active BuildReuse (made once)."""
+    """ORT's QDQQuantizer with the weights' parameters taken from the active BuildReuse (made once); None when the
+    installed ONNX Runtime lacks the functions this relies on (its plain quantizer builds then)."""
     global _CLASS
     if _CLASS is None:
-        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+        from onnxruntime.quantization import qdq_quantizer, quant_utils
 
+        if not all(hasattr(m, a) for m, a in ((qdq_quantizer, "quantize_onnx_initializer"), (quant_utils, "find_by_name"),
+                                               (qdq_quantizer.QDQQuantizer, "_calc_initializer_quant_params"))):
+            return None
         _install_patches()
 
-        class ReusingQDQQuantizer(QDQQuantizer):
+        class ReusingQDQQuantizer(qdq_quantizer.QDQQuantizer):
             def __init__(self, *args, reuse: BuildReuse, **kwargs):
                 super().__init__(*args, **kwargs)
                 self.reuse = reuse
@@ -102,7 +106,8 @@ def _initializer_params(q, compute) -> dict:
     keys, todo = {}, {}
     for name, info in q.tensors_to_quantize.items():
         entry = q.tensor_quant_overrides.get(name, None)
-        keys[name] = (name, info.tensor_type, info.axis, info.data_type, info.is_shared, settings, _hashable(entry))
+        keys[name] = (name, info.tensor_type, info.axis, getattr(info, "data_type", None), info.is_shared, settings,
+                      _hashable(entry))
         if keys[name] not in reuse.params:
             todo[name] = info
     if todo:
