@@ -296,13 +296,14 @@ def confirm_throughput(policy, loaded, ranges, samples: list[dict], nodes: list[
               f"float passes per sample (load average {os.getloadavg()[0]:.1f})")
 
 
-def confirm_breakdown(name: str, models: Path, n: int = 4) -> None:
+def confirm_breakdown(name: str, models: Path, n: int = 6) -> None:
     """What one confirmed candidate costs, part by part, in float passes over 32 evaluation samples: ORT's quantizer
     building it (with its save), the session, the run over the samples; for n candidates (a node in float each,
     spread over the graph) built by ORT's quantizer alone ("before") and with `quantize.reuse` ("after": the policy's
-    recipe built first, as a search does), alternately so that both see the same load. Checks the two models are
-    the same bytes."""
+    recipe built first, as a search does), alternately so that both see the same load; the median of each part.
+    Checks the two models are the same bytes."""
     import os
+    import statistics
     import time
 
     import onnx
@@ -334,7 +335,7 @@ def confirm_breakdown(name: str, models: Path, n: int = 4) -> None:
         nodes = [node.name for node in onnx.load(str(path)).graph.node]
         reuse = BuildReuse()
         build_quantized(path, ranges, Recipe(), folder / "base.onnx", reuse=reuse)
-        parts = {"before": [0.0, 0.0, 0.0], "after": [0.0, 0.0, 0.0]}
+        parts: dict[str, list[list[float]]] = {"before": [[], [], []], "after": [[], [], []]}
         same = True
         for k in range(n):
             recipe = Recipe(exclude_nodes=[nodes[(k + 1) * len(nodes) // (n + 1)]])
@@ -351,12 +352,13 @@ def confirm_breakdown(name: str, models: Path, n: int = 4) -> None:
                     session.run(None, sample)
                 done = time.perf_counter()
                 for i, t in enumerate((middle - clock, ready - middle, done - ready)):
-                    parts[kind][i] += t / n
+                    parts[kind][i].append(t)
             same &= built["before"] == built["after"]
         unit = (unit_before + min(float_pass() for _ in range(2))) / 2
         print(f"== {name}: {len(nodes)} nodes, {len(samples)} samples; float pass {unit:.2f} s; load average "
               f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} (2 cores shared with other work)")
-        for kind, (build, session, run) in parts.items():
+        for kind, times in parts.items():
+            build, session, run = (statistics.median(t) for t in times)  # the load comes in bursts: medians
             total = build + session + run
             print(f"{kind:6s} per confirmed candidate: build {build:.2f} s / session {session:.2f} s / evaluate "
                   f"{run:.2f} s = {build / unit:.2f} / {session / unit:.2f} / {run / unit:.2f} float passes, "

@@ -7,7 +7,7 @@ ORT's Python quantizer redoes work whose result does not depend on what the cand
 - every weight's quantized copy (`quantize_onnx_initializer`, again per channel);
 - a scan of every input of every node for each tensor it rewires (`ONNXModel.replace_input_of_all_nodes`);
 - a scan of every initializer for each one it looks up by name (`find_by_name`, `ONNXModel.get_initializer`),
-  thousands of times per build.
+  thousands of times per build, and a check of every initializer each time it adds some.
 
 `BuildReuse` keeps the first two, keyed by everything they are computed from (the tensor, its role and axis,
 its override entry, the quantizer's types and options; the arguments of the call), for one float model; the
@@ -206,6 +206,28 @@ def _fast_rewiring(onnx_model) -> None:
                         node.input[j] = new_input_name
 
     onnx_model.replace_input_of_all_nodes = replace_input_of_all_nodes
+    _fast_extend(onnx_model)
+
+
+def _fast_extend(onnx_model) -> None:
+    """ORT's `initializer_extend` first checks every initializer already in the model (`_check_init`), which can
+    only fail for a float8 initializer with a NaN byte. The same, with that pass skipped while the model holds no
+    float8 initializer (looked for once; the flag is set when one is added)."""
+    import onnx
+
+    float8 = onnx.TensorProto.FLOAT8E4M3FN
+    held = [any(i.data_type == float8 for i in onnx_model.initializer())]
+    original = onnx_model.initializer_extend
+
+    def initializer_extend(inits):
+        if held[0] or len(inits) == 0:
+            return original(inits)
+        for init in inits:
+            onnx_model._check_init(init)
+            onnx_model.model.graph.initializer.append(init)
+            held[0] = held[0] or init.data_type == float8
+
+    onnx_model.initializer_extend = initializer_extend
 
 
 def _hashable(value):
