@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -305,6 +306,9 @@ def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_remova
 
 
 _INFERRED: dict[tuple, onnx.ModelProto] = {}  # the last float model shape-inferred, by (path, mtime, size)
+# ORT's shape inference writes "<model>-inferred.onnx" beside the model and deletes it: two builds inferring at
+# once (evaluate_many's workers) remove each other's file
+_INFERRING = threading.Lock()
 
 
 def _shape_inferred(path: Path) -> onnx.ModelProto:
@@ -315,11 +319,12 @@ def _shape_inferred(path: Path) -> onnx.ModelProto:
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     key = _model_key(path)
-    cached = _INFERRED.get(key)
-    if cached is None:
-        cached = load_model_with_shape_infer(Path(path))
-        _INFERRED.clear()  # one model kept: memory does not grow with the models a process builds
-        _INFERRED[key] = cached
+    with _INFERRING:
+        cached = _INFERRED.get(key)
+        if cached is None:
+            cached = load_model_with_shape_infer(Path(path))
+            _INFERRED.clear()  # one model kept: memory does not grow with the models a process builds
+            _INFERRED[key] = cached
     copy = onnx.ModelProto()
     copy.CopyFrom(cached)
     return copy

@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import residual_cnn, write_npy_samples
+from helpers import residual_cnn, write_npy_samples, write_policy
 
 from qcheck.data.readers import open_data
 from qcheck.model.fetch import fetch_model
 from qcheck.model.prepare import load_onnx, prepare_model
-from qcheck.policy.spec import DataSource, FetchSpec, Preprocess, QuantizationSpec
+from qcheck.policy.spec import DataSource, FetchSpec, Preprocess, QuantizationSpec, SearchBudget
 from qcheck.quantize.calibrate import Recipe, build_quantized, calibrate
 from qcheck.quantize.reuse import BuildReuse
 from qcheck.search.space import MODEL, Change, Graph, apply_changes
@@ -138,17 +138,31 @@ def _readers(model) -> dict[str, list[str]]:
     return out
 
 
-def test_a_candidate_confirmed_with_reuse_has_the_figures_of_the_model_ort_builds(tmp_path):
-    # the Evaluator's confirmed figures come from the reused build; judged again on ORT's own model they are equal
-    from qcheck.model.runtime import make_session
+def test_a_search_confirms_the_same_candidates_with_and_without_reuse(tmp_path):
+    # the Evaluator builds its confirmed candidates with reuse: every record (figures, sizes, which recipes
+    # build the same model) equals an Evaluator's that builds each with ORT's quantizer alone
+    from qcheck.policy.loader import load_policy
+    from qcheck.search.evaluate import Evaluator
 
     path, ranges, fm, graph = _prepared(tmp_path, residual_cnn(tmp_path / "model.onnx"), (1, 3, 16, 16))
-    write_npy_samples(tmp_path / "eval", 3, shape=(1, 3, 16, 16), seed=5)
-    recipe = apply_changes(Recipe(), (Change("int16_activations", "relu2"),), graph)
-    reuse = BuildReuse()
-    build_quantized(path, ranges, Recipe(), tmp_path / "first.onnx", reuse=reuse)
-    outs = []
-    for given, name in ((reuse, "r.onnx"), (None, "o.onnx")):
-        sess = make_session(build_quantized(path, ranges, recipe, tmp_path / name, reuse=given))
-        outs.append([sess.run(None, {"x": np.load(f)})[0] for f in sorted((tmp_path / "eval").glob("*.npy"))])
-    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+    write_npy_samples(tmp_path / "eval", 6, shape=(1, 3, 16, 16), seed=5)
+    policy = load_policy(write_policy(tmp_path / "qcheck.yaml", {
+        "model": "model.onnx", "data": {"calibration": "calib", "evaluation": "eval"},
+        "metrics": {"y_err": {"output": "y", "metric": "max_abs"}}, "require": ["y_err <= 0.01", "model.cosine >= 0.9999"]}))
+    pm_inputs = prepare_model(load_onnx(tmp_path / "model.onnx"), tmp_path / "model.onnx", {}, tmp_path / "p").inputs
+    evaluation = open_data(policy.data.evaluation, pm_inputs, Preprocess())
+    samples = [evaluation[i] for i in range(len(evaluation))]
+    sets = [(), (Change("keep_float", "conv2"),), (Change("int16_activations", "relu2"),),
+            (Change("int16_weights", "conv3"),), (Change("per_channel", MODEL),), (Change("scheme", MODEL, "a16w8"),),
+            (Change("keep_float", "conv2"), Change("int16_weights", "conv1"))]
+    records = []
+    for reuse in (True, False):
+        ev = Evaluator(path, fm, lambda method: ranges, Recipe(), samples, policy.metrics, policy.require, {},
+                       policy.target, graph, SearchBudget(max_trials=20), _folder(tmp_path / f"w{reuse}"), workers=2)
+        if not reuse:
+            ev.reuse = None  # build_quantized(reuse=None): ORT's quantizer as it is
+        ev.evaluate_many(sets)
+        records.append(ev.candidates)
+        assert not reuse or ev.reuse.hits > 0
+    assert records[0] == records[1] and len(records[0]) == len(sets)
+    assert len({c["metrics"]["model.cosine"] for c in records[0]}) > 3  # the candidates differ: not one model
