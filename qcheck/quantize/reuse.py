@@ -69,7 +69,7 @@ def reusing_quantizer_class():
                 _fast_rewiring(self.model)
 
             def quantize_model(self):
-                index = _InitializerIndex(self.model.model.graph.initializer)
+                index = _InitializerIndex(self.model)
                 self.model.get_initializer = index.find
                 _ACTIVE.reuse, _ACTIVE.index = self.reuse, index
                 try:
@@ -157,7 +157,7 @@ def _install_patches() -> None:
 
     def find_by_name(item_name, item_list):
         index = getattr(_ACTIVE, "index", None)
-        if index is not None and item_list is index.container:
+        if index is not None and item_list is index.container():
             return index.find(item_name)
         return find(item_name, item_list)
 
@@ -168,42 +168,67 @@ def _install_patches() -> None:
             module.find_by_name = find_by_name
 
 
+class _Mirror:
+    """The elements of one of the model's protobuf lists (its nodes, its initializers) as a Python list, brought up
+    to date before each use. protobuf gives each element one Python object for as long as it is in the list
+    (removing another one does not change it), so when the object that was last at the previous update is still
+    at that place nothing before it went, and only what was appended since is added; otherwise (an element
+    removed, the list cleared or replaced) the list is read again."""
+
+    def __init__(self, get_container):
+        self.get_container = get_container
+        self.container, self.items = None, []
+
+    def update(self) -> int:
+        """Bring the list up to date; the index from which its items are new (0: read again)."""
+        c = self.get_container()
+        k = len(self.items)
+        if c is not self.container or (k and (len(c) < k or c[k - 1] is not self.items[-1])):
+            self.container, self.items, k = c, [], 0
+        self.items.extend(c[i] for i in range(k, len(c)))
+        return k
+
+
 class _InitializerIndex:
-    """Where each name first appears in a model's initializer list, for ORT's lookups while it quantizes.
+    """Where each name first appears in a model's initializer list, for ORT's lookups while it quantizes: what
+    ORT's scan returns (the first initializer of that name, or None). ORT never renames an initializer that is in
+    the list (it names new ones before adding them), so the names of unchanged elements stay where they were."""
 
-    ORT appends initializers and removes some (a float bias, once quantized); it never renames one in the list,
-    and names are unique (`add_initializer` checks). So the index is extended with what was appended when the
-    entry that was last when it was extended still has that place and name (nothing before it went), and is made
-    again otherwise. A lookup returns what ORT's scan returns: the first initializer of that name, or None."""
-
-    def __init__(self, container):
-        self.container = container
+    def __init__(self, onnx_model):
+        self.mirror = _Mirror(lambda: onnx_model.model.graph.initializer)
         self.first: dict[str, int] = {}
-        self.size, self.last = 0, None
+
+    def container(self):
+        return self.mirror.get_container()
 
     def find(self, name: str):
-        c = self.container
-        n = len(c)
-        if self.size and (n < self.size or c[self.size - 1].name != self.last):
-            self.first, self.size = {}, 0  # something before the end went: index again
-        for i in range(self.size, n):
-            self.first.setdefault(c[i].name, i)
-        self.size, self.last = n, (c[n - 1].name if n else None)
+        new = self.mirror.update()
+        items = self.mirror.items
+        if new == 0:
+            self.first = {}
+        for i in range(new, len(items)):
+            self.first.setdefault(items[i].name, i)
         i = self.first.get(name)
-        return c[i] if i is not None else None
+        return items[i] if i is not None else None
 
 
 def _fast_rewiring(onnx_model) -> None:
     """ORT's `replace_input_of_all_nodes` calls a Python function for every input of every node; the same edit,
-    with the nodes that do not read the tensor skipped by protobuf's own membership test."""
+    over a mirror of the node list, with the nodes that do not read the tensor skipped by protobuf's own
+    membership test."""
+    nodes = _Mirror(lambda: onnx_model.model.graph.node)
+    inputs_of: list = []  # each node's input list (one object per node, like the node's)
 
     def replace_input_of_all_nodes(old_input_name: str, new_input_name: str) -> None:
         assert isinstance(old_input_name, str) and isinstance(new_input_name, str)
-        for node in onnx_model.model.graph.node:
-            if old_input_name in node.input:
-                for j, name in enumerate(node.input):
+        new = nodes.update()
+        del inputs_of[new:]
+        inputs_of.extend(n.input for n in nodes.items[new:])
+        for inputs in inputs_of:
+            if old_input_name in inputs:
+                for j, name in enumerate(inputs):
                     if name == old_input_name:
-                        node.input[j] = new_input_name
+                        inputs[j] = new_input_name
 
     onnx_model.replace_input_of_all_nodes = replace_input_of_all_nodes
     _fast_extend(onnx_model)
