@@ -10,7 +10,8 @@ ORT's Python quantizer redoes work whose result does not depend on what the cand
   thousands of times per build, and a check of every initializer each time it adds some.
 
 `BuildReuse` keeps the first two, keyed by everything they are computed from (the tensor, its role and axis,
-its override entry, the quantizer's types and options; the arguments of the call), for one float model; the
+its override entry, the quantizer's types and options; the arguments of the call; the opsets the model was
+converted to), for one float model; the
 rewiring skips, in C, the nodes that do not read the tensor; lookups go through an index of the initializer
 list (`_InitializerIndex`). ORT still decides the whole model: which nodes and tensors are quantized, how they
 are wired, bias and activation parameters. The model it writes is the same, byte for byte, with or without
@@ -71,11 +72,11 @@ def reusing_quantizer_class():
             def quantize_model(self):
                 index = _InitializerIndex(self.model)
                 self.model.get_initializer = index.find
-                _ACTIVE.reuse, _ACTIVE.index = self.reuse, index
+                _ACTIVE.reuse, _ACTIVE.index, _ACTIVE.opsets = self.reuse, index, _opsets(self)
                 try:
                     return super().quantize_model()
                 finally:
-                    _ACTIVE.reuse = _ACTIVE.index = None
+                    _ACTIVE.reuse = _ACTIVE.index = _ACTIVE.opsets = None
 
             def _calc_initializer_quant_params(self):
                 return _initializer_params(self, super()._calc_initializer_quant_params)
@@ -87,9 +88,15 @@ def reusing_quantizer_class():
 _CLASS = None
 
 
+def _opsets(q) -> tuple:
+    """The model's opsets as the quantizer starts: the float model, converted to opset 21 when a recipe has 16-bit
+    types (`update_opset_version`). With the float file, they decide the initializers ORT reads by name."""
+    return tuple(sorted((o.domain, o.version) for o in q.model.model.opset_import))
+
+
 def _settings(q) -> tuple:
     """The quantizer-wide options `_calc_initializer_quant_params` reads (besides each tensor's own entry)."""
-    return (q.weight_qType, q.activation_qType, q.is_activation_symmetric, q.reduce_range,
+    return (_opsets(q), q.weight_qType, q.activation_qType, q.is_activation_symmetric, q.reduce_range,
             getattr(q, "block_size", 0), getattr(q, "min_real_range", None),
             tuple(q.is_weight_symmetric(t) for t in _INTEGER_TYPES))
 
@@ -145,7 +152,7 @@ def _install_patches() -> None:
         reuse = getattr(_ACTIVE, "reuse", None)
         if reuse is None:
             return original(weight, *args, **kwargs)
-        key = (weight.name, _hashable(args), _hashable(kwargs))
+        key = (_ACTIVE.opsets, weight.name, _hashable(args), _hashable(kwargs))
         made = reuse.weights.get(key)
         if made is None:
             made = reuse.weights[key] = original(weight, *args, **kwargs)
