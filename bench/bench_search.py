@@ -300,7 +300,8 @@ def confirm_breakdown(name: str, models: Path, n: int = 6) -> None:
     """What one confirmed candidate costs, part by part, in float passes over 32 evaluation samples: ORT's quantizer
     building it (with its save), the session, the run over the samples; for n candidates (a node in float each,
     spread over the graph) built by ORT's quantizer alone ("before") and with `quantize.reuse` ("after": the policy's
-    recipe built first, as a search does), alternately so that both see the same load; the median of each part.
+    recipe built first, as a search does), alternately so that both see the same load; the median of each part,
+    over the median of float passes timed beside each candidate.
     Checks the two models are the same bytes."""
     import os
     import statistics
@@ -331,7 +332,7 @@ def confirm_breakdown(name: str, models: Path, n: int = 6) -> None:
                 float_session.run(None, sample)
             return time.perf_counter() - clock
 
-        load_before, unit_before = os.getloadavg()[0], min(float_pass() for _ in range(2))
+        load_before, passes = os.getloadavg()[0], [float_pass()]
         nodes = [node.name for node in onnx.load(str(path)).graph.node]
         reuse = BuildReuse()
         build_quantized(path, ranges, Recipe(), folder / "base.onnx", reuse=reuse)
@@ -341,6 +342,7 @@ def confirm_breakdown(name: str, models: Path, n: int = 6) -> None:
             recipe = Recipe(exclude_nodes=[nodes[(k + 1) * len(nodes) // (n + 1)]])
             built = {}
             for kind, given in (("before", None), ("after", reuse)):
+                passes.append(float_pass())  # beside each candidate: the load changes within seconds
                 out = folder / f"{kind}.onnx"
                 clock = time.perf_counter()
                 build_quantized(path, ranges, recipe, out, reuse=given)
@@ -354,8 +356,9 @@ def confirm_breakdown(name: str, models: Path, n: int = 6) -> None:
                 for i, t in enumerate((middle - clock, ready - middle, done - ready)):
                     parts[kind][i].append(t)
             same &= built["before"] == built["after"]
-        unit = (unit_before + min(float_pass() for _ in range(2))) / 2
-        print(f"== {name}: {len(nodes)} nodes, {len(samples)} samples; float pass {unit:.2f} s; load average "
+        unit = statistics.median(passes)
+        print(f"== {name}: {len(nodes)} nodes, {len(samples)} samples; float pass {unit:.2f} s (median; "
+              f"{min(passes):.2f}-{max(passes):.2f} s); load average "
               f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} (2 cores shared with other work)")
         for kind, times in parts.items():
             build, session, run = (statistics.median(t) for t in times)  # the load comes in bursts: medians
