@@ -178,6 +178,37 @@ def timed_run(name: str, policy_path: Path, out: Path) -> dict:
     return table_row(name, results, wall, (load[0] + after[0]) / 2)
 
 
+def zoo_setup(name: str, models: Path, folder: Path) -> tuple:
+    """A zoo model's policy with 32 evaluation samples, loaded and calibrated: (policy, loaded, ranges, samples)."""
+    import yaml
+
+    from qcheck.quantize.calibrate import calibrate
+    from qcheck.run.load_stage import load
+
+    (folder / "qcheck.yaml").write_text(yaml.safe_dump(zoo_policy(name, models, folder, 32)), encoding="utf-8")
+    policy = load_policy(folder / "qcheck.yaml")
+    loaded = load(policy, folder)
+    ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization)
+    return policy, loaded, ranges, [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
+
+
+def float_pass_timer(path: Path, samples: list[dict]):
+    """A function timing one run of the float model over the samples (seconds)."""
+    import time
+
+    from qcheck.model.runtime import make_session
+
+    session = make_session(path)
+
+    def float_pass() -> float:
+        clock = time.perf_counter()
+        for sample in samples:
+            session.run(None, sample)
+        return time.perf_counter() - clock
+
+    return float_pass
+
+
 def screen_throughput(name: str, models: Path, seconds: float) -> None:
     """What one screened candidate costs, in float passes over 32 evaluation samples: the policy's recipe with
     random subsets of the last 40 % of the graph's nodes in float (what delta debugging on a tail region tries),
@@ -192,34 +223,20 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
     import time
 
     import onnx
-    import yaml
 
     from qcheck.measure.tasks import build as build_tasks
-    from qcheck.model.runtime import make_session
-    from qcheck.quantize.calibrate import Recipe, calibrate
-    from qcheck.run.load_stage import load
+    from qcheck.quantize.calibrate import Recipe
     from qcheck.search.evaluate import Evaluator
     from qcheck.search.screen import Screener, build_grid_model
     from qcheck.search.space import Change, Graph
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        doc = zoo_policy(name, models, folder, 32)
-        (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
-        policy = load_policy(folder / "qcheck.yaml")
-        loaded = load(policy, folder)
-        ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization)
-        samples = [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
+        policy, loaded, ranges, samples = zoo_setup(name, models, folder)
         fm = onnx.load(str(loaded.prepared.path))
         sw = build_grid_model(loaded.prepared.path, fm, ranges, Recipe(), folder)
         screener = Screener(sw, loaded.prepared.path, lambda method: ranges, Recipe(), samples)
-        float_session = make_session(loaded.prepared.path)
-
-        def float_pass() -> float:
-            clock = time.perf_counter()
-            for sample in samples:
-                float_session.run(None, sample)
-            return time.perf_counter() - clock
+        float_pass = float_pass_timer(loaded.prepared.path, samples)
 
         load_before, before = os.getloadavg()[0], min(float_pass() for _ in range(3))
         nodes = [n.node for n in sw.nodes]
@@ -308,29 +325,16 @@ def confirm_breakdown(name: str, models: Path, n: int = 6) -> None:
     import time
 
     import onnx
-    import yaml
 
     from qcheck.model.runtime import make_session
-    from qcheck.quantize.calibrate import Recipe, build_quantized, calibrate
+    from qcheck.quantize.calibrate import Recipe, build_quantized
     from qcheck.quantize.reuse import BuildReuse
-    from qcheck.run.load_stage import load
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        doc = zoo_policy(name, models, folder, 32)
-        (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
-        policy = load_policy(folder / "qcheck.yaml")
-        loaded = load(policy, folder)
+        policy, loaded, ranges, samples = zoo_setup(name, models, folder)
         path = loaded.prepared.path
-        ranges = calibrate(path, loaded.calibration, policy.quantization)
-        samples = [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
-        float_session = make_session(path)
-
-        def float_pass() -> float:
-            clock = time.perf_counter()
-            for sample in samples:
-                float_session.run(None, sample)
-            return time.perf_counter() - clock
+        float_pass = float_pass_timer(path, samples)
 
         load_before, passes = os.getloadavg()[0], [float_pass()]
         nodes = [node.name for node in onnx.load(str(path)).graph.node]
