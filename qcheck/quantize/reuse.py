@@ -36,19 +36,29 @@ class BuildReuse:
     """Weight parameters and quantized weights of one float model, kept across the builds of a search.
 
     `model_key` names the float model (path, mtime, size); a build from another model clears what is kept.
-    Threads may build at once: a value is computed twice at worst, never mixed."""
+    `max_bytes`: the quantized weights kept at most (beyond it, new ones are computed each time, as ORT does; the
+    parameters are small and always kept). Threads may build at once: a value is computed twice at worst, never
+    mixed."""
 
-    def __init__(self):
+    def __init__(self, max_bytes: int | None = None):
         self.model_key: tuple | None = None
         self.params: dict[tuple, object] = {}  # (tensor, role, settings, override) -> QuantizationParams | _MISSING
         self.weights: dict[tuple, object] = {}  # the arguments of quantize_onnx_initializer -> its TensorProto
+        self.max_bytes, self.kept_bytes = max_bytes, 0
         self.hits = self.misses = 0  # for tests and the bench: reuse actually happened
         self._lock = threading.Lock()
 
     def bind(self, model_key: tuple) -> None:
         with self._lock:
             if model_key != self.model_key:
-                self.model_key, self.params, self.weights = model_key, {}, {}
+                self.model_key, self.params, self.weights, self.kept_bytes = model_key, {}, {}, 0
+
+    def keep_weight(self, key: tuple, tensor) -> None:
+        size = tensor.ByteSize()
+        with self._lock:
+            if self.max_bytes is None or self.kept_bytes + size <= self.max_bytes:
+                self.weights[key] = tensor
+                self.kept_bytes += size
 
 
 def reusing_quantizer_class():
@@ -155,7 +165,8 @@ def _install_patches() -> None:
         key = (_ACTIVE.opsets, weight.name, _hashable(args), _hashable(kwargs))
         made = reuse.weights.get(key)
         if made is None:
-            made = reuse.weights[key] = original(weight, *args, **kwargs)
+            made = original(weight, *args, **kwargs)
+            reuse.keep_weight(key, made)
         out = type(made)()
         out.CopyFrom(made)  # ORT appends it to the model: a copy, so the kept one stays as ORT made it
         return out

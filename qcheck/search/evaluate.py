@@ -117,7 +117,8 @@ class Evaluator:
         self.built_screener = None  # the Screener, once something asked for it
         self.by_model: dict[str, dict] = {}  # sha256 of the built model -> its candidate
         self._changes: dict[int, tuple[Change, ...]] = {}
-        self.reuse = BuildReuse()  # what ORT's quantizer computes alike for every candidate (the same models, faster)
+        # what ORT's quantizer computes alike for every candidate (the same models, faster), within memory_mb
+        self.reuse = BuildReuse(int(memory_mb * (1 << 20)) if memory_mb else None)
         self.start = time.perf_counter()
         self.stopped_by: str | None = None
 

@@ -67,6 +67,20 @@ def test_every_kind_of_change_builds_the_same_model_with_reuse(tmp_path):
     assert int8 != a16w8  # the kinds build different models: equality above is not one model compared with itself
 
 
+def test_weights_beyond_max_bytes_are_not_kept_and_the_models_are_the_same(tmp_path):
+    path, ranges, fm, graph = _prepared(tmp_path, residual_cnn(tmp_path / "model.onnx"), (1, 3, 16, 16))
+    unbounded = BuildReuse()
+    build_quantized(path, ranges, Recipe(), tmp_path / "u.onnx", reuse=unbounded)
+    size = {key[1]: t.ByteSize() for key, t in unbounded.weights.items()}  # key: (opsets, weight name, arguments)
+    assert set(size) == {"w1", "w2", "w3", "c"} and size["w2"] > size["w3"] + size["c"]  # c: the Mul's constant
+    # room for all but w2: w2 (quantized second, the largest) does not fit after w1; the others then do
+    bounded = BuildReuse(max_bytes=size["w1"] + size["w3"] + size["c"])
+    for recipe in (Recipe(), Recipe(exclude_nodes=["conv1"])):
+        alone = build_quantized(path, ranges, recipe, tmp_path / "alone.onnx").read_bytes()
+        assert build_quantized(path, ranges, recipe, tmp_path / "b.onnx", reuse=bounded).read_bytes() == alone
+    assert sorted(key[1] for key in bounded.weights) == ["c", "w1", "w3"] and bounded.kept_bytes == bounded.max_bytes
+
+
 def test_kept_weights_belong_to_one_float_model(tmp_path):
     # a BuildReuse given a build of another float model forgets what it kept (weights are kept by name)
     a_path, a_ranges, _, _ = _prepared(tmp_path / "a", residual_cnn(_folder(tmp_path / "a") / "m.onnx", seed=0),
