@@ -54,7 +54,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=900.0, help="--zoo: the search's max_seconds")
     ap.add_argument("--throughput", nargs="+", choices=sorted(ZOO),
                     help="screening alone on these models: candidates per second on 32 samples (see screen_throughput)")
+    ap.add_argument("--confirm", nargs="+", choices=sorted(ZOO),
+                    help="what one confirmed candidate costs on these models, part by part (see confirm_breakdown)")
     args = ap.parse_args()
+    if args.confirm:
+        for name in args.confirm:
+            confirm_breakdown(name, args.models)
+        return
     if args.throughput:
         for name in args.throughput:
             screen_throughput(name, args.models, min(args.seconds, 120.0))
@@ -172,6 +178,37 @@ def timed_run(name: str, policy_path: Path, out: Path) -> dict:
     return table_row(name, results, wall, (load[0] + after[0]) / 2)
 
 
+def zoo_setup(name: str, models: Path, folder: Path) -> tuple:
+    """A zoo model's policy with 32 evaluation samples, loaded and calibrated: (policy, loaded, ranges, samples)."""
+    import yaml
+
+    from qcheck.quantize.calibrate import calibrate
+    from qcheck.run.load_stage import load
+
+    (folder / "qcheck.yaml").write_text(yaml.safe_dump(zoo_policy(name, models, folder, 32)), encoding="utf-8")
+    policy = load_policy(folder / "qcheck.yaml")
+    loaded = load(policy, folder)
+    ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization)
+    return policy, loaded, ranges, [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
+
+
+def float_pass_timer(path: Path, samples: list[dict]):
+    """A function timing one run of the float model over the samples (seconds)."""
+    import time
+
+    from qcheck.model.runtime import make_session
+
+    session = make_session(path)
+
+    def float_pass() -> float:
+        clock = time.perf_counter()
+        for sample in samples:
+            session.run(None, sample)
+        return time.perf_counter() - clock
+
+    return float_pass
+
+
 def screen_throughput(name: str, models: Path, seconds: float) -> None:
     """What one screened candidate costs, in float passes over 32 evaluation samples: the policy's recipe with
     random subsets of the last 40 % of the graph's nodes in float (what delta debugging on a tail region tries),
@@ -186,34 +223,20 @@ def screen_throughput(name: str, models: Path, seconds: float) -> None:
     import time
 
     import onnx
-    import yaml
 
     from qcheck.measure.tasks import build as build_tasks
-    from qcheck.model.runtime import make_session
-    from qcheck.quantize.calibrate import Recipe, calibrate
-    from qcheck.run.load_stage import load
+    from qcheck.quantize.calibrate import Recipe
     from qcheck.search.evaluate import Evaluator
     from qcheck.search.screen import Screener, build_grid_model
     from qcheck.search.space import Change, Graph
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        doc = zoo_policy(name, models, folder, 32)
-        (folder / "qcheck.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
-        policy = load_policy(folder / "qcheck.yaml")
-        loaded = load(policy, folder)
-        ranges = calibrate(loaded.prepared.path, loaded.calibration, policy.quantization)
-        samples = [loaded.evaluation[i] for i in range(len(loaded.evaluation))]
+        policy, loaded, ranges, samples = zoo_setup(name, models, folder)
         fm = onnx.load(str(loaded.prepared.path))
         sw = build_grid_model(loaded.prepared.path, fm, ranges, Recipe(), folder)
         screener = Screener(sw, loaded.prepared.path, lambda method: ranges, Recipe(), samples)
-        float_session = make_session(loaded.prepared.path)
-
-        def float_pass() -> float:
-            clock = time.perf_counter()
-            for sample in samples:
-                float_session.run(None, sample)
-            return time.perf_counter() - clock
+        float_pass = float_pass_timer(loaded.prepared.path, samples)
 
         load_before, before = os.getloadavg()[0], min(float_pass() for _ in range(3))
         nodes = [n.node for n in sw.nodes]
@@ -288,6 +311,95 @@ def confirm_throughput(policy, loaded, ranges, samples: list[dict], nodes: list[
         each = (time.perf_counter() - clock) / len(sets)
         print(f"confirmation, {workers} worker(s): {each:.2f} s per candidate built and judged = {each / unit:.1f} "
               f"float passes per sample (load average {os.getloadavg()[0]:.1f})")
+
+
+def confirm_breakdown(name: str, models: Path, n: int = 6) -> None:
+    """What one confirmed candidate costs, part by part, in float passes over 32 evaluation samples: ORT's quantizer
+    building it (with its save), the session, the run over the samples; for n candidates (a node in float each,
+    spread over the graph) built by ORT's quantizer alone ("before") and with `quantize.reuse` ("after": the policy's
+    recipe built first, as a search does), alternately so that both see the same load; the median of each part,
+    over the median of float passes timed beside each candidate.
+    Checks the two models are the same bytes."""
+    import os
+    import statistics
+    import time
+
+    import onnx
+
+    from qcheck.model.runtime import make_session
+    from qcheck.quantize.calibrate import Recipe, build_quantized
+    from qcheck.quantize.reuse import BuildReuse
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        policy, loaded, ranges, samples = zoo_setup(name, models, folder)
+        path = loaded.prepared.path
+        float_pass = float_pass_timer(path, samples)
+
+        load_before, passes = os.getloadavg()[0], [float_pass()]
+        nodes = [node.name for node in onnx.load(str(path)).graph.node]
+        reuse = BuildReuse()
+        build_quantized(path, ranges, Recipe(), folder / "base.onnx", reuse=reuse)
+        parts: dict[str, list[list[float]]] = {"before": [[], [], []], "after": [[], [], []]}
+        same = True
+        for k in range(n):
+            recipe = Recipe(exclude_nodes=[nodes[(k + 1) * len(nodes) // (n + 1)]])
+            built = {}
+            for kind, given in (("before", None), ("after", reuse)):
+                passes.append(float_pass())  # beside each candidate: the load changes within seconds
+                out = folder / f"{kind}.onnx"
+                clock = time.perf_counter()
+                build_quantized(path, ranges, recipe, out, reuse=given)
+                built[kind] = out.read_bytes()
+                middle = time.perf_counter()
+                session = make_session(out)
+                ready = time.perf_counter()
+                for sample in samples:
+                    session.run(None, sample)
+                done = time.perf_counter()
+                for i, t in enumerate((middle - clock, ready - middle, done - ready)):
+                    parts[kind][i].append(t)
+            same &= built["before"] == built["after"]
+        unit = statistics.median(passes)
+        print(f"== {name}: {len(nodes)} nodes, {len(samples)} samples; float pass {unit:.2f} s (median; "
+              f"{min(passes):.2f}-{max(passes):.2f} s); load average "
+              f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} (2 cores shared with other work)")
+        for kind, times in parts.items():
+            build, session, run = (statistics.median(t) for t in times)  # the load comes in bursts: medians
+            total = build + session + run
+            print(f"{kind:6s} per confirmed candidate: build {build:.2f} s / session {session:.2f} s / evaluate "
+                  f"{run:.2f} s = {build / unit:.2f} / {session / unit:.2f} / {run / unit:.2f} float passes, "
+                  f"{total / unit:.2f} in all")
+        print(f"the same model bytes both ways: {same}")
+        session_levels(folder / "after.onnx", samples)
+
+
+def session_levels(path: Path, samples: list[dict]) -> None:
+    """Session creation and run at ORT's graph optimization levels, and whether the outputs equal the default's
+    (ORT_ENABLE_ALL, what a confirmed candidate is judged with)."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from qcheck.model.runtime import session_options
+
+    model, reference = path.read_bytes(), None
+    for level in ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC"):
+        options = session_options()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        made = []
+        for _ in range(3):  # the least of three: the first creation also loads ORT's kernels
+            clock = time.perf_counter()
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            made.append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        outputs = [session.run(None, sample) for sample in samples]
+        ran = time.perf_counter() - clock
+        reference = reference or outputs
+        same = all(np.array_equal(a, b) for got, ref in zip(outputs, reference) for a, b in zip(got, ref))
+        print(f"  {level}: session {min(made):.2f} s, run {ran:.2f} s, outputs equal to ORT_ENABLE_ALL's: "
+              f"{same}")
 
 
 def print_figures(results: dict) -> None:

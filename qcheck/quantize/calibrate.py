@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from qcheck.data.readers import DataSet
 from qcheck.errors import ModelError, Problem, first_line, raised_by_third_party
 from qcheck.policy.spec import AnalysesSpec, QuantizationSpec
 from qcheck.quantize.histograms import collect_streamed
+from qcheck.quantize.reuse import BuildReuse, reusing_quantizer_class
 from qcheck.scratch import temp_folder
 
 QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
@@ -216,17 +218,20 @@ def per_tensor_fallbacks(model: onnx.ModelProto, recipe: Recipe) -> dict[str, st
 
 
 def build_quantized(float_model: Path, ranges: Ranges, recipe: Recipe, out_path: Path,
-                    keep_removable_activations: bool = False, source: Path | None = None) -> Path:
+                    keep_removable_activations: bool = False, source: Path | None = None,
+                    reuse: BuildReuse | None = None) -> Path:
     """Quantize `float_model` with ORT's QDQ quantizer using precomputed ranges.
 
     `keep_removable_activations` keeps Relu/Clip nodes ORT would fold into the
     producer's grid (same numbers; the emulation model needs their float output).
     `source`: the user's model file, named when ONNX Runtime fails (`float_model` is qcheck's working copy).
+    `reuse`: the weights' parameters and quantized copies kept from earlier builds of the same float model
+    (`quantize.reuse`: the same model, byte for byte, built faster; a search's candidates).
     """
     if recipe.calibration != ranges.method:
         raise ValueError(f"recipe wants {recipe.calibration} ranges, got {ranges.method}")
     try:
-        quantizer = qdq_quantizer(float_model, ranges, recipe, keep_removable_activations)
+        quantizer = qdq_quantizer(float_model, ranges, recipe, keep_removable_activations, reuse)
         quantizer.quantize_model()
     except ModelError:
         raise
@@ -260,9 +265,10 @@ def ort_overrides(recipe: Recipe) -> dict[str, list[dict]]:
     return overrides
 
 
-def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_removable_activations: bool = False):
+def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_removable_activations: bool = False,
+                  reuse: BuildReuse | None = None):
     """ORT's QDQ quantizer set up for the recipe and ranges, before it quantizes (also what computes a tensor's
-    grid: `quantize.grids`)."""
+    grid: `quantize.grids`); with `reuse`, the one that takes the weights' parameters from earlier builds."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import QuantType, update_opset_version
@@ -290,11 +296,19 @@ def qdq_quantizer(float_model: Path, ranges: Ranges, recipe: Recipe, keep_remova
     unknown = [t for t in overrides if t not in ranges.ranges and t not in {i.name for i in model.graph.initializer}]
     if unknown:
         raise ModelError(Problem(f"quantization overrides name tensor(s) the model does not have: {', '.join(unknown)}"))
-    return QDQQuantizer(model, recipe.per_channel, recipe.reduce_range, weight_type, act_type, tensors,
-                        [], list(recipe.exclude_nodes), op_types, extra)
+    args = (model, recipe.per_channel, recipe.reduce_range, weight_type, act_type, tensors, [],
+            list(recipe.exclude_nodes), op_types, extra)
+    reusing = reusing_quantizer_class() if reuse is not None else None
+    if reusing is None:
+        return QDQQuantizer(*args)
+    reuse.bind(_model_key(float_model))
+    return reusing(*args, reuse=reuse)
 
 
 _INFERRED: dict[tuple, onnx.ModelProto] = {}  # the last float model shape-inferred, by (path, mtime, size)
+# ORT's shape inference writes "<model>-inferred.onnx" beside the model and deletes it: two builds inferring at
+# once (evaluate_many's workers) remove each other's file
+_INFERRING = threading.Lock()
 
 
 def _shape_inferred(path: Path) -> onnx.ModelProto:
@@ -304,16 +318,22 @@ def _shape_inferred(path: Path) -> onnx.ModelProto:
     shape-inference pass through a temporary file) is done once and the result copied, ~6x cheaper."""
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-    cached = _INFERRED.get(key)
-    if cached is None:
-        cached = load_model_with_shape_infer(Path(path))
-        _INFERRED.clear()  # one model kept: memory does not grow with the models a process builds
-        _INFERRED[key] = cached
+    key = _model_key(path)
+    with _INFERRING:
+        cached = _INFERRED.get(key)
+        if cached is None:
+            cached = load_model_with_shape_infer(Path(path))
+            _INFERRED.clear()  # one model kept: memory does not grow with the models a process builds
+            _INFERRED[key] = cached
     copy = onnx.ModelProto()
     copy.CopyFrom(cached)
     return copy
+
+
+def _model_key(path: Path) -> tuple:
+    """A float model file as it is now: (path, mtime, size)."""
+    st = Path(path).stat()
+    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
 
 
 def load_quantized(path: Path) -> onnx.ModelProto:

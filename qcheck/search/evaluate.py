@@ -33,6 +33,7 @@ from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
 from qcheck.policy.task_options import TASKS
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
+from qcheck.quantize.reuse import BuildReuse
 from qcheck.results.values_text import line_text
 from qcheck.rules.requirements import judge, requirement_env, with_margin
 from qcheck.search.space import MODEL, Change, Graph, apply_changes, cost, counts, within_budget
@@ -116,6 +117,8 @@ class Evaluator:
         self.built_screener = None  # the Screener, once something asked for it
         self.by_model: dict[str, dict] = {}  # sha256 of the built model -> its candidate
         self._changes: dict[int, tuple[Change, ...]] = {}
+        # what ORT's quantizer computes alike for every candidate (the same models, faster), within memory_mb
+        self.reuse = BuildReuse(int(memory_mb * (1 << 20)) if memory_mb else None)
         self.start = time.perf_counter()
         self.stopped_by: str | None = None
 
@@ -468,7 +471,7 @@ class Evaluator:
         return self._changes[cand["id"]]
 
     def build(self, recipe: Recipe, path: Path) -> Path:
-        return build_quantized(self.float_path, self.ranges_for(recipe.calibration), recipe, path)
+        return build_quantized(self.float_path, self.ranges_for(recipe.calibration), recipe, path, reuse=self.reuse)
 
     # ------------------------------------------------------------------ held-out samples
 

@@ -67,6 +67,40 @@ def test_builds_from_one_model_share_its_shape_inference_and_match_a_fresh_build
     assert [k[0] for k in cal._INFERRED] == [str(copy.resolve())]
 
 
+def test_builds_starting_at_once_infer_shapes_once(prepared, tmp_path, monkeypatch):
+    # ORT's shape inference writes "<model>-inferred.onnx" beside the model and deletes it: a search's workers
+    # building their first candidates at once (evaluate_many) removed each other's file (FileNotFoundError,
+    # recorded as a candidate ORT "could not quantize"). Inference is slowed here so that the threads overlap.
+    import threading
+    import time
+
+    from onnxruntime.quantization import quant_utils
+
+    tmp, pm, data = prepared
+    ranges = calibrate(pm.path, data, QuantizationSpec())
+    model = tmp_path / "model.onnx"
+    model.write_bytes(pm.path.read_bytes())  # a file no build has inferred yet
+    inner, calls = quant_utils.load_model_with_shape_infer, []
+
+    def slow(path):
+        calls.append(path)
+        time.sleep(0.3)
+        return inner(path)
+
+    monkeypatch.setattr(quant_utils, "load_model_with_shape_infer", slow)
+    built = [None] * 3
+
+    def build(i):
+        built[i] = build_quantized(model, ranges, Recipe(), tmp_path / f"{i}.onnx").read_bytes()
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and built[0] == built[1] == built[2] is not None
+
+
 def test_activation_types_and_overrides(prepared):
     tmp, pm, data = prepared
     ranges = calibrate(pm.path, data, QuantizationSpec())
