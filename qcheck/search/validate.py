@@ -4,14 +4,17 @@ A fix pruned to be 1-minimal just meets the requirements on the samples that pru
 does not. So the passing candidates within the budget (cheapest first, as `select` orders them: the 1-minimal
 set, the larger sets found on the way, whole-model candidates that pass with more margin) are judged in turn on
 the held-out samples, and the first that also holds there is chosen; when none holds, the one that comes closest
-on them. The held-out figure stays an independent check only when that is the candidate the search would have
+on them. After a miss there, only a candidate that leaves more room on the search's samples (`slack`) than every
+one that missed is judged: a set that fits the search's samples no better is not worth the build. The held-out figure stays an independent check only when that is the candidate the search would have
 chosen without them (the first one judged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable
 
+from qcheck.policy.expr import NotApplicable
 from qcheck.search.evaluate import Evaluator, candidate_errors, sort_key
 
 VALIDATE_AT_MOST = 8  # passing candidates judged on the held-out samples at most (each is one build and run)
@@ -32,12 +35,19 @@ def held_out_choice(ev: Evaluator, held_out: tuple[list[dict], list[str]], chose
            "independent": True}
     if chosen is None or not chosen["n_changes"]:  # nothing passed, or the policy's own recipe does
         return chosen, out
-    tried = []
+    tried, room = [], -math.inf
     for cand in _passing(ev, chosen, order):
+        if len(tried) == VALIDATE_AT_MOST:
+            break
+        if tried:  # after a miss there: only a candidate with more room on the search's samples is worth judging
+            cand = _confirmed(ev, cand, room, {c["id"] for c, _ in tried})
+            if cand is None:
+                continue
         figures = {"candidate": cand["id"], "label": cand["label"], **judged(ev.changes_of(cand))}
         tried.append((cand, figures))
         if figures["passes"]:
             break
+        room = max(room, slack(ev, cand))
     cand, figures = next(((c, f) for c, f in tried if f["passes"]), None) or min(
         tried, key=lambda t: (*sort_key(t[1]), order(t[0])))
     out["validated"] = [{k: f[k] for k in ("candidate", "label", "passes", "shortfall", "requirements")}
@@ -48,30 +58,48 @@ def held_out_choice(ev: Evaluator, held_out: tuple[list[dict], list[str]], chose
     return cand, out
 
 
-def _passing(ev: Evaluator, chosen: dict, order: Callable[[dict], tuple]) -> Iterator[dict]:
-    """The search's choice, then the other candidates that pass within the budget, cheapest first, at most
-    VALIDATE_AT_MOST in all. A screened one (a larger set screening passed on the way) is built and judged on the
-    search's samples first, outside the search's budget, and judged on the held-out ones only if it passes."""
-    others = [c for c in ev.candidates if c["passes"] and c.get("within_budget", True) and c["n_changes"]]
-    yield chosen
-    n, seen, judged = 1, {chosen["recipe_key"]}, {chosen["id"]}
-    for cand in sorted(others, key=order):
-        if n >= VALIDATE_AT_MOST:
-            return
-        if cand["recipe_key"] in seen:
+def _passing(ev: Evaluator, chosen: dict, order: Callable[[dict], tuple]) -> list[dict]:
+    """The search's choice, then the other candidates (screened ones too) that pass within the budget, cheapest
+    first, one per recipe."""
+    seen, out = {chosen["recipe_key"]}, [chosen]
+    for c in sorted(ev.candidates, key=order):
+        if c["passes"] and c.get("within_budget", True) and c["n_changes"] and c["recipe_key"] not in seen:
+            seen.add(c["recipe_key"])
+            out.append(c)
+    return out
+
+
+def _confirmed(ev: Evaluator, cand: dict, room: float, judged: set[int]) -> dict | None:
+    """The candidate built and judged on the search's samples (a screened one is built now, outside the search's
+    budget), if it passes there within the budget with more room than `room` and is not one judged already (a
+    recipe that builds the very model of another is that candidate); else None."""
+    if slack(ev, cand) <= room:
+        return None
+    if cand["figure"] != "confirmed":
+        try:
+            cand = ev.evaluate(ev.changes_of(cand), budget=False)
+        except candidate_errors():
+            return None
+    ok = cand["passes"] and cand.get("within_budget", True) and cand["id"] not in judged
+    return cand if ok and slack(ev, cand) > room else None
+
+
+def slack(ev: Evaluator, cand: dict) -> float:
+    """How much room the candidate's values leave on the search's samples: the smallest, over the requirement lines
+    with a limit, of (value - c) / |c| for `>=` and (c - value) / |c| for `<=` (0 for a line without one)."""
+    out = math.inf
+    for r, line in zip(ev.require, cand["requirements"]):
+        limit = r.expression.limit
+        try:
+            value = limit.side(line["values"]) if limit is not None else None
+        except NotApplicable:
+            value = None
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            out = min(out, 0.0)
             continue
-        seen.add(cand["recipe_key"])
-        if cand["figure"] != "confirmed":
-            try:
-                cand = ev.evaluate(ev.changes_of(cand), budget=False)
-            except candidate_errors():
-                continue
-        # (a recipe that builds the very model of a candidate judged already is that candidate)
-        if cand["id"] in judged or not (cand["passes"] and cand.get("within_budget", True)):
-            continue
-        judged.add(cand["id"])
-        n += 1
-        yield cand
+        gap = (value - limit.value) if limit.op in (">=", ">") else (limit.value - value)
+        out = min(out, gap / max(abs(limit.value), 1e-12))
+    return out
 
 
 def held_out_note(holdout: dict) -> str | None:

@@ -61,6 +61,9 @@ def test_the_held_out_samples_choose_a_larger_passing_set_when_the_cheapest_does
     chosen = s["candidates"][s["chosen"]]
     assert tried[-1]["candidate"] == chosen["id"] and tried[-1]["passes"] and len(tried) >= 2
     assert all(not t["passes"] for t in tried[:-1])
+    # each judged there leaves more room on the search's samples than those that missed before it
+    room = [s["candidates"][t["candidate"]]["requirements"][0]["values"]["model.cosine"] for t in tried]
+    assert room == sorted(set(room))
     costs = [s["candidates"][t["candidate"]]["cost"] for t in tried]
     assert costs == sorted(costs) and chosen["cost"] > first["cost"] and chosen["figure"] == "confirmed"
     # figures computed again with ONNX Runtime: the fixed model holds on the held-out samples and on the search's
