@@ -5,8 +5,9 @@ does not. So the passing candidates within the budget (cheapest first, as `selec
 set, the larger sets found on the way, whole-model candidates that pass with more margin) are judged in turn on
 the held-out samples, and the first that also holds there is chosen; when none holds, the one that comes closest
 on them. After a miss there, only a candidate that leaves more room on the search's samples (`slack`) than every
-one that missed is judged: a set that fits the search's samples no better is not worth the build. The held-out figure stays an independent check only when that is the candidate the search would have
-chosen without them (the first one judged).
+one that missed is judged: a set that fits the search's samples no better is not worth the build. The held-out
+figure stays an independent check only when that is the candidate the search would have chosen without them (the
+first one judged).
 """
 
 from __future__ import annotations
