@@ -337,9 +337,10 @@ def print_figures(results: dict) -> None:
 
 
 def region_baseline(s: dict) -> dict | None:
-    """The cheapest passing region the search's bisection judged (a tail or stem, before pruning): what keeping
-    that span of the graph changed costs, against the pruned fix."""
+    """The cheapest passing float region the search's bisection judged (a tail or stem kept float, before pruning):
+    what keeping that span of the graph float costs, against the pruned fix."""
     regions = [c for c in s["candidates"] if c["passes"] and any(ch["subject"].startswith(("tail:", "stem:"))
+                                                                  and ch["remedy"] == "keep_float"
                                                                   for ch in c["changes"])]
     return min(regions, key=lambda c: c["cost"]) if regions else None
 
