@@ -108,3 +108,23 @@ def test_a_model_that_needs_16_bits_everywhere_gets_them_with_no_float_node(tmp_
     weights = {i.name for i in onnx.load(str(folder / "out" / "model.fixed.onnx")).graph.initializer
                if i.data_type == onnx.TensorProto.INT16 and len(i.dims) == 2}  # every MatMul's weight matrix
     assert len(weights) == 8
+
+
+def test_slack_is_the_smallest_relative_room_over_the_requirement_lines():
+    """`validate.slack`: (value - c) / |c| for `>=`, (c - value) / |c| for `<=`, the smallest over the lines; a line
+    with no value counts 0 (no room is known)."""
+    from types import SimpleNamespace
+
+    from qcheck.policy.expr import Expression
+    from qcheck.policy.spec import Requirement
+    from qcheck.search.validate import slack
+
+    lines = ["dets.f1 >= 0.9", "err <= 0.05"]
+    ev = SimpleNamespace(require=[Requirement(t, Expression(t, requirement=True)) for t in lines])
+
+    def cand(f1, err):
+        return {"requirements": [{"values": {"dets.f1": f1}}, {"values": {"err": err}}]}
+
+    assert slack(ev, cand(0.99, 0.01)) == pytest.approx(min(0.09 / 0.9, 0.04 / 0.05))
+    assert slack(ev, cand(0.92, 0.045)) == pytest.approx(min(0.02 / 0.9, 0.005 / 0.05))
+    assert slack(ev, cand(0.95, float("nan"))) == 0.0
