@@ -441,14 +441,18 @@ def print_figures(results: dict) -> None:
         print(f"held out ({h['samples']} samples): plain recipe {_requirements(h['plain'])}"
               + (f"; fix {_requirements(h['chosen'])} -> {'meets' if h['chosen']['passes'] else 'misses'}"
                  if h["chosen"] else ""))
+        for t in h.get("validated") or []:  # passing candidates judged on them, cheapest first
+            c = s["candidates"][t["candidate"]]
+            print(f"  held out #{c['id']} (cost {c['cost']:g}, {c['n_changes']} change(s)): {_requirements(t)}")
     for n in s["notes"]:
         print(f"  note: {n}")
 
 
 def region_baseline(s: dict) -> dict | None:
-    """The cheapest passing region the search's bisection judged (a tail or stem, before pruning): what keeping
-    that span of the graph changed costs, against the pruned fix."""
+    """The cheapest passing float region the search's bisection judged (a tail or stem kept float, before pruning):
+    what keeping that span of the graph float costs, against the pruned fix."""
     regions = [c for c in s["candidates"] if c["passes"] and any(ch["subject"].startswith(("tail:", "stem:"))
+                                                                  and ch["remedy"] == "keep_float"
                                                                   for ch in c["changes"])]
     return min(regions, key=lambda c: c["cost"]) if regions else None
 
@@ -476,7 +480,7 @@ def table_row(name: str, results: dict, wall: float, load: float | None) -> dict
         "plain": f"{_first_value(s['candidates'][0])} / {_first_value(h.get('plain'))}",
         "fix": f"none ({(s.get('recommendation') or {}).get('action') or s['status']})" if chosen is None else
         f"{_first_value(chosen)} / {_first_value(h.get('chosen'))}" + (
-            "" if not h.get("chosen") else (" meets" if h["chosen"]["passes"] else " misses")),
+            "" if not h.get("chosen") else (" meets" if h["chosen"]["passes"] else " misses")) + _held_out_choice(s),
         "changes": "-" if chosen is None else ", ".join(f"{n} {k}" for k, n in kinds.items()) + (
             f" ({chosen['float_nodes']} float, {chosen['int16_tensors']} int16)"),
         "region": "-" if region is None else f"{region['float_nodes']} float, {region['int16_tensors']} int16 "
@@ -486,6 +490,19 @@ def table_row(name: str, results: dict, wall: float, load: float | None) -> dict
         "stopped": s["stopped_by"] or "the strategy",
         "wall": f"{wall / 60:.1f} min", "load": "-" if load is None else f"{load:.1f}",
     }
+
+
+def _held_out_choice(s: dict) -> str:
+    """When the held-out samples chose among the passing candidates (search.holdout): what the cheapest gave there,
+    how many were judged, and that the held-out figure is then not independent."""
+    h = s.get("holdout") or {}
+    tried = h.get("validated") or []
+    if len(tried) < 2:
+        return ""
+    first = s["candidates"][tried[0]["candidate"]]
+    return (f"; chosen by the held-out samples among {len(tried)} passing (the cheapest, #{first['id']} at cost "
+            f"{first['cost']:g}: {_first_value(first)} / {_first_value(tried[0])})"
+            + ("" if h.get("independent", True) else ", so not an independent check"))
 
 
 def print_table(rows: list[dict]) -> None:

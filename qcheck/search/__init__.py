@@ -28,6 +28,7 @@ from qcheck.search.base import STRATEGIES, Context, closest, confirmed, select
 from qcheck.search.evaluate import BudgetExhausted, Evaluator, candidate_errors
 from qcheck.search.ranking import rank_nodes
 from qcheck.search.space import Graph, allowed, build_pool, unit_changes
+from qcheck.search.validate import held_out_choice, held_out_note
 
 
 def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelProto, ranges: Ranges,
@@ -99,6 +100,9 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         c["latency_ms"] = ev.latency(c, spec.latency_repeats)
     if spec.cost == "latency":  # among the finalists that meet the requirements, the fastest on this machine
         chosen = select_by_latency(finalists) or chosen
+    holdout = None
+    if held_out and held_out[0]:  # the held-out samples judge the choice, and choose among the passing candidates
+        chosen, holdout = held_out_choice(ev, held_out, chosen, lambda c: (c["cost"], c["n_changes"], c["id"]))
     status = "not-needed" if baseline is not None and baseline["passes"] else ("found" if chosen else "failed")
     result = {
         "strategy": spec.strategy,
@@ -125,12 +129,12 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         "chosen": chosen["id"] if chosen else None,
         "finalists": [c["id"] for c in finalists],
         "pareto": pareto_front(built, "latency_ms" if spec.cost == "latency" else "cost"),
-        "why": _why(chosen, ev.candidates, target, spec.cost, finalists) if chosen else None,
+        "why": _why(chosen, ev.candidates, target, spec.cost, finalists, holdout) if chosen else None,
         "closest": [c["id"] for c in closest(ev.candidates)] if not chosen else [],
         "recommendation": None if chosen else recommend(ev.candidates, spec, target, ev.stopped_by, ctx.usable),
         "finding_effects": effects,
     }
-    result["holdout"] = _held_out(ev, held_out, chosen) if held_out and held_out[0] else None
+    result["holdout"] = holdout
     if not chosen:
         return result, None, None
     recipe = ev.recipe(ev.changes_of(chosen))
@@ -179,20 +183,6 @@ def finding_effects(ev: Evaluator, proposed: dict[str, list[str]], usable: list[
         if cand is not None and math.isfinite(cand["shortfall"]):
             out[node] = round(built[0]["shortfall"] - cand["shortfall"], 6)
     return out
-
-
-def _held_out(ev: Evaluator, held_out: tuple[list[dict], list[str]], chosen: dict | None) -> dict:
-    """The policy's recipe and the chosen candidate judged on samples the search never saw."""
-    held = ev.on(*held_out)
-    keep = ("passes", "failed", "shortfall", "requirements", "metrics", "finding_counts")
-
-    def judged(changes: tuple) -> dict:
-        figures = held.judge_changes(changes)
-        return {k: figures[k] for k in keep}
-
-    changes = ev.changes_of(chosen) if chosen else ()
-    return {"samples": len(held_out[0]), "plain": judged(()),
-            "chosen": {"candidate": chosen["id"], "label": chosen["label"], **judged(changes)} if changes else None}
 
 
 def _screening_figures(ev: Evaluator) -> dict | None:
@@ -282,7 +272,7 @@ def pareto_front(candidates: list[dict], axis: str = "cost") -> list[int]:
 
 
 def _why(chosen: dict, candidates: list[dict], target: TargetProfile, by: str = "profile",
-         finalists: list[dict] | None = None) -> str:
+         finalists: list[dict] | None = None, holdout: dict | None = None) -> str:
     passing = [c for c in candidates if c["passes"]]
     if not chosen["n_changes"]:
         return "the policy's own recipe already meets every requirement; nothing was changed"
@@ -298,6 +288,8 @@ def _why(chosen: dict, candidates: list[dict], target: TargetProfile, by: str = 
         text += (f", with a margin for sampling noise (search.confidence {chosen['confidence']:g}, bootstrap over "
                  f"the search's samples): {'; '.join(bounds)}")
     others = len(passing) - 1
+    if holdout and len(holdout["validated"]) > 1:  # the held-out samples chose among the passing candidates
+        return f"{text}; {held_out_note(holdout)}"
     if others:
         text += f"; it is the cheapest of {len(passing)} passing candidates (ties go to fewer changes)"
     return text

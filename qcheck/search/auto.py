@@ -1,6 +1,7 @@
 """auto (the default): find a passing candidate, then minimize it.
 
-1. whole-model candidates: each scheme switch, calibration method, per-channel, symmetric ... alone; steps 2-4
+1. whole-model candidates: each scheme switch, calibration method, per-channel, symmetric ... alone, and the
+   strongest integer one (a 16-bit activation scheme with int16 weights on every layer; never a start); steps 2-4
    start from the closest one that improves on the policy's recipe, then (when they end without a confirmed fix)
    from the next closest;
 2. find: bisection over the ranked units (the chain or tensor group of each ranked node, keep the first k) and
@@ -95,7 +96,9 @@ class Auto(Strategy):
         remedy, are the starts of the search (a start is pruned with the rest if not needed); the policy's recipe
         when none does."""
         ev, improving = ctx.evaluator, []
-        for c, cand in zip(ctx.model_changes, ev.evaluate_many([(c,) for c in ctx.model_changes])):  # over the cores
+        strongest = _strongest_integer(ctx)
+        judged = ev.evaluate_many([(c,) for c in ctx.model_changes] + ([strongest] if strongest else []))
+        for c, cand in zip(ctx.model_changes, judged):  # over the cores
             if not cand["passes"] and cand["within_budget"] and sort_key(cand) < sort_key(base):
                 improving.append((sort_key(cand), (c,)))
         # one start per remedy (the closest skip_first N, the closest calibration method ...): the next start is
@@ -232,6 +235,19 @@ class Auto(Strategy):
         if len(alts) != len(combo):
             return changes
         return tuple(x for x in changes if x != c) + tuple(alts)
+
+
+def _strongest_integer(ctx: Context) -> tuple[Change, ...] | None:
+    """The strongest whole-model integer candidate: a 16-bit activation scheme with int16 weights on every layer (the
+    tail from the first node), when the policy allows both and the target runs them. Not a start: a model that
+    needs 16 bits everywhere gets them with 0 float nodes, and a fix found later holds with more margin when a
+    cheaper one does not (search.holdout chooses among the passing candidates)."""
+    if "int16_weights" not in ctx.usable:
+        return None
+    schemes = [c for c in ctx.model_changes if c.remedy == "scheme"]
+    g = ctx.evaluator.graph
+    tails = _changes(g, "int16_weights", [f"tail:{g.order[0]}"]) if schemes and g.order else []
+    return (schemes[0], tails[0]) if tails else None
 
 
 def split_region(region: Change, g, remedy: str) -> list[Change]:

@@ -148,12 +148,13 @@ class Evaluator:
     def recipe(self, changes: tuple[Change, ...]) -> Recipe:
         return apply_changes(self.base, changes, self.graph)
 
-    def evaluate(self, changes: tuple[Change, ...] | list[Change]) -> dict:
+    def evaluate(self, changes: tuple[Change, ...] | list[Change], budget: bool = True) -> dict:
         """The candidate built for real and judged (cached by recipe key): a *confirmed* figure.
-        Raises BudgetExhausted when the budget is spent."""
-        return self.evaluate_many([changes])[0]
+        Raises BudgetExhausted when the budget is spent (`budget` False: not counted against it; confirming a
+        candidate screening already found, after the search)."""
+        return self.evaluate_many([changes], budget)[0]
 
-    def evaluate_many(self, sets: list[tuple[Change, ...]]) -> list[dict]:
+    def evaluate_many(self, sets: list[tuple[Change, ...]], budget: bool = True) -> list[dict]:
         """`evaluate` for each change set, the builds and runs spread over `workers` threads (ORT's quantizer is
         Python, but sessions and runs release the GIL: one candidate builds while another runs); recorded in the
         order given, so ids, log and figures are those of evaluating them one by one, whatever the workers.
@@ -165,9 +166,10 @@ class Evaluator:
             if recipe.key() not in self.by_key:
                 todo.setdefault(recipe.key(), (changes, recipe))
         if todo:
-            if self.exhausted():
+            if budget and self.exhausted():
                 raise BudgetExhausted(self.stopped_by)
-            room = self.budget.max_trials - sum(c["figure"] == "confirmed" for c in self.candidates)
+            room = (self.budget.max_trials - sum(c["figure"] == "confirmed" for c in self.candidates)) if budget \
+                else len(todo)
             items = list(todo.items())[:room]
             for _, (_, recipe) in items:  # a calibration the candidates need runs here, once, not in a worker
                 self.ranges_for(recipe.calibration)

@@ -136,9 +136,16 @@ def search_stage(policy, *, prepared, float_model, ranges, calib, evaluation, re
     env.update({f"findings.{k}": v for k, v in figures.get("finding_counts", finding_counts).items()})
     verdict = judge(policy.require, env)
     verdict["source"] = {"search_candidate": cand["id"], "label": cand["label"], "model": FIXED_MODEL_NAME,
-                         "judged_on": (f"held-out evaluation data ({n_held} sample(s) the search never saw)"
-                                       if n_held else result["judged_on"])}
+                         "judged_on": _held_out_text(result["holdout"]) if n_held else result["judged_on"]}
     return result, verdict, FIXED_MODEL_NAME, chosen, chosen_ranges
+
+
+def _held_out_text(holdout: dict) -> str:
+    text = f"held-out evaluation data ({holdout['samples']} sample(s) the search never saw"
+    if not holdout["independent"]:
+        text += (f"; they chose this candidate among {len(holdout['validated'])} passing ones, so this is not an "
+                 "independent check")
+    return text + ")"
 
 
 def write_policy_lock(policy, *, prepared, shapes, calib, ranges, ranges_file: str | None, recipe, model_file: str,
