@@ -301,13 +301,13 @@ def _layer_metrics(s: _Section, given: dict, metrics: dict[str, MetricSpec]) -> 
 
 def _require(s: _Section, lines: list, metrics: dict[str, MetricSpec]) -> list[Requirement]:
     from qcheck.policy.task_options import require_names
-    from qcheck.policy.vacuous import always, domain_text, domains
+    from qcheck.policy.vacuous import always, domain_of, domain_text
 
     known = set(REQUIRE_NAMES) | set(metrics)
     for name, spec in metrics.items():
         if spec.task is not None:
             known |= set(require_names(name, spec.task, spec.options))
-    require, names_domains = [], domains(metrics)
+    require = []
     for i, text in enumerate(lines):
         try:
             expression = Expression(text, known_names=known, requirement=True)
@@ -315,9 +315,9 @@ def _require(s: _Section, lines: list, metrics: dict[str, MetricSpec]) -> list[R
             hint = _unknown_name_hint(exc.args[1], known) if len(exc.args) > 1 else None
             s.problem(f"require: {exc.args[0]}", ("require", i), hint=hint)
             continue
-        fixed = always(expression, names_domains)
+        fixed = always(expression, metrics)
         if fixed is not None:
-            where = "; ".join(domain_text(n, names_domains[n]) for n in sorted(expression.names))
+            where = "; ".join(domain_text(n, domain_of(n, metrics)) for n in sorted(expression.names))
             s.problem(f"require: '{expression.text}' {'holds' if fixed else 'fails'} for every value it can read "
                       f"({where}), so it {'never fails' if fixed else 'fails every run'} whatever the model does",
                       ("require", i), hint="compare with a threshold inside that range, e.g. `model.cosine >= 0.99`")

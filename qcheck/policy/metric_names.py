@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from qcheck.policy.task_options import TASKS
+
 
 @dataclass(frozen=True)
 class MetricName:
@@ -81,6 +83,22 @@ def output_metric(name: str) -> MetricName | None:
 def task_value(key: str) -> MetricName | None:
     """A task value by name; None for a python task's own values (their direction is not known: lower is better)."""
     return TASK_VALUES.get(key)
+
+
+def require_metric(name: str, metrics: dict) -> MetricName | None:
+    """What a `require:` name measures: a `model.*` output comparison, a policy metric's (`metrics`: the policy's
+    MetricSpecs), a built-in task value; None for a python task's values, finding counts and unknown names."""
+    if name.startswith("model."):
+        return OUTPUT_METRICS.get(name[len("model."):])
+    metric, _, key = name.partition(".")
+    spec = metrics.get(metric)
+    if spec is None:
+        return None
+    if spec.task is None:
+        return OUTPUT_METRICS.get(spec.metric) if not key else None
+    if spec.task not in TASKS or spec.task == "python":
+        return None
+    return TASK_VALUES.get(key or TASKS[spec.task][1][0])
 
 
 def higher_is_better(name: str) -> bool:

@@ -17,9 +17,8 @@ import itertools
 import math
 
 from qcheck.policy.expr import EvalError
-from qcheck.policy.metric_names import MODEL_METRIC_NAMES, OUTPUT_METRICS, TASK_VALUES, MetricName
+from qcheck.policy.metric_names import MetricName, require_metric
 from qcheck.policy.spec import MetricSpec
-from qcheck.policy.task_options import value_names
 
 Domain = tuple[float, float, bool]  # low, high, whole numbers only
 ANY: Domain = (-math.inf, math.inf, False)
@@ -40,21 +39,9 @@ def metric_domain(m: MetricName | None) -> Domain:
     return ANY  # sqnr, psnr
 
 
-def domains(metrics: dict[str, MetricSpec]) -> dict[str, Domain]:
-    """Every name a `require:` line may read, with the values it can take."""
-    out = {f"model.{m}": metric_domain(OUTPUT_METRICS.get(m)) for m in MODEL_METRIC_NAMES}
-    out.update({f"findings.{k}": COUNT for k in ("error", "warning", "info")})
-    for name, spec in metrics.items():
-        if spec.task is None:
-            out[name] = metric_domain(OUTPUT_METRICS.get(spec.metric))
-            continue
-        values = value_names(spec.task, spec.options)
-        for i, v in enumerate(values):
-            d = ANY if spec.task == "python" else metric_domain(TASK_VALUES.get(v))
-            out[f"{name}.{v}"] = d
-            if i == 0:
-                out[name] = d
-    return out
+def domain_of(name: str, metrics: dict[str, MetricSpec]) -> Domain:
+    """The values a `require:` name can take (`metrics`: the policy's)."""
+    return COUNT if name.startswith("findings.") else metric_domain(require_metric(name, metrics))
 
 
 def constants(expression_text: str) -> list[float]:
@@ -85,14 +72,15 @@ def points(domain: Domain, marks: list[float]) -> list[float]:
     return sorted(v for v in ps if low <= v <= high)
 
 
-def always(expression, names_domains: dict[str, Domain]) -> bool | None:
+def always(expression, metrics: dict[str, MetricSpec]) -> bool | None:
     """True when `expression` (a parsed requirement) holds at every point of its names' domains, False when it
-    fails at every one, None when it can go either way (or has too many names to check)."""
+    fails at every one, None when it can go either way (or has too many names to check). `metrics`: the
+    policy's."""
     names = sorted(expression.names)
     if not names or len(names) > MAX_NAMES:
         return None
     marks = constants(expression.text)
-    grids = [points(names_domains.get(n, ANY), marks) for n in names]
+    grids = [points(domain_of(n, metrics), marks) for n in names]
     if math.prod(len(g) for g in grids) > MAX_POINTS:
         return None
     seen = set()

@@ -28,10 +28,9 @@ from qcheck.measure.resample import resampled_values
 from qcheck.measure.tasks.base import bootstrap_weights
 from qcheck.model.runtime import make_session, ort_errors, usable_cores
 from qcheck.policy.expr import ExprError, Expression, NotApplicable
-from qcheck.policy.metric_names import OUTPUT_METRICS, TASK_VALUES, MetricName
+from qcheck.policy.metric_names import require_metric
 from qcheck.policy.spec import MetricSpec, Requirement, SearchBudget
 from qcheck.policy.targets import TargetProfile
-from qcheck.policy.task_options import TASKS
 from qcheck.quantize.calibrate import Ranges, Recipe, build_quantized
 from qcheck.quantize.reuse import BuildReuse
 from qcheck.results.values_text import line_text
@@ -572,25 +571,10 @@ def raceable(expression: Expression, metrics: dict[str, MetricSpec]) -> bool:
         return False  # the side is a formula of the name, not the name
     if name.startswith("findings."):
         return True
-    kind = _metric_kind(name, metrics)
+    kind = require_metric(name, metrics)
     if kind is None or kind.ideal is None or kind.name in NOT_RACED:
         return False
     return kind.higher_is_better == (limit.op in (">=", ">"))
-
-
-def _metric_kind(name: str, metrics: dict[str, MetricSpec]) -> MetricName | None:
-    """What a `require:` name measures: a `model.*` output comparison, a policy metric's, a built-in task value."""
-    if name.startswith("model."):
-        return OUTPUT_METRICS.get(name[len("model."):])
-    metric, _, key = name.partition(".")
-    spec = metrics.get(metric)
-    if spec is None:
-        return None
-    if spec.task is None:
-        return OUTPUT_METRICS.get(spec.metric) if not key else None
-    if spec.task not in TASKS or spec.task == "python":
-        return None
-    return TASK_VALUES.get(key or TASKS[spec.task][1][0])
 
 
 def candidate_errors() -> tuple[type[BaseException], ...]:
