@@ -27,7 +27,7 @@ from typing import Any
 from qcheck.errors import PolicyError, Problem, QcheckError
 from qcheck.policy.expr import ExprError, Expression
 from qcheck.policy.layer_metrics import check_color_by, read_layer_metrics
-from qcheck.policy.paths import expand_home
+from qcheck.policy.paths import resolve_in
 from qcheck.policy.schema_messages import schema_problems
 from qcheck.policy.spec import (
     REQUIRE_NAMES,
@@ -104,8 +104,7 @@ class _Section:
 
     def resolve(self, p: str | Path) -> Path:
         """Relative paths start at the policy's folder."""
-        q = expand_home(p)
-        return q if q.is_absolute() else self.folder / q
+        return resolve_in(self.folder, p)
 
     def problem(self, message: str, keys: tuple, hint: str | None = None) -> None:
         self.problems.append(Problem(message, self.file, self.at(*keys), hint=hint))

@@ -12,3 +12,9 @@ def expand_home(p) -> Path:
         return Path(p).expanduser()
     except RuntimeError:
         return Path(p)
+
+
+def resolve_in(folder: Path, p) -> Path:
+    """A path as a file that lives in `folder` writes it: `~` expanded, relative paths starting at `folder`."""
+    q = expand_home(p)
+    return q if q.is_absolute() else folder / q

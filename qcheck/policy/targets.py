@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qcheck.errors import PolicyError, Problem
-from qcheck.policy.paths import expand_home
+from qcheck.policy.paths import resolve_in
 from qcheck.policy.yaml_spans import load_yaml, to_plain
 from qcheck.resources import schema_path
 
@@ -126,8 +126,7 @@ def resolve_target(spec: Any, folder: Path, file: str, line: int | None) -> Targ
         raise PolicyError(Problem(f"unknown target '{spec}'; built-in targets: {', '.join(names)}, or a path to a "
                                   f"profile .yaml file", file, line, hint=hint or "see qcheck/profiles/targets.yaml"))
     if isinstance(spec, str):
-        path = expand_home(spec)
-        path = path if path.is_absolute() else folder / path
+        path = resolve_in(folder, spec)
         if not path.is_file():
             raise PolicyError(Problem(f"target profile not found: {path}", file, line,
                                       hint="relative paths start at the policy's folder"))

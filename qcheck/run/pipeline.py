@@ -28,7 +28,7 @@ from qcheck.measure.tasks import build as build_tasks
 from qcheck.model.graph import GraphIndex
 from qcheck.model.prepare import file_sha256
 from qcheck.model.runtime import run_failure, usable_cores
-from qcheck.policy.paths import expand_home
+from qcheck.policy.paths import resolve_in
 from qcheck.policy.schemes import CALIBRATED
 from qcheck.policy.spec import Policy
 from qcheck.policy.yaml_spans import line_of
@@ -167,7 +167,7 @@ def user_inputs(policy: Policy) -> list[tuple[str, Path]]:
     inputs += [("report template folder", t) for t in policy.report.templates]
     inputs += [("rule pack", Path(p)) for p in policy.rules.packs if p != "builtin"]
     for name, spec in policy.metrics.items():
-        inputs += [(f"{key} file of metric '{name}'", policy.folder / expand_home(spec.options[key]))
+        inputs += [(f"{key} file of metric '{name}'", resolve_in(policy.folder, spec.options[key]))
                    for key in ("labels", "charset") if isinstance(spec.options.get(key), str)]
     return inputs
 

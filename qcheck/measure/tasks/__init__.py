@@ -10,6 +10,8 @@ worst samples).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qcheck.errors import QcheckError
 from qcheck.measure.tasks.base import TaskMetric, load_labels
 from qcheck.measure.tasks.classification import Classification
@@ -18,7 +20,7 @@ from qcheck.measure.tasks.detection import Detection
 from qcheck.measure.tasks.python import DEFAULT_TIMEOUT, PythonMetric, resolve
 from qcheck.measure.tasks.regression import Regression
 from qcheck.measure.tasks.segmentation import Segmentation
-from qcheck.policy.paths import expand_home
+from qcheck.policy.paths import resolve_in
 from qcheck.policy.task_options import TASKS, outputs_used
 
 
@@ -35,7 +37,7 @@ def build(policy, model_outputs: list[str]) -> list[TaskMetric]:
                                                   f"named '{out}'; its outputs are: {', '.join(model_outputs)}"))
         for key in ("labels", "charset"):
             if key in opts:
-                path = _resolve(policy.folder, opts[key])
+                path = resolve_in(policy.folder, opts[key])
                 if not path.is_file():
                     why = ("not found" if not path.exists() else
                            "is a folder" if path.is_dir() else "is not a regular file (a pipe, device or socket)")
@@ -47,14 +49,14 @@ def build(policy, model_outputs: list[str]) -> list[TaskMetric]:
         try:
             labels = None
             if "labels" in opts and spec.task in ("classification", "ctc"):
-                labels = load_labels(_resolve(policy.folder, opts["labels"]), name,
+                labels = load_labels(Path(opts["labels"]), name,  # resolved above
                                      "int" if spec.task == "classification" else "str")
             if spec.task == "classification":
                 metrics.append(Classification(name, opts, labels))
             elif spec.task == "detection":
                 metrics.append(Detection(name, opts))
             elif spec.task == "ctc":
-                charset = load_charset(_resolve(policy.folder, opts["charset"]), name) if "charset" in opts else None
+                charset = load_charset(Path(opts["charset"]), name) if "charset" in opts else None
                 metrics.append(CTC(name, opts, labels, charset))
             elif spec.task == "segmentation":
                 metrics.append(Segmentation(name, opts))
@@ -69,11 +71,6 @@ def build(policy, model_outputs: list[str]) -> list[TaskMetric]:
     if problems:
         raise QcheckError(problems)
     return metrics
-
-
-def _resolve(folder, p):
-    q = expand_home(p)
-    return q if q.is_absolute() else folder / q
 
 
 __all__ = ["build", "TASKS"]

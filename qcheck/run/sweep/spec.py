@@ -23,7 +23,7 @@ from typing import Any
 
 from qcheck.errors import PolicyError, Problem, QcheckError
 from qcheck.policy.loader import policy_from_document, read_policy_document
-from qcheck.policy.paths import expand_home
+from qcheck.policy.paths import resolve_in
 from qcheck.policy.schema_messages import schema_problems
 from qcheck.policy.spec import ExecutorSpec, Policy
 from qcheck.policy.yaml_spans import LineDict, line_of, load_yaml, to_plain
@@ -119,7 +119,7 @@ def _policy_files(doc: dict, folder: Path, file: str) -> list[Path]:
     found: list[Path] = []
     problems = []
     for i, entry in enumerate(entries):
-        pattern = str(expand_home(entry) if expand_home(entry).is_absolute() else folder / entry)
+        pattern = str(resolve_in(folder, entry))
         keys = ["policies", i] if isinstance(doc["policies"], list) else ["policies"]
         if glob.has_magic(entry) and too_wide(pattern):
             problems.append(Problem(f"the glob '{entry}' would search more than {MAX_GLOB_FOLDERS:,} folders", file,
