@@ -52,21 +52,32 @@ def _same_kind(target: Path, flag: str) -> bool:
         return False
 
 
-def _written_by_a_run(target: Path) -> str | None:
-    for folder in target.parents:
+def _output_folder_of(path: Path) -> tuple[Path, str, list[str]] | None:
+    """The qcheck output folder `path` lies in (the nearest one up that carries a manifest), `path`'s name there
+    and the files the manifest lists; None outside any."""
+    for folder in path.parents:
         listed = read_manifest(folder)
         if listed is not None:
-            name = target.relative_to(folder).as_posix()
-            return f"it is the {name} of the qcheck run in {folder}" if name in listed else None
+            return folder, path.relative_to(folder).as_posix(), listed
     return None
 
 
-def _list_in_output_folder(path: Path) -> None:
-    path = path.resolve()
-    for folder in path.parents:
-        if read_manifest(folder) is not None:
-            add_to_manifest(folder, [path.relative_to(folder).as_posix()])
-            return
+def _refusal(flag: str, target: Path, seen: dict[Path, str], inputs: list[tuple[str, Path]]) -> str | None:
+    """Why `flag` may not write `target` (an absolute path), or None."""
+    if target.is_dir():
+        return "it is a folder"
+    if target in seen:
+        return f"{seen[target]} writes it too"
+    run = None if _same_kind(target, flag) else _output_folder_of(target)
+    if run is not None and run[1] in run[2]:
+        return f"it is the {run[1]} of the qcheck run in {run[0]}"
+    for what, given in inputs:
+        g = expand_home(given).resolve()
+        if target == g:
+            return f"it is the {what}"
+        if g.is_dir() and target.is_relative_to(g):
+            return f"it is inside the {what} ({g})"
+    return None
 
 
 def run_junit(results: dict) -> str:
@@ -143,16 +154,7 @@ def check_paths(paths: dict[str, Path | None], inputs: list[tuple[str, Path]]) -
         if path is None:
             continue
         target = expand_home(path).resolve()
-        why = ("it is a folder" if target.is_dir() else seen.get(target) and f"{seen[target]} writes it too"
-               or (None if _same_kind(target, flag) else _written_by_a_run(target)))
-        for what, given in inputs:
-            if why:
-                break
-            g = expand_home(given).resolve()
-            if target == g:
-                why = f"it is the {what}"
-            elif g.is_dir() and target.is_relative_to(g):
-                why = f"it is inside the {what} ({g})"
+        why = _refusal(flag, target, seen, inputs)
         if why:
             raise QcheckError(Problem(f"{flag}: refusing to write {path}: {why}",
                                       hint=f"give {flag} a file of its own, e.g. {flag} {EXAMPLE_NAMES[flag]}"))
@@ -170,7 +172,9 @@ def write_outputs(junit: Path | None, junit_text: str, summary: Path | None, sum
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text_whole(path, text)
-            _list_in_output_folder(path)
+            run = _output_folder_of(path.resolve())
+            if run is not None:  # listed, so the next run may replace the folder
+                add_to_manifest(run[0], [run[1]])
         except OSError as exc:
             raise QcheckError(Problem(f"cannot write {path}: {exc.strerror}", hint="choose a writable path")) from None
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
