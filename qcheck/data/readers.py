@@ -161,14 +161,13 @@ NPY_MAGIC = b"\x93NUMPY"
 def _load_npy(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as fh:  # numpy reads a file without its header as a pickle, and says so
-            if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
-                raise DataError(Problem("not a .npy file (it does not start with NumPy's header)", file=str(path),
-                                        hint="save samples with numpy.save, or remove this file from the folder"))
-        return np.load(path, allow_pickle=False)
-    except DataError:
-        raise
+            header = fh.read(len(NPY_MAGIC))
+        if header == NPY_MAGIC:
+            return np.load(path, allow_pickle=False)
     except Exception as exc:
         raise DataError(Problem(f"cannot read .npy file: {exc}", file=str(path))) from exc
+    raise DataError(Problem("not a .npy file (it does not start with NumPy's header)", file=str(path),
+                            hint="save samples with numpy.save, or remove this file from the folder"))
 
 
 def _npy_folder(path: Path, inputs: list[InputInfo], _pre: Preprocess) -> list[Sample]:

@@ -33,7 +33,6 @@ class Group:
     weight_sess: Any = None  # the twin's copies with dequantized weights
 
 
-
 @dataclass
 class Sessions:
     float: Any
