@@ -24,7 +24,7 @@ from qcheck.policy.targets import TargetProfile
 from qcheck.quantize.calibrate import Ranges, Recipe
 from qcheck.results.values_text import line_text, margin_text
 from qcheck.search import auto, bisect, exhaustive, greedy  # noqa: F401  (register the strategies)
-from qcheck.search.base import STRATEGIES, Context, closest, confirmed, select
+from qcheck.search.base import STRATEGIES, Context, cheapest_first, closest, confirmed, select
 from qcheck.search.evaluate import BudgetExhausted, Evaluator, candidate_errors
 from qcheck.search.ranking import rank_nodes
 from qcheck.search.space import Graph, allowed, build_pool, unit_changes
@@ -93,7 +93,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
     built = confirmed(ev.candidates)
     baseline = built[0] if built else None
     finalists = sorted((c for c in built if c["passes"] and c.get("within_budget", True)),
-                       key=lambda c: (c["cost"], c["n_changes"], c["id"]))[:spec.finalists]
+                       key=cheapest_first)[:spec.finalists]
     if baseline is not None and baseline not in finalists:
         finalists.append(baseline)
     for c in finalists:
@@ -102,7 +102,7 @@ def run_search(spec: SearchSpec, *, float_path: Path, float_model: onnx.ModelPro
         chosen = select_by_latency(finalists) or chosen
     holdout = None
     if held_out and held_out[0]:  # the held-out samples judge the choice, and choose among the passing candidates
-        chosen, holdout = held_out_choice(ev, held_out, chosen, lambda c: (c["cost"], c["n_changes"], c["id"]))
+        chosen, holdout = held_out_choice(ev, held_out, chosen)
     status = "not-needed" if baseline is not None and baseline["passes"] else ("found" if chosen else "failed")
     result = {
         "strategy": spec.strategy,

@@ -54,13 +54,18 @@ def confirmed(candidates: list[dict]) -> list[dict]:
     return [c for c in candidates if c.get("figure", "confirmed") == "confirmed"]
 
 
+def cheapest_first(c: dict) -> tuple:
+    """How passing candidates are ordered to choose among them: cost, then fewer changes, then the earlier trial."""
+    return c["cost"], c["n_changes"], c["id"]
+
+
 def select(candidates: list[dict]) -> dict | None:
     """The cheapest confirmed candidate that meets the requirements within the budget (bisection over regions may
     judge larger sets on the way; those are never chosen)."""
     passing = [c for c in confirmed(candidates) if c["passes"] and c.get("within_budget", True)]
     if not passing:
         return None
-    return min(passing, key=lambda c: (c["cost"], c["n_changes"], c["id"]))
+    return min(passing, key=cheapest_first)
 
 
 def prune(ctx: Context, changes: tuple[Change, ...]) -> tuple[Change, ...]:

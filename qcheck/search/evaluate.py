@@ -62,11 +62,17 @@ def shortfall(expression: Expression | str, values: dict) -> float:
     return limit_gap(limit, value)
 
 
+def limit_room(limit, value: float) -> float:
+    """How far `value` (the side of `side op c`) lies on the passing side of the limit, relative to c (negative
+    when it fails)."""
+    c = limit.value
+    room = (value - c) if limit.op in (">=", ">") else (c - value)
+    return room / max(abs(c), 1e-12)
+
+
 def limit_gap(limit, value: float) -> float:
     """How far `value` (the side of `side op c`) is from meeting the limit, relative to c (0 when it does)."""
-    c = limit.value
-    gap = (c - value) if limit.op in (">=", ">") else (value - c)
-    return max(gap, 0.0) / max(abs(c), 1e-12)
+    return max(0.0, -limit_room(limit, value))
 
 
 class BudgetExhausted(Exception):

@@ -13,19 +13,18 @@ first one judged).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from qcheck.policy.expr import NotApplicable
-from qcheck.search.evaluate import Evaluator, candidate_errors, sort_key
+from qcheck.search.base import cheapest_first
+from qcheck.search.evaluate import Evaluator, candidate_errors, limit_room, sort_key
 
 VALIDATE_AT_MOST = 8  # passing candidates judged on the held-out samples at most (each is one build and run)
 KEEP = ("passes", "failed", "shortfall", "requirements", "metrics", "finding_counts")
 
 
-def held_out_choice(ev: Evaluator, held_out: tuple[list[dict], list[str]], chosen: dict | None,
-                    order: Callable[[dict], tuple]) -> tuple[dict | None, dict]:
-    """(the candidate chosen, `result["holdout"]`). `chosen`: the search's own choice (None: nothing passed);
-    `order`: how `select` orders passing candidates (cheapest first)."""
+def held_out_choice(ev: Evaluator, held_out: tuple[list[dict], list[str]],
+                    chosen: dict | None) -> tuple[dict | None, dict]:
+    """(the candidate chosen, `result["holdout"]`). `chosen`: the search's own choice (None: nothing passed)."""
     held = ev.on(*held_out)
 
     def judged(changes: tuple) -> dict:
@@ -37,7 +36,7 @@ def held_out_choice(ev: Evaluator, held_out: tuple[list[dict], list[str]], chose
     if chosen is None or not chosen["n_changes"]:  # nothing passed, or the policy's own recipe does
         return chosen, out
     tried, room = [], -math.inf
-    for cand in _passing(ev, chosen, order):
+    for cand in _passing(ev, chosen):
         if len(tried) == VALIDATE_AT_MOST:
             break
         if tried:  # after a miss there: only a candidate with more room on the search's samples is worth judging
@@ -50,7 +49,7 @@ def held_out_choice(ev: Evaluator, held_out: tuple[list[dict], list[str]], chose
             break
         room = max(room, slack(ev, cand))
     cand, figures = next(((c, f) for c, f in tried if f["passes"]), None) or min(
-        tried, key=lambda t: (*sort_key(t[1]), order(t[0])))
+        tried, key=lambda t: (*sort_key(t[1]), cheapest_first(t[0])))
     out["validated"] = [{k: f[k] for k in ("candidate", "label", "passes", "shortfall", "requirements")}
                         for _, f in tried]
     out["chosen"] = figures
@@ -59,11 +58,11 @@ def held_out_choice(ev: Evaluator, held_out: tuple[list[dict], list[str]], chose
     return cand, out
 
 
-def _passing(ev: Evaluator, chosen: dict, order: Callable[[dict], tuple]) -> list[dict]:
+def _passing(ev: Evaluator, chosen: dict) -> list[dict]:
     """The search's choice, then the other candidates (screened ones too) that pass within the budget, cheapest
     first, one per recipe."""
     seen, out = {chosen["recipe_key"]}, [chosen]
-    for c in sorted(ev.candidates, key=order):
+    for c in sorted(ev.candidates, key=cheapest_first):
         if c["passes"] and c.get("within_budget", True) and c["n_changes"] and c["recipe_key"] not in seen:
             seen.add(c["recipe_key"])
             out.append(c)
@@ -98,8 +97,7 @@ def slack(ev: Evaluator, cand: dict) -> float:
         if not isinstance(value, (int, float)) or math.isnan(value):
             out = min(out, 0.0)
             continue
-        gap = (value - limit.value) if limit.op in (">=", ">") else (limit.value - value)
-        out = min(out, gap / max(abs(limit.value), 1e-12))
+        out = min(out, limit_room(limit, value))
     return out
 
 
