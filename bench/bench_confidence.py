@@ -58,7 +58,7 @@ def _margins(self, compared, env):
     return [with_margin(r, env, values, self.confidence) for r in self.require]
 
 
-def _held_out_choice(ev, held_out, chosen, order):
+def _held_out_choice(ev, held_out, chosen):
     held = ev.on(*held_out)
     for changes in SETS:
         key = tuple(sorted(set(changes)))
