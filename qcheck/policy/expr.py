@@ -164,6 +164,7 @@ def _dotted(node: ast.AST) -> str | None:
 # A threshold written either way round: `0.999 <= model.cosine` is `model.cosine >= 0.999`.
 _LIMIT_OPS = {ast.GtE: ">=", ast.Gt: ">", ast.LtE: "<=", ast.Lt: "<"}
 _MIRROR = {">=": "<=", ">": "<", "<=": ">=", "<": ">"}
+_LIMIT_COMPARE = {op: _CMPOPS[node] for node, op in _LIMIT_OPS.items()}
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,14 @@ class Limit:
     side: Callable[[Mapping[str, Any]], Any]  # evaluates the other side (raises NotApplicable like `evaluate`)
     op: str  # ">=", ">", "<=" or "<"
     value: float
+
+    @property
+    def at_least(self) -> bool:
+        """Whether the line asks for the side to reach the value from below (`>=`, `>`): higher is better."""
+        return self.op in (">=", ">")
+
+    def met_by(self, side: float) -> bool:
+        return _LIMIT_COMPARE[self.op](side, self.value)
 
 
 def _parse(text: str) -> ast.expr:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 from typing import Any
 
 import numpy as np
@@ -61,9 +60,6 @@ def sureness(req: Requirement, env: dict[str, Any], holds: bool, intervals: dict
     return False, f"not sure: the {where} reaches both sides of the line; more evaluation samples would settle it"
 
 
-_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-
-
 def with_margin(req: Requirement, env: dict[str, Any], resamples: dict[str, np.ndarray],
                 confidence: float) -> dict | None:
     """The line judged with a margin for sampling noise, on bootstrap resamples of its values (`resamples`: name ->
@@ -92,11 +88,11 @@ def with_margin(req: Requirement, env: dict[str, Any], resamples: dict[str, np.n
             sides.append(float(v))
     if not sides:
         return None
-    lower = limit.op in (">=", ">")
+    lower = limit.at_least
     bound = float(np.quantile(sides, 1 - confidence, method="lower") if lower
                   else np.quantile(sides, confidence, method="higher"))
     return {**out, "bound": bound, "side": "lower" if lower else "upper",
-            "holds": bool(_COMPARE[limit.op](bound, limit.value))}
+            "holds": limit.met_by(bound)}
 
 
 def _holds(req: Requirement, env: dict[str, Any]) -> bool | None:

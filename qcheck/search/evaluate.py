@@ -66,7 +66,7 @@ def limit_room(limit, value: float) -> float:
     """How far `value` (the side of `side op c`) lies on the passing side of the limit, relative to c (negative
     when it fails)."""
     c = limit.value
-    room = (value - c) if limit.op in (">=", ">") else (c - value)
+    room = (value - c) if limit.at_least else (c - value)
     return room / max(abs(c), 1e-12)
 
 
@@ -580,7 +580,7 @@ def raceable(expression: Expression, metrics: dict[str, MetricSpec]) -> bool:
     kind = require_metric(name, metrics)
     if kind is None or kind.ideal is None or kind.name in NOT_RACED:
         return False
-    return kind.higher_is_better == (limit.op in (">=", ">"))
+    return kind.higher_is_better == limit.at_least
 
 
 def candidate_errors() -> tuple[type[BaseException], ...]:
